@@ -1,0 +1,37 @@
+"""Datasets: fetch MovieLens-100k, adapt the shared research datasets, generate synthetic logs.
+
+Every adapter converts a raw dataset folder into *contract files* (see ``hrnn_core.contract``):
+``interactions.parquet`` and, when the dataset has them, ``users.parquet`` and ``items.parquet``.
+Adapters never drop or repair rows: bad rows (e.g. taobao's out-of-range timestamps) are kept
+as they are, so that ingest quarantines them with a reason and counts them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from hrnn_core.errors import DatasetError
+
+# name -> converter(raw_dir, out_dir) -> {"interactions": path, "users": path?, "items": path?}
+Converter = Callable[[Path, Path], dict[str, Path]]
+
+
+def adapters() -> dict[str, Converter]:
+    """The registered dataset adapters, by name (imports are lazy)."""
+    from hrnn_core.datasets import adapters as a  # noqa: PLC0415
+
+    return dict(a.ADAPTERS)
+
+
+def convert(name: str, raw_dir: Path, out_dir: Path) -> dict[str, Path]:
+    """Convert the raw dataset ``name`` found in ``raw_dir`` into contract files in ``out_dir``."""
+    table = adapters()
+    if name not in table:
+        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(sorted(table))}")
+    raw_dir = Path(raw_dir)
+    if not raw_dir.exists():
+        raise DatasetError(f"dataset folder {raw_dir} does not exist")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return table[name](raw_dir, out_dir)
