@@ -1,0 +1,392 @@
+"""Adapters from the shared research datasets (and MovieLens-100k) to contract files.
+
+Each adapter is a ``Converter``: ``convert_x(raw_dir, out_dir) -> {"interactions": path, ...}``.
+It writes ``interactions.parquet`` (plus ``users.parquet`` / ``items.parquet`` when the dataset
+has them) and ``conversion_report.json``, which says how many rows were read, written and
+skipped (by reason) per table, so that no row disappears without a count.
+
+Adapters only change *shape* (column names, one file per table). They never repair values:
+an id or timestamp that looks wrong is written as it is, so ingest quarantines it with a reason.
+Ids are written as strings; timestamps as the numbers (int or float) found in the raw data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hrnn_core.contract import INTERACTION_KEY
+from hrnn_core.datasets import Converter
+from hrnn_core.errors import DatasetError
+
+REPORT_NAME = "conversion_report.json"
+
+# A year in parentheses at the end of a MovieLens title: "Toy Story (1995)".
+TITLE_YEAR_PATTERN = r"\((\d{4})\)\s*$"
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers shared by the adapters (and by hrnn_core.datasets.ml100k)
+# --------------------------------------------------------------------------------------------
+
+
+def strings(values: Any) -> pa.Array:
+    """A string column; pandas missing values become nulls (ingest counts missing ids)."""
+    return pa.array(values, type=pa.string(), from_pandas=True)
+
+
+def numeric_or_raw(values: Any, types: tuple[pa.DataType, ...] = (pa.int64(), pa.float64())) -> pa.Array:
+    """The column as the first numeric type that every value parses as, else the raw strings.
+
+    Keeping unparseable values as text (rather than coercing them to null) is deliberate: ingest
+    then quarantines those rows with a reason instead of the adapter losing them silently.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    arr = values if isinstance(values, pa.Array) else strings(values)
+    if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+        return arr  # already numeric in the raw file: keep as it is
+    for t in types:
+        try:
+            return arr.cast(t)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    return arr.cast(pa.string())
+
+
+def year_from_title(titles: pd.Series) -> pd.Series:
+    """The release year at the end of a MovieLens title, as nullable Int64 (null when absent)."""
+    years = titles.astype("str").str.extract(TITLE_YEAR_PATTERN, expand=False)
+    return pd.to_numeric(years, errors="coerce").astype("Int64")
+
+
+def read_text_table(path: Path, **kwargs: Any) -> pd.DataFrame:
+    """Read a delimited text file with every field as a string.
+
+    Only empty fields become null: pandas' default NA strings ("NA", "null", "nan") could be
+    real ids or titles, so they stay text.
+    """
+    if not path.is_file():
+        raise DatasetError(
+            f"{path} is missing; the raw dataset folder must contain it (see ../shared/data/README.md)"
+        )
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], **kwargs)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise DatasetError(f"{path} cannot be read as a delimited text file ({exc}); is it the raw file?") from exc
+
+
+def require_columns(df: pd.DataFrame, expected: Iterable[str], path: Path) -> None:
+    """Fail with a clear message when a raw file does not have the expected header."""
+    missing = [c for c in expected if c not in df.columns]
+    if missing:
+        raise DatasetError(
+            f"{path}: expected columns {list(expected)}, missing {missing} (found {list(df.columns)}); "
+            "is this the right raw file for the dataset?"
+        )
+
+
+def duplicate_key_rows(table: pa.Table) -> int:
+    """Rows repeating an earlier row's contract key; ingest loads such rows once (reported, not an error)."""
+    key = [c for c in INTERACTION_KEY if c in table.column_names]
+    return int(table.select(key).to_pandas().duplicated().sum())
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    """Write through a temporary file so an interrupted conversion leaves no half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def finish(
+    dataset: str,
+    raw_dir: Path,
+    out_dir: Path,
+    tables: dict[str, tuple[pa.Table, int, dict[str, int], str]],
+    notes: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write the contract tables and ``conversion_report.json``; return the table paths.
+
+    ``tables`` maps a table name to ``(table, rows_read, rows_skipped_by_reason, source)``.
+    The report must add up (read = written + skipped): a mismatch is a bug in the adapter,
+    so it fails here instead of producing a report that hides rows.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    report_tables: dict[str, Any] = {}
+    for name, (table, read, skipped, source) in tables.items():
+        written = table.num_rows
+        if read != written + sum(skipped.values()):
+            raise DatasetError(
+                f"adapter {dataset!r} bug: table {name} read {read} rows but wrote {written} and "
+                f"skipped {sum(skipped.values())}; please report this"
+            )
+        path = out_dir / f"{name}.parquet"
+        _write_atomic(path, lambda p, t=table: pq.write_table(t, p))
+        paths[name] = path
+        report_tables[name] = {
+            "source": source,
+            "rows_read": read,
+            "rows_written": written,
+            "rows_skipped": dict(skipped),
+        }
+    if "interactions" in tables:
+        notes = {**(notes or {}), "interactions_duplicate_key_rows": duplicate_key_rows(tables["interactions"][0])}
+    report = {"dataset": dataset, "raw_dir": str(raw_dir), "tables": report_tables, "notes": notes or {}}
+    text = json.dumps(report, indent=2, sort_keys=False) + "\n"
+    _write_atomic(out_dir / REPORT_NAME, lambda p: p.write_text(text, encoding="utf-8"))
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# ml-latest-small: ratings.csv + movies.csv
+# --------------------------------------------------------------------------------------------
+
+
+def convert_ml_latest_small(raw_dir: Path, out_dir: Path) -> dict[str, Path]:
+    """MovieLens latest-small: ratings become "rating" events, movies become items.
+
+    ``tags.csv`` and ``links.csv`` are ignored: tags are free text written by users (not an
+    event on an item the model can use as such), links are ids in other databases.
+    """
+    raw_dir = Path(raw_dir)
+    ratings_path, movies_path = raw_dir / "ratings.csv", raw_dir / "movies.csv"
+    ratings = read_text_table(ratings_path)
+    require_columns(ratings, ("userId", "movieId", "rating", "timestamp"), ratings_path)
+    movies = read_text_table(movies_path)
+    require_columns(movies, ("movieId", "title", "genres"), movies_path)
+
+    interactions = pa.table(
+        {
+            "user_id": strings(ratings["userId"]),
+            "item_id": strings(ratings["movieId"]),
+            "timestamp": numeric_or_raw(ratings["timestamp"]),
+            "event_type": pa.array(["rating"] * len(ratings), type=pa.string()),
+            "event_value": numeric_or_raw(ratings["rating"], (pa.float64(),)),
+        }
+    )
+    # "(no genres listed)" is MovieLens' placeholder for "unknown", not a genre: null, counted.
+    no_genres = movies["genres"] == "(no genres listed)"
+    genres = movies["genres"].mask(no_genres)
+    years = year_from_title(movies["title"])
+    items = pa.table(
+        {
+            "item_id": strings(movies["movieId"]),
+            "title": strings(movies["title"]),
+            "genres": strings(genres),
+            "year": pa.array(years, type=pa.int64(), from_pandas=True),
+        }
+    )
+    notes = {
+        "items_no_genres_listed_set_null": int(no_genres.sum()),
+        "items_without_year_in_title": int(years.isna().sum()),
+    }
+    return finish(
+        "ml-latest-small",
+        raw_dir,
+        out_dir,
+        {
+            "interactions": (interactions, len(ratings), {}, "ratings.csv"),
+            "items": (items, len(movies), {}, "movies.csv"),
+        },
+        notes,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# yoochoose: anonymous click sessions
+# --------------------------------------------------------------------------------------------
+
+YOOCHOOSE_FILES = ("yoochoose-clicks-100k_train_full.txt", "yoochoose-clicks-100k_test.txt")
+
+
+def convert_yoochoose(raw_dir: Path, out_dir: Path) -> dict[str, Path]:
+    """Yoochoose 100k: train_full + test clicks in one interactions file.
+
+    The sessions are anonymous, so there is no ``user_id`` column at all (the contract allows
+    ``session_id`` alone). The prepared train/test split is by time (every test click is later
+    than every train click), so a time split of this file gives it back; train_tr/train_valid
+    are subsets of train_full and are not read.
+    """
+    raw_dir = Path(raw_dir)
+    frames = []
+    for name in YOOCHOOSE_FILES:
+        path = raw_dir / name
+        df = read_text_table(path, sep="\t")
+        require_columns(df, ("SessionId", "ItemId", "Time"), path)
+        frames.append(df)
+    clicks = pd.concat(frames, ignore_index=True)
+    interactions = pa.table(
+        {
+            "session_id": strings(clicks["SessionId"]),
+            "item_id": strings(clicks["ItemId"]),
+            "timestamp": numeric_or_raw(clicks["Time"]),
+            "event_type": pa.array(["click"] * len(clicks), type=pa.string()),
+        }
+    )
+    notes = {f"rows_in_{name}": len(df) for name, df in zip(YOOCHOOSE_FILES, frames)}
+    return finish(
+        "yoochoose",
+        raw_dir,
+        out_dir,
+        {"interactions": (interactions, len(clicks), {}, " + ".join(YOOCHOOSE_FILES))},
+        notes,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# taobao: UserBehavior, no header
+# --------------------------------------------------------------------------------------------
+
+TAOBAO_FILE = "UserBehavior_head.csv"
+TAOBAO_COLUMNS = ("user", "item", "category", "behavior", "ts")
+
+
+def convert_taobao(raw_dir: Path, out_dir: Path) -> dict[str, Path]:
+    """Taobao UserBehavior: every row is an event (pv/cart/fav/buy); items get their category.
+
+    Timestamps are written as they are, including the real outliers before the 2017-11-25 ..
+    12-03 window: ingest quarantines them, the adapter does not judge them.
+    """
+    raw_dir = Path(raw_dir)
+    path = raw_dir / TAOBAO_FILE
+    df = read_text_table(path, header=None, names=list(TAOBAO_COLUMNS))
+    interactions = pa.table(
+        {
+            "user_id": strings(df["user"]),
+            "item_id": strings(df["item"]),
+            "timestamp": numeric_or_raw(df["ts"]),
+            "event_type": strings(df["behavior"]),
+        }
+    )
+    # Items are derived from the events. An item seen with several categories keeps the first
+    # one seen (file order); the number of such items is reported. The events keep every row.
+    pairs = df[["item", "category"]].dropna(subset=["item"])
+    conflicts = int((pairs.groupby("item", sort=False)["category"].nunique() > 1).sum())
+    first = pairs.drop_duplicates("item", keep="first")
+    items = pa.table({"item_id": strings(first["item"]), "category": strings(first["category"])})
+    return finish(
+        "taobao",
+        raw_dir,
+        out_dir,
+        {
+            "interactions": (interactions, len(df), {}, TAOBAO_FILE),
+            "items": (items, len(first), {}, f"distinct item ids in {TAOBAO_FILE}"),
+        },
+        {"items_with_several_categories_kept_first": conflicts},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# trivago: session logs with clickouts, impressions and request context
+# --------------------------------------------------------------------------------------------
+
+TRIVAGO_FILE = "trivago_val_100k.parquet.snappy"
+TRIVAGO_CLICKOUT = "clickout item"
+# The action types whose `reference` is an item (hotel) id. The others reference a
+# destination, a POI, a filter or a sort order, so they are not events on an item.
+TRIVAGO_ITEM_ACTIONS = (
+    TRIVAGO_CLICKOUT,
+    "interaction item image",
+    "interaction item info",
+    "interaction item deals",
+    "interaction item rating",
+    "search for item",
+)
+TRIVAGO_CONTEXT = ("platform", "city", "device")
+TRIVAGO_COLUMNS = ("user_id", "session_id", "timestamp", "action_type", "reference", "impressions", *TRIVAGO_CONTEXT)
+
+
+def convert_trivago(raw_dir: Path, out_dir: Path) -> dict[str, Path]:
+    """trivago RecSys 2019: events on items, clickouts with their impression lists.
+
+    Clickouts become ``clickout`` events carrying ``impression`` (the items shown); the other
+    item actions keep their action_type as event_type. platform/city/device are request context
+    columns. Rows whose reference is not an item id are counted as skipped, by reason.
+    ``step`` is not written: many image interactions repeat in the same second, and a differing
+    step would turn those exact duplicates into conflicting ones that ingest quarantines.
+    ``prices`` and ``current_filters`` are not written either (no contract column for them).
+    """
+    raw_dir = Path(raw_dir)
+    path = raw_dir / TRIVAGO_FILE
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing; the raw dataset folder must contain it (see ../shared/data/README.md)")
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DatasetError(f"{path} is not a readable Parquet file ({exc}); is it the raw file?") from exc
+    missing = [c for c in TRIVAGO_COLUMNS if c not in schema.names]
+    if missing:
+        raise DatasetError(f"{path}: missing columns {missing} (found {schema.names}); is it the raw file?")
+    df = pq.read_table(path, columns=list(TRIVAGO_COLUMNS)).to_pandas()
+
+    action = df["action_type"].astype("str")
+    ref = df["reference"]
+    is_item_action = action.isin(TRIVAGO_ITEM_ACTIONS)
+    # Item ids are numeric; a few item actions reference "unknown", which is not an item.
+    is_item_ref = ref.astype("str").str.fullmatch(r"\d+") & ref.notna()
+    keep = is_item_action & is_item_ref
+    skipped: dict[str, int] = {}
+    for at, n in action[~is_item_action].value_counts().items():
+        skipped[f"reference is not an item ({at})"] = int(n)
+    for at, n in action[is_item_action & ~is_item_ref].value_counts().items():
+        skipped[f"reference is not an item id ({at})"] = int(n)
+
+    ev = df[keep]
+    is_clickout = ev["action_type"] == TRIVAGO_CLICKOUT
+    columns: dict[str, pa.Array] = {
+        "user_id": strings(ev["user_id"]),
+        "session_id": strings(ev["session_id"]),
+        "item_id": strings(ev["reference"]),
+        "timestamp": numeric_or_raw(pa.array(ev["timestamp"], from_pandas=True)),
+        "event_type": strings(ev["action_type"].mask(is_clickout, "clickout")),
+        # Only a clickout shows a list; other rows have none in the raw data either.
+        "impression": strings(ev["impressions"].where(is_clickout)),
+    }
+    for c in TRIVAGO_CONTEXT:
+        columns[c] = strings(ev[c])
+    interactions = pa.table(columns)
+    notes = {
+        "clickouts": int(is_clickout.sum()),
+        "clickouts_without_impressions": int(ev["impressions"][is_clickout].isna().sum()),
+    }
+    return finish(
+        "trivago",
+        raw_dir,
+        out_dir,
+        {"interactions": (interactions, len(df), skipped, TRIVAGO_FILE)},
+        notes,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+
+
+def convert_ml100k(raw_dir: Path, out_dir: Path) -> dict[str, Path]:
+    """MovieLens-100k from the recbole wheel; see ``hrnn_core.datasets.ml100k.convert_ml100k``."""
+    # Imported here because ml100k imports the helpers above (no import cycle at load time).
+    from hrnn_core.datasets.ml100k import convert_ml100k as convert  # noqa: PLC0415
+
+    return convert(raw_dir, out_dir)
+
+
+ADAPTERS: dict[str, Converter] = {
+    "ml-100k": convert_ml100k,
+    "ml-latest-small": convert_ml_latest_small,
+    "yoochoose": convert_yoochoose,
+    "taobao": convert_taobao,
+    "trivago": convert_trivago,
+}
