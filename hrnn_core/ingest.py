@@ -1,0 +1,642 @@
+"""Ingest contract files into the warehouse: read -> parse -> deduplicate -> validate -> load.
+
+One file is one ingestion batch, loaded in one transaction: a failure anywhere leaves the
+warehouse as it was. Every row read ends up counted in exactly one of ``accepted``,
+``duplicates`` or ``quarantined`` (with a reason): ``rows_in = accepted + duplicates +
+quarantined``. A file already ingested (same sha256 into the same table) is skipped, so ingesting
+it again leaves every table identical.
+
+Steps (all values through bound parameters; column names from the file are quoted identifiers):
+1. contract check of the header/schema (a whole-file break raises ``ContractError``);
+2. DuckDB reads the file; rows the CSV parser cannot split (ragged, bad quotes, invalid UTF-8)
+   become quarantine rows ("malformed row: ...");
+3. SQL parses ids, timestamps (epoch int/float or ISO-8601, mixed per row), values;
+4. SQL removes duplicates (within the file, and of rows already in the warehouse);
+5. Great Expectations validates the typed rows in chunks (``hrnn_core.validation``); failing
+   rows go to quarantine with the expectation's reason;
+6. accepted rows are inserted; new users/items get appended stable indices.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from hrnn_core import contract as c
+from hrnn_core import validation
+from hrnn_core.config import Config
+from hrnn_core.errors import ContractError
+from hrnn_core.warehouse import connect, quote_ident, run_checks
+
+CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+PARQUET_SUFFIXES = (".parquet", ".pq", ".snappy")
+NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+                 "UINTEGER", "UBIGINT", "FLOAT", "DOUBLE", "REAL")
+
+
+@dataclass
+class IngestReport:
+    """What happened to one file. ``rows_in == accepted + duplicates + quarantined``."""
+
+    table: str
+    source_file: str
+    checksum: str
+    rows_in: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    batch_id: int | None = None
+    already_ingested: bool = False  # same file (sha256) was loaded before: nothing changed
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- file level
+
+
+def file_checksum(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_kind(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(PARQUET_SUFFIXES) or ".parquet" in name:
+        return "parquet"
+    if name.endswith(CSV_SUFFIXES):
+        return "csv"
+    raise ContractError(path, "unsupported file type; give a .csv or .parquet file")
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The header row of a CSV file, or ContractError when the file cannot be a contract file."""
+    with open(path, "rb") as fh:
+        first = fh.readline()
+        second = fh.readline()
+    if not first.strip():
+        raise ContractError(path, "file is empty")
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ContractError(path, "header row is not valid UTF-8; save the file as UTF-8") from None
+    columns = next(csv.reader(io.StringIO(text)))
+    columns = [col.strip() for col in columns]
+    if any(not col for col in columns):
+        raise ContractError(path, "header has an empty column name")
+    dupes = sorted({col for col in columns if columns.count(col) > 1})
+    if dupes:
+        raise ContractError(path, f"header repeats column(s) {dupes}")
+    if not second.strip():
+        raise ContractError(path, "file has a header but no data rows")
+    return columns
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    try:
+        schema = pq.read_schema(path)
+        n_rows = pq.ParquetFile(path).metadata.num_rows
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise ContractError(path, f"not a readable Parquet file ({exc})") from None
+    if n_rows == 0:
+        raise ContractError(path, "file has no data rows")
+    return list(schema.names)
+
+
+def _check_required(path: Path, table: str, columns: list[str]) -> None:
+    def missing(col: str) -> ContractError:
+        hint = ""
+        if len(columns) == 1 and any(sep in columns[0] for sep in (";", "\t", "|")):
+            hint = "; the header looks like it uses another delimiter: the contract needs commas"
+        return ContractError(
+            path, f"missing required column '{col}' (columns found: {', '.join(columns)}){hint}"
+        )
+
+    if table == "interactions":
+        for col in c.INTERACTION_REQUIRED:
+            if col not in columns:
+                raise missing(col)
+        if "user_id" not in columns and "session_id" not in columns:
+            raise missing("user_id")
+    elif table == "users":
+        if "user_id" not in columns:
+            raise missing("user_id")
+    elif table == "items":
+        if "item_id" not in columns:
+            raise missing("item_id")
+    else:
+        raise ContractError(path, f"unknown table {table!r}; use one of {', '.join(c.TABLES)}")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _load_raw(con: duckdb.DuckDBPyConnection, path: Path, kind: str, columns: list[str]) -> None:
+    """Create temp table ``raw_rows`` (__row = data row ordinal) and ``raw_rejects`` (CSV lines)."""
+    if kind == "csv":
+        con.execute(
+            "create temp table raw_parse as select * from read_csv($path, header = true, "
+            "delim = ',', quote = '\"', escape = '\"', all_varchar = true, auto_detect = false, "
+            "strict_mode = true, store_rejects = true, rejects_table = 'hrnn_rejects', "
+            "rejects_scan = 'hrnn_reject_scans', columns = $columns, parallel = false)",
+            {"path": str(path), "columns": {col: "VARCHAR" for col in columns}},
+        )
+        con.execute(
+            "create temp table raw_rejects as select line - 1 as row_number, "
+            "error_type || ': ' || error_message as detail, csv_line from hrnn_rejects"
+        )
+        # A repeated header row parses as data; it is quarantined, not loaded.
+        cond = " and ".join(f"{quote_ident(col)} is not distinct from $h{i}" for i, col in enumerate(columns))
+        header_params = {f"h{i}": col for i, col in enumerate(columns)}
+        # __row is the data row number (1 = first line after the header). The parser skips
+        # rejected lines, so a parsed row's number is its ordinal k plus the rejected lines
+        # before it: reject j (1-based, sorted) precedes ordinals k >= row_j - j + 1.
+        con.execute(
+            f"""create temp table raw_rows as
+            with parsed as (select row_number() over () as k, * from raw_parse),
+            thresholds as (
+                select row_number - row_number() over (order by row_number) + 1 as first_k
+                from raw_rejects
+            )
+            select k + (select count(*) from thresholds where first_k <= k) as __row,
+                   * exclude (k), ({cond}) as __is_header
+            from parsed""",
+            header_params,
+        )
+        con.execute("drop table raw_parse")
+    else:
+        con.execute(
+            "create temp table raw_rows as select row_number() over () as __row, *, "
+            "false as __is_header from read_parquet($path)",
+            {"path": str(path)},
+        )
+        con.execute("create temp table raw_rejects (row_number bigint, detail varchar, csv_line varchar)")
+
+
+def _column_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    return {name: str(typ).upper() for name, typ, *_ in con.execute("describe raw_rows").fetchall()}
+
+
+def _text(col: str) -> str:
+    """A column as text with empty/blank strings as NULL."""
+    q = quote_ident(col)
+    return f"nullif(trim(cast({q} as varchar)), '')"
+
+
+def _id(col: str, types: dict[str, str]) -> str:
+    """An id column as text: empty -> NULL, otherwise kept exactly as given (no trimming)."""
+    q = quote_ident(col)
+    if col not in types:
+        return "cast(null as varchar)"
+    return f"case when trim(cast({q} as varchar)) = '' then null else cast({q} as varchar) end"
+
+
+def _timestamp_expr(col: str, types: dict[str, str]) -> str:
+    """Epoch seconds from int/float epoch or ISO-8601 text (mixed formats allowed per row)."""
+    q = quote_ident(col)
+    typ = types[col]
+    if typ.startswith(NUMERIC_TYPES) or typ.startswith("DECIMAL"):
+        return f"cast({q} as double)"
+    if typ.startswith("TIMESTAMP") or typ == "DATE":
+        return f"epoch({q})"
+    t = _text(col)
+    return (
+        f"coalesce(try_cast({t} as double), epoch(try_cast({t} as timestamptz)))"
+    )
+
+
+def _value_class_expr(col: str, types: dict[str, str]) -> tuple[str, str]:
+    """(value expression, class expression) for event_value: ok / missing / not_a_number / not_finite."""
+    if col not in types:
+        return "cast(null as double)", "'missing'"
+    q = quote_ident(col)
+    typ = types[col]
+    num = f"cast({q} as double)" if typ.startswith(NUMERIC_TYPES) else f"try_cast({_text(col)} as double)"
+    raw = q if typ.startswith(NUMERIC_TYPES) else _text(col)
+    klass = (
+        f"case when {raw} is null then 'missing' when {num} is null then 'not_a_number' "
+        f"when not isfinite({num}) then 'not_finite' else 'ok' end"
+    )
+    return f"case when isfinite({num}) then {num} end", klass
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _stage_interactions(con: duckdb.DuckDBPyConnection, cfg: Config, columns: list[str]) -> None:
+    """typed_rows: parsed interactions (+ owner, value_class) for every non-header raw row."""
+    types = _column_types(con)
+    value, value_class = _value_class_expr("event_value", types)
+    context_cols = [col for col in columns if col not in c.INTERACTION_COLUMNS]
+    params: dict[str, object] = {"default_event_type": cfg.ingest.default_event_type}
+    if context_cols:
+        entries = []
+        for i, col in enumerate(context_cols):
+            params[f"ctx{i}"] = col
+            entries.append(f"struct_pack(key := $ctx{i}, value := {_text(col)})")
+        context = f"map_from_entries(list_filter([{', '.join(entries)}], lambda e: e.value is not null))"
+    else:
+        context = "cast(null as map(varchar, varchar))"
+    event_type = _text("event_type") if "event_type" in types else "null"
+    impression = _text("impression") if "impression" in types else "cast(null as varchar)"
+    con.execute(
+        f"""
+        create temp table typed_rows as
+        with parsed as (
+            select
+                __row,
+                {_id("user_id", types)} as user_id,
+                {_id("session_id", types)} as session_id,
+                {_id("item_id", types)} as item_id,
+                {_text("timestamp")} as ts_raw,
+                {_timestamp_expr("timestamp", types)} as ts,
+                coalesce({event_type}, $default_event_type) as event_type,
+                {value} as event_value,
+                {value_class} as value_class,
+                {impression} as impression,
+                {context} as context
+            from raw_rows
+            where not __is_header
+        )
+        select
+            *,
+            coalesce(user_id, '~session:' || session_id) as owner,
+            length(coalesce(user_id, session_id)) as owner_len
+        from parsed
+        """,
+        params,
+    )
+
+
+def _dedupe_interactions(con: duckdb.DuckDBPyConnection) -> None:
+    """Mark rows whose key repeats an earlier row of the file or a row already loaded."""
+    con.execute(
+        """
+        create temp table dup_rows as
+        with keyed as (
+            select __row, user_id, session_id, item_id, ts, event_type,
+                row_number() over (
+                    partition by user_id, session_id, item_id, ts, event_type order by __row
+                ) as nth
+            from typed_rows
+            where item_id is not null and ts is not null and owner is not null
+        ),
+        in_file as (
+            select __row from keyed where nth > 1
+        ),
+        in_warehouse as (
+            select k.__row
+            from keyed as k
+            join interactions as i
+              on i.item_id = k.item_id
+             and i."timestamp" = k.ts
+             and i.event_type = k.event_type
+             and i.user_id is not distinct from k.user_id
+             and i.session_id is not distinct from k.session_id
+            where k.nth = 1
+        ),
+        final as (
+            select __row from in_file
+            union
+            select __row from in_warehouse
+        )
+        select * from final
+        """
+    )
+
+
+def _validate_chunks(
+    con: duckdb.DuckDBPyConnection, cfg: Config, table: str, select_sql: str, rules, params=None
+) -> None:
+    """Run the GX suite over ``select_sql`` (must return __row + the suite's columns) in chunks."""
+    con.execute("create temp table bad_rows (__row bigint, reason varchar)")
+    n = con.execute(f"select count(*) from ({select_sql})", params or {}).fetchall()[0][0]
+    step = max(1, cfg.ingest.chunk_rows)
+    for lo in range(0, n, step):
+        df = con.execute(
+            f"select * from ({select_sql}) order by __row limit {step} offset {lo}", params or {}
+        ).df()
+        df = df.set_index("__row")
+        df.index = df.index.astype("int64")
+        failures = validation.failing_rows(table, df, rules)
+        if failures:
+            bad = pd.DataFrame({"__row": list(failures), "reason": list(failures.values())})
+            con.execute("insert into bad_rows select * from bad")
+
+
+def _quarantine(con: duckdb.DuckDBPyConnection, batch_id: int, table: str, source: str) -> None:
+    """Move rejected CSV lines, repeated headers and GX failures into the quarantine table."""
+    params = {"batch": batch_id, "table": table, "source": source}
+    con.execute(
+        "insert into quarantine select $batch, $table, $source, row_number, "
+        "'malformed row: ' || detail, csv_line from raw_rejects",
+        params,
+    )
+    con.execute(
+        "insert into quarantine select $batch, $table, $source, r.__row, 'repeated header row', "
+        "to_json(r)::varchar from raw_rows as r where r.__is_header",
+        params,
+    )
+    con.execute(
+        "insert into quarantine select $batch, $table, $source, r.__row, b.reason, "
+        "to_json(r)::varchar from raw_rows as r join bad_rows as b using (__row)",
+        params,
+    )
+
+
+def _append_index(con: duckdb.DuckDBPyConnection, index_table: str, id_col: str, idx_col: str,
+                  source_sql: str) -> None:
+    """Append new ids after the current maximum, in order of first appearance (never renumber)."""
+    con.execute(
+        f"""
+        insert into {index_table}
+        with new_ids as (
+            select s.id, min(s.first_seen) as first_seen
+            from ({source_sql}) as s
+            anti join {index_table} as x on x.{id_col} = s.id
+            group by s.id
+        ),
+        base as (select coalesce(max({idx_col}), -1) as top from {index_table})
+        select (base.top + row_number() over (order by first_seen, id))::integer, id
+        from new_ids, base
+        """
+    )
+
+
+def _load_interactions(con: duckdb.DuckDBPyConnection, batch_id: int) -> int:
+    con.execute(
+        """
+        insert into interactions
+        with accepted as (
+            select t.*
+            from typed_rows as t
+            anti join dup_rows as d using (__row)
+            anti join bad_rows as b using (__row)
+        ),
+        base as (select coalesce(max(event_id), -1) as top from interactions)
+        select
+            base.top + row_number() over (order by a.__row) as event_id,
+            a.user_id, a.session_id, a.item_id, a.ts, a.event_type, a.event_value,
+            a.impression, a.context, $batch
+        from accepted as a, base
+        """,
+        {"batch": batch_id},
+    )
+    _append_index(
+        con, "user_index", "user_id", "user_idx",
+        f"select coalesce(user_id, '~session:' || session_id) as id, event_id as first_seen "
+        f"from interactions where batch_id = {int(batch_id)}",
+    )
+    _append_index(
+        con, "item_index", "item_id", "item_idx",
+        f"select item_id as id, event_id as first_seen from interactions where batch_id = {int(batch_id)}",
+    )
+    return con.execute("select count(*) from interactions where batch_id = $b", {"b": batch_id}).fetchall()[0][0]
+
+
+def _stage_entities(con: duckdb.DuckDBPyConnection, cfg: Config, table: str, columns: list[str]) -> tuple[list[str], list[str]]:
+    """typed_rows for users/items; returns (numeric columns, categorical columns)."""
+    types = _column_types(con)
+    id_col = "user_id" if table == "users" else "item_id"
+    attrs = [
+        col for col in columns
+        if col != id_col and not (table == "items" and col == c.ITEM_CREATION_COLUMN)
+    ]
+    numeric, categorical = [], []
+    for col in attrs:
+        typ = types[col]
+        if typ.startswith(NUMERIC_TYPES) or typ.startswith("DECIMAL"):
+            numeric.append(col)
+            continue
+        # Text column: numeric when every non-empty value parses as a number.
+        t = _text(col)
+        stats = con.execute(
+            f"select count({t}), count(try_cast({t} as double)) from raw_rows where not __is_header"
+        ).fetchall()[0]
+        (numeric if stats[0] > 0 and stats[0] == stats[1] else categorical).append(col)
+    params: dict[str, object] = {}
+    num_entries, cat_entries = [], []
+    for i, col in enumerate(numeric):
+        params[f"n{i}"] = col
+        num_entries.append(f"struct_pack(key := $n{i}, value := try_cast({_text(col)} as double))")
+    for i, col in enumerate(categorical):
+        params[f"c{i}"] = col
+        cat_entries.append(f"struct_pack(key := $c{i}, value := {_text(col)})")
+    num_map = (f"map_from_entries(list_filter([{', '.join(num_entries)}], lambda e: e.value is not null))"
+               if num_entries else "cast(null as map(varchar, double))")
+    cat_map = (f"map_from_entries(list_filter([{', '.join(cat_entries)}], lambda e: e.value is not null))"
+               if cat_entries else "cast(null as map(varchar, varchar))")
+    num_cols = "".join(f", try_cast({_text(col)} as double) as {quote_ident('num_' + col)}" for col in numeric)
+    if table == "items" and c.ITEM_CREATION_COLUMN in types:
+        cts = _timestamp_expr(c.ITEM_CREATION_COLUMN, types)
+        raw_cts = _text(c.ITEM_CREATION_COLUMN)
+        cts_cols = (f", {cts} as cts, case when {raw_cts} is null then 'missing' "
+                    f"when {cts} is null then 'unparseable' else 'ok' end as ts_status")
+    else:
+        cts_cols = ", cast(null as double) as cts, 'missing' as ts_status"
+    con.execute(
+        f"""
+        create temp table typed_rows as
+        select __row, {_id(id_col, types)} as entity_id, {cat_map} as categorical,
+               {num_map} as numeric {num_cols} {cts_cols},
+               hash({cat_map}, {num_map}) as attr_hash
+        from raw_rows where not __is_header
+        """,
+        params,
+    )
+    return numeric, categorical
+
+
+def _dedupe_entities(con: duckdb.DuckDBPyConnection) -> None:
+    """Same id twice in a file: identical rows are duplicates; differing ones are quarantined."""
+    con.execute(
+        """
+        create temp table dup_rows as
+        with ranked as (
+            select __row, entity_id, attr_hash,
+                first_value(attr_hash) over (partition by entity_id order by __row) as first_hash,
+                row_number() over (partition by entity_id order by __row) as nth
+            from typed_rows where entity_id is not null
+        )
+        select __row, attr_hash = first_hash as identical from ranked where nth > 1
+        """
+    )
+
+
+def _load_entities(con: duckdb.DuckDBPyConnection, table: str, batch_id: int) -> int:
+    id_col = "user_id" if table == "users" else "item_id"
+    cts = ", cts" if table == "items" else ""
+    con.execute(
+        f"""
+        insert or replace into {table}
+        select entity_id as {id_col}, categorical, numeric {cts}, $batch
+        from typed_rows as t
+        anti join dup_rows as d using (__row)
+        anti join bad_rows as b using (__row)
+        """,
+        {"batch": batch_id},
+    )
+    return con.execute(f"select count(*) from {table} where batch_id = $b", {"b": batch_id}).fetchall()[0][0]
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def ingest_file(cfg: Config, path: str | Path, table: str = "interactions",
+                con: duckdb.DuckDBPyConnection | None = None) -> IngestReport:
+    """Ingest one contract file into ``table``; see the module docstring for the steps."""
+    path = Path(path)
+    if not path.is_file():
+        raise ContractError(path, "no such file")
+    if table not in c.TABLES:
+        raise ContractError(path, f"unknown table {table!r}; use one of {', '.join(c.TABLES)}")
+    if con is None:
+        with connect(cfg) as own:
+            return ingest_file(cfg, path, table, own)
+
+    started = time.time()
+    kind = _file_kind(path)
+    columns = _csv_header(path) if kind == "csv" else _parquet_columns(path)
+    _check_required(path, table, columns)
+    checksum = file_checksum(path)
+    report = IngestReport(table=table, source_file=str(path.resolve()), checksum=checksum)
+
+    previous = con.execute(
+        "select batch_id, rows_in from ingestion_batches where checksum = $c and table_name = $t",
+        {"c": checksum, "t": table},
+    ).fetchall()
+    if previous:
+        report.batch_id, report.rows_in = previous[0]
+        report.duplicates = report.rows_in
+        report.already_ingested = True
+        report.seconds = time.time() - started
+        return report
+
+    now = datetime.now(timezone.utc).timestamp()
+    min_ts = cfg.ingest.min_timestamp
+    max_ts = now + cfg.ingest.max_future_seconds
+    con.execute("begin transaction")
+    try:
+        batch_id = con.execute("select coalesce(max(batch_id), 0) + 1 from ingestion_batches").fetchall()[0][0]
+        try:
+            _load_raw(con, path, kind, columns)
+        except duckdb.Error as exc:
+            raise ContractError(path, f"cannot be read as {kind.upper()} ({str(exc).splitlines()[0]})") from None
+
+        if table == "interactions":
+            _stage_interactions(con, cfg, columns)
+            _dedupe_interactions(con)
+            rules = validation.interaction_rules(min_ts, max_ts, cfg.ingest.max_id_length)
+            _validate_chunks(
+                con, cfg, table,
+                "select t.__row, owner, owner_len, item_id, ts_raw, ts, value_class, event_type "
+                "from typed_rows as t anti join dup_rows as d using (__row)",
+                rules,
+            )
+            _quarantine(con, batch_id, table, report.source_file)
+            report.accepted = _load_interactions(con, batch_id)
+        else:
+            numeric, _ = _stage_entities(con, cfg, table, columns)
+            _dedupe_entities(con)
+            id_col = "user_id" if table == "users" else "item_id"
+            ts_col = "cts" if table == "items" and c.ITEM_CREATION_COLUMN in columns else None
+            rules = validation.entity_rules(
+                id_col, cfg.ingest.max_id_length, [f"num_{col}" for col in numeric], ts_col, min_ts, max_ts
+            )
+            select_cols = ", ".join(
+                [f"entity_id as {id_col}"] + [quote_ident(f"num_{col}") for col in numeric]
+                + (["cts", "ts_status"] if ts_col else [])
+            )
+            _validate_chunks(
+                con, cfg, table,
+                f"select t.__row, {select_cols} from typed_rows as t anti join dup_rows as d using (__row)",
+                rules,
+            )
+            con.execute(
+                "insert into bad_rows select __row, $reason from dup_rows where not identical",
+                {"reason": c.REASON_DUPLICATE_KEY},
+            )
+            con.execute("delete from dup_rows where not identical")
+            _quarantine(con, batch_id, table, report.source_file)
+            report.accepted = _load_entities(con, table, batch_id)
+
+        n_raw, n_dups = con.execute(
+            "select (select count(*) from raw_rows), (select count(*) from dup_rows)"
+        ).fetchall()[0]
+        n_rejects = con.execute("select count(*) from raw_rejects").fetchall()[0][0]
+        report.rows_in = n_raw + n_rejects
+        report.duplicates = n_dups
+        reasons = con.execute(
+            "select case when reason like 'malformed row:%' then 'malformed row' else reason end as r, "
+            "count(*) from quarantine where batch_id = $b group by r order by r",
+            {"b": batch_id},
+        ).fetchall()
+        report.quarantine_reasons = {r: n for r, n in reasons}
+        report.quarantined = sum(report.quarantine_reasons.values())
+        if report.rows_in != report.accepted + report.duplicates + report.quarantined:
+            raise RuntimeError(
+                f"{path}: row accounting does not add up ({report.rows_in} in, {report.accepted} "
+                f"accepted, {report.duplicates} duplicates, {report.quarantined} quarantined)"
+            )
+        failed = {k: v for k, v in run_checks(con, cfg).items() if v and k != "hourly_popularity_matches"}
+        if failed:
+            raise RuntimeError(f"{path}: warehouse checks failed after load: {failed}")
+        report.batch_id = batch_id
+        report.seconds = time.time() - started
+        con.execute(
+            "insert into ingestion_batches values ($b, $t, $s, $c, $n, $a, $d, $q, to_timestamp($start), now())",
+            {"b": batch_id, "t": table, "s": report.source_file, "c": checksum, "n": report.rows_in,
+             "a": report.accepted, "d": report.duplicates, "q": report.quarantined, "start": started},
+        )
+        for tmp in ("raw_rows", "raw_rejects", "typed_rows", "dup_rows", "bad_rows",
+                    "hrnn_rejects", "hrnn_reject_scans"):
+            con.execute(f"drop table if exists {tmp}")
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise
+    return report
+
+
+def ingest_path(cfg: Config, path: str | Path, table: str | None = None,
+                con: duckdb.DuckDBPyConnection | None = None) -> list[IngestReport]:
+    """Ingest a file, or every contract file in a folder (users and items before interactions).
+
+    In a folder, the table comes from the file name (``interactions*``, ``users*``, ``items*``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        order = {"users": 0, "items": 1, "interactions": 2}
+        plan = []
+        for f in files:
+            t = table or next((name for name in order if f.name.startswith(name)), None)
+            if t is None:
+                continue
+            try:
+                _file_kind(f)
+            except ContractError:
+                continue
+            plan.append((order.get(t, 3), f.name, f, t))
+        if not plan:
+            raise ContractError(path, "no contract files (interactions*/users*/items* .csv/.parquet) found")
+        if con is None:
+            with connect(cfg) as own:
+                return [ingest_file(cfg, f, t, own) for _, _, f, t in sorted(plan)]
+        return [ingest_file(cfg, f, t, con) for _, _, f, t in sorted(plan)]
+    return [ingest_file(cfg, path, table or "interactions", con)]
