@@ -1,0 +1,188 @@
+"""The SQL files of sql/ on tiny fixture tables with expected outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from hrnn_core.config import load_config
+from hrnn_core.errors import WarehouseError
+from hrnn_core.transforms import (
+    build_sessions,
+    export_snapshot,
+    hour_interval,
+    popularity_window,
+    update_hourly_popularity,
+)
+from hrnn_core.warehouse import connect, run_checks, split_statements, table_checksum
+
+H = 3600
+
+
+@pytest.fixture()
+def cfg(tmp_path):
+    return load_config(overrides={"paths": {"data_dir": str(tmp_path), "warehouse": str(tmp_path / "w.duckdb")}})
+
+
+def insert_events(con, rows):
+    """rows: (event_id, user_id, session_id, item_id, timestamp[, event_type, value])."""
+    for r in rows:
+        event_id, user, session, item, ts = r[:5]
+        etype = r[5] if len(r) > 5 else "click"
+        value = r[6] if len(r) > 6 else None
+        con.execute(
+            "insert into interactions values ($e, $u, $s, $i, $t, $et, $v, null, null, 1)",
+            {"e": event_id, "u": user, "s": session, "i": item, "t": ts, "et": etype, "v": value},
+        )
+    for owner in dict.fromkeys((r[1] or f"~session:{r[2]}") for r in rows):
+        con.execute("insert into user_index select (select coalesce(max(user_idx), -1) + 1 from user_index), $o "
+                    "where not exists (select 1 from user_index where user_id = $o)", {"o": owner})
+    for item in dict.fromkeys(r[3] for r in rows):
+        con.execute("insert into item_index select (select coalesce(max(item_idx), -1) + 1 from item_index), $i "
+                    "where not exists (select 1 from item_index where item_id = $i)", {"i": item})
+
+
+def sessions_of(con):
+    return con.execute(
+        "select event_id, owner_id, session_index, position_in_session, time_delta, is_session_start "
+        "from sessions order by event_id"
+    ).fetchall()
+
+
+def test_session_boundary_exactly_at_gap(cfg):
+    gap = 1800
+    with connect(cfg) as con:
+        insert_events(con, [
+            (1, "u", None, "a", 0.0),
+            (2, "u", None, "b", gap),             # exactly the gap: same session
+            (3, "u", None, "c", 2 * gap + 1),     # gap + 1 s: new session
+            (4, "u", None, "d", 2 * gap + 1),     # same second: same session, delta 0
+            (5, "v", None, "a", 10.0),            # another owner starts its own session
+        ])
+        n = build_sessions(con, cfg, gap_seconds=gap)
+        rows = sessions_of(con)
+    assert n == 3
+    assert rows == [
+        (1, "u", 0, 0, None, True),
+        (2, "u", 0, 1, float(gap), False),
+        (3, "u", 1, 0, float(gap + 1), True),
+        (4, "u", 1, 1, 0.0, False),
+        (5, "v", 0, 0, None, True),
+    ]
+
+
+def test_given_session_ids_win_over_gaps(cfg):
+    with connect(cfg) as con:
+        insert_events(con, [
+            (1, None, "s1", "a", 0.0),
+            (2, None, "s1", "b", 99_999.0),       # long gap but same given session
+            (3, None, "s2", "c", 100_000.0),      # different owner (anonymous session)
+            (4, "u", "x", "a", 0.0),
+            (5, "u", "y", "b", 1.0),              # given session changes after 1 s
+        ])
+        build_sessions(con, cfg, gap_seconds=1800)
+        rows = sessions_of(con)
+    assert [(r[0], r[1], r[2], r[5]) for r in rows] == [
+        (1, "~session:s1", 0, True),
+        (2, "~session:s1", 0, False),
+        (3, "~session:s2", 0, True),
+        (4, "u", 0, True),
+        (5, "u", 1, True),
+    ]
+
+
+def test_ties_keep_file_order(cfg):
+    with connect(cfg) as con:
+        insert_events(con, [(2, "u", None, "b", 5.0), (1, "u", None, "a", 5.0), (3, "u", None, "c", 4.0)])
+        build_sessions(con, cfg)
+        order = con.execute("select event_id from sessions order by owner_position").fetchall()
+    assert [r[0] for r in order] == [3, 1, 2]
+
+
+def test_hourly_popularity_interval_edges_and_rerun(cfg):
+    t0 = 1_700_000_000 // H * H  # an hour boundary
+    with connect(cfg) as con:
+        insert_events(con, [
+            (1, "u", None, "a", t0 - 1),          # last second of the previous hour
+            (2, "u", None, "a", t0),              # first second of hour t0
+            (3, "v", None, "a", t0 + H - 0.5),    # still hour t0
+            (4, "v", None, "b", t0 + H),          # next hour
+            (5, "w", None, "a", t0 + 2 * H),      # outside [t0, t0 + 2h)
+        ])
+        lo, hi, n = update_hourly_popularity(con, cfg, t0, t0 + 2 * H)
+        assert (lo, hi, n) == (t0, t0 + 2 * H, 2)
+        rows = con.execute("select item_id, hour_start, events from hourly_item_popularity order by all").fetchall()
+        assert rows == [("a", t0, 2), ("b", t0 + H, 1)]
+        before = table_checksum(con, "hourly_item_popularity", "item_id, hour_start")
+        update_hourly_popularity(con, cfg, t0, t0 + 2 * H)  # re-run: identical
+        assert table_checksum(con, "hourly_item_popularity", "item_id, hour_start") == before
+        # a late event arrives in the interval: the re-run replaces exactly that interval
+        insert_events(con, [(6, "z", None, "b", t0 + H + 5)])
+        update_hourly_popularity(con, cfg, t0 + 1, t0 + 2 * H - 1)  # aligned to the same hours
+        rows = con.execute("select item_id, hour_start, events from hourly_item_popularity order by all").fetchall()
+        assert rows == [("a", t0, 2), ("b", t0 + H, 2)]
+        # a neighbouring interval leaves this one untouched
+        update_hourly_popularity(con, cfg, t0 - H, t0)
+        rows = con.execute("select item_id, hour_start, events from hourly_item_popularity order by all").fetchall()
+        assert rows == [("a", t0 - H, 1), ("a", t0, 2), ("b", t0 + H, 2)]
+        build_sessions(con, cfg)
+        assert all(not v for v in run_checks(con, cfg).values())
+
+
+def test_popularity_window_uses_whole_hours_before_t(cfg):
+    t0 = 1_700_000_000 // H * H
+    with connect(cfg) as con:
+        insert_events(con, [
+            (1, "u", None, "a", t0 - 2 * H + 1),
+            (2, "u", None, "a", t0 - H + 1),
+            (3, "u", None, "b", t0 - 1),
+            (4, "u", None, "b", t0 + 1),          # at/after t: excluded
+        ])
+        update_hourly_popularity(con, cfg)
+        df = popularity_window(con, cfg, at_time=t0, window_seconds=H)
+        assert list(zip(df.item_id, df.events)) == [("a", 1), ("b", 1)]
+        df = popularity_window(con, cfg, at_time=t0, window_seconds=2 * H)
+        assert list(zip(df.item_id, df.events)) == [("a", 2), ("b", 1)]
+
+
+def test_hour_interval_validation():
+    assert hour_interval(3601, 7201) == (3600, 10800)
+    with pytest.raises(WarehouseError):
+        hour_interval(10, 10)
+
+
+def test_snapshot_respects_cut_and_is_reused(cfg):
+    with connect(cfg) as con:
+        insert_events(con, [
+            (1, "u", None, "a", 100.0, "view", 1.0),
+            (2, "u", None, "b", 200.0, "buy", 5.0),
+            (3, "v", None, "a", 150.0),
+            (4, "u", None, "c", 300.0),           # after the cut
+        ])
+        snap = export_snapshot(con, cfg, as_of=250.0)
+        again = export_snapshot(con, cfg, as_of=250.0)
+    assert again.snapshot_id == snap.snapshot_id
+    assert (snap.n_events, snap.n_owners, snap.n_items) == (3, 2, 3)
+    seqs = pq.read_table(snap.path / "sequences.parquet").to_pylist()
+    u = next(s for s in seqs if s["owner_id"] == "u")
+    assert u["item_idx"] == [0, 1] and u["event_types"] == ["view", "buy"] and u["event_values"] == [1.0, 5.0]
+    assert u["time_deltas"] == [None, 100.0] and u["session_starts"] == [True, False]
+    freq = pq.read_table(snap.path / "item_frequency.parquet").to_pylist()
+    assert {(f["item_id"], f["events"]) for f in freq} == {("a", 2), ("b", 1)}  # c is after the cut
+    manifest = json.loads((snap.path / "manifest.json").read_text())
+    assert manifest["as_of"] == 250.0
+
+
+def test_checks_detect_a_duplicate(cfg):
+    with connect(cfg) as con:
+        insert_events(con, [(1, "u", None, "a", 1.0)])
+        con.execute("insert into interactions select * from interactions")
+        failures = run_checks(con, cfg)["interactions_unique"]
+    assert {f[0] for f in failures} == {"duplicate event_id", "duplicate interaction key"}
+
+
+def test_split_statements_ignores_comment_lines():
+    sql = "-- a; comment\ndelete from t where x = 1;\ninsert into t values (1);\n"
+    assert split_statements(sql) == ["delete from t where x = 1", "insert into t values (1)"]
