@@ -161,6 +161,19 @@ def _print_reports(reports, as_json: bool) -> None:
             typer.echo(f"    quarantined: {reason}: {n:,}")
 
 
+def _dataset_time_range(cfg, contract_dir: Path):
+    """Apply the dataset's documented collection window (conversion report) to validation."""
+    from hrnn_core.config import replace  # noqa: PLC0415
+
+    report = contract_dir / "conversion_report.json"
+    if not report.exists():
+        return cfg
+    window = json.loads(report.read_text()).get("notes", {}).get("valid_time_range")
+    if not window:
+        return cfg
+    return replace(cfg, ingest={"min_timestamp": float(window[0]), "max_timestamp": float(window[1])})
+
+
 @app.command("ingest")
 @_guard
 def ingest(
@@ -186,6 +199,7 @@ def ingest(
         else:
             files = convert(dataset, path, cfg.paths.datasets_dir / dataset / "contract")
         src = Path(next(iter(files.values()))).parent
+        cfg = _dataset_time_range(cfg, src)
         reports = ingest_path(cfg, src, None)
     else:
         if path is None:

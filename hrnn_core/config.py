@@ -49,6 +49,7 @@ class PathsConfig:
 class IngestConfig:
     min_timestamp: float = 0.0  # epoch seconds; earlier timestamps are quarantined (out of range)
     max_future_seconds: float = 86_400.0  # timestamps later than now + this are quarantined
+    max_timestamp: float | None = None  # absolute upper bound (epoch s); None: only the above
     max_id_length: int = 256  # ids longer than this are quarantined (protects indexes and UIs)
     chunk_rows: int = 2_000_000  # rows validated per Great Expectations batch (bounds memory)
     session_gap_seconds: float = 1800.0  # inactivity gap that starts a new inferred session
@@ -58,9 +59,103 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """HRNN-meta architecture and feature encoding (hrnn_core.model, hrnn_core.features).
+
+    Defined here (torch-free) so loading a config never imports torch; ``hrnn_core.model``
+    re-exports it.
+    """
+
+    hidden_size: int = 64  # GRU state size H; also the decoder's item-vector size (eq. 1-2)
+    num_layers: int = 1  # stacked GRU layers
+    dropout: float = 0.1  # dropout on the GRU input and between GRU layers
+    field_dim: int = 32  # size each input field is projected to (field-aware MLPs, section 2.2)
+    input_size: int = 64  # GRU input size: the mixed, concatenated field projections
+    use_time_delta: bool = True  # time-delta control input (section 2.2, replaces the HGRU)
+    use_feedback: bool = True  # previous event's type embedding + standardized value
+    use_user_features: bool = True  # static user categorical/numeric features
+    use_context: bool = True  # request context fields of the event being predicted
+    use_item_meta: bool = True  # item metadata: previous item's features as input, eq. (2) decoder
+    time_delta_buckets: int = 48  # embedding rows for log-bucketed time deltas (0 = no previous event)
+    time_delta_log_base: float = 2.0  # bucket = 1 + floor(log_base(1 + seconds)), capped at buckets - 1
+    min_category_count: int = 2  # a categorical value needs this many rows to get its own embedding
+    max_categories: int = 10_000  # most frequent values kept per categorical field
+    max_values_per_field: int = 8  # values kept per multi-valued field ("a|b|c") per row
+    numeric_clip: float = 5.0  # standardized numeric features are clipped to [-clip, clip]
+    inference_item_meta_mix: float = 0.0  # lambda of eq. (2) at inference (0 = ids, 1 = metadata only)
+    trend_weight: float = 0.0  # eq. (5) trend term weight = 1 / temperature; 0.0 = off (temperature inf)
+    trend_smoothing: float = 1.0  # add-k smoothing of recent popularity counts before log q_j(t)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.hidden_size >= 1 and self.num_layers >= 1, "hidden_size and num_layers must be >= 1"),
+            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (self.field_dim >= 1 and self.input_size >= 1, "field_dim and input_size must be >= 1"),
+            (self.time_delta_buckets >= 2, "time_delta_buckets must be >= 2"),
+            (self.time_delta_log_base > 1.0, "time_delta_log_base must be > 1"),
+            (0.0 <= self.inference_item_meta_mix <= 1.0, "inference_item_meta_mix must be in [0, 1]"),
+            (self.trend_weight >= 0.0 and self.trend_smoothing > 0.0,
+             "trend_weight must be >= 0 and trend_smoothing > 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"model config: {msg}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training loop (hrnn_core.train); ``hrnn_core.train`` re-exports it."""
+
+    output: str = "dense"  # "dense" full softmax, or "sampled" importance-sampled softmax (3.1)
+    n_negatives: int = 1024  # shared negatives per step drawn from q (sampled output only)
+    sampler_alpha: float = 0.75  # q_j proportional to freq_j ** alpha (section 4.6)
+    batch_size: int = 32  # owners processed in parallel (user-parallel mini-batches)
+    bptt: int = 32  # truncated back-propagation window, in events
+    max_len_percentile: float = 0.99  # owner histories capped at this length percentile (latest kept)
+    epochs: int = 10  # maximum passes over the training events
+    lr: float = 3e-3  # AdamW peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 50  # linear warm-up steps
+    weight_decay: float = 0.01  # AdamW decay on matrices (not on embeddings, biases, norms)
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    item_meta_mix: float | None = None  # lambda of eq. (2) in training; None = U[0,1] per batch
+    event_type_weights: dict[str, float] = field(default_factory=dict)  # reward weight per type (3.3)
+    default_event_weight: float = 1.0  # reward weight of event types not in event_type_weights
+    event_value_weight: float = 0.0  # weight *= max(0, 1 + this * standardized event value)
+    use_impressions: bool = True  # shown-but-not-chosen items join that step's negatives (sampled)
+    max_impressions: int = 20  # impressions kept per event
+    val_owners: int = 1000  # owners whose last event is held out for validation (0 = none)
+    early_stopping_metric: str = "val_loss"  # "val_loss" (lower is better) or "ndcg@10" (higher)
+    patience: int = 3  # epochs without improvement before stopping
+    seed: int = 0  # seeds shuffling, lambda draws, negatives, dropout and initialisation
+    device: str = "auto"  # "auto" (cuda if present, bf16 autocast), "cpu" or "cuda[:n]"
+    progress: bool = True  # tqdm progress bar with loss and events/s
+    log_every: int = 10  # steps between recorded training-loss points (report curve)
+    max_dense_logits: int = 400_000_000  # dense output refuses batch x items above this (use sampled)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.output in ("dense", "sampled"), "output must be 'dense' or 'sampled'"),
+            (self.batch_size >= 1 and self.bptt >= 1, "batch_size and bptt must be >= 1"),
+            (0.0 < self.max_len_percentile <= 1.0, "max_len_percentile must be in (0, 1]"),
+            (self.n_negatives >= 0 and self.epochs >= 1, "n_negatives >= 0 and epochs >= 1"),
+            (self.item_meta_mix is None or 0.0 <= self.item_meta_mix <= 1.0,
+             "item_meta_mix must be empty (random) or in [0, 1]"),
+            (self.early_stopping_metric in ("val_loss", "ndcg@10"),
+             "early_stopping_metric must be 'val_loss' or 'ndcg@10'"),
+            (self.lr > 0 and self.patience >= 1, "lr must be > 0 and patience >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"train config: {msg}")
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)  # where things live
     ingest: IngestConfig = field(default_factory=IngestConfig)  # ingest, validation, transforms
+    model: ModelConfig = field(default_factory=ModelConfig)  # HRNN-meta architecture and features
+    train: TrainConfig = field(default_factory=TrainConfig)  # training loop
 
 
 def _coerce(value: object, annotation: object, where: str) -> object:

@@ -554,6 +554,8 @@ def ingest_file(cfg: Config, path: str | Path, table: str = "interactions",
     now = datetime.now(timezone.utc).timestamp()
     min_ts = cfg.ingest.min_timestamp
     max_ts = now + cfg.ingest.max_future_seconds
+    if cfg.ingest.max_timestamp is not None:
+        max_ts = min(max_ts, cfg.ingest.max_timestamp)
     con.execute("begin transaction")
     try:
         batch_id = con.execute("select coalesce(max(batch_id), 0) + 1 from ingestion_batches").fetchall()[0][0]

@@ -253,6 +253,10 @@ TAOBAO_FILE = "UserBehavior_head.csv"
 TAOBAO_COLUMNS = ("user", "item", "category", "behavior", "ts")
 
 
+TAOBAO_WINDOW_START = 1_511_539_200  # 2017-11-25T00:00:00+08:00
+TAOBAO_WINDOW_END = 1_512_316_799  # 2017-12-03T23:59:59+08:00 (inclusive)
+
+
 def convert_taobao(raw_dir: Path, out_dir: Path) -> dict[str, Path]:
     """Taobao UserBehavior: every row is an event (pv/cart/fav/buy); items get their category.
 
@@ -284,7 +288,13 @@ def convert_taobao(raw_dir: Path, out_dir: Path) -> dict[str, Path]:
             "interactions": (interactions, len(df), {}, TAOBAO_FILE),
             "items": (items, len(first), {}, f"distinct item ids in {TAOBAO_FILE}"),
         },
-        {"items_with_several_categories_kept_first": conflicts},
+        {
+            "items_with_several_categories_kept_first": conflicts,
+            # The collection window (2017-11-25 00:00 .. 12-03 23:59:59, Beijing time, UTC+8).
+            # `hrnn ingest --dataset taobao` validates timestamps against it, so the real
+            # outliers (back to 2017-09) are quarantined as out of range, not trained on.
+            "valid_time_range": [TAOBAO_WINDOW_START, TAOBAO_WINDOW_END],
+        },
     )
 
 
