@@ -33,6 +33,7 @@ INTERACTION_KEY = ("user_id", "session_id", "item_id", "timestamp", "event_type"
 # Quarantine reasons: stable strings, used in reports and tests.
 REASON_MISSING_USER = "missing user_id and session_id"
 REASON_MISSING_ITEM = "missing item_id"
+REASON_MISSING_USER_ID = "missing user_id"  # users table
 REASON_MISSING_TS = "missing timestamp"
 REASON_BAD_TS = "unparseable timestamp"
 REASON_TS_RANGE = "timestamp out of range"

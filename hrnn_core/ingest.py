@@ -160,16 +160,21 @@ def _check_required(path: Path, table: str, columns: list[str]) -> None:
 def _load_raw(con: duckdb.DuckDBPyConnection, path: Path, kind: str, columns: list[str]) -> None:
     """Create temp table ``raw_rows`` (__row = data row ordinal) and ``raw_rejects`` (CSV lines)."""
     if kind == "csv":
+        # Note: keep DuckDB's parallel CSV reader: the serial one (parallel = false) stops
+        # silently at an unterminated quote, losing the rest of the file without a reject.
         con.execute(
             "create temp table raw_parse as select * from read_csv($path, header = true, "
             "delim = ',', quote = '\"', escape = '\"', all_varchar = true, auto_detect = false, "
             "strict_mode = true, store_rejects = true, rejects_table = 'hrnn_rejects', "
-            "rejects_scan = 'hrnn_reject_scans', columns = $columns, parallel = false)",
+            "rejects_scan = 'hrnn_reject_scans', columns = $columns)",
             {"path": str(path), "columns": {col: "VARCHAR" for col in columns}},
         )
         con.execute(
+            # One line can produce several reject entries (e.g. one per missing column):
+            # it is one bad row.
             "create temp table raw_rejects as select line - 1 as row_number, "
-            "error_type || ': ' || error_message as detail, csv_line from hrnn_rejects"
+            "string_agg(distinct error_type || ': ' || error_message, '; ') as detail, "
+            "any_value(csv_line) as csv_line from hrnn_rejects group by line"
         )
         # A repeated header row parses as data; it is quarantined, not loaded.
         cond = " and ".join(f"{quote_ident(col)} is not distinct from $h{i}" for i, col in enumerate(columns))
@@ -307,17 +312,25 @@ def _stage_interactions(con: duckdb.DuckDBPyConnection, cfg: Config, columns: li
 
 
 def _dedupe_interactions(con: duckdb.DuckDBPyConnection) -> None:
-    """Mark rows whose key repeats an earlier row of the file or a row already loaded."""
+    """Mark valid rows whose key repeats an earlier valid row of the file or a loaded row.
+
+    Runs after validation, so a bad row never makes a good row with the same key a
+    "duplicate", and bad rows are each quarantined rather than deduplicated.
+    """
     con.execute(
         """
         create temp table dup_rows as
-        with keyed as (
-            select __row, user_id, session_id, item_id, ts, event_type,
+        with valid as (
+            select t.__row, t.user_id, t.session_id, t.item_id, t.ts, t.event_type
+            from typed_rows as t
+            anti join bad_rows as b using (__row)
+        ),
+        keyed as (
+            select *,
                 row_number() over (
                     partition by user_id, session_id, item_id, ts, event_type order by __row
                 ) as nth
-            from typed_rows
-            where item_id is not null and ts is not null and owner is not null
+            from valid
         ),
         in_file as (
             select __row from keyed where nth > 1
@@ -344,26 +357,38 @@ def _dedupe_interactions(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _validate_chunks(
-    con: duckdb.DuckDBPyConnection, cfg: Config, table: str, select_sql: str, rules, params=None
+    con: duckdb.DuckDBPyConnection, cfg: Config, table: str, select_sql: str, rules,
+    target: str = "bad_rows",
 ) -> None:
-    """Run the GX suite over ``select_sql`` (must return __row + the suite's columns) in chunks."""
-    con.execute("create temp table bad_rows (__row bigint, reason varchar)")
-    n = con.execute(f"select count(*) from ({select_sql})", params or {}).fetchall()[0][0]
+    """Run the GX suite over ``select_sql`` (``__row`` + the suite's columns) in chunks.
+
+    Failing rows are added to ``target`` (__row, reason).
+    """
+    con.execute(f"create temp table if not exists {target} (__row bigint, reason varchar)")
+    n = con.execute(f"select count(*) from ({select_sql})").fetchall()[0][0]
     step = max(1, cfg.ingest.chunk_rows)
     for lo in range(0, n, step):
-        df = con.execute(
-            f"select * from ({select_sql}) order by __row limit {step} offset {lo}", params or {}
-        ).df()
+        df = con.execute(f"select * from ({select_sql}) order by __row limit {step} offset {lo}").df()
         df = df.set_index("__row")
         df.index = df.index.astype("int64")
         failures = validation.failing_rows(table, df, rules)
         if failures:
             bad = pd.DataFrame({"__row": list(failures), "reason": list(failures.values())})
-            con.execute("insert into bad_rows select * from bad")
+            con.execute(f"insert into {target} select * from bad")
+
+
+def _raw_json(con: duckdb.DuckDBPyConnection) -> tuple[str, dict]:
+    """SQL (and params) for the raw row as a JSON object of text values (strict JSON: a NaN
+    or infinite number is kept as the string "nan"/"inf", never as bare NaN)."""
+    cols = [name for name in _column_types(con) if name not in ("__row", "__is_header")]
+    params = {f"j{i}": col for i, col in enumerate(cols)}
+    pairs = ", ".join(f"$j{i}, cast(r.{quote_ident(col)} as varchar)" for i, col in enumerate(cols))
+    return f"json_object({pairs})::varchar", params
 
 
 def _quarantine(con: duckdb.DuckDBPyConnection, batch_id: int, table: str, source: str) -> None:
     """Move rejected CSV lines, repeated headers and GX failures into the quarantine table."""
+    raw_json, json_params = _raw_json(con)
     params = {"batch": batch_id, "table": table, "source": source}
     con.execute(
         "insert into quarantine select $batch, $table, $source, row_number, "
@@ -372,13 +397,13 @@ def _quarantine(con: duckdb.DuckDBPyConnection, batch_id: int, table: str, sourc
     )
     con.execute(
         "insert into quarantine select $batch, $table, $source, r.__row, 'repeated header row', "
-        "to_json(r)::varchar from raw_rows as r where r.__is_header",
-        params,
+        f"{raw_json} from raw_rows as r where r.__is_header",
+        {**params, **json_params},
     )
     con.execute(
         "insert into quarantine select $batch, $table, $source, r.__row, b.reason, "
-        "to_json(r)::varchar from raw_rows as r join bad_rows as b using (__row)",
-        params,
+        f"{raw_json} from raw_rows as r join bad_rows as b using (__row)",
+        {**params, **json_params},
     )
 
 
@@ -465,7 +490,13 @@ def _stage_entities(con: duckdb.DuckDBPyConnection, cfg: Config, table: str, col
                if num_entries else "cast(null as map(varchar, double))")
     cat_map = (f"map_from_entries(list_filter([{', '.join(cat_entries)}], lambda e: e.value is not null))"
                if cat_entries else "cast(null as map(varchar, varchar))")
-    num_cols = "".join(f", try_cast({_text(col)} as double) as {quote_ident('num_' + col)}" for col in numeric)
+    # For validation: NaN becomes +inf, because pandas reads NaN as "missing" and GX would
+    # pass it; a NaN attribute is quarantined as not finite like inf is.
+    num_cols = "".join(
+        f", case when isnan(try_cast({_text(col)} as double)) then 'inf'::double "
+        f"else try_cast({_text(col)} as double) end as {quote_ident('num_' + col)}"
+        for col in numeric
+    )
     if table == "items" and c.ITEM_CREATION_COLUMN in types:
         cts = _timestamp_expr(c.ITEM_CREATION_COLUMN, types)
         raw_cts = _text(c.ITEM_CREATION_COLUMN)
@@ -487,7 +518,8 @@ def _stage_entities(con: duckdb.DuckDBPyConnection, cfg: Config, table: str, col
 
 
 def _dedupe_entities(con: duckdb.DuckDBPyConnection) -> None:
-    """Same id twice in a file: identical rows are duplicates; differing ones are quarantined."""
+    """Same id twice among a file's valid rows: identical rows are duplicates; rows that
+    differ from the first are quarantined (which attributes are right is not ours to guess)."""
     con.execute(
         """
         create temp table dup_rows as
@@ -495,7 +527,8 @@ def _dedupe_entities(con: duckdb.DuckDBPyConnection) -> None:
             select __row, entity_id, attr_hash,
                 first_value(attr_hash) over (partition by entity_id order by __row) as first_hash,
                 row_number() over (partition by entity_id order by __row) as nth
-            from typed_rows where entity_id is not null
+            from typed_rows as t
+            anti join bad_rows as b using (__row)  -- valid rows only (validated first)
         )
         select __row, attr_hash = first_hash as identical from ranked where nth > 1
         """
@@ -568,15 +601,23 @@ def ingest_file(cfg: Config, path: str | Path, table: str = "interactions",
         if table == "interactions":
             with report.phase("parse"):
                 _stage_interactions(con, cfg, columns)
-            with report.phase("dedupe"):
-                _dedupe_interactions(con)
             rules = validation.interaction_rules(min_ts, max_ts, cfg.ingest.max_id_length)
             with report.phase("validate"):
                 _validate_chunks(
                     con, cfg, table,
-                    "select t.__row, owner_len, item_len, ts_given, ts, value_class, key_hash "
-                    "from typed_rows as t anti join dup_rows as d using (__row)",
+                    "select __row, owner_len, item_len, ts_given, ts, value_class from typed_rows",
                     rules,
+                )
+            with report.phase("dedupe"):
+                _dedupe_interactions(con)
+                # Guard of the step above (the key spans chunks and the warehouse, so SQL does
+                # the deduplication): GX checks the accepted keys are unique; any flag raises.
+                _validate_chunks(
+                    con, cfg, table,
+                    "select t.__row, t.key_hash from typed_rows as t "
+                    "anti join bad_rows as b using (__row) anti join dup_rows as d using (__row)",
+                    validation.accepted_key_rules(),
+                    target="guard_rows",
                 )
             with report.phase("quarantine"):
                 _quarantine(con, batch_id, table, report.source_file)
@@ -585,12 +626,10 @@ def ingest_file(cfg: Config, path: str | Path, table: str = "interactions",
         else:
             with report.phase("parse"):
                 numeric, _ = _stage_entities(con, cfg, table, columns)
-            with report.phase("dedupe"):
-                _dedupe_entities(con)
             id_col = "user_id" if table == "users" else "item_id"
             ts_col = "cts" if table == "items" and c.ITEM_CREATION_COLUMN in columns else None
             rules = validation.entity_rules(
-                id_col, cfg.ingest.max_id_length, [f"num_{col}" for col in numeric], ts_col, min_ts, max_ts
+                id_col, cfg.ingest.max_id_length, [(f"num_{col}", col) for col in numeric], ts_col, min_ts, max_ts
             )
             select_cols = ", ".join(
                 [f"entity_id as {id_col}"] + [quote_ident(f"num_{col}") for col in numeric]
@@ -599,14 +638,24 @@ def ingest_file(cfg: Config, path: str | Path, table: str = "interactions",
             with report.phase("validate"):
                 _validate_chunks(
                     con, cfg, table,
-                    f"select t.__row, {select_cols} from typed_rows as t anti join dup_rows as d using (__row)",
+                    f"select t.__row, {select_cols} from typed_rows as t",
                     rules,
                 )
+            with report.phase("dedupe"):
+                _dedupe_entities(con)
             con.execute(
                 "insert into bad_rows select __row, $reason from dup_rows where not identical",
                 {"reason": c.REASON_DUPLICATE_KEY},
             )
             con.execute("delete from dup_rows where not identical")
+            with report.phase("dedupe"):
+                _validate_chunks(  # guard: the ids about to load are unique
+                    con, cfg, table,
+                    f"select t.__row, t.entity_id as {id_col} from typed_rows as t "
+                    "anti join bad_rows as b using (__row) anti join dup_rows as d using (__row)",
+                    validation.accepted_id_rules(id_col),
+                    target="guard_rows",
+                )
             with report.phase("quarantine"):
                 _quarantine(con, batch_id, table, report.source_file)
             with report.phase("load"):
@@ -637,7 +686,7 @@ def ingest_file(cfg: Config, path: str | Path, table: str = "interactions",
             {"b": batch_id, "t": table, "s": report.source_file, "c": checksum, "n": report.rows_in,
              "a": report.accepted, "d": report.duplicates, "q": report.quarantined, "start": started},
         )
-        for tmp in ("raw_rows", "raw_rejects", "typed_rows", "dup_rows", "bad_rows",
+        for tmp in ("raw_rows", "raw_rejects", "typed_rows", "dup_rows", "bad_rows", "guard_rows",
                     "hrnn_rejects", "hrnn_reject_scans"):
             con.execute(f"drop table if exists {tmp}")
         con.execute("commit")

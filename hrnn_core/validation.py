@@ -99,20 +99,42 @@ def interaction_rules(min_ts: float, max_ts: float, max_id_length: int) -> list[
             e.ExpectColumnValuesToBeBetween(column="owner_len", min_value=1, max_value=max_id_length),
             c.REASON_ID_TOO_LONG,
         ),
-        # Duplicates were removed in SQL before validation (the key spans chunks and the
-        # warehouse); this expectation guards that step: it must never flag a row. (A 64-bit
-        # hash collision, p ~ 1e-7 per 2M-row chunk, would stop the ingest with this message.)
+    ]
+
+
+def accepted_key_rules() -> list[RowRule]:
+    """Guard run on the rows about to load: their interaction keys are unique.
+
+    SQL removes duplicates (the key spans chunks and the warehouse); this expectation checks
+    that step and must never flag a row. (A 64-bit hash collision, p ~ 1e-7 per 2M-row chunk,
+    would stop the ingest with this message.)
+    """
+    import great_expectations as gx  # noqa: PLC0415
+
+    return [
         RowRule(
-            e.ExpectColumnValuesToBeUnique(column="key_hash"),
+            gx.expectations.ExpectColumnValuesToBeUnique(column="key_hash"),
             "internal: duplicate interaction key survived deduplication",
-        ),
+        )
+    ]
+
+
+def accepted_id_rules(id_column: str) -> list[RowRule]:
+    """Guard run on the users/items rows about to load: ids unique (SQL deduplicated them)."""
+    import great_expectations as gx  # noqa: PLC0415
+
+    return [
+        RowRule(
+            gx.expectations.ExpectColumnValuesToBeUnique(column=id_column),
+            "internal: duplicate id survived deduplication",
+        )
     ]
 
 
 def entity_rules(
     id_column: str,
     max_id_length: int,
-    numeric_columns: list[str],
+    numeric_columns: list[tuple[str, str]],
     ts_column: str | None,
     min_ts: float,
     max_ts: float,
@@ -121,20 +143,19 @@ def entity_rules(
     import great_expectations as gx  # noqa: PLC0415
 
     e = gx.expectations
-    missing = c.REASON_MISSING_ITEM if id_column == "item_id" else "missing user_id"
+    missing = c.REASON_MISSING_ITEM if id_column == "item_id" else c.REASON_MISSING_USER_ID
     rules = [
         RowRule(e.ExpectColumnValuesToNotBeNull(column=id_column), missing),
         RowRule(
             e.ExpectColumnValueLengthsToBeBetween(column=id_column, min_value=1, max_value=max_id_length),
             c.REASON_ID_TOO_LONG,
         ),
-        RowRule(e.ExpectColumnValuesToBeUnique(column=id_column), "internal: duplicate id survived"),
     ]
-    for col in numeric_columns:
+    for col, name in numeric_columns:  # (validated column, the user's column name)
         rules.append(
             RowRule(
                 e.ExpectColumnValuesToBeBetween(column=col, min_value=-1e300, max_value=1e300),
-                f"{c.REASON_NONFINITE_VALUE.replace('event_value', col)}",
+                f"{name} not finite",
             )
         )
     if ts_column:

@@ -166,20 +166,7 @@ PROCESSED: dict[str, Processed] = {
 }
 
 # Known bugs in hrnn_core/ingest.py: the exact-outcome test asserts the correct behaviour.
-BUGS = {
-    "ragged.csv": (
-        "ingest counts a CSV line with two or more missing columns once per missing column: "
-        "DuckDB's rejects table has one row per missing column for the same line (Found: 3, "
-        "Found: 4), and _load_raw copies them all into raw_rejects, so rows_in/quarantined are "
-        "too high (9/5 instead of 8/4), line 4 is quarantined twice, and the __row numbering of "
-        "later parsed rows is shifted (row 5 is recorded as row 6)"
-    ),
-    "duplicate_of_quarantined.csv": (
-        "deduplication runs before validation: a good row whose key repeats an earlier row that "
-        "is then quarantined (event_value nan) is counted as a duplicate and never loaded, so the "
-        "key ends up neither in interactions nor in quarantine (silent loss)"
-    ),
-}
+BUGS: dict[str, str] = {}  # file -> known bug (asserted correct behaviour under strict xfail)
 
 PROCESSED_PARAMS = [
     pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=BUGS[name])) if name in BUGS else name
@@ -300,14 +287,12 @@ def test_processed_exact(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", sorted(PROCESSED) + ["unbalanced_quotes.csv"])
 def test_good_rows_kept(name: str, tmp_path: Path) -> None:
-    """Every file, known bugs included: the accounting adds up and the good rows are loaded."""
+    """Every file: the accounting adds up and the good rows are loaded."""
     cfg = _cfg(tmp_path)
     report = ingest_file(cfg, CORPUS / name, "interactions")
     assert report.rows_in == report.accepted + report.duplicates + report.quarantined
     assert report.quarantined == sum(report.quarantine_reasons.values())
     want = GOOD if name == "unbalanced_quotes.csv" else PROCESSED[name].rows
-    if name == "duplicate_of_quarantined.csv":
-        want = want[1:]  # see BUGS: today the good copy of row 1's key is lost
     with connect(cfg) as con:
         assert _interactions(con) == want
         n_quarantine = con.execute("select count(*) from quarantine").fetchall()[0][0]
@@ -315,11 +300,6 @@ def test_good_rows_kept(name: str, tmp_path: Path) -> None:
         _assert_warehouse_consistent(con, cfg)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an opening quote that is never closed makes DuckDB's strict CSV reader drop the rest of the "
-    "file without a rejects entry: rows 3-4 of unbalanced_quotes.csv are neither loaded nor "
-    "quarantined and rows_in is 2 (silent loss)"
-))
 def test_unbalanced_quotes_not_lost(tmp_path: Path) -> None:
     """The unterminated quoted field swallows the rest of the file: it must be quarantined.
 
@@ -340,13 +320,6 @@ def test_unbalanced_quotes_not_lost(tmp_path: Path) -> None:
     assert rows[0] == 3
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "two byte-identical bad rows (same user, no item_id; or same user/item with an unparseable "
-    "timestamp) stop the whole ingest with RuntimeError 'internal: duplicate interaction key "
-    "survived deduplication': _dedupe_interactions skips rows whose item_id/ts/owner is null, "
-    "so both copies reach the GX uniqueness guard on key_hash (before HEAD: on owner/item/ts/"
-    "event_type), which raises although both rows are already flagged by an earlier rule"
-))
 def test_repeated_bad_rows_are_quarantined(tmp_path: Path) -> None:
     """Each copy of a bad row is quarantined (or the later copies counted as duplicates)."""
     cfg = _cfg(tmp_path)

@@ -280,22 +280,12 @@ def test_entity_nonfinite_numeric_inf_is_quarantined(cfg, tmp_path: Path) -> Non
     assert _fetch(cfg, "select user_id, numeric from users") == [("u1", {"score": 1.5})]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the non-finite reason of a users/items numeric column names the internal staging column: "
-    "validation.entity_rules is given f'num_{col}' and builds the reason from it, so the report "
-    "says 'num_score not finite' instead of 'score not finite'"
-))
 def test_entity_nonfinite_reason_names_the_users_column(cfg, tmp_path: Path) -> None:
     path = _write(tmp_path, "users.csv", "user_id,score\nu1,1.5\nu2,inf\n")
     report = ingest_file(cfg, path, "users")
     assert report.quarantine_reasons == {c.REASON_NONFINITE_VALUE.replace("event_value", "score"): 1}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "NaN in a users/items numeric column is loaded: 'nan' parses as a number (so the column is "
-    "numeric), the GX between-check skips NaN as null, and the users.numeric map stores NaN, "
-    "while inf/-inf in the same column are quarantined as not finite"
-))
 def test_entity_nan_numeric_is_quarantined(cfg, tmp_path: Path) -> None:
     path = _write(tmp_path, "users.csv", "user_id,score\nu1,1.5\nu2,nan\n")
     report = ingest_file(cfg, path, "users")
