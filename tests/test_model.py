@@ -1,0 +1,207 @@
+"""HRNN-meta network and losses on a tiny hand-built feature space (no warehouse needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hrnn_core.config import ModelConfig
+from hrnn_core.features import FeatureSpace, FieldGroup, time_delta_bucket
+from hrnn_core.losses import dense_softmax_loss, first_occurrence, reward_weights, sampled_softmax_loss
+from hrnn_core.model import HRNNMeta, StepInputs
+
+N_ITEMS, B, T = 30, 4, 6
+CFG = ModelConfig(hidden_size=16, field_dim=8, input_size=16, num_layers=2, dropout=0.0)
+
+
+def _space() -> FeatureSpace:
+    users = FieldGroup(["segment"], [["s0", "s1", "s2"]], ["age"], [40.0], [10.0], [1], True, 5.0)
+    items = FieldGroup(["genres"], [["g0", "g1", "g2", "g3"]], ["price"], [20.0], [5.0], [2], True, 5.0)
+    context = FieldGroup(["device"], [["mobile", "desktop"]], [], [], [], [1], False, 5.0)
+    return FeatureSpace(item_ids=[f"i{j}" for j in range(N_ITEMS)], event_types=["buy", "view"], value_mean=3.0,
+                        value_std=1.0, users=users, items=items, context=context, time_delta_buckets=16,
+                        time_delta_log_base=2.0, snapshot_id="test")
+
+
+def _model(cfg: ModelConfig = CFG, seed: int = 0) -> HRNNMeta:
+    torch.manual_seed(seed)
+    fs = _space()
+    g = torch.Generator().manual_seed(1)
+    item_cat = torch.randint(1, fs.items.n_tokens, (N_ITEMS, 2), generator=g).int()
+    item_cat[::3, 1] = 0  # some items have one genre only
+    item_num = torch.stack([torch.randn(N_ITEMS, generator=g), torch.ones(N_ITEMS)], dim=1)
+    return HRNNMeta(cfg, fs, item_cat, item_num)
+
+
+def _inputs(b: int = B, t: int = T, seed: int = 0) -> StepInputs:
+    g = torch.Generator().manual_seed(seed)
+    prev_item = torch.randint(0, N_ITEMS + 1, (b, t), generator=g)
+    return StepInputs(
+        prev_item=prev_item, prev_type=torch.randint(0, 3, (b, t), generator=g),
+        prev_value=torch.stack([torch.randn(b, t, generator=g), torch.ones(b, t)], dim=-1),
+        time_bucket=torch.randint(0, 16, (b, t), generator=g), context=torch.randint(0, 3, (b, t, 1), generator=g),
+        user_cat=torch.randint(0, 4, (b, t, 1), generator=g).int(),
+        user_num=torch.stack([torch.randn(b, t, generator=g), torch.ones(b, t)], dim=-1),
+        reset=torch.zeros(b, t, dtype=torch.bool),
+    )
+
+
+def _slice(x: StepInputs, lo: int, hi: int) -> StepInputs:
+    return StepInputs(**{k: v[:, lo:hi] for k, v in vars(x).items()})
+
+
+def test_shapes_and_decoder_outputs() -> None:
+    model, x = _model(), _inputs()
+    out, hidden = model(x)
+    assert out.shape == (B, T, CFG.hidden_size) and hidden.shape == (CFG.num_layers, B, CFG.hidden_size)
+    h = out.reshape(-1, CFG.hidden_size)
+    assert model.scores(h).shape == (B * T, N_ITEMS)
+    items = torch.tensor([3, 3, 7])
+    assert model.scores(h, items, 0.4).shape == (B * T, 3)
+    torch.testing.assert_close(model.scores(h, items, 0.4), model.scores(h, None, 0.4)[:, items])
+
+
+def test_eq2_mixes_id_and_metadata_scores_linearly() -> None:
+    model = _model()
+    h = torch.randn(5, CFG.hidden_size)
+    s0, s1 = model.scores(h, None, 0.0), model.scores(h, None, 1.0)
+    torch.testing.assert_close(model.scores(h, None, 0.3), 0.7 * s0 + 0.3 * s1)
+    lam = torch.rand(N_ITEMS)  # per-item lambdas (cold items at 1)
+    torch.testing.assert_close(model.scores(h, None, lam), (1 - lam) * s0 + lam * s1)
+
+
+def test_lambda_one_never_touches_id_embeddings() -> None:
+    model = _model()
+    with torch.no_grad():
+        model.item_w.weight.fill_(float("nan"))
+        model.item_b.weight.fill_(float("nan"))
+    calls = []
+    model.item_w.register_forward_hook(lambda *a: calls.append(1))
+    h = torch.randn(3, CFG.hidden_size, requires_grad=True)
+    scores = model.scores(h, None, 1.0)
+    scores_c = model.scores(h, torch.tensor([1, 2]), 1.0)
+    assert torch.isfinite(scores).all() and torch.isfinite(scores_c).all()
+    (scores.sum() + scores_c.sum()).backward()
+    assert model.item_w.weight.grad is None and model.item_b.weight.grad is None
+    assert model.meta_out.bags.weight.grad is not None
+    assert not calls
+    assert torch.isnan(model.scores(h, None, 0.5)).all()  # any lambda < 1 does use them
+
+
+def test_reset_restarts_and_hidden_carries_across_windows() -> None:
+    model = _model().eval()
+    x = _inputs()
+    out, hidden = model(x)
+    # truncated BPTT: two windows with the hidden state carried give the same states
+    out_a, h_a = model(_slice(x, 0, 2))
+    out_b, h_b = model(_slice(x, 2, T), h_a)
+    torch.testing.assert_close(torch.cat([out_a, out_b], dim=1), out, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(h_b, hidden, atol=1e-6, rtol=1e-5)
+    # a reset inside the window equals starting fresh there
+    x.reset[:, 3] = True
+    out_r, _ = model(x)
+    out_fresh, _ = model(_slice(x, 3, T))
+    torch.testing.assert_close(out_r[:, 3:], out_fresh, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out_r[:, :3], out[:, :3])
+    # one step at a time (the inference path) equals the batched forward
+    h, steps = None, []
+    for k in range(T):
+        o, h = model(_slice(x, k, k + 1), h)
+        steps.append(o)
+    torch.testing.assert_close(torch.cat(steps, dim=1), out_r, atol=1e-6, rtol=1e-5)
+
+
+def test_inputs_matter_and_ablations_build() -> None:
+    model = _model().eval()
+    x = _inputs()
+    out, _ = model(x)
+    x2 = _inputs()
+    x2.time_bucket = (x2.time_bucket + 5) % 16
+    assert not torch.allclose(model(x2)[0], out)
+    off = ModelConfig(hidden_size=16, field_dim=8, input_size=16, use_time_delta=False, use_feedback=False,
+                      use_user_features=False, use_context=False, use_item_meta=False)
+    bare = _model(off).eval()
+    assert set(bare.fields) == {"item"} and bare.meta_out is None
+    out_b, _ = bare(x)
+    x2 = _inputs()
+    x2.time_bucket = (x2.time_bucket + 5) % 16
+    torch.testing.assert_close(bare(x2)[0], out_b)  # the time delta is not an input any more
+    assert bare.scores(out_b.reshape(-1, 16), None, 1.0).shape == (B * T, N_ITEMS)  # no metadata: ids
+
+
+def test_time_delta_bucket() -> None:
+    got = time_delta_bucket(np.array([np.nan, 0, 1, 3, 60, 3600, 1e12, -5]), 16, 2.0)
+    assert got.tolist() == [0, 1, 2, 3, 6, 12, 15, 1]
+
+
+def test_sampled_loss_equals_dense_with_uniform_q_and_all_items_drawn() -> None:
+    model = _model()
+    h = torch.randn(12, CFG.hidden_size)
+    target = torch.tensor([0, 5, 5, 7, 29, 0, 3, 3, 3, 11, 12, 5])  # repeated positives on purpose
+    weight = torch.rand(12)
+    dense = dense_softmax_loss(model.scores(h, None, 0.3), target, weight)
+    neg = torch.randperm(N_ITEMS)  # every item once, in a random order
+    cand = torch.cat([target, neg])
+    log_q = torch.full((len(cand),), -float(np.log(N_ITEMS)))  # uniform q
+    sampled = sampled_softmax_loss(model.scores(h, cand, 0.3), cand, log_q, weight)
+    torch.testing.assert_close(sampled.ce, dense.ce, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sampled.loss, dense.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_sampled_loss_masks_duplicates_and_applies_log_q() -> None:
+    scores = torch.tensor([[2.0, 0.5, 1.0, 1.0], [0.1, 3.0, 0.2, 0.3]])
+    cand = torch.tensor([4, 6, 6, 9])  # row 0 positive 4, row 1 positive 6; column 2 repeats item 6
+    log_q = torch.log(torch.tensor([0.1, 0.2, 0.2, 0.3]))
+    out = sampled_softmax_loss(scores, cand, log_q)
+    z = scores - log_q
+    # row 0: items 4 (diag), 6 (first copy, col 1), 9; row 1: item 6 (diag) and 4, 9 (col 2: a hit)
+    ref0 = torch.logsumexp(z[0, [0, 1, 3]], 0) - z[0, 0]
+    ref1 = torch.logsumexp(z[1, [1, 0, 3]], 0) - z[1, 1]
+    torch.testing.assert_close(out.ce, torch.stack([ref0, ref1]))
+    assert first_occurrence(cand).tolist() == [True, True, False, True]
+    # impressions: extra per-row negatives, padding (-1) and the positive itself ignored
+    extra = torch.tensor([[0.7, 5.0, 9.0], [1.5, 0.0, 0.0]])
+    extra_items = torch.tensor([[12, -1, 4], [13, -1, -1]])
+    out_i = sampled_softmax_loss(scores, cand, log_q, extra_scores=extra, extra_items=extra_items)
+    ref0 = torch.logsumexp(torch.cat([z[0, [0, 1, 3]], torch.tensor([0.7])]), 0) - z[0, 0]
+    ref1 = torch.logsumexp(torch.cat([z[1, [1, 0, 3]], torch.tensor([1.5])]), 0) - z[1, 1]
+    torch.testing.assert_close(out_i.ce, torch.stack([ref0, ref1]))
+
+
+def test_reward_weights() -> None:
+    types = torch.tensor([0, 1, 2, 2])
+    values = torch.tensor([0.0, 1.0, -1.0, -5.0])
+    type_w = torch.tensor([1.0, 3.0, 0.5])
+    torch.testing.assert_close(reward_weights(types, values, type_w, 0.0), torch.tensor([1.0, 3.0, 0.5, 0.5]))
+    torch.testing.assert_close(reward_weights(types, values, type_w, 0.5), torch.tensor([1.0, 4.5, 0.25, 0.0]))
+    ce = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert float(dense_softmax_loss(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), None).loss) == pytest.approx(np.log(3))
+    w = torch.tensor([1.0, 0.0, 2.0, 0.0])
+    logits = torch.log(torch.tensor([[0.5, 0.5]] * 4))
+    res = dense_softmax_loss(logits, torch.zeros(4, dtype=torch.long), w)
+    assert float(res.loss) == pytest.approx(float((w * np.log(2)).sum() / 4))
+    assert ce.shape == res.ce.shape
+
+
+@pytest.mark.parametrize("output", ["dense", "sampled"])
+def test_overfits_one_batch(output: str) -> None:
+    model = _model(ModelConfig(hidden_size=32, field_dim=8, input_size=32, dropout=0.0))
+    x = _inputs(seed=3)
+    target = torch.randint(0, N_ITEMS, (B * T,), generator=torch.Generator().manual_seed(4))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    log_q = torch.full((B * T + N_ITEMS,), -float(np.log(N_ITEMS)))
+    for _ in range(150):
+        out, _ = model(x)
+        h = out.reshape(-1, 32)
+        if output == "dense":
+            loss = dense_softmax_loss(model.scores(h, None, 0.0), target).loss
+        else:
+            cand = torch.cat([target, torch.arange(N_ITEMS)])
+            loss = sampled_softmax_loss(model.scores(h, cand, 0.0), cand, log_q).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.1, float(loss.detach())
+    out, _ = model(x)
+    assert (model.scores(out.reshape(-1, 32)).argmax(1) == target).float().mean() == 1.0
