@@ -309,6 +309,48 @@ def demo(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     typer.echo(f"warehouse: {cfg.paths.warehouse_path}")
 
 
+# --------------------------------------------------------------------------- train
+
+
+@app.command("train")
+@_guard
+def train_command(
+    as_of: Annotated[Optional[float], typer.Option("--as-of", help="Snapshot cut time (epoch s); default: after the last event.")] = None,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Run folder name under <data_dir>/models (default: snapshot id + config hash).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last epoch checkpoint.")] = False,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda (default: train.device).")] = None,
+    warehouse: WarehouseOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Export a snapshot and train HRNN-meta on it: checkpoints, report.json and loss_curve.png."""
+    import dataclasses  # noqa: PLC0415
+    import hashlib  # noqa: PLC0415
+
+    from hrnn_core.train import train  # noqa: PLC0415
+    from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
+    from hrnn_core.warehouse import connect  # noqa: PLC0415
+
+    cfg = _cfg(config, warehouse, data_dir)
+    train_cfg = dataclasses.replace(cfg.train, device=device) if device else cfg.train
+    with connect(cfg) as con:
+        snap = export_snapshot(con, cfg, as_of)
+    if run_id is None:
+        settings = {"model": dataclasses.asdict(cfg.model),
+                    "train": {k: v for k, v in dataclasses.asdict(train_cfg).items() if k not in ("progress", "device")}}
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        run_id = f"{snap.snapshot_id}-{digest}"
+    run_dir = Path(cfg.paths.data_dir) / "models" / run_id
+    typer.echo(f"snapshot {snap.snapshot_id}: {snap.n_events:,} events, {snap.n_owners:,} sequences, {snap.n_items:,} items")
+    typer.echo(f"run: {run_dir}")
+    result = train(snap.path, run_dir, cfg.model, train_cfg, resume=resume)
+    last = result.history[-1] if result.history else {}
+    shown = {k: round(v, 4) for k, v in last.items() if isinstance(v, float)}
+    typer.echo(f"epochs: {len(result.history)}{' (early stop)' if result.stopped_early else ''}; last: {shown}")
+    typer.echo(f"best checkpoint: {result.best_checkpoint}")
+    typer.echo(f"report: {result.report}")
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 

@@ -1,0 +1,421 @@
+"""Training: user-parallel mini-batches, truncated BPTT, dense or importance-sampled softmax.
+
+The loop (``train``) in phases:
+
+1. **data**: fit the feature space on the snapshot, encode all events, cap each owner's
+   history at a length percentile (most recent events kept) and hold out each of up to
+   ``val_owners`` owners' last event for validation.
+2. **batches** (GRU4Rec session-parallel, per owner): B slots each follow one owner through
+   windows of T events; when an owner's events run out *inside* a window the slot takes the
+   next owner at once and its state restarts from the learned initial state there. The hidden
+   state is carried from window to window and detached (truncated BPTT).
+3. **step**: lambda of eq. (2) ~ U[0, 1] per batch (or fixed), dense softmax over all items or
+   the sampled softmax (shared negatives from the alias sampler, log-q corrected, impressions
+   as extra negatives), reward weights (3.3), AdamW, gradient clipping, warm-up + cosine LR.
+4. **epoch end**: validation loss/PPL/NDCG@10/Hit@10 on the held-out last events, checkpoint
+   (``last.pt`` every epoch, ``best.pt`` when the metric improves), early stopping.
+
+Every epoch reseeds every random stream from ``(seed, epoch)``, so a run resumed from the
+last epoch's checkpoint (``resume=True``) ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from hrnn_core.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
+from hrnn_core.config import ModelConfig, TrainConfig
+from hrnn_core.errors import HrnnError
+from hrnn_core.features import EncodedEvents, FeatureSpace, encode_events
+from hrnn_core.losses import dense_softmax_loss, reward_weights, sampled_softmax_loss
+from hrnn_core.model import FieldBags, HRNNMeta, StepInputs
+from hrnn_core.sampler import AliasSampler
+
+__all__ = ["TrainConfig", "TrainData", "TrainResult", "NonFiniteLossError", "TrainError",
+           "prepare_data", "user_parallel_windows", "evaluate", "train"]
+
+
+class TrainError(HrnnError):
+    """Training cannot start or continue (bad settings for the data, run folder conflicts)."""
+
+
+class NonFiniteLossError(TrainError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainData:
+    features: FeatureSpace
+    events: EncodedEvents
+    item_cat: torch.Tensor  # (n_items, Wi) item metadata ids
+    item_num: torch.Tensor  # (n_items, 2 Fi)
+    train_segments: np.ndarray  # (n, 2) [start, end) of each owner's training events
+    val_segments: np.ndarray  # (m, 2) [start, end); the last event of each is the validation target
+    max_len: int  # history cap from the length percentile
+    event_user: torch.Tensor  # (E,) user_idx of each event's owner
+
+
+def prepare_data(snapshot_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> TrainData:
+    """Phase 1: features fit on this snapshot, encoded events, capped histories, validation split."""
+    fs = FeatureSpace.fit(snapshot_dir, model_cfg)
+    ev = encode_events(snapshot_dir, fs, train_cfg.max_impressions)
+    item_cat, item_num = fs.item_table(snapshot_dir)
+    start, end = ev.owner_start[:-1], ev.owner_start[1:]
+    lengths = end - start
+    max_len = max(2, int(math.ceil(np.quantile(lengths, train_cfg.max_len_percentile))))
+    start = np.maximum(start, end - max_len)  # keep the most recent events
+    rng = np.random.default_rng(np.random.SeedSequence(train_cfg.seed, spawn_key=(1,)))
+    eligible = np.flatnonzero(end - start >= 2)
+    val = np.sort(rng.permutation(eligible)[: train_cfg.val_owners])
+    train_end = end.copy()
+    train_end[val] -= 1  # the held-out last event is never trained on
+    keep = train_end > start
+    owner_of = np.repeat(np.arange(ev.n_owners), np.diff(ev.owner_start))
+    return TrainData(
+        features=fs, events=ev, item_cat=item_cat, item_num=item_num,
+        train_segments=np.stack([start[keep], train_end[keep]], axis=1),
+        val_segments=np.stack([start[val], end[val]], axis=1), max_len=max_len,
+        event_user=torch.from_numpy(ev.owner_user[owner_of]),
+    )
+
+
+def user_parallel_windows(segments: np.ndarray, batch_size: int, bptt: int
+                          ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Phase 2: (B, T) event indices (-1 = padding) and reset flags, owners packed per slot.
+
+    Slots take segments in the given order; a slot whose owner ends mid-window continues with
+    the next owner in the same window (reset flag at that position). Padding appears only when
+    no owner is left.
+    """
+    queue = iter(segments.tolist())
+    cur = [[0, 0] for _ in range(batch_size)]  # per slot: [cursor, end]
+    alive = True
+    while True:
+        idx = np.full((batch_size, bptt), -1, dtype=np.int64)
+        reset = np.zeros((batch_size, bptt), dtype=bool)
+        for b in range(batch_size):
+            pos = 0
+            while pos < bptt:
+                if cur[b][0] >= cur[b][1]:
+                    nxt = next(queue, None) if alive else None
+                    if nxt is None:
+                        alive = False
+                        break
+                    cur[b] = list(nxt)
+                    reset[b, pos] = True
+                m = min(bptt - pos, cur[b][1] - cur[b][0])
+                idx[b, pos:pos + m] = np.arange(cur[b][0], cur[b][0] + m)
+                cur[b][0] += m
+                pos += m
+        if (idx < 0).all():
+            return
+        yield idx, reset
+
+
+def gather_inputs(data: TrainData, idx: torch.Tensor, reset: torch.Tensor) -> StepInputs:
+    """(B, T) event indices (-1 padding) -> model inputs."""
+    ev, safe = data.events, idx.clamp(min=0)
+    user = data.event_user[safe]  # (B, T)
+    return StepInputs(
+        prev_item=ev.prev_item[safe], prev_type=ev.prev_type[safe], prev_value=ev.prev_value[safe],
+        time_bucket=ev.time_bucket[safe], context=ev.context[safe],
+        user_cat=ev.user_cat[user], user_num=ev.user_num[user], reset=reset,
+    )
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":  # bf16 on GPU; fp32 on CPU (bf16 matmuls are slow there)
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: torch.device,
+             mix: float = 0.0, k: int = 10, batch_size: int = 64, item_chunk: int = 65_536) -> dict[str, float]:
+    """Validation on each segment's last event given the rest: loss (mean CE), PPL, NDCG@k, Hit@k.
+
+    Scores the full catalog in chunks (never a rows x all-items matrix larger than a chunk).
+    """
+    if len(segments) == 0:
+        return {}
+    model.eval()
+    order = np.argsort(segments[:, 1] - segments[:, 0], kind="stable")  # similar lengths together
+    ce_sum = ndcg = hits = 0.0
+    for lo in range(0, len(order), batch_size):
+        seg = segments[order[lo:lo + batch_size]]
+        lengths = seg[:, 1] - seg[:, 0]
+        t = int(lengths.max())
+        idx = seg[:, :1] + np.arange(t)[None, :]
+        idx = np.where(np.arange(t)[None, :] < lengths[:, None], idx, -1)  # (b, t)
+        x = gather_inputs(data, torch.from_numpy(idx), torch.zeros(idx.shape, dtype=torch.bool)).to(device)
+        with _autocast(device):
+            out, _ = model(x)  # (b, t, H)
+        h = out[torch.arange(len(seg)), torch.from_numpy(lengths - 1)].float()  # (b, H)
+        target = data.events.target[torch.from_numpy(seg[:, 1] - 1)].to(device)  # (b,)
+        w_t, b_t = model.item_vectors(target, mix)
+        pos = (h * w_t.float()).sum(-1) + b_t.float()  # (b,) target scores
+        lse = torch.full_like(pos, float("-inf"))
+        rank = torch.zeros_like(pos)
+        for a in range(0, model.n_items, item_chunk):
+            items = torch.arange(a, min(a + item_chunk, model.n_items), device=device)
+            s = model.scores(h, items, mix).float()  # (b, chunk)
+            lse = torch.logaddexp(lse, torch.logsumexp(s, dim=1))
+            rank += (s > pos[:, None]).sum(1)
+        ce_sum += float((lse - pos).sum())
+        top = rank < k
+        ndcg += float(torch.where(top, 1.0 / torch.log2(rank + 2.0), torch.zeros_like(rank)).sum())
+        hits += float(top.sum())
+    n = len(segments)
+    loss = ce_sum / n
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), f"ndcg@{k}": ndcg / n, f"hit@{k}": hits / n}
+
+
+def _optimizer(model: HRNNMeta, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only (not embeddings, biases, norms)."""
+    no_decay: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, (nn.Embedding, FieldBags)):
+            no_decay.update(id(p) for p in m.parameters(recurse=False))
+    decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in no_decay]
+    rest = [p for p in model.parameters() if not (p.dim() >= 2 and id(p) not in no_decay)]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _lr(cfg: TrainConfig, step: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio (a function of the step only)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    report: Path
+    history: list[dict]  # one entry per epoch
+    stopped_early: bool
+
+
+def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = None,
+          train_cfg: TrainConfig | None = None, resume: bool = False,
+          on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train HRNN-meta on a snapshot; checkpoints and the report go to ``run_dir``.
+
+    ``resume=True`` continues from ``run_dir/last.pt`` (same snapshot and configs required);
+    without it an existing ``last.pt`` is an error. ``on_epoch_end(epoch, metrics)`` is called
+    after each epoch's checkpoint is written.
+    """
+    model_cfg, cfg = model_cfg or ModelConfig(), train_cfg or TrainConfig()
+    run_dir = Path(run_dir)
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if last_path.exists() and not resume:
+        raise TrainError(f"{run_dir} already holds a run; pass resume=True (--resume) or use another run dir")
+    device = resolve_device(cfg.device)
+
+    # ---- phase 1: data
+    data = prepare_data(snapshot_dir, model_cfg, cfg)
+    n_items, ev = data.features.n_items, data.events
+    n_events = int((data.train_segments[:, 1] - data.train_segments[:, 0]).sum())
+    if n_events == 0:
+        raise TrainError(f"snapshot {snapshot_dir} has no training events after the validation split")
+    if cfg.output == "dense" and cfg.batch_size * cfg.bptt * n_items > cfg.max_dense_logits:
+        raise TrainError(f"dense output over {n_items:,} items needs a {cfg.batch_size * cfg.bptt:,} x "
+                         f"{n_items:,} score matrix; set train.output = 'sampled' (or a smaller batch)")
+    type_w = torch.tensor([cfg.default_event_weight] + [float(cfg.event_type_weights.get(t, cfg.default_event_weight))
+                                                        for t in data.features.event_types], device=device)
+    torch.manual_seed(cfg.seed)
+    model = HRNNMeta(model_cfg, data.features, data.item_cat, data.item_num).to(device)
+    opt = _optimizer(model, cfg)
+    sampler = AliasSampler(ev.item_freq, cfg.sampler_alpha, seed=cfg.seed, device=device)
+    steps_per_epoch = math.ceil(n_events / (cfg.batch_size * cfg.bptt)) + 1
+    total_steps = steps_per_epoch * cfg.epochs
+    history: list[dict] = []
+    curve: list[tuple[int, float]] = []
+    start_epoch, step, best, bad_epochs = 0, 0, None, 0
+    if resume and last_path.exists():
+        ck = load_checkpoint(last_path, device)
+        if ck.snapshot_id != data.features.snapshot_id:
+            raise TrainError(f"{last_path} was trained on snapshot {ck.snapshot_id}, not "
+                             f"{data.features.snapshot_id}; use a new run dir")
+        if dataclasses.asdict(ck.model_config) != dataclasses.asdict(model_cfg):
+            raise TrainError(f"{last_path} has a different model config; use a new run dir")
+        model.load_state_dict(ck.model.state_dict())
+        opt.load_state_dict(ck.raw["optimizer"])
+        start_epoch, step = ck.raw["epoch"] + 1, ck.raw["step"]
+        best, bad_epochs = ck.raw["best"], ck.raw["bad_epochs"]
+        history, curve = list(ck.raw["history"]), [tuple(c) for c in ck.raw["curve"]]
+    lower_better = cfg.early_stopping_metric == "val_loss"
+    stopped = bad_epochs >= cfg.patience
+
+    for epoch in range(start_epoch, cfg.epochs):
+        if stopped:
+            break
+        # ---- phase 2: batches; every random stream reseeded from (seed, epoch)
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        sampler.generator.manual_seed(cfg.seed * 100_003 + epoch)
+        rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(2, epoch)))
+        mix_rng = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        segments = data.train_segments[rng.permutation(len(data.train_segments))]
+        model.train()
+        hidden, t0, seen, loss_sum, ce_sum = None, time.time(), 0, 0.0, 0.0
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+                   leave=False, unit="step")
+        for idx_np, reset_np in user_parallel_windows(segments, cfg.batch_size, cfg.bptt):
+            # ---- phase 3: one truncated-BPTT step
+            lr = _lr(cfg, step, total_steps)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            idx = torch.from_numpy(idx_np)
+            valid = (idx >= 0).to(device)  # (B, T)
+            flat = idx[idx >= 0]  # (N,) event indices of the valid positions
+            x = gather_inputs(data, idx, torch.from_numpy(reset_np)).to(device)
+            target = ev.target[flat].to(device)  # (N,)
+            weight = reward_weights(ev.event_type[flat].to(device), ev.event_value[flat].to(device),
+                                    type_w, cfg.event_value_weight)  # (N,)
+            mix = cfg.item_meta_mix if cfg.item_meta_mix is not None else float(torch.rand(1, generator=mix_rng))
+            hidden = hidden.detach() if hidden is not None else None  # truncated BPTT
+            with _autocast(device):
+                out, hidden = model(x, hidden)  # (B, T, H), (L, B, H)
+                h = out[valid]  # (N, H)
+                if cfg.output == "dense":
+                    res = dense_softmax_loss(model.scores(h, None, mix), target, weight)
+                else:
+                    neg, neg_log_q = sampler.draw(cfg.n_negatives)  # (S,), (S,)
+                    cand = torch.cat([target, neg])  # (N + S,) positives first: the diagonal
+                    cand_log_q = torch.cat([sampler.log_q[target], neg_log_q])
+                    extra_s = extra_i = None
+                    if cfg.use_impressions and (ev.impressions[flat] >= 0).any():
+                        extra_i = ev.impressions[flat].to(device)  # (N, K)
+                        w_i, b_i = model.item_vectors(extra_i.clamp(min=0).reshape(-1), mix)
+                        extra_s = torch.einsum("nh,nkh->nk", h, w_i.view(*extra_i.shape, -1)) + b_i.view(extra_i.shape)
+                    res = sampled_softmax_loss(model.scores(h, cand, mix), cand, cand_log_q, weight, extra_s, extra_i)
+            if not torch.isfinite(res.loss):
+                raise NonFiniteLossError(f"loss is {float(res.loss.detach())} at epoch {epoch + 1}, step {step}; "
+                                         f"lower train.lr (now {cfg.lr}) or check event values/features")
+            opt.zero_grad(set_to_none=True)
+            res.loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            n = int(flat.numel())
+            seen += n
+            loss_sum += float(res.loss.detach()) * n
+            ce_sum += float(res.ce.detach().sum())
+            if step % cfg.log_every == 0:
+                curve.append((step, float(res.loss.detach())))
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(res.loss.detach()):.3f}", ev_s=f"{seen / max(time.time() - t0, 1e-9):,.0f}")
+        bar.close()
+
+        # ---- phase 4: validation, checkpoints, early stopping
+        seconds = time.time() - t0
+        metrics = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
+                   "train_ppl": math.exp(min(ce_sum / max(seen, 1), 50.0)), "events": seen,
+                   "seconds": seconds, "events_per_s": seen / max(seconds, 1e-9), "lr": lr}
+        metrics.update(evaluate(model, data, data.val_segments, device, mix=model_cfg.inference_item_meta_mix))
+        model.train()
+        history.append(metrics)
+        value = metrics.get(cfg.early_stopping_metric)
+        improved = value is None or best is None or (value < best if lower_better else value > best)
+        if improved:
+            best, bad_epochs = value, 0
+        else:
+            bad_epochs += 1
+        stopped = bad_epochs >= cfg.patience
+        common = dict(epoch=epoch, step=step, best=best, bad_epochs=bad_epochs, history=history,
+                      curve=[list(c) for c in curve])
+        if improved:
+            save_checkpoint(best_path, model, data.features, cfg, ev.item_freq, **common)
+        save_checkpoint(last_path, model, data.features, cfg, ev.item_freq, optimizer=opt.state_dict(), **common)
+        if cfg.progress:
+            shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+            tqdm.write(f"epoch {epoch + 1}: {shown}{' (best)' if improved else ''}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+
+    if not last_path.exists():
+        raise CheckpointError(f"{run_dir}: no epoch finished, nothing to report")
+    report = write_report(run_dir, history, curve, model_cfg, cfg, data, stopped)
+    return TrainResult(run_dir, best_path, last_path, report, history, stopped)
+
+
+def write_report(run_dir: Path, history: list[dict], curve: list[tuple[int, float]], model_cfg: ModelConfig,
+                 cfg: TrainConfig, data: TrainData, stopped: bool) -> Path:
+    """``report.json`` (configs, data sizes, per-epoch metrics) and ``loss_curve.png``."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    report = {
+        "snapshot_id": data.features.snapshot_id, "n_items": data.features.n_items,
+        "n_owners": int(data.events.n_owners), "train_owners": len(data.train_segments),
+        "val_owners": len(data.val_segments), "max_len": data.max_len,
+        "model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(cfg),
+        "stopped_early": stopped, "epochs": history,
+        "best_epoch": _best_epoch(history, cfg), "loss_curve": "loss_curve.png",
+        "torch": torch.__version__,
+    }
+    path = run_dir / "report.json"
+    path.write_text(json.dumps(report, indent=2))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if curve:
+        ax.plot([c[0] for c in curve], [c[1] for c in curve], lw=0.8, label="train loss (step)")
+    ends = [h["step"] for h in history]
+    ax.plot(ends, [h["train_loss"] for h in history], "o-", label="train loss (epoch mean)")
+    if history and "val_loss" in history[0]:
+        ax.plot(ends, [h["val_loss"] for h in history], "s-", label="validation loss (last events)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats)")
+    ax.set_title(f"HRNN-meta, {cfg.output} softmax, snapshot {data.features.snapshot_id}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "loss_curve.png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _best_epoch(history: list[dict], cfg: TrainConfig) -> int | None:
+    vals = [(h.get(cfg.early_stopping_metric), h["epoch"]) for h in history if cfg.early_stopping_metric in h]
+    if not vals:
+        return history[-1]["epoch"] if history else None
+    pick = min if cfg.early_stopping_metric == "val_loss" else max
+    return pick(vals)[1]
+
+
+def synthetic_snapshot(data_dir: Path, **synth_options) -> Path:
+    """Generate a synthetic log (``hrnn_core.datasets.synth``), ingest it into a warehouse under
+    ``data_dir`` and export a snapshot; returns the snapshot folder (reused when it exists)."""
+    from hrnn_core.config import load_config  # noqa: PLC0415 - heavy imports only when used
+    from hrnn_core.datasets import synth  # noqa: PLC0415
+    from hrnn_core.ingest import ingest_path  # noqa: PLC0415
+    from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
+    from hrnn_core.warehouse import connect  # noqa: PLC0415
+
+    data_dir = Path(data_dir)
+    done = data_dir / "snapshot_path.txt"
+    if done.exists():
+        return Path(done.read_text().strip())
+    cfg = load_config(overrides={"paths": {"data_dir": str(data_dir)}}, environ={})
+    synth.generate(data_dir / "raw", **synth_options)
+    with connect(cfg) as con:
+        ingest_path(cfg, data_dir / "raw", None, con)
+        snap = export_snapshot(con, cfg)
+    done.write_text(str(snap.path))
+    return snap.path

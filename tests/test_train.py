@@ -1,0 +1,242 @@
+"""Training loop on a tiny synthetic snapshot: batching, checkpoints, resume, errors, time deltas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hrnn_core import train as train_mod
+from hrnn_core.checkpoint import load_checkpoint
+from hrnn_core.config import ModelConfig, TrainConfig, load_config
+from hrnn_core.datasets import synth
+from hrnn_core.features import FeatureSpace
+from hrnn_core.losses import LossOut
+from hrnn_core.train import (NonFiniteLossError, TrainError, prepare_data, synthetic_snapshot, train,
+                             user_parallel_windows)
+
+SMALL = ModelConfig(hidden_size=16, field_dim=8, input_size=16)
+FAST = TrainConfig(epochs=2, batch_size=8, bptt=8, progress=False, val_owners=20, warmup_steps=5)
+
+
+@pytest.fixture(scope="module")
+def snap(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data dir with a warehouse, snapshot dir): 60 users, 2,500 events, impressions on half."""
+    from hrnn_core.ingest import ingest_path
+    from hrnn_core.transforms import export_snapshot
+    from hrnn_core.warehouse import connect
+
+    d = tmp_path_factory.mktemp("train_data")
+    paths = synth.generate(d / "raw", n_users=60, n_items=80, n_events=2_500, n_genres=5, seed=1)
+    t = pq.read_table(paths["interactions"])
+    rng = np.random.default_rng(0)
+    imp = ["|".join([f"i{j}" for j in rng.integers(0, 80, 3)] + ["unknown"]) if rng.random() < 0.5 else None
+           for _ in range(len(t))]
+    pq.write_table(t.append_column("impression", pa.array(imp, pa.string())), paths["interactions"])
+    cfg = load_config(overrides={"paths": {"data_dir": str(d)}}, environ={})
+    with connect(cfg) as con:
+        ingest_path(cfg, d / "raw", None, con)
+        snapshot = export_snapshot(con, cfg)
+    return d, snapshot.path
+
+
+def test_user_parallel_windows_cover_every_event_once_in_order() -> None:
+    segments = np.array([[0, 5], [5, 6], [6, 20], [20, 23], [30, 31]])
+    seen, resets = [], []
+    windows = list(user_parallel_windows(segments, batch_size=2, bptt=4))
+    for idx, reset in windows:
+        assert idx.shape == reset.shape == (2, 4)
+        for b in range(2):
+            row = idx[b]
+            valid = row[row >= 0]
+            assert (row[: len(valid)] == valid).all()  # padding only at the end
+            seen.extend(valid.tolist())
+            resets.extend(row[reset[b]].tolist())
+    assert sorted(seen) == list(range(23)) + [30]
+    assert sorted(resets) == [0, 5, 6, 20, 30]  # a reset exactly where each owner starts
+    # within a slot, an owner's events come in order across windows
+    slot0 = np.concatenate([w[0][0] for w in windows])
+    slot0 = slot0[slot0 >= 0]
+    for s, e in segments:
+        mine = slot0[(slot0 >= s) & (slot0 < e)]
+        assert (np.diff(mine) == 1).all()
+
+
+def test_prepare_data_caps_histories_and_holds_out_last_events(snap) -> None:
+    _, path = snap
+    data = prepare_data(path, SMALL, TrainConfig(max_len_percentile=0.5, val_owners=10))
+    lengths = np.diff(data.events.owner_start)
+    assert data.max_len == int(np.ceil(np.quantile(lengths, 0.5)))
+    tr, va = data.train_segments, data.val_segments
+    assert ((tr[:, 1] - tr[:, 0]) <= data.max_len).all() and len(va) == 10
+    ends = data.events.owner_start[1:]
+    assert set(va[:, 1]) <= set(ends)  # the most recent events are kept
+    held_out = set((va[:, 1] - 1).tolist())
+    trained = {e for s, t in tr.tolist() for e in range(s, t)}
+    assert not held_out & trained
+    imp = data.events.impressions
+    assert (imp >= 0).any() and imp.shape[1] == 20
+    assert (imp >= 0).sum(1).max() <= 3  # "unknown" ids are dropped
+
+
+def test_train_writes_checkpoints_and_report_and_round_trips(snap, tmp_path) -> None:
+    _, path = snap
+    res = train(path, tmp_path / "run", SMALL, FAST)
+    assert len(res.history) == 2 and res.best_checkpoint.exists() and res.last_checkpoint.exists()
+    report = json.loads(res.report.read_text())
+    assert report["epochs"][0]["events_per_s"] > 0 and "ndcg@10" in report["epochs"][-1]
+    assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 1000
+    raw = torch.load(res.last_checkpoint, weights_only=True)  # plain tensors and primitives only
+    assert raw["snapshot_id"] == path.name and len(raw["features"]["item_ids"]) == raw["item_freq"].numel()
+    ck = load_checkpoint(res.last_checkpoint)
+    fs = FeatureSpace.fit(path, SMALL)
+    assert ck.features == fs and ck.model_config == SMALL and ck.train_config == FAST
+    state = ck.model.state_dict()
+    assert set(state) == set(raw["model_state"])
+    for k, v in raw["model_state"].items():
+        assert torch.equal(state[k], v), k
+    h = torch.randn(3, SMALL.hidden_size)
+    again = load_checkpoint(res.last_checkpoint)
+    torch.testing.assert_close(again.model.scores(h, None, 0.5), ck.model.scores(h, None, 0.5))
+
+
+def _final_state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model_state"]
+
+
+def test_resume_after_interruption_gives_the_same_weights(snap, tmp_path) -> None:
+    _, path = snap
+    cfg = TrainConfig(epochs=3, batch_size=8, bptt=8, progress=False, val_owners=20, warmup_steps=5,
+                      output="sampled", n_negatives=32, patience=10)
+    model_cfg = ModelConfig(hidden_size=16, field_dim=8, input_size=16, dropout=0.2)
+    full = train(path, tmp_path / "full", model_cfg, cfg)
+
+    def kill(epoch: int, metrics: dict) -> None:
+        if epoch == 0:
+            raise KeyboardInterrupt("simulated kill after the first epoch")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(path, tmp_path / "killed", model_cfg, cfg, on_epoch_end=kill)
+    with pytest.raises(TrainError, match="resume"):
+        train(path, tmp_path / "killed", model_cfg, cfg)
+    resumed = train(path, tmp_path / "killed", model_cfg, cfg, resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    a, b = _final_state(full.last_checkpoint), _final_state(resumed.last_checkpoint)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed.history[-1]["val_loss"] == full.history[-1]["val_loss"]
+
+
+def test_sampled_output_uses_impressions_as_negatives(snap, tmp_path, monkeypatch) -> None:
+    _, path = snap
+    seen = []
+    real = train_mod.sampled_softmax_loss
+
+    def spy(scores, cand, log_q, weight=None, extra_scores=None, extra_items=None):
+        seen.append((scores.shape, None if extra_items is None else int((extra_items >= 0).sum())))
+        return real(scores, cand, log_q, weight, extra_scores, extra_items)
+
+    monkeypatch.setattr(train_mod, "sampled_softmax_loss", spy)
+    cfg = TrainConfig(epochs=1, batch_size=8, bptt=8, progress=False, output="sampled", n_negatives=16,
+                      event_type_weights={"buy": 3.0}, event_value_weight=0.5)
+    res = train(path, tmp_path / "run", SMALL, cfg)
+    assert np.isfinite(res.history[0]["train_loss"])
+    n = seen[0][0][0]
+    assert seen[0][0] == (n, n + 16)  # one N x (N + n_neg) matrix
+    assert any(k for _, k in seen)
+
+
+def test_nan_loss_raises(snap, tmp_path, monkeypatch) -> None:
+    _, path = snap
+    nan = torch.tensor(float("nan"), requires_grad=True)
+    monkeypatch.setattr(train_mod, "dense_softmax_loss", lambda s, t, w: LossOut(nan * s.sum(), t.float()))
+    with pytest.raises(NonFiniteLossError, match="lower train.lr"):
+        train(path, tmp_path / "run", SMALL, FAST)
+
+
+def test_dense_output_refuses_huge_score_matrices(snap, tmp_path) -> None:
+    _, path = snap
+    with pytest.raises(TrainError, match="sampled"):
+        train(path, tmp_path / "run", SMALL, TrainConfig(max_dense_logits=1000, progress=False))
+
+
+def test_early_stopping(snap, tmp_path, monkeypatch) -> None:
+    _, path = snap
+    calls = []
+
+    def worse_each_epoch(*args, **kwargs):
+        calls.append(1)
+        return {"val_loss": float(len(calls)), "ndcg@10": 0.0}
+
+    monkeypatch.setattr(train_mod, "evaluate", worse_each_epoch)
+    res = train(path, tmp_path / "run", SMALL, TrainConfig(epochs=10, patience=2, batch_size=8, bptt=8, progress=False))
+    assert res.stopped_early and len(res.history) == 3
+    assert torch.load(res.best_checkpoint, weights_only=True)["epoch"] == 0
+
+
+def test_cli_train(snap, tmp_path) -> None:
+    from hrnn_core.cli import app
+
+    d, _ = snap
+    conf = tmp_path / "c.toml"
+    conf.write_text("[model]\nhidden_size = 16\n[train]\nepochs = 1\nbatch_size = 8\nprogress = false\n")
+    result = CliRunner().invoke(app, ["train", "--data-dir", str(d), "--config", str(conf)])
+    assert result.exit_code == 0, result.output
+    runs = list((d / "models").iterdir())
+    assert len(runs) == 1 and (runs[0] / "best.pt").exists() and (runs[0] / "report.json").exists()
+    again = CliRunner().invoke(app, ["train", "--data-dir", str(d), "--config", str(conf)])
+    assert again.exit_code == 2 and "--resume" in again.output
+
+
+def test_time_delta_input_lowers_ppl_and_moves_top1(tmp_path_factory) -> None:
+    """Sessions with one intent each, new intent after long gaps: the time delta tells the model
+    when the intent may have switched (section 2.2, Table 2)."""
+    from hrnn_core.inference import InferenceEngine
+
+    path = synthetic_snapshot(
+        tmp_path_factory.mktemp("sessions"), n_users=200, n_items=60, n_events=12_000, n_genres=4, seed=3,
+        drift_amplitude=0.0, epsilon=0.02, taste_concentration=50.0, segment_boost=0.0, age_effect=0.0,
+        mean_session_events=5.0)
+    out = tmp_path_factory.mktemp("runs")
+    cfg = TrainConfig(epochs=8, batch_size=16, bptt=16, lr=1e-2, warmup_steps=10, item_meta_mix=0.0,
+                      val_owners=200, patience=100, progress=False)
+    ppl = {}
+    for use in (True, False):
+        mcfg = ModelConfig(hidden_size=32, field_dim=16, input_size=32, dropout=0.0, use_time_delta=use)
+        res = train(path, out / str(use), mcfg, cfg)
+        ppl[use] = min(h["train_ppl"] for h in res.history[-3:]), min(h["val_ppl"] for h in res.history[-3:])
+    assert ppl[True][0] < 0.93 * ppl[False][0], ppl
+    assert ppl[True][1] < ppl[False][1], ppl
+
+    engine = InferenceEngine.from_checkpoint(out / "True" / "best.pt", device="cpu")
+    seq = pq.read_table(path / "sequences.parquet").slice(0, 30).to_pylist()
+    genres = {r["item_id"]: set(dict(r["categorical"])["genres"].split("|"))
+              for r in pq.read_table(path / "items.parquet").to_pylist()}
+    changed, short_mass, long_mass = 0, [], []
+    for row in seq:
+        events = [train_mod_event(engine, row, k) for k in range(min(row["n_events"], 20))]
+        state = engine.state_from_history(events)
+        last = events[-1]
+        same = torch.tensor([bool(genres[i] & genres[last.item_id]) for i in engine.item_ids])
+        p_short = torch.softmax(engine.score(state, at_time=last.timestamp + 30), 0)
+        p_long = torch.softmax(engine.score(state, at_time=last.timestamp + 2 * 86_400), 0)
+        short_mass.append(float(p_short[same].sum()))
+        long_mass.append(float(p_long[same].sum()))
+        top = [engine.top_k(state, 1, exclude_seen=False, at_time=last.timestamp + dt)[0][0] for dt in (30, 2 * 86_400)]
+        changed += top[0] != top[1]
+    assert np.mean(short_mass) > np.mean(long_mass) + 0.15, (np.mean(short_mass), np.mean(long_mass))
+    assert changed >= 5, changed
+
+
+def train_mod_event(engine, row: dict, k: int):
+    from hrnn_core.inference import Event
+
+    ctx = row["contexts"][k]
+    return Event(engine.item_ids[row["item_idx"][k]], row["timestamps"][k], row["event_types"][k],
+                 row["event_values"][k], dict(ctx) if ctx else None)
