@@ -77,3 +77,27 @@ create table if not exists hourly_item_popularity (
     -- index: an ART index on millions of item-hours costs more than the whole aggregation.
     -- checks/hourly_popularity_matches.sql verifies every bucket against a recount.
 );
+
+-- Model registry history. Artifacts live in the BentoML model store (tag = name:version);
+-- these tables record what was registered and every change of champion, for queries and
+-- plots. The champion is the tag of the latest 'promote' or 'rollback' event.
+create table if not exists model_registry (
+    tag                  varchar primary key,  -- BentoML tag, e.g. hrnn-meta:lyvwjtxki6wsgax4
+    kind                 varchar not null,     -- hrnn | pop | recent_pop | bpr | fm | gru
+    registered_at        timestamp not null,
+    data_interval_start  double,               -- epoch seconds of the training data interval
+    data_interval_end    double,
+    snapshot_id          varchar,
+    protocol             varchar,              -- evaluation protocol of the metrics
+    metrics              json,                 -- {"ndcg@10": ..., ...}
+    code_version         varchar
+);
+
+create table if not exists model_events (
+    event_seq    bigint not null,              -- order of events
+    happened_at  timestamp not null,
+    tag          varchar not null,
+    action       varchar not null,             -- register | promote | reject | rollback
+    previous     varchar,                      -- champion before this event
+    note         varchar
+);
