@@ -236,6 +236,10 @@ def entries(con: duckdb.DuckDBPyConnection) -> list[Entry]:
     """Every registered model, newest first."""
     import bentoml  # noqa: PLC0415
 
+    from hrnn_core.warehouse import table_exists  # noqa: PLC0415
+
+    if not table_exists(con, "model_registry"):  # a read-only warehouse from before the registry
+        return []
     rows = con.execute(
         "select tag, kind, registered_at, metrics, protocol, snapshot_id, data_interval_start, "
         "data_interval_end from model_registry order by registered_at desc, tag"
