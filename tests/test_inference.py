@@ -1,0 +1,171 @@
+"""Inference engine: O(1) updates equal the training forward, scoring options, cold start, trend."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from hrnn_core.checkpoint import load_checkpoint
+from hrnn_core.config import ModelConfig, TrainConfig
+from hrnn_core.inference import Event, InferenceEngine, InferenceError
+from hrnn_core.train import gather_inputs, prepare_data, synthetic_snapshot, train
+
+MODEL = ModelConfig(hidden_size=16, field_dim=8, input_size=16, num_layers=2)
+TRAIN = TrainConfig(epochs=1, batch_size=8, bptt=8, progress=False, val_owners=5)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("inference")
+    snap = synthetic_snapshot(d / "data", n_users=40, n_items=60, n_events=1_500, n_genres=5, seed=2)
+    res = train(snap, d / "run", MODEL, TRAIN)
+    return snap, res.last_checkpoint
+
+
+def _rows(snap: Path, n: int) -> tuple[list[dict], dict[str, dict]]:
+    seq = pq.read_table(snap / "sequences.parquet").slice(0, n).to_pylist()
+    users = {u["user_id"]: {"categorical": dict(u["categorical"] or []), "numeric": dict(u["numeric"] or [])}
+             for u in pq.read_table(snap / "users.parquet").to_pylist()}
+    return seq, users
+
+
+def _events(engine: InferenceEngine, row: dict) -> list[Event]:
+    return [Event(engine.item_ids[i], t, et, v, dict(c) if c else None)
+            for i, t, et, v, c in zip(row["item_idx"], row["timestamps"], row["event_types"],
+                                      row["event_values"], row["contexts"], strict=True)]
+
+
+def test_update_event_by_event_equals_the_batched_training_forward(trained) -> None:
+    snap, ckpt = trained
+    engine = InferenceEngine.from_checkpoint(ckpt, device="cpu", cold_items_use_metadata=False)
+    data = prepare_data(snap, MODEL, TRAIN)  # the training path's encoding of the same events
+    seq, users = _rows(snap, 6)
+    for o, row in enumerate(seq):
+        events = _events(engine, row)
+        state = engine.init_state(users[row["owner_id"]])
+        request_scores = []
+        for e in events:
+            request_scores.append(engine.score(state, e.context, e.timestamp))  # the request of e
+            engine.update(state, e)
+        batched = engine.state_from_history(events, users[row["owner_id"]])
+        torch.testing.assert_close(state.hidden, batched.hidden, atol=1e-5, rtol=0)
+        assert state.seen == batched.seen and state.n_events == batched.n_events == len(events)
+
+        s, e = int(data.events.owner_start[o]), int(data.events.owner_start[o + 1])
+        x = gather_inputs(data, torch.arange(s, e)[None], torch.zeros(1, e - s, dtype=torch.bool))
+        with torch.no_grad():
+            out, hidden = engine.model(x)
+            ref = engine.model.scores(out[0], None, engine.item_meta_mix)
+        torch.testing.assert_close(state.hidden, hidden, atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.stack(request_scores), ref, atol=1e-4, rtol=0)
+
+
+def test_score_does_not_change_the_state_and_depends_on_the_gap(trained) -> None:
+    snap, ckpt = trained
+    engine = InferenceEngine.from_checkpoint(ckpt, device="cpu")
+    seq, users = _rows(snap, 1)
+    state = engine.state_from_history(_events(engine, seq[0]))
+    before = state.hidden.clone()
+    t = state.last_time
+    near, far = engine.score(state, at_time=t + 10), engine.score(state, at_time=t + 5 * 86_400)
+    assert torch.equal(state.hidden, before) and state.last_time == t
+    assert near.shape == (engine.n_items,) and not torch.allclose(near, far)
+    torch.testing.assert_close(engine.score(state, at_time=t + 10), near)
+    many = engine.score_many([state, state], at_times=[t + 10, t + 5 * 86_400])
+    torch.testing.assert_close(many, torch.stack([near, far]))
+
+
+def test_top_k_filters_and_orders(trained) -> None:
+    snap, ckpt = trained
+    engine = InferenceEngine.from_checkpoint(ckpt, device="cpu")
+    seq, _ = _rows(snap, 1)
+    state = engine.state_from_history(_events(engine, seq[0])[:5])
+    seen_ids = {engine.item_ids[i] for i in state.seen}
+    t = state.last_time + 60
+    top = engine.top_k(state, 10, at_time=t)
+    scores = [s for _, s in top]
+    assert len(top) == 10 and scores == sorted(scores, reverse=True)
+    assert not seen_ids & {i for i, _ in top}
+    with_seen = engine.top_k(state, engine.n_items, exclude_seen=False, at_time=t)
+    assert len(with_seen) == engine.n_items
+    include = [engine.item_ids[j] for j in (1, 2, 3)] + ["not-an-item"]
+    got = engine.top_k(state, 10, exclude_seen=False, include=include, exclude=[include[0]], at_time=t)
+    assert {i for i, _ in got} == set(include[1:3])
+    with pytest.raises(InferenceError):
+        engine.top_k(state, 0)
+
+
+def test_cold_users_start_from_features_and_context(trained) -> None:
+    _, ckpt = trained
+    engine = InferenceEngine.from_checkpoint(ckpt, device="cpu")
+    young = engine.init_state({"segment": "s0", "age": 20})
+    old = engine.init_state({"categorical": {"segment": "s3"}, "numeric": {"age": 70.0}})
+    assert young.hidden is None and young.n_events == 0
+    a, b = engine.score(young, at_time=1e9), engine.score(old, at_time=1e9)
+    assert torch.isfinite(a).all() and not torch.allclose(a, b)
+    mobile, desktop = engine.score(young, {"device": "mobile"}, 1e9), engine.score(young, {"device": "desktop"}, 1e9)
+    assert not torch.allclose(mobile, desktop)
+    assert len(engine.top_k(engine.init_state(), 5, at_time=1e9)) == 5  # no features at all
+    first = Event(engine.item_ids[0], 1e9, "view", 3.0, {"device": "mobile"})
+    one = engine.update(engine.init_state({"segment": "s0", "age": 20}), first)
+    torch.testing.assert_close(one.hidden, engine.state_from_history([first], {"segment": "s0", "age": 20}).hidden)
+
+
+def test_lambda_one_scores_without_id_embeddings(trained) -> None:
+    _, ckpt = trained
+    ck = load_checkpoint(ckpt)
+    with torch.no_grad():
+        ck.model.item_w.weight.fill_(float("nan"))
+        ck.model.item_b.weight.fill_(float("nan"))
+    engine = InferenceEngine(ck, device="cpu", item_meta_mix=1.0)
+    state = engine.init_state({"segment": "s1"})
+    assert torch.isfinite(engine.score(state, at_time=1e9)).all()
+    assert torch.isnan(engine.score(state, at_time=1e9, item_meta_mix=0.0)).all()
+
+
+def test_cold_items_are_scored_from_metadata(trained) -> None:
+    _, ckpt = trained
+    ck = load_checkpoint(ckpt)
+    ck.item_freq[:3] = 0  # pretend items 0-2 never occurred in training
+    engine = InferenceEngine(ck, device="cpu", item_meta_mix=0.0)
+    with torch.no_grad():
+        wm, bm = ck.model.item_vectors(torch.arange(engine.n_items), 1.0)
+        wi, bi = ck.model.item_vectors(torch.arange(engine.n_items), 0.0)
+    torch.testing.assert_close(engine._w[:3], wm[:3])
+    torch.testing.assert_close(engine._w[3:], wi[3:])
+    plain = InferenceEngine(ck, device="cpu", item_meta_mix=0.0, cold_items_use_metadata=False)
+    torch.testing.assert_close(plain._w, wi)
+
+
+def test_trend_term_of_eq5(trained) -> None:
+    _, ckpt = trained
+    engine = InferenceEngine.from_checkpoint(ckpt, device="cpu")
+    state = engine.init_state()
+    base = engine.score(state, at_time=1e9)
+    engine.set_trend({engine.item_ids[0]: 100, engine.item_ids[1]: 10, "not-an-item": 5})
+    torch.testing.assert_close(engine.score(state, at_time=1e9), base)  # trend_weight 0: off
+    engine.trend_weight = 0.5
+    counts = np.zeros(engine.n_items)
+    counts[:2] = [100, 10]
+    q = (counts + 1.0) / (counts + 1.0).sum()
+    diff = engine.score(state, at_time=1e9) - base
+    torch.testing.assert_close(diff, torch.tensor(0.5 * np.log(q), dtype=torch.float32), atol=1e-5, rtol=0)
+    assert engine.top_k(state, 1, at_time=1e9)[0][0] in engine.item_ids
+    with pytest.raises(InferenceError):
+        engine.set_trend(np.ones(3))
+
+
+def test_unknown_items_and_bad_events(trained) -> None:
+    _, ckpt = trained
+    engine = InferenceEngine.from_checkpoint(ckpt, device="auto")
+    state = engine.update(engine.init_state(), Event("brand-new-item", 1e9, "view"))
+    assert state.n_events == 1 and not state.seen and state.last_item == -1
+    engine.update(state, Event(engine.item_ids[4], 1e9 + 60, "never-seen-type", None))
+    assert state.seen == {4} and math.isfinite(float(engine.score(state, at_time=1e9 + 120).sum()))
+    with pytest.raises(InferenceError, match="finite"):
+        engine.update(state, Event(engine.item_ids[4], float("nan")))
