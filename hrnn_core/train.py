@@ -181,16 +181,47 @@ def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: tor
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), f"ndcg@{k}": ndcg / n, f"hit@{k}": hits / n}
 
 
-def _optimizer(model: HRNNMeta, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (not embeddings, biases, norms)."""
+def _optimizers(model: HRNNMeta, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    """AdamW, weight decay on matrices only (not embeddings, biases, norms).
+
+    With the sampled output the item-indexed tables (input embedding, w_j, b_j) get sparse
+    gradients and a SparseAdam of their own: a step then touches only the rows of the batch's
+    items and negatives instead of every row of a million-item catalog.
+    """
+    item_tables = [model.item_in, model.item_w, model.item_b]
+    sparse = cfg.output == "sampled"
+    for emb in item_tables:
+        emb.sparse = sparse
+    sparse_ids = {id(e.weight) for e in item_tables} if sparse else set()
     no_decay: set[int] = set()
     for m in model.modules():
         if isinstance(m, (nn.Embedding, FieldBags)):
             no_decay.update(id(p) for p in m.parameters(recurse=False))
-    decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in no_decay]
-    rest = [p for p in model.parameters() if not (p.dim() >= 2 and id(p) not in no_decay)]
+    params = [p for p in model.parameters() if id(p) not in sparse_ids]
+    decay = [p for p in params if p.dim() >= 2 and id(p) not in no_decay]
+    rest = [p for p in params if not (p.dim() >= 2 and id(p) not in no_decay)]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, lr=cfg.lr)]
+    if sparse:
+        opts.append(torch.optim.SparseAdam([e.weight for e in item_tables], lr=cfg.lr))
+    return opts
+
+
+def _clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> None:
+    """Global-norm clipping that also handles sparse gradients (torch's does not)."""
+    grads = []
+    for p in params:
+        if p.grad is not None:
+            if p.grad.is_sparse:
+                p.grad = p.grad.coalesce()
+            grads.append(p.grad)
+    if not grads:
+        return
+    total = torch.linalg.vector_norm(torch.stack([(g.values() if g.is_sparse else g).norm() for g in grads]))
+    coef = max_norm / (float(total) + 1e-6)
+    if coef < 1.0:
+        for g in grads:
+            g.mul_(coef)
 
 
 def _lr(cfg: TrainConfig, step: int, total: int) -> float:
@@ -240,7 +271,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
                                                         for t in data.features.event_types], device=device)
     torch.manual_seed(cfg.seed)
     model = HRNNMeta(model_cfg, data.features, data.item_cat, data.item_num).to(device)
-    opt = _optimizer(model, cfg)
+    opts = _optimizers(model, cfg)
     sampler = AliasSampler(ev.item_freq, cfg.sampler_alpha, seed=cfg.seed, device=device)
     steps_per_epoch = math.ceil(n_events / (cfg.batch_size * cfg.bptt)) + 1
     total_steps = steps_per_epoch * cfg.epochs
@@ -255,7 +286,8 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
         if dataclasses.asdict(ck.model_config) != dataclasses.asdict(model_cfg):
             raise TrainError(f"{last_path} has a different model config; use a new run dir")
         model.load_state_dict(ck.model.state_dict())
-        opt.load_state_dict(ck.raw["optimizer"])
+        for opt, state in zip(opts, ck.raw["optimizer"], strict=True):
+            opt.load_state_dict(state)
         start_epoch, step = ck.raw["epoch"] + 1, ck.raw["step"]
         best, bad_epochs = ck.raw["best"], ck.raw["bad_epochs"]
         history, curve = list(ck.raw["history"]), [tuple(c) for c in ck.raw["curve"]]
@@ -278,8 +310,9 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
         for idx_np, reset_np in user_parallel_windows(segments, cfg.batch_size, cfg.bptt):
             # ---- phase 3: one truncated-BPTT step
             lr = _lr(cfg, step, total_steps)
-            for g in opt.param_groups:
-                g["lr"] = lr
+            for opt in opts:
+                for g in opt.param_groups:
+                    g["lr"] = lr
             idx = torch.from_numpy(idx_np)
             valid = (idx >= 0).to(device)  # (B, T)
             flat = idx[idx >= 0]  # (N,) event indices of the valid positions
@@ -307,11 +340,13 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
             if not torch.isfinite(res.loss):
                 raise NonFiniteLossError(f"loss is {float(res.loss.detach())} at epoch {epoch + 1}, step {step}; "
                                          f"lower train.lr (now {cfg.lr}) or check event values/features")
-            opt.zero_grad(set_to_none=True)
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
             res.loss.backward()
             if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+                _clip_grad_norm(list(model.parameters()), cfg.grad_clip)
+            for opt in opts:
+                opt.step()
             step += 1
             n = int(flat.numel())
             seen += n
@@ -342,7 +377,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
                       curve=[list(c) for c in curve])
         if improved:
             save_checkpoint(best_path, model, data.features, cfg, ev.item_freq, **common)
-        save_checkpoint(last_path, model, data.features, cfg, ev.item_freq, optimizer=opt.state_dict(), **common)
+        save_checkpoint(last_path, model, data.features, cfg, ev.item_freq, optimizer=[o.state_dict() for o in opts], **common)
         if cfg.progress:
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
             tqdm.write(f"epoch {epoch + 1}: {shown}{' (best)' if improved else ''}")

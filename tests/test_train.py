@@ -240,3 +240,59 @@ def train_mod_event(engine, row: dict, k: int):
     ctx = row["contexts"][k]
     return Event(engine.item_ids[row["item_idx"][k]], row["timestamps"][k], row["event_types"][k],
                  row["event_values"][k], dict(ctx) if ctx else None)
+
+
+def test_sampled_step_on_a_million_items_never_builds_a_batch_by_catalog_matrix() -> None:
+    """The sampled output's cost depends on B x (B + n_neg), not on the catalog size."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from hrnn_core.features import FieldGroup
+    from hrnn_core.losses import sampled_softmax_loss
+    from hrnn_core.model import HRNNMeta, StepInputs
+    from hrnn_core.sampler import AliasSampler
+
+    n_items, b, t, n_neg = 1_000_000, 8, 8, 64
+    groups = dict(num_fields=[], num_mean=[], num_std=[], clip=5.0)
+    fs = FeatureSpace(
+        item_ids=[str(i) for i in range(n_items)], event_types=["view"], value_mean=0.0, value_std=1.0,
+        users=FieldGroup([], [], widths=[], multi_valued=True, **groups),
+        items=FieldGroup(["genres"], [["a", "b", "c"]], widths=[2], multi_valued=True, **groups),
+        context=FieldGroup([], [], widths=[], multi_valued=False, **groups), time_delta_buckets=8,
+        time_delta_log_base=2.0, snapshot_id="big")
+    cfg = ModelConfig(hidden_size=8, field_dim=4, input_size=8)
+    model = HRNNMeta(cfg, fs, torch.randint(0, 4, (n_items, 2)).int(), torch.zeros(n_items, 0))
+    opts = train_mod._optimizers(model, TrainConfig(output="sampled"))
+    sampler = AliasSampler(np.random.default_rng(0).zipf(1.3, n_items) % 1000)
+    g = torch.Generator().manual_seed(0)
+    x = StepInputs(prev_item=torch.randint(0, n_items, (b, t), generator=g), prev_type=torch.zeros(b, t, dtype=torch.long),
+                   prev_value=torch.zeros(b, t, 2), time_bucket=torch.randint(0, 8, (b, t), generator=g),
+                   context=torch.zeros(b, t, 0, dtype=torch.long), user_cat=torch.zeros(b, t, 0, dtype=torch.int32),
+                   user_num=torch.zeros(b, t, 0), reset=torch.zeros(b, t, dtype=torch.bool))
+    target = torch.randint(0, n_items, (b * t,), generator=g)
+
+    class LargestTensor(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for o in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(o, torch.Tensor) and not o.is_sparse:
+                    self.largest = max(self.largest, o.numel())
+            return out
+
+    before = model.item_w.weight.detach().clone()
+    with LargestTensor() as mode:
+        out, _ = model(x)
+        h = out.reshape(-1, cfg.hidden_size)
+        neg, neg_log_q = sampler.draw(n_neg)
+        cand = torch.cat([target, neg])
+        loss = sampled_softmax_loss(model.scores(h, cand, 0.5), cand, torch.cat([sampler.log_q[target], neg_log_q])).loss
+        loss.backward()
+        train_mod._clip_grad_norm(list(model.parameters()), 1.0)
+        for opt in opts:
+            opt.step()
+    assert model.item_w.weight.grad.is_sparse  # only the batch's rows are touched
+    # the largest tensors are parameter-sized (n_items x H: tables, optimizer state), never (B T) x n_items
+    assert mode.largest <= n_items * cfg.hidden_size < b * t * n_items, mode.largest
+    changed = (model.item_w.weight.detach() != before).any(1).nonzero().flatten()
+    assert set(changed.tolist()) <= set(cand.tolist())
