@@ -80,6 +80,8 @@ class InferenceEngine:
         self.trend_weight = cfg.trend_weight if trend_weight is None else trend_weight
         self.trend_smoothing = cfg.trend_smoothing
         self.cold_items_use_metadata = cold_items_use_metadata and self.model.meta_out is not None
+        h = self.model.cfg.hidden_size
+        self._new_w, self._new_b = torch.zeros(0, h, device=self.device), torch.zeros(0, device=self.device)
         self.set_trend(None)
         self._w, self._b = self._catalog_vectors(self.item_meta_mix)
 
@@ -101,12 +103,40 @@ class InferenceEngine:
             if bool(cold.any()):
                 lam = torch.where(cold, 1.0, mix).float()  # (n_items,)
         chunks = [self.model.item_vectors(items, lam if isinstance(lam, float) else lam[items])
-                  for items in torch.arange(self.n_items, device=self.device).split(65_536)]
-        return torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
+                  for items in torch.arange(self.model.n_items, device=self.device).split(65_536)]
+        # items added after training (add_items) have metadata only: lambda = 1 whatever ``mix``
+        return (torch.cat([c[0] for c in chunks] + [self._new_w]), torch.cat([c[1] for c in chunks] + [self._new_b]))
+
+    @torch.no_grad()
+    def add_items(self, items: Sequence[Mapping]) -> int:
+        """Add cold-start items that were not in the training catalog, scored from their metadata
+        alone (eq. 2 with lambda = 1; no id embedding exists for them). Each item is
+        {"item_id": ..., "categorical": {...}, "numeric": {...}}; known ids are skipped.
+        Returns the number added."""
+        if self.model.meta_out is None:
+            raise InferenceError("this model has no item metadata decoder (use_item_meta = false or no item features)")
+        new = [it for it in items if it["item_id"] not in self.item_index]
+        if not new:
+            return 0
+        cat, num = self.features.items.encode_rows([it.get("categorical") for it in new], [it.get("numeric") for it in new])
+        w, b = self.model.meta_vectors(cat.to(self.device), num.to(self.device))
+        self._new_w, self._new_b = torch.cat([self._new_w, w]), torch.cat([self._new_b, b])
+        for it in new:
+            self.item_index[it["item_id"]] = len(self.item_ids)
+            self.item_ids.append(it["item_id"])
+        self.n_items = len(self.item_ids)
+        self.item_freq = torch.cat([self.item_freq, self.item_freq.new_zeros(len(new))])
+        counts = self._trend_counts
+        if counts is not None and not isinstance(counts, Mapping):  # an array: new items have 0 counts
+            counts = np.concatenate([np.asarray(counts, dtype=np.float64), np.zeros(len(new))])
+        self.set_trend(counts)
+        self._w, self._b = self._catalog_vectors(self.item_meta_mix)
+        return len(new)
 
     def set_trend(self, counts: Mapping[str, float] | np.ndarray | torch.Tensor | None) -> None:
         """Recent item popularity for the eq. (5) trend term: counts per item id (a mapping, e.g.
         from ``transforms.popularity_window``) or an (n_items,) array; None -> training frequency."""
+        self._trend_counts = counts
         if counts is None:
             c = self.item_freq.double()
         elif isinstance(counts, Mapping):
@@ -132,8 +162,8 @@ class InferenceEngine:
 
     def _inputs(self, states: Sequence[UserState], contexts: Sequence[Mapping[str, str]], times: Sequence[float]) -> StepInputs:
         """One request per state (B = len(states), T = 1)."""
-        fs, none = self.features, self.n_items
-        prev = [s.last_item if s.last_item >= 0 else none for s in states]
+        fs, none = self.features, self.model.n_items
+        prev = [s.last_item if 0 <= s.last_item < none else none for s in states]  # no embedding: none
         dts = [None if s.last_time is None else t - s.last_time for s, t in zip(states, times, strict=True)]
         ctx = fs.context.encode_rows(list(contexts), [{}] * len(states))[0].long()
         dev = self.device
@@ -188,7 +218,8 @@ class InferenceEngine:
             return state
         fs, n = self.features, len(events)
         items = [self.item_index.get(e.item_id, -1) for e in events]
-        prev = [self.n_items] + [i if i >= 0 else self.n_items for i in items[:-1]]
+        none = self.model.n_items
+        prev = [none] + [i if 0 <= i < none else none for i in items[:-1]]
         ts = [float(e.timestamp) for e in events]
         ctxs, c = [], dict(context or {})
         for e in events:

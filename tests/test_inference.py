@@ -169,3 +169,25 @@ def test_unknown_items_and_bad_events(trained) -> None:
     assert state.seen == {4} and math.isfinite(float(engine.score(state, at_time=1e9 + 120).sum()))
     with pytest.raises(InferenceError, match="finite"):
         engine.update(state, Event(engine.item_ids[4], float("nan")))
+
+
+def test_new_items_are_added_and_scored_from_metadata_only(trained) -> None:
+    snap, ckpt = trained
+    ck = load_checkpoint(ckpt)
+    with torch.no_grad():
+        ck.model.item_w.weight.fill_(float("nan"))  # the new items must not need id embeddings
+        ck.model.item_b.weight.fill_(float("nan"))
+    engine = InferenceEngine(ck, device="cpu", item_meta_mix=1.0)
+    n = engine.n_items
+    twin = pq.read_table(snap / "items.parquet").slice(3, 1).to_pylist()[0]  # copy item 3's metadata
+    new = [{"item_id": "brand-new", "categorical": dict(twin["categorical"]), "numeric": dict(twin["numeric"])},
+           {"item_id": "no-metadata"}, {"item_id": engine.item_ids[0]}]
+    assert engine.add_items(new) == 2 and engine.n_items == n + 2
+    state = engine.init_state({"segment": "s2"})
+    scores = engine.score(state, at_time=1e9)
+    assert scores.shape == (n + 2,) and torch.isfinite(scores).all()
+    torch.testing.assert_close(scores[n], scores[3])  # same metadata, same lambda = 1 score
+    ids = [i for i, _ in engine.top_k(state, n + 2, exclude_seen=False, at_time=1e9)]
+    assert "brand-new" in ids and "no-metadata" in ids
+    engine.update(state, Event("brand-new", 1e9, "view"))  # no input embedding: fed as "no item"
+    assert state.seen == {n} and "brand-new" not in [i for i, _ in engine.top_k(state, n + 2, at_time=1e9 + 5)]
