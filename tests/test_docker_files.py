@@ -629,6 +629,11 @@ def test_healthcheck_api_server_over_http(healthcheck, monkeypatch):
     assert healthcheck.main(["api-server"]) == 1  # nothing listens any more
 
 
+@pytest.mark.parametrize("script", sorted(DOCKER.rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_under_docker_compiles(script):
+    compile(script.read_text(), str(script), "exec")
+
+
 # ----------------------------------------------------------------------------- compose CLI
 def compose_cli() -> list[str] | None:
     """A Compose v2 CLI, if this machine has one (`docker compose` or `docker-compose` v2)."""
