@@ -76,6 +76,17 @@ class AliasSampler:
         ids = torch.where(coin < self.prob[slot], slot, self.alias[slot])  # (n,)
         return ids, self.log_q[ids]
 
+    def log_inclusion(self, n_draws: int) -> torch.Tensor:
+        """(n_items,) log P(item drawn at least once in ``n_draws``) = log(1 - (1 - q_j)^n).
+
+        This is log q_j + log n for rare items (the paper's log q correction up to a constant
+        shared by all items, which the softmax ignores) and saturates at 0 for items so frequent
+        that they are drawn almost surely; the sampled softmax counts each item once per row, so
+        this is the probability its column is there at all.
+        """
+        log1m_q = torch.log1p(-self.log_q.double().exp())  # log(1 - q_j)
+        return torch.log(-torch.expm1(n_draws * log1m_q)).float()
+
     def get_state(self) -> torch.Tensor:
         return self.generator.get_state()
 

@@ -273,6 +273,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
     model = HRNNMeta(model_cfg, data.features, data.item_cat, data.item_num).to(device)
     opts = _optimizers(model, cfg)
     sampler = AliasSampler(ev.item_freq, cfg.sampler_alpha, seed=cfg.seed, device=device)
+    log_incl: dict[int, torch.Tensor] = {}  # draws per step -> log inclusion probabilities
     steps_per_epoch = math.ceil(n_events / (cfg.batch_size * cfg.bptt)) + 1
     total_steps = steps_per_epoch * cfg.epochs
     history: list[dict] = []
@@ -285,6 +286,8 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
                              f"{data.features.snapshot_id}; use a new run dir")
         if dataclasses.asdict(ck.model_config) != dataclasses.asdict(model_cfg):
             raise TrainError(f"{last_path} has a different model config; use a new run dir")
+        if len(ck.raw["optimizer"]) != len(opts):
+            raise TrainError(f"{last_path} was trained with another train.output; use a new run dir")
         model.load_state_dict(ck.model.state_dict())
         for opt, state in zip(opts, ck.raw["optimizer"], strict=True):
             opt.load_state_dict(state)
@@ -328,9 +331,14 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
                 if cfg.output == "dense":
                     res = dense_softmax_loss(model.scores(h, None, mix), target, weight)
                 else:
-                    neg, neg_log_q = sampler.draw(cfg.n_negatives)  # (S,), (S,)
+                    neg, _ = sampler.draw(cfg.n_negatives)  # (S,) shared negatives, drawn from q
                     cand = torch.cat([target, neg])  # (N + S,) positives first: the diagonal
-                    cand_log_q = torch.cat([sampler.log_q[target], neg_log_q])
+                    # eq. (4) correction: log q_j, as the log-probability that j's column is present
+                    # among the N + S draws (= log q_j + const for rare items; 0 for sure ones)
+                    n_draws = len(cand)
+                    if n_draws not in log_incl:
+                        log_incl[n_draws] = sampler.log_inclusion(n_draws)  # (n_items,)
+                    cand_log_q = log_incl[n_draws][cand]  # (N + S,)
                     extra_s = extra_i = None
                     if cfg.use_impressions and (ev.impressions[flat] >= 0).any():
                         extra_i = ev.impressions[flat].to(device)  # (N, K)

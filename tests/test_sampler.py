@@ -92,3 +92,14 @@ def test_draw_cost_does_not_grow_with_the_catalog() -> None:
     t_small, t_big = best_of(small), best_of(big)
     # a binary search (O(log n)) would be ~20 lookups per draw; allow cache effects and a noisy machine
     assert t_big < 6 * t_small + 0.02, (t_small, t_big)
+
+
+def test_log_inclusion_is_log_q_plus_a_constant_for_rare_items_and_saturates() -> None:
+    freq = np.concatenate([np.ones(10_000), [1e7]])
+    sampler = AliasSampler(freq, alpha=1.0, smoothing=0.0)
+    incl = sampler.log_inclusion(100)
+    rare = incl[:-1] - sampler.log_q[:-1]
+    assert float(rare.max() - rare.min()) < 1e-4 and abs(float(rare[0]) - math.log(100)) < 0.05
+    assert abs(float(incl[-1])) < 1e-6  # drawn almost surely: no correction
+    q = sampler.log_q.double().exp()
+    torch.testing.assert_close(incl.double().exp(), 1 - (1 - q) ** 100, rtol=1e-4, atol=1e-9)
