@@ -109,6 +109,7 @@ class TrainConfig:
     output: str = "dense"  # "dense" full softmax, or "sampled" importance-sampled softmax (3.1)
     n_negatives: int = 1024  # shared negatives per step drawn from q (sampled output only)
     sampler_alpha: float = 0.75  # q_j proportional to freq_j ** alpha (section 4.6)
+    logq_correction: str = "inclusion"  # "q": subtract log q_j (eq. 4); "inclusion": log(1-(1-q_j)^draws)
     batch_size: int = 32  # owners processed in parallel (user-parallel mini-batches)
     bptt: int = 32  # truncated back-propagation window, in events
     max_len_percentile: float = 0.99  # owner histories capped at this length percentile (latest kept)
@@ -136,6 +137,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.output in ("dense", "sampled"), "output must be 'dense' or 'sampled'"),
+            (self.logq_correction in ("q", "inclusion"), "logq_correction must be 'q' or 'inclusion'"),
             (self.batch_size >= 1 and self.bptt >= 1, "batch_size and bptt must be >= 1"),
             (0.0 < self.max_len_percentile <= 1.0, "max_len_percentile must be in (0, 1]"),
             (self.n_negatives >= 0 and self.epochs >= 1, "n_negatives >= 0 and epochs >= 1"),

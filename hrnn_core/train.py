@@ -333,11 +333,12 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
                 else:
                     neg, _ = sampler.draw(cfg.n_negatives)  # (S,) shared negatives, drawn from q
                     cand = torch.cat([target, neg])  # (N + S,) positives first: the diagonal
-                    # eq. (4) correction: log q_j, as the log-probability that j's column is present
-                    # among the N + S draws (= log q_j + const for rare items; 0 for sure ones)
-                    n_draws = len(cand)
+                    # eq. (4) correction: log q_j, or ("inclusion") the log-probability that j's
+                    # column is present among the N + S draws: log q_j + const for rare items,
+                    # 0 for items drawn almost surely (small catalogs, many negatives)
+                    n_draws = len(cand) if cfg.logq_correction == "inclusion" else 1
                     if n_draws not in log_incl:
-                        log_incl[n_draws] = sampler.log_inclusion(n_draws)  # (n_items,)
+                        log_incl[n_draws] = sampler.log_inclusion(n_draws) if n_draws > 1 else sampler.log_q
                     cand_log_q = log_incl[n_draws][cand]  # (N + S,)
                     extra_s = extra_i = None
                     if cfg.use_impressions and (ev.impressions[flat] >= 0).any():

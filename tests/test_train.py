@@ -133,7 +133,8 @@ def test_resume_after_interruption_gives_the_same_weights(snap, tmp_path) -> Non
     assert resumed.history[-1]["val_loss"] == full.history[-1]["val_loss"]
 
 
-def test_sampled_output_uses_impressions_as_negatives(snap, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("correction", ["q", "inclusion"])
+def test_sampled_output_uses_impressions_as_negatives(snap, tmp_path, monkeypatch, correction) -> None:
     _, path = snap
     seen = []
     real = train_mod.sampled_softmax_loss
@@ -144,7 +145,7 @@ def test_sampled_output_uses_impressions_as_negatives(snap, tmp_path, monkeypatc
 
     monkeypatch.setattr(train_mod, "sampled_softmax_loss", spy)
     cfg = TrainConfig(epochs=1, batch_size=8, bptt=8, progress=False, output="sampled", n_negatives=16,
-                      event_type_weights={"buy": 3.0}, event_value_weight=0.5)
+                      event_type_weights={"buy": 3.0}, event_value_weight=0.5, logq_correction=correction)
     res = train(path, tmp_path / "run", SMALL, cfg)
     assert np.isfinite(res.history[0]["train_loss"])
     n = seen[0][0][0]
