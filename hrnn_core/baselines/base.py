@@ -27,6 +27,7 @@ class TrainData:
     items: pa.Table | None  # items.parquet of the snapshot: item_idx, item_id, categorical, numeric, ...
     users: pa.Table | None  # users.parquet of the snapshot: user_idx, user_id, categorical, numeric
     seed: int = 0  # seed for anything random in fitting
+    snapshot_dir: Path | None = None  # the same training data as a snapshot folder (for the trainer)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class ScoreBatch:
     pos: np.ndarray  # (B,) number of history events the case may read
     owners: np.ndarray  # (B,) user_idx of the owner
     target_timestamp: np.ndarray  # (B,) time of the request (epoch s)
+    target_event_id: np.ndarray | None = None  # (B,) event id of the target (its request context)
 
     def history(self, i: int, column: str = "item_idx") -> list:
         """The readable history of case ``i`` for one sequences column."""
