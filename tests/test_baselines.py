@@ -15,6 +15,7 @@ import torch
 from hrnn_core.baselines.base import ScoreBatch, TrainData
 from hrnn_core.baselines.bpr import BPRScorer
 from hrnn_core.baselines.features import FieldEncoder, entity_table
+from hrnn_core.baselines.fm import FMScorer
 from hrnn_core.baselines.popularity import PopularityScorer, RecentPopularityScorer
 from hrnn_core.protocols import SnapshotData
 
@@ -203,3 +204,72 @@ def test_bpr_deterministic_and_save_load(fitted_bpr, tmp_path: Path):
     assert torch.equal(BPRScorer.load(tmp_path / "bpr").score(batch), scorer.score(batch))
     state = torch.load(tmp_path / "bpr" / "state.pt", weights_only=True)
     assert "model.item.weight" in state
+
+
+# --------------------------------------------------------------------------- FM
+
+FM_SMALL = {"batch_size": 64, "epochs": 30, "lr": 0.02, "factors": 16, "weight_decay": 0.0,
+            "item_id_dropout": 0.5, "history_length": 5}
+
+
+@pytest.fixture(scope="module")
+def fitted_fm() -> tuple[FMScorer, SnapshotData]:
+    data = planted()
+    scorer = FMScorer(**FM_SMALL)
+    scorer.fit(train_data(data))
+    return scorer, data
+
+
+def test_fm_uses_low_cardinality_metadata_only(fitted_fm):
+    scorer, _ = fitted_fm
+    assert scorer.item_enc.cat_fields == ["genres"] and scorer.item_enc.num_fields == ["year"]
+    assert scorer.user_enc.cat_fields == ["gender"] and scorer.user_enc.num_fields == ["age"]  # zip_code skipped
+    assert scorer.context_enc.n_features == 0  # no contexts in the data
+
+
+def test_fm_learns_planted_groups_and_scores_cold_items_from_metadata(fitted_fm):
+    scorer, data = fitted_fm
+    scores = scorer.score(all_users_batch(data))
+    assert scores.shape == (N_USERS, N_ITEMS)
+    assert share_group_first(scores, data) > 0.9
+    assert scorer.losses[-1] < scorer.losses[0]
+    ok = [bool(scores[r, COLD_ITEMS[u % 2]].min() > scores[r, COLD_ITEMS[1 - u % 2]].max())
+          for r, u in enumerate(data.user_idx)]
+    assert np.mean(ok) > 0.9
+
+
+def test_fm_folds_in_unseen_owners(fitted_fm):
+    scorer, _ = fitted_fm
+    seq = SnapshotData.from_events([100] * 3 + [101] * 3, [0, 1, 2, 10, 11, 12], range(6), N_ITEMS).sequences
+    s = scorer.score(ScoreBatch(seq, np.array([0, 1]), np.array([3, 3]), np.array([100, 101]), np.array([10.0, 10.0])))
+    assert s[0, 3:10].mean() > s[0, 13:20].mean() and s[1, 13:20].mean() > s[1, 3:10].mean()
+    assert s[0, COLD_ITEMS[0]].mean() > s[0, COLD_ITEMS[1]].mean()
+
+
+def test_fm_deterministic_and_save_load(fitted_fm, tmp_path: Path):
+    scorer, data = fitted_fm
+    batch = all_users_batch(data)
+    again = FMScorer(**FM_SMALL)
+    again.fit(train_data(data))
+    assert torch.equal(again.score(batch), scorer.score(batch))
+    scorer.save(tmp_path / "fm")
+    assert torch.equal(FMScorer.load(tmp_path / "fm").score(batch), scorer.score(batch))
+
+
+def test_fm_reads_the_last_readable_events_context():
+    data = planted()
+    seq = data.sequences
+    n = int(seq["n_events"].to_numpy().sum())
+    # context "device": group 0's events on "phone", group 1's on "desktop"
+    device = np.repeat(np.where(data.user_idx % 2 == 0, "phone", "desktop"), np.diff(data.offsets))
+    maps = pa.array([[("device", d)] for d in device], pa.map_(pa.string(), pa.string()))
+    seq = seq.set_column(seq.schema.get_field_index("contexts"), "contexts",
+                         pa.ListArray.from_arrays(pa.array(data.offsets.astype(np.int32)), maps))
+    assert n == len(device)
+    scorer = FMScorer(**{**FM_SMALL, "epochs": 5})
+    scorer.fit(TrainData(seq, np.bincount(data.item, minlength=N_ITEMS), N_ITEMS, None, None))
+    assert scorer.context_enc.cat_fields == ["device"]
+    ids, vals = scorer._user_side(seq, np.array([0, 1]), np.array([0, 2]), np.array([0, 1]))
+    ctx_ids = set(range(scorer.context_enc.offset, scorer.context_enc.end))
+    assert not ctx_ids & set(ids[0].tolist())  # no readable event: no context
+    assert len(ctx_ids & set(ids[1].tolist())) == 1
