@@ -130,6 +130,7 @@ class TrainConfig:
     patience: int = 3  # epochs without improvement before stopping
     seed: int = 0  # seeds shuffling, lambda draws, negatives, dropout and initialisation
     device: str = "auto"  # "auto" (cuda if present, bf16 autocast), "cpu" or "cuda[:n]"
+    threads: int = 0  # torch CPU threads (0 = torch's default); 1 is best on a shared small machine
     progress: bool = True  # tqdm progress bar with loss and events/s
     log_every: int = 10  # steps between recorded training-loss points (report curve)
     max_dense_logits: int = 400_000_000  # dense output refuses batch x items above this (use sampled)

@@ -257,6 +257,8 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
     if last_path.exists() and not resume:
         raise TrainError(f"{run_dir} already holds a run; pass resume=True (--resume) or use another run dir")
     device = resolve_device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
 
     # ---- phase 1: data
     data = prepare_data(snapshot_dir, model_cfg, cfg)

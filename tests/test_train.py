@@ -24,6 +24,15 @@ from hrnn_core.train import (NonFiniteLossError, TrainError, prepare_data, synth
 SMALL = ModelConfig(hidden_size=16, field_dim=8, input_size=16)
 FAST = TrainConfig(epochs=2, batch_size=8, bptt=8, progress=False, val_owners=20, warmup_steps=5)
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread is as fast, and far faster when other jobs share the 2 cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 @pytest.fixture(scope="module")
 def snap(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
