@@ -309,7 +309,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
         mix_rng = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         segments = data.train_segments[rng.permutation(len(data.train_segments))]
         model.train()
-        hidden, t0, seen, loss_sum, ce_sum = None, time.time(), 0, 0.0, 0.0
+        hidden, t0, seen, loss_sum, ce_sum, recent = None, time.time(), 0, 0.0, 0.0, []
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
                    leave=False, unit="step")
         for idx_np, reset_np in user_parallel_windows(segments, cfg.batch_size, cfg.bptt):
@@ -362,9 +362,11 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
             n = int(flat.numel())
             seen += n
             loss_sum += float(res.loss.detach()) * n
+            recent.append(float(res.loss.detach()))
             ce_sum += float(res.ce.detach().sum())
             if step % cfg.log_every == 0:
-                curve.append((step, float(res.loss.detach())))
+                curve.append((step, sum(recent) / len(recent)))  # mean over the last log_every steps
+                recent = []
             bar.update(1)
             bar.set_postfix(loss=f"{float(res.loss.detach()):.3f}", ev_s=f"{seen / max(time.time() - t0, 1e-9):,.0f}")
         bar.close()
@@ -422,7 +424,7 @@ def write_report(run_dir: Path, history: list[dict], curve: list[tuple[int, floa
     path.write_text(json.dumps(report, indent=2))
     fig, ax = plt.subplots(figsize=(7, 4))
     if curve:
-        ax.plot([c[0] for c in curve], [c[1] for c in curve], lw=0.8, label="train loss (step)")
+        ax.plot([c[0] for c in curve], [c[1] for c in curve], lw=0.8, label=f"train loss (mean of {cfg.log_every} steps)")
     ends = [h["step"] for h in history]
     ax.plot(ends, [h["train_loss"] for h in history], "o-", label="train loss (epoch mean)")
     if history and "val_loss" in history[0]:
