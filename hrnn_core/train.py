@@ -406,10 +406,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
 def write_report(run_dir: Path, history: list[dict], curve: list[tuple[int, float]], model_cfg: ModelConfig,
                  cfg: TrainConfig, data: TrainData, stopped: bool) -> Path:
     """``report.json`` (configs, data sizes, per-epoch metrics) and ``loss_curve.png``."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415 - no pyplot: no global backend state
 
     report = {
         "snapshot_id": data.features.snapshot_id, "n_items": data.features.n_items,
@@ -422,7 +419,8 @@ def write_report(run_dir: Path, history: list[dict], curve: list[tuple[int, floa
     }
     path = run_dir / "report.json"
     path.write_text(json.dumps(report, indent=2))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     if curve:
         ax.plot([c[0] for c in curve], [c[1] for c in curve], lw=0.8, label=f"train loss (mean of {cfg.log_every} steps)")
     ends = [h["step"] for h in history]
@@ -435,7 +433,6 @@ def write_report(run_dir: Path, history: list[dict], curve: list[tuple[int, floa
     ax.legend()
     fig.tight_layout()
     fig.savefig(run_dir / "loss_curve.png", dpi=100)
-    plt.close(fig)
     return path
 
 
