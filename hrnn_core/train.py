@@ -37,12 +37,12 @@ from tqdm.auto import tqdm
 from hrnn_core.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
 from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.errors import HrnnError
-from hrnn_core.features import EncodedEvents, FeatureSpace, encode_events
+from hrnn_core.features import EncodedEvents, FeatureSpace, encode_events, synthetic_snapshot
 from hrnn_core.losses import dense_softmax_loss, reward_weights, sampled_softmax_loss
 from hrnn_core.model import FieldBags, HRNNMeta, StepInputs
 from hrnn_core.sampler import AliasSampler
 
-__all__ = ["TrainConfig", "TrainData", "TrainResult", "NonFiniteLossError", "TrainError",
+__all__ = ["TrainConfig", "TrainData", "TrainResult", "NonFiniteLossError", "TrainError", "synthetic_snapshot",
            "prepare_data", "user_parallel_windows", "evaluate", "train"]
 
 
@@ -443,24 +443,3 @@ def _best_epoch(history: list[dict], cfg: TrainConfig) -> int | None:
     pick = min if cfg.early_stopping_metric == "val_loss" else max
     return pick(vals)[1]
 
-
-def synthetic_snapshot(data_dir: Path, **synth_options) -> Path:
-    """Generate a synthetic log (``hrnn_core.datasets.synth``), ingest it into a warehouse under
-    ``data_dir`` and export a snapshot; returns the snapshot folder (reused when it exists)."""
-    from hrnn_core.config import load_config  # noqa: PLC0415 - heavy imports only when used
-    from hrnn_core.datasets import synth  # noqa: PLC0415
-    from hrnn_core.ingest import ingest_path  # noqa: PLC0415
-    from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
-    from hrnn_core.warehouse import connect  # noqa: PLC0415
-
-    data_dir = Path(data_dir)
-    done = data_dir / "snapshot_path.txt"
-    if done.exists():
-        return Path(done.read_text().strip())
-    cfg = load_config(overrides={"paths": {"data_dir": str(data_dir)}}, environ={})
-    synth.generate(data_dir / "raw", **synth_options)
-    with connect(cfg) as con:
-        ingest_path(cfg, data_dir / "raw", None, con)
-        snap = export_snapshot(con, cfg)
-    done.write_text(str(snap.path))
-    return snap.path
