@@ -62,6 +62,22 @@ class UserState:
     seen: set[int] = field(default_factory=set)  # item_idx of every event
     n_events: int = 0
 
+    def to_dict(self) -> dict:
+        """Plain JSON-able values (e.g. to keep states in a cache between requests)."""
+        return {"user_cat": self.user_cat.cpu().tolist(), "user_num": self.user_num.cpu().tolist(),
+                "context": dict(self.context), "hidden": None if self.hidden is None else self.hidden.cpu().tolist(),
+                "last_item": self.last_item, "last_type": self.last_type, "last_value": list(self.last_value),
+                "last_time": self.last_time, "seen": sorted(self.seen), "n_events": self.n_events}
+
+    @classmethod
+    def from_dict(cls, d: Mapping, device: str | torch.device = "cpu") -> UserState:
+        hidden = None if d["hidden"] is None else torch.tensor(d["hidden"], dtype=torch.float32, device=device)
+        return cls(user_cat=torch.tensor(d["user_cat"], dtype=torch.int32, device=device),
+                   user_num=torch.tensor(d["user_num"], dtype=torch.float32, device=device),
+                   context=dict(d["context"]), hidden=hidden, last_item=int(d["last_item"]),
+                   last_type=int(d["last_type"]), last_value=(float(d["last_value"][0]), float(d["last_value"][1])),
+                   last_time=d["last_time"], seen=set(d["seen"]), n_events=int(d["n_events"]))
+
 
 class InferenceEngine:
     """Scores the catalog for users from a trained HRNN-meta checkpoint."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 
 from hrnn_core.checkpoint import load_checkpoint
 from hrnn_core.config import ModelConfig, TrainConfig
-from hrnn_core.inference import Event, InferenceEngine, InferenceError
+from hrnn_core.inference import Event, InferenceEngine, InferenceError, UserState
 from hrnn_core.train import gather_inputs, prepare_data, synthetic_snapshot, train
 
 MODEL = ModelConfig(hidden_size=16, field_dim=8, input_size=16, num_layers=2)
@@ -81,6 +82,8 @@ def test_score_does_not_change_the_state_and_depends_on_the_gap(trained) -> None
     state = engine.state_from_history(_events(engine, seq[0]))
     before = state.hidden.clone()
     t = state.last_time
+    copy = UserState.from_dict(json.loads(json.dumps(state.to_dict())))  # e.g. through a cache
+    torch.testing.assert_close(engine.score(copy, at_time=t + 10), engine.score(state, at_time=t + 10))
     near, far = engine.score(state, at_time=t + 10), engine.score(state, at_time=t + 5 * 86_400)
     assert torch.equal(state.hidden, before) and state.last_time == t
     assert near.shape == (engine.n_items,) and not torch.allclose(near, far)
