@@ -1,0 +1,171 @@
+"""HRNN-meta (and its plain-GRU ablation) behind the evaluation ``Scorer`` interface.
+
+``fit`` trains on the protocol's training snapshot (``hrnn_core.train``); ``score`` runs the
+model over each case's readable history plus one request step at the case's time, in padded
+batches, and returns logits of the full-catalogue softmax (eq. 1-2), so PPL is defined.
+
+The request step of a case is exactly the training-time input of the target event when the
+target is the next event of the history (leave_one_out, temporal, rolling, user_holdout): the
+previous item and its feedback, the time since it (the control input of section 2.2) and the
+request's context. Otherwise (cold_start_items, where the history holds warm events only) it
+is built from the last readable event and the case's time, with no request context.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from hrnn_core.baselines.base import ScoreBatch, Scorer, TrainData
+from hrnn_core.checkpoint import load_checkpoint, resolve_device
+from hrnn_core.config import ModelConfig, TrainConfig
+from hrnn_core.errors import HrnnError
+from hrnn_core.features import EncodedEvents, encode_events, time_delta_bucket
+from hrnn_core.model import StepInputs
+
+PLAIN_GRU = {  # the ablation the paper compares against: items and order only
+    "use_time_delta": False, "use_feedback": False, "use_user_features": False,
+    "use_context": False, "use_item_meta": False,
+}
+
+
+class HRNNScorer(Scorer):
+    name = "hrnn"
+    outputs_distribution = True
+
+    def __init__(self, model: ModelConfig | dict | None = None, train: TrainConfig | dict | None = None,
+                 plain_gru: bool = False, device: str = "auto", checkpoint: Path | None = None,
+                 max_history: int | None = None, batch_size: int = 256):
+        model_cfg = model if isinstance(model, ModelConfig) else ModelConfig(**(model or {}))
+        train_cfg = train if isinstance(train, TrainConfig) else TrainConfig(**(train or {}))
+        if plain_gru:
+            model_cfg = dataclasses.replace(model_cfg, **PLAIN_GRU)
+        self.model_cfg = model_cfg
+        self.train_cfg = dataclasses.replace(train_cfg, device=device)
+        self.device = resolve_device(device)
+        self.max_history = max_history  # read at most this many latest events per case (None: all)
+        self.batch_size = batch_size
+        self.checkpoint_path: Path | None = None
+        self._encoded: dict[int, tuple[EncodedEvents, np.ndarray, np.ndarray]] = {}
+        self._snapshot_dir: Path | None = None
+        self.history: list[dict] = []
+        if checkpoint is not None:
+            self._load(Path(checkpoint))
+
+    # ------------------------------------------------------------------ fit / load / save
+
+    def fit(self, data: TrainData) -> None:
+        from hrnn_core.train import train  # noqa: PLC0415
+
+        if data.snapshot_dir is None:
+            raise HrnnError("HRNN-meta trains from a snapshot folder: TrainData.snapshot_dir is missing")
+        self._snapshot_dir = Path(data.snapshot_dir)
+        run_dir = Path(tempfile.mkdtemp(prefix="hrnn-run-"))
+        cfg = dataclasses.replace(self.train_cfg, seed=data.seed)
+        result = train(self._snapshot_dir, run_dir, self.model_cfg, cfg)
+        self.history = result.history
+        self._load(result.best_checkpoint if result.best_checkpoint.exists() else result.last_checkpoint)
+
+    def _load(self, path: Path) -> None:
+        ck = load_checkpoint(path, self.device)
+        self.checkpoint_path = path
+        self.model = ck.model.to(self.device).eval()
+        self.features = ck.features
+        self.n_items = self.features.n_items
+        self._encoded.clear()
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(self.checkpoint_path, folder / "model.pt")
+
+    # ------------------------------------------------------------------ scoring
+
+    def _encode(self, sequences: pa.Table) -> tuple[EncodedEvents, np.ndarray, np.ndarray]:
+        """Encode a histories table once (cached per table): (events, flat timestamps, flat ids)."""
+        key = id(sequences)
+        if key not in self._encoded:
+            if self._snapshot_dir is None:
+                raise HrnnError("score needs the training snapshot (fit first)")
+            with tempfile.TemporaryDirectory(prefix="hrnn-score-") as tmp:
+                folder = Path(tmp)
+                for name in ("items.parquet", "users.parquet", "item_frequency.parquet", "manifest.json"):
+                    shutil.copy2(self._snapshot_dir / name, folder / name)
+                pq.write_table(sequences, folder / "sequences.parquet")
+                enc = encode_events(folder, self.features, self.train_cfg.max_impressions)
+            ts = pc.list_flatten(sequences["timestamps"]).to_numpy(zero_copy_only=False).astype(np.float64)
+            ids = pc.list_flatten(sequences["event_ids"]).to_numpy(zero_copy_only=False).astype(np.int64)
+            self._encoded = {key: (enc, ts, ids)}  # keep one table: the harness scores one at a time
+        return self._encoded[key]
+
+    @torch.no_grad()
+    def score(self, batch: ScoreBatch) -> torch.Tensor:
+        enc, ts, ids = self._encode(batch.sequences)
+        out = []
+        for lo in range(0, len(batch.rows), self.batch_size):
+            sl = slice(lo, lo + self.batch_size)
+            out.append(self._score_block(enc, ts, ids, batch.rows[sl], batch.pos[sl], batch.target_timestamp[sl],
+                                         None if batch.target_event_id is None else batch.target_event_id[sl]))
+        return torch.cat(out) if out else torch.zeros(0, self.n_items)
+
+    def _score_block(self, enc: EncodedEvents, ts: np.ndarray, ids: np.ndarray, rows: np.ndarray,
+                     pos: np.ndarray, t: np.ndarray, target_ids: np.ndarray | None) -> torch.Tensor:
+        n_items, fs = self.n_items, self.features
+        starts = enc.owner_start[rows]
+        ends = enc.owner_start[rows + 1]
+        first = starts.copy()
+        if self.max_history is not None:
+            first = np.maximum(starts, starts + pos - self.max_history)
+        hist_len = starts + pos - first  # history steps read per case
+        length = int(hist_len.max()) + 1 if len(rows) else 1
+        b = len(rows)
+        # flat index of each (case, step); the request step is filled in below
+        steps = np.arange(length)[None, :]
+        flat = np.minimum(first[:, None] + steps, len(ts) - 1)  # (B, L) clipped (padding is ignored)
+        take = torch.from_numpy(flat.reshape(-1))
+        prev_item = enc.prev_item[take].reshape(b, length).clone()
+        prev_type = enc.prev_type[take].reshape(b, length).clone()
+        prev_value = enc.prev_value[take].reshape(b, length, 2).clone()
+        time_bucket = enc.time_bucket[take].reshape(b, length).clone()
+        context = enc.context[take].reshape(b, length, -1).clone()
+        # The first read step of a truncated history restarts like an owner's first event.
+        trunc = first > starts
+        prev_item[torch.from_numpy(trunc), 0] = n_items
+        for i in range(b):
+            k = int(hist_len[i])  # index of the request step
+            e = int(starts[i] + pos[i])  # flat index of the target if it is the next event
+            is_next = e < ends[i] and (target_ids is None or ids[e] == target_ids[i]) and ts[e] == t[i]
+            if is_next:
+                prev_item[i, k], prev_type[i, k] = enc.prev_item[e], enc.prev_type[e]
+                prev_value[i, k], time_bucket[i, k], context[i, k] = enc.prev_value[e], enc.time_bucket[e], enc.context[e]
+                continue
+            last = e - 1
+            context[i, k] = 0  # the request's context is unknown here
+            if pos[i] == 0:
+                prev_item[i, k], prev_type[i, k], time_bucket[i, k] = n_items, 0, 0
+                prev_value[i, k] = 0.0
+            else:
+                prev_item[i, k] = enc.target[last]
+                prev_type[i, k] = enc.event_type[last]
+                value = float(enc.event_value[last])
+                prev_value[i, k] = torch.tensor([value, float(value != 0.0)])
+                time_bucket[i, k] = int(time_delta_bucket(np.array([t[i] - ts[last]]), fs.time_delta_buckets,
+                                                          fs.time_delta_log_base)[0])
+        users = torch.from_numpy(enc.owner_user[rows])
+        ucat = enc.user_cat[users][:, None].expand(b, length, -1) if len(enc.user_cat) else torch.zeros(b, length, 0)
+        unum = enc.user_num[users][:, None].expand(b, length, -1) if len(enc.user_num) else torch.zeros(b, length, 0)
+        x = StepInputs(prev_item=prev_item, prev_type=prev_type, prev_value=prev_value, time_bucket=time_bucket,
+                       context=context, user_cat=ucat, user_num=unum,
+                       reset=torch.zeros(b, length, dtype=torch.bool)).to(self.device)
+        h, _ = self.model(x)  # (B, L, H); padding after the request step cannot affect it (causal)
+        h_req = h[torch.arange(b), torch.from_numpy(hist_len).to(self.device)]  # (B, H)
+        mix = self.model_cfg.inference_item_meta_mix
+        return self.model.scores(h_req, mix=mix).float().cpu()  # (B, n_items) logits, eq. (2)
