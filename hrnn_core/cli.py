@@ -26,6 +26,15 @@ app = typer.Typer(
 datasets_app = typer.Typer(help="Fetch, convert and generate datasets.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 
+
+def _add_models_app() -> None:
+    from hrnn_core.cli_models import models_app  # noqa: PLC0415 - light module (typer only)
+
+    app.add_typer(models_app, name="models")
+
+
+_add_models_app()
+
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML config file (else $HRNN_CONFIG).")]
 WarehouseOpt = Annotated[Optional[Path], typer.Option("--warehouse", help="DuckDB warehouse file.")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Project data dir (else $HRNN_DATA_DIR).")]
@@ -349,6 +358,65 @@ def train_command(
     typer.echo(f"epochs: {len(result.history)}{' (early stop)' if result.stopped_early else ''}; last: {shown}")
     typer.echo(f"best checkpoint: {result.best_checkpoint}")
     typer.echo(f"report: {result.report}")
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@app.command("evaluate")
+@_guard
+def evaluate_command(
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="ml-100k (fetched), or a shared dataset name with --path.")] = None,
+    path: Annotated[Optional[Path], typer.Option("--path", help="Raw dataset folder for --dataset (see `hrnn datasets list`).")] = None,
+    protocol: Annotated[str, typer.Option("--protocol", help="leave_one_out | temporal | user_holdout | cold_start_items | rolling.")] = "leave_one_out",
+    models: Annotated[str, typer.Option("--models", help="Comma-separated: hrnn,pop,recent_pop,bpr,fm,gru.")] = "hrnn,pop,recent_pop,bpr,fm,gru",
+    output: Annotated[Optional[Path], typer.Option("--output", help="Write the report JSON here (per-event arrays beside it).")] = None,
+    chart: Annotated[Optional[Path], typer.Option("--chart", help="PNG chart path (default: beside --output, else data dir).")] = None,
+    params: Annotated[Optional[str], typer.Option("--params", help='Protocol parameters as JSON, e.g. \'{"test_fraction": 0.2}\'.')] = None,
+    seed: Annotated[int, typer.Option(help="Seed for splits and fitting.")] = 0,
+    warehouse: WarehouseOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Evaluate models on a fixed protocol (full ranking): leaderboard, PNG chart, JSON."""
+    from hrnn_core.evaluate import leaderboard, run_evaluation  # noqa: PLC0415
+    from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
+    from hrnn_core.warehouse import connect  # noqa: PLC0415
+
+    cfg = _cfg(config, warehouse, data_dir)
+    if dataset:
+        if warehouse is None and data_dir is None:  # one warehouse per evaluated dataset
+            from hrnn_core.config import replace  # noqa: PLC0415
+
+            cfg = replace(cfg, paths={"warehouse": Path(cfg.paths.data_dir) / f"eval-{dataset}.duckdb"})
+        from hrnn_core.ingest import ingest_path  # noqa: PLC0415
+
+        from hrnn_core.datasets import convert  # noqa: PLC0415
+
+        files = fetch_dataset(cfg, dataset) if path is None else convert(
+            dataset, path, cfg.paths.datasets_dir / dataset / "contract")
+        src = Path(next(iter(files.values()))).parent
+        dcfg = _dataset_time_range(cfg, src)
+        with connect(cfg) as con:
+            ingest_path(dcfg, src, None, con)
+    with connect(cfg) as con:
+        snap = export_snapshot(con, cfg)
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    options = {"hrnn": {"model": cfg.model, "train": cfg.train},
+               "gru": {"model": cfg.model, "train": cfg.train}}
+    chart_path = chart or (output.with_suffix(".png") if output else Path(cfg.paths.data_dir) / "reports" / f"{dataset or 'warehouse'}-{protocol}.png")
+    report = run_evaluation(
+        snap.path, protocol, names, dataset=dataset or "", protocol_params=json.loads(params) if params else None,
+        model_options=options, seed=seed, output=output, chart_path=chart_path,
+        progress=lambda msg: typer.echo(msg, err=True),
+    )
+    typer.echo(f"{report['dataset'] or 'warehouse'} / {protocol}: {report['n_events']:,} test events, {report['n_users']} users")
+    typer.echo(leaderboard(report["_results"]))
+    for name, test in report["significance"].items():
+        typer.echo(f"  {name}: ndcg@10 diff {test['mean_diff']:+.4f} (95% CI {test['ci_low']:+.4f}..{test['ci_high']:+.4f}, p={test['p_value']:.3g})")
+    typer.echo(f"chart: {chart_path}")
+    if output:
+        typer.echo(f"report: {output}")
 
 
 def main() -> None:  # pragma: no cover - console entry point alias
