@@ -19,7 +19,16 @@ from hrnn_core.baselines.fm import FMScorer
 from hrnn_core.baselines.popularity import PopularityScorer, RecentPopularityScorer
 from hrnn_core.protocols import SnapshotData
 
-torch.set_num_threads(1)  # tiny models: threads only add contention on shared CPUs
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: extra threads only add contention on shared CPUs (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 N_ITEMS = 28  # 0-9 preferred by group 0, 10-19 by group 1, 20-27 never in training (cold)
 GROUP_ITEMS = (np.arange(0, 10), np.arange(10, 20))
@@ -273,3 +282,49 @@ def test_fm_reads_the_last_readable_events_context():
     ctx_ids = set(range(scorer.context_enc.offset, scorer.context_enc.end))
     assert not ctx_ids & set(ids[0].tolist())  # no readable event: no context
     assert len(ctx_ids & set(ids[1].tolist())) == 1
+
+
+# --------------------------------------------------------------------------- ml-100k (slow)
+
+SNAPSHOTS = Path(__file__).resolve().parents[1] / "data" / "snapshots"
+
+
+def evaluate(scorer, cases, batch_size: int = 512) -> dict:
+    """Full-catalogue metrics of ``scorer`` on ``cases`` (Accumulator, seen items excluded)."""
+    from hrnn_core.metrics import Accumulator  # noqa: PLC0415
+
+    acc = Accumulator(cases.n_items, ks=(10,))
+    for start in range(0, len(cases), batch_size):
+        b = cases.batch(np.arange(start, min(start + batch_size, len(cases))))
+        scores = scorer.score(ScoreBatch(cases.sequences, b["rows"], b["pos"], b["owners"], b["target_timestamp"]))
+        acc.add(scores, b["targets"], exclude=b["exclude"], owners=b["owners"],
+                logits=scores if scorer.outputs_distribution else None)
+    return acc.summary()
+
+
+def _ml100k() -> Path | None:
+    for manifest in sorted(SNAPSHOTS.glob("*/manifest.json")) if SNAPSHOTS.is_dir() else []:
+        if '"n_events": 100000' in manifest.read_text():
+            return manifest.parent
+    return None
+
+
+@pytest.mark.slow
+def test_ml100k_leave_one_out_bpr_and_fm_beat_popularity():
+    from hrnn_core.protocols import build_split  # noqa: PLC0415
+
+    folder = _ml100k()
+    if folder is None:
+        pytest.skip("no ml-100k snapshot under data/snapshots (run `hrnn demo`)")
+    split = build_split("leave_one_out", SnapshotData.load(folder))
+    data = TrainData(split.train, split.item_frequency, split.n_items, pq.read_table(folder / "items.parquet"),
+                     pq.read_table(folder / "users.parquet"))
+    results = {}
+    for scorer in (PopularityScorer(), RecentPopularityScorer(), BPRScorer(), FMScorer()):
+        t0 = time.perf_counter()
+        scorer.fit(data)
+        results[scorer.name] = {**evaluate(scorer, split.test), "fit_s": time.perf_counter() - t0}
+    print({k: (round(v["ndcg@10"], 4), round(v["recall@10"], 4), round(v["fit_s"], 1)) for k, v in results.items()})
+    assert results["pop"]["n_events"] == len(split.test)
+    assert results["bpr"]["ndcg@10"] > results["pop"]["ndcg@10"]
+    assert results["fm"]["ndcg@10"] > results["pop"]["ndcg@10"]

@@ -62,19 +62,24 @@ from hrnn_core.sampler import AliasSampler
 @dataclass(frozen=True)
 class FMConfig:
     factors: int = 64  # d: dimension of the feature vectors v_f
-    epochs: int = 20  # passes over the training events
+    epochs: int = 40  # passes over the training events
     batch_size: int = 2048  # training events per step
     negatives_per_positive: int = 4  # sampled negatives per event; the loss averages over them
     lr: float = 0.005  # AdamW learning rate
-    weight_decay: float = 0.05  # AdamW decoupled weight decay: the regulariser
+    weight_decay: float = 0.2  # AdamW decoupled weight decay: the regulariser
     init_std: float = 0.05  # normal init of v (w starts at 0)
     item_id_dropout: float = 0.25  # P(a training triple drops its item ids): trains metadata vectors
     user_id_dropout: float = 0.1  # P(a training event drops its user id): trains the fold-in
-    history_length: int = 30  # newest history items in the user's set field (0 = no history field)
+    history_length: int = 10  # newest history items in the user's set field (0 = no history field)
     max_categories: int = 1000  # categorical fields with more distinct values are skipped
     max_distinct_share: float = 0.5  # ... and those with more than this share of rows distinct (ids, titles)
     numeric_bins: int = 5  # quantile buckets per numeric field (besides the standardized value)
     max_values: int = 8  # values kept per multi-valued field and row ("a|b|...")
+
+    # Defaults picked on ml-100k leave_one_out *validation* cases (NDCG@10): history_length 8-15
+    # beat 30 (0.095) and 100 (0.072) and no history field at all (0.054): the newest items carry
+    # the signal; 40 epochs with weight_decay 0.2 beat 20 epochs / 0.05. About 30 s of fitting on
+    # one CPU thread.
 
     def __post_init__(self) -> None:
         for k in ("factors", "epochs", "batch_size", "negatives_per_positive"):
