@@ -154,11 +154,87 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RetrainConfig:
+    """The nightly retrain (hrnn_core.retrain, dags/hrnn_retrain.py)."""
+
+    models: tuple[str, ...] = ("hrnn", "pop", "recent_pop", "bpr", "fm")  # trained and evaluated each night
+    gate_metric: str = "ndcg@10"  # promotion needs a strictly better value than champion and baselines
+    test_fraction: float = 0.1  # temporal protocol: the newest share of events is the test set
+    valid_fraction: float = 0.1  # share of the training period used for validation
+    hrnn_queue: str = "default"  # Airflow queue of the HRNN training task ("gpu" on a GPU worker)
+    hrnn_pool: str = "default_pool"  # Airflow pool of the HRNN training task
+    export_k: int = 25  # batch recommendations per user
+    export_shards: int = 2  # batch export shards (mapped tasks)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.test_fraction < 1.0 or not 0.0 <= self.valid_fraction < 1.0:
+            raise ConfigError("retrain config: test_fraction must be in (0, 1) and valid_fraction in [0, 1)")
+        if "hrnn" not in self.models:
+            raise ConfigError("retrain config: models must include hrnn (the candidate)")
+        if self.export_k < 1 or self.export_shards < 1:
+            raise ConfigError("retrain config: export_k and export_shards must be >= 1")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The online service (bento/service.py) and the shared scoring path (hrnn_core.recommend)."""
+
+    api_key: str | None = None  # guards every endpoint when set (env HRNN__SERVE__API_KEY); admin needs it
+    host: str = "127.0.0.1"  # bind address of `bentoml serve` (containers publishing a port: 0.0.0.0)
+    threads: int = 4  # request threads of the service worker (torch releases the GIL while scoring)
+    torch_threads: int = 1  # intra-op torch threads per request (1: no oversubscription on small hosts)
+    state_cache_size: int = 100_000  # user states kept in memory (LRU); a miss rebuilds from history + log
+    segment_max_events: int = 10_000  # an event log segment is closed (published for ingest) at this size
+    segment_max_seconds: float = 300.0  # ... or when its first event is this old (also checked in background)
+    champion_check_seconds: float = 30.0  # how often the model store is polled for a new champion (0 = never)
+    default_num_results: int = 25  # num_results of a request that gives none
+    trend_window_seconds: float = 3600.0  # recent-popularity window of the eq. (5) trend term
+    trend_refresh_seconds: float = 60.0  # trend counts are recomputed per time bucket of this length
+    trend_weight: float | None = None  # eq. (5) weight (1 / temperature) for known users; None: the model's
+    cold_start_trend_weight: float = 1.0  # eq. (5) weight for users with no events (trend-aware cold start)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.api_key is None or len(self.api_key) >= 16, "api_key must have at least 16 characters"),
+            (self.threads >= 1 and self.torch_threads >= 1, "threads and torch_threads must be >= 1"),
+            (self.state_cache_size >= 1, "state_cache_size must be >= 1"),
+            (self.segment_max_events >= 1 and self.segment_max_seconds > 0,
+             "segment_max_events must be >= 1 and segment_max_seconds > 0"),
+            (self.champion_check_seconds >= 0, "champion_check_seconds must be >= 0 (0 = never)"),
+            (1 <= self.default_num_results <= 500, "default_num_results must be in [1, 500]"),
+            (self.trend_window_seconds > 0 and self.trend_refresh_seconds > 0,
+             "trend_window_seconds and trend_refresh_seconds must be > 0"),
+            ((self.trend_weight is None or self.trend_weight >= 0) and self.cold_start_trend_weight >= 0,
+             "trend weights must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"serve config: {msg}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Batch recommendations (hrnn_core.export, `hrnn export`)."""
+
+    k: int = 25  # recommendations per user
+    n_shards: int = 1  # users are split by user_idx % n_shards (the batch DAG maps one task per shard)
+    batch_users: int = 256  # users scored together (one batched history pass and one matrix product)
+    out_dir: Path | None = None  # None -> <data_dir>/exports
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.k <= 500 and self.n_shards >= 1 and self.batch_users >= 1):
+            raise ConfigError("export config: k must be in [1, 500], n_shards and batch_users >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)  # where things live
     ingest: IngestConfig = field(default_factory=IngestConfig)  # ingest, validation, transforms
     model: ModelConfig = field(default_factory=ModelConfig)  # HRNN-meta architecture and features
     train: TrainConfig = field(default_factory=TrainConfig)  # training loop
+    serve: ServeConfig = field(default_factory=ServeConfig)  # online service and shared scoring
+    export: ExportConfig = field(default_factory=ExportConfig)  # batch recommendations
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)  # nightly retrain and gate
 
 
 def _coerce(value: object, annotation: object, where: str) -> object:

@@ -116,8 +116,12 @@ def score_cases(scorer: Scorer, cases: Cases, n_items: int, batch_size: int = 51
 
 
 def evaluate_split(split: Split, models: list[str], *, seed: int = 0, model_options: dict | None = None,
-                   batch_size: int = 512, progress: Callable[[str], None] | None = None) -> dict[str, ModelResult]:
-    """Fit each model on the split's training data and score its test cases."""
+                   batch_size: int = 512, progress: Callable[[str], None] | None = None,
+                   keep_scorers: dict | None = None) -> dict[str, ModelResult]:
+    """Fit each model on the split's training data and score its test cases.
+
+    ``keep_scorers``: a dict that receives the fitted scorers (to save them afterwards).
+    """
     say = progress or (lambda _msg: None)
     if len(split.test) == 0:
         raise EvaluationError(f"{split.protocol}: the test set is empty; check the protocol parameters")
@@ -140,6 +144,8 @@ def evaluate_split(split: Split, models: list[str], *, seed: int = 0, model_opti
             acc, score_s = score_cases(scorer, split.test, split.n_items, batch_size, catalog)
             per_event = {m: acc.per_event(m) for m in ("ndcg@10", "recall@10", "mrr@10")}
             results[name] = ModelResult(name, acc.summary(), per_event, fit_s, score_s, frames)
+            if keep_scorers is not None:
+                keep_scorers[name] = scorer
             say(f"{name}: ndcg@10 {results[name].metrics.get('ndcg@10', float('nan')):.4f} "
                 f"({fit_s:.1f} s fit, {score_s:.1f} s score)")
     return results

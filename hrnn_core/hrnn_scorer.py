@@ -56,7 +56,9 @@ class HRNNScorer(Scorer):
         self.checkpoint_path: Path | None = None
         self._encoded: dict[int, tuple[EncodedEvents, np.ndarray, np.ndarray]] = {}
         self._snapshot_dir: Path | None = None
+        self.catalog_size: int | None = None  # the evaluated catalogue (may exceed the model's)
         self.history: list[dict] = []
+        self.pretrained = checkpoint is not None
         if checkpoint is not None:
             self._load(Path(checkpoint))
 
@@ -68,6 +70,12 @@ class HRNNScorer(Scorer):
         if data.snapshot_dir is None:
             raise HrnnError("HRNN-meta trains from a snapshot folder: TrainData.snapshot_dir is missing")
         self._snapshot_dir = Path(data.snapshot_dir)
+        self.catalog_size = data.n_items
+        if self.pretrained:
+            # A trained model (e.g. the current champion) evaluated on newer data: no training.
+            # Items added to the catalogue since it was trained get no score (ranked last).
+            self._encoded.clear()
+            return
         run_dir = Path(tempfile.mkdtemp(prefix="hrnn-run-"))
         cfg = dataclasses.replace(self.train_cfg, seed=data.seed)
         result = train(self._snapshot_dir, run_dir, self.model_cfg, cfg)
@@ -95,12 +103,34 @@ class HRNNScorer(Scorer):
         if key not in self._encoded:
             if self._snapshot_dir is None:
                 raise HrnnError("score needs the training snapshot (fit first)")
+            unknown = None
+            item_col = pc.list_flatten(sequences["item_idx"]).to_numpy(zero_copy_only=False)
+            if len(item_col) and item_col.max() >= self.n_items:
+                # Items newer than the model: encode as item 0, then mark them "no item" below.
+                unknown = item_col >= self.n_items
+                flat = np.where(unknown, 0, item_col).astype(np.int32)
+                lists = pa.ListArray.from_arrays(
+                    pa.array(np.concatenate([[0], np.cumsum(sequences["n_events"].to_numpy())]), pa.int32()),
+                    pa.array(flat, pa.int32()))
+                sequences_enc = sequences.set_column(sequences.schema.get_field_index("item_idx"), "item_idx", lists)
+            else:
+                sequences_enc = sequences
             with tempfile.TemporaryDirectory(prefix="hrnn-score-") as tmp:
                 folder = Path(tmp)
                 for name in ("items.parquet", "users.parquet", "item_frequency.parquet", "manifest.json"):
                     shutil.copy2(self._snapshot_dir / name, folder / name)
-                pq.write_table(sequences, folder / "sequences.parquet")
+                pq.write_table(sequences_enc, folder / "sequences.parquet")
+                freq = pq.read_table(folder / "item_frequency.parquet")
+                freq = freq.filter(pc.less(freq["item_idx"], self.n_items))  # the model's catalogue
+                pq.write_table(freq, folder / "item_frequency.parquet")
                 enc = encode_events(folder, self.features, self.train_cfg.max_impressions)
+            if unknown is not None:
+                nxt = np.flatnonzero(unknown) + 1
+                nxt = nxt[nxt < len(item_col)]
+                starts = set(enc.owner_start[:-1].tolist())
+                nxt = np.array([i for i in nxt if i not in starts], dtype=np.int64)
+                enc.prev_item[torch.from_numpy(nxt)] = self.n_items
+                enc.target[torch.from_numpy(np.flatnonzero(unknown))] = self.n_items
             ts = pc.list_flatten(sequences["timestamps"]).to_numpy(zero_copy_only=False).astype(np.float64)
             ids = pc.list_flatten(sequences["event_ids"]).to_numpy(zero_copy_only=False).astype(np.int64)
             self._encoded = {key: (enc, ts, ids)}  # keep one table: the harness scores one at a time
@@ -167,5 +197,9 @@ class HRNNScorer(Scorer):
                        reset=torch.zeros(b, length, dtype=torch.bool)).to(self.device)
         h, _ = self.model(x)  # (B, L, H); padding after the request step cannot affect it (causal)
         h_req = h[torch.arange(b), torch.from_numpy(hist_len).to(self.device)]  # (B, H)
-        mix = self.model_cfg.inference_item_meta_mix
-        return self.model.scores(h_req, mix=mix).float().cpu()  # (B, n_items) logits, eq. (2)
+        mix = self.model.cfg.inference_item_meta_mix
+        scores = self.model.scores(h_req, mix=mix).float().cpu()  # (B, n_items) logits, eq. (2)
+        if self.catalog_size and self.catalog_size > self.n_items:  # items newer than the model
+            pad = torch.full((b, self.catalog_size - self.n_items), -1e9)
+            scores = torch.cat([scores, pad], dim=1)
+        return scores

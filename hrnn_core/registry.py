@@ -276,7 +276,11 @@ def champion_from_store(name: str = NAMES["hrnn"]) -> str | None:
     """The champion's tag from the model store's labels alone (for the service)."""
     import bentoml  # noqa: PLC0415
 
-    found = [m for m in bentoml.models.list(name) if m.info.labels.get("stage") == "champion"]
+    try:
+        models = bentoml.models.list(name)
+    except bentoml.exceptions.NotFound:  # nothing of that name stored yet
+        return None
+    found = [m for m in models if m.info.labels.get("stage") == "champion"]
     if not found:
         return None
     found.sort(key=lambda m: m.info.creation_time)

@@ -26,6 +26,7 @@ def artifact(tmp_path, name, payload):
 
 
 def test_register_promote_rollback(con, tmp_path):
+    assert registry.champion_from_store("no-such-model") is None
     a = registry.register(con, "hrnn", artifact(tmp_path, "a", {"v": 1}), metrics={"ndcg@10": 0.1},
                           protocol="temporal", snapshot_id="s1", data_interval=(0.0, 100.0))
     b = registry.register(con, "hrnn", artifact(tmp_path, "b", {"v": 2}), metrics={"ndcg@10": 0.2},

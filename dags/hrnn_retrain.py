@@ -1,0 +1,95 @@
+"""Nightly retrain: snapshot -> train + evaluate every model -> register -> gated promotion.
+
+Each model is one mapped task (HRNN-meta can be routed to GPU workers through the configured
+queue/pool); all are evaluated on the same `temporal` split of the snapshot taken at the end of
+the data interval. The new HRNN-meta becomes champion only if it beats the current champion and
+every baseline on the gating metric; a failure anywhere before that leaves the champion as it
+was. When the champion changes, the `hrnn://model/champion` asset is updated (it triggers the
+batch recommendations DAG). `catchup=True`: a backfill over a date range gives the same state as
+the nightly runs would have.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Asset, dag, task
+
+CHAMPION = Asset("hrnn://model/champion")
+POOL = "hrnn_warehouse"
+
+
+def _cfg():
+    from hrnn_core.config import load_config
+
+    return load_config()
+
+
+@dag(
+    dag_id="hrnn_retrain",
+    schedule="@daily",
+    start_date=datetime(2026, 11, 1),
+    catchup=True,
+    max_active_runs=1,
+    tags=["hrnn", "train"],
+    default_args={"retries": 1, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True},
+    doc_md=__doc__,
+)
+def hrnn_retrain():
+    @task(pool=POOL)
+    def snapshot(data_interval_end=None) -> dict:
+        """Export the training data as of the interval end (Parquet; readers never lock DuckDB)."""
+        from hrnn_core.retrain import make_snapshot
+
+        return make_snapshot(_cfg(), data_interval_end.timestamp())
+
+    @task
+    def baselines() -> list[str]:
+        """The baselines to train tonight (config: retrain.models)."""
+        return [m for m in _cfg().retrain.models if m != "hrnn"]
+
+    @task(retries=0)
+    def train_and_evaluate(kind: str, snap: dict) -> dict:
+        """Fit one model on the temporal split's training data and score its test events."""
+        from hrnn_core.retrain import train_and_evaluate as run
+
+        return run(_cfg(), snap, kind)
+
+    @task
+    def evaluate_champion(snap: dict) -> dict | None:
+        """The current champion on the same split (None before the first promotion)."""
+        from hrnn_core.retrain import evaluate_champion as run
+
+        return run(_cfg(), snap)
+
+    @task(pool=POOL)
+    def register_and_promote(snap: dict, candidate: dict, runs: list[dict], champion: dict | None,
+                             data_interval_start=None, data_interval_end=None) -> dict:
+        """Register every model; promote HRNN-meta only if it wins the gate."""
+        from hrnn_core.retrain import register_and_promote as run
+
+        interval = (data_interval_start.timestamp(), data_interval_end.timestamp())
+        return run(_cfg(), snap, [candidate, *runs], champion, interval)
+
+    @task.short_circuit
+    def champion_changed(decision: dict) -> bool:
+        return bool(decision["changed"])
+
+    @task(outlets=[CHAMPION])
+    def announce(decision: dict) -> str:
+        """Publish the champion asset (downstream: batch recommendations)."""
+        return decision["champion"]
+
+    # HRNN-meta gets its own task so a deployment can route it to GPU workers (config:
+    # retrain.hrnn_queue / retrain.hrnn_pool, read here at parse time: config is torch-free).
+    retrain_cfg = _cfg().retrain
+    snap = snapshot()
+    candidate = train_and_evaluate.override(
+        task_id="train_hrnn", queue=retrain_cfg.hrnn_queue, pool=retrain_cfg.hrnn_pool
+    )(kind="hrnn", snap=snap)
+    runs = train_and_evaluate.partial(snap=snap).expand(kind=baselines())
+    decision = register_and_promote(snap, candidate, runs, evaluate_champion(snap))
+    champion_changed(decision) >> announce(decision)
+
+
+hrnn_retrain()

@@ -1,0 +1,180 @@
+"""The nightly retrain as plain functions (one per Airflow task of ``dags/hrnn_retrain.py``).
+
+snapshot (as of the interval end) -> for each model: fit on the ``temporal`` protocol's training
+data and score its test events (one task per model) -> evaluate the current champion on the same
+split -> register every model -> promote the new HRNN-meta only if it beats the champion and every
+baseline on the gating metric.
+
+Every step is idempotent on the data interval: the snapshot id is derived from the data and the
+cut, each model's run folder is keyed by (snapshot id, model), a model already registered for
+that snapshot is not registered again, and the gate decides the same way on the same numbers.
+A failure anywhere before ``promote`` leaves the champion as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hrnn_core.config import Config
+from hrnn_core.errors import HrnnError
+
+BASELINES = ("pop", "recent_pop", "bpr", "fm")
+CANDIDATE = "hrnn"
+
+
+class RetrainError(HrnnError):
+    """The retrain cannot go on (no data in the interval, a model's run is missing...)."""
+
+
+def runs_dir(cfg: Config, snapshot_id: str) -> Path:
+    return Path(cfg.paths.data_dir) / "runs" / snapshot_id
+
+
+def make_snapshot(cfg: Config, interval_end: float) -> dict:
+    """Export the training snapshot as of the data interval's end (idempotent)."""
+    from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
+    from hrnn_core.warehouse import connect  # noqa: PLC0415
+
+    with connect(cfg) as con:
+        n = con.execute('select count(*) from interactions where "timestamp" < $t', {"t": interval_end}).fetchall()[0][0]
+        if n == 0:
+            raise RetrainError(f"no interactions before {interval_end}; ingest data first")
+        snap = export_snapshot(con, cfg, as_of=float(interval_end))
+    return {"snapshot_id": snap.snapshot_id, "path": str(snap.path), "n_events": snap.n_events}
+
+
+def _split(cfg: Config, snapshot_path: str):
+    from hrnn_core.protocols import SnapshotData, build_split  # noqa: PLC0415
+
+    return build_split("temporal", SnapshotData.load(Path(snapshot_path)),
+                       test_fraction=cfg.retrain.test_fraction, valid_fraction=cfg.retrain.valid_fraction)
+
+
+def _model_options(cfg: Config, kind: str) -> dict:
+    if kind in ("hrnn", "gru"):
+        return {"model": cfg.model, "train": dataclasses.replace(cfg.train, progress=False)}
+    return {}
+
+
+def train_and_evaluate(cfg: Config, snapshot: dict, kind: str) -> dict:
+    """Fit ``kind`` on the temporal split's training data, score its test cases, save the run.
+
+    Writes ``<runs>/<snapshot>/<kind>/``: ``artifact/`` (files for the registry),
+    ``metrics.json`` and ``per_event.npz``. A finished run is reused (idempotent).
+    """
+    from hrnn_core.evaluate import evaluate_split  # noqa: PLC0415
+
+    folder = runs_dir(cfg, snapshot["snapshot_id"]) / kind
+    done = folder / "metrics.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    split = _split(cfg, snapshot["path"])
+    started = time.time()
+    scorers: dict = {}
+    results = evaluate_split(split, [kind], seed=cfg.train.seed, model_options={kind: _model_options(cfg, kind)},
+                             keep_scorers=scorers)
+    result = results[kind]
+    tmp = folder.with_name(f".{kind}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "artifact").mkdir(parents=True)
+    scorers[kind].save(tmp / "artifact")
+    np.savez_compressed(tmp / "per_event.npz", **result.per_event)
+    summary = {
+        "kind": kind, "snapshot_id": snapshot["snapshot_id"], "protocol": split.describe(),
+        "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
+        "fit_seconds": round(result.fit_seconds, 2), "seconds": round(time.time() - started, 2),
+        "artifact": str(folder / "artifact"),
+    }
+    (tmp / "metrics.json").write_text(json.dumps(summary, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)  # publish the run whole
+    return summary
+
+
+def evaluate_champion(cfg: Config, snapshot: dict) -> dict | None:
+    """Score the current champion on the same split as the candidates (None without one)."""
+    import bentoml  # noqa: PLC0415
+
+    from hrnn_core import registry  # noqa: PLC0415
+    from hrnn_core.evaluate import evaluate_split  # noqa: PLC0415
+
+    tag = registry.champion_from_store()
+    if tag is None:
+        return None
+    folder = runs_dir(cfg, snapshot["snapshot_id"]) / "champion"
+    done = folder / "metrics.json"
+    if done.exists() and json.loads(done.read_text()).get("tag") == tag:
+        return json.loads(done.read_text())
+    checkpoint = Path(bentoml.models.get(tag).path_of("model.pt"))
+    split = _split(cfg, snapshot["path"])
+    results = evaluate_split(split, ["hrnn"], model_options={"hrnn": {"checkpoint": checkpoint, "device": cfg.train.device}})
+    result = results["hrnn"]
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / "per_event.npz", **result.per_event)
+    summary = {"kind": "champion", "tag": tag, "snapshot_id": snapshot["snapshot_id"],
+               "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}}
+    done.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def register_and_promote(cfg: Config, snapshot: dict, runs: list[dict], champion_run: dict | None,
+                         interval: tuple[float, float]) -> dict:
+    """Register every model (once per snapshot) and promote the candidate if it wins the gate."""
+    from hrnn_core import registry  # noqa: PLC0415
+    from hrnn_core.metrics import paired_test  # noqa: PLC0415
+    from hrnn_core.warehouse import connect  # noqa: PLC0415
+
+    metric = cfg.retrain.gate_metric
+    by_kind = {r["kind"]: r for r in runs if r}
+    if CANDIDATE not in by_kind:
+        raise RetrainError("the HRNN-meta run is missing: nothing to promote (champion unchanged)")
+    tags: dict[str, str] = {}
+    with connect(cfg) as con:
+        for kind, run in by_kind.items():
+            existing = con.execute(
+                "select tag from model_registry where kind = $k and snapshot_id = $s", {"k": kind, "s": snapshot["snapshot_id"]}
+            ).fetchall()
+            tags[kind] = existing[0][0] if existing else registry.register(
+                con, kind, Path(run["artifact"]), metrics=run["metrics"], protocol=run["protocol"],
+                snapshot_id=snapshot["snapshot_id"], data_interval=interval,
+            )
+        candidate_tag = tags[CANDIDATE]
+        others = {k: r["metrics"] for k, r in by_kind.items() if k != CANDIDATE}
+        if champion_run and champion_run["tag"] != candidate_tag:
+            others["champion"] = champion_run["metrics"]
+        ok, why = registry.gate(by_kind[CANDIDATE]["metrics"], others, metric)
+        # The paired test says whether the margin over the strongest rival is more than noise.
+        rivals = {k: v.get(metric, -1.0) for k, v in others.items()}
+        strongest = max(rivals, key=rivals.get) if rivals else None
+        test = None
+        if strongest:
+            a = np.load(runs_dir(cfg, snapshot["snapshot_id"]) / CANDIDATE / "per_event.npz")[metric]
+            b_path = runs_dir(cfg, snapshot["snapshot_id"]) / ("champion" if strongest == "champion" else strongest) / "per_event.npz"
+            b = np.load(b_path)[metric]
+            if len(a) == len(b):
+                test = {k: float(v) for k, v in paired_test(a, b).items()}
+        current = previous = registry.champion(con)
+        if ok and current != candidate_tag:
+            already = con.execute(
+                "select count(*) from model_events where tag = $t and action = 'promote'", {"t": candidate_tag}
+            ).fetchall()[0][0]
+            if already:  # promoted earlier and rolled back since: respect the rollback
+                ok, why = False, f"{candidate_tag} was promoted before and rolled back; not re-promoting"
+            else:
+                registry.promote(con, candidate_tag, why)
+        elif not ok:
+            decided = con.execute(
+                "select count(*) from model_events where tag = $t and action = 'reject'", {"t": candidate_tag}
+            ).fetchall()[0][0]
+            if not decided:
+                registry.reject(con, candidate_tag, why)
+        champion = registry.champion(con)
+    return {"tags": tags, "candidate": candidate_tag, "promoted": ok and champion == candidate_tag,
+            "champion": champion, "changed": champion != previous, "reason": why,
+            "gate_metric": metric, "paired_test_vs": strongest, "paired_test": test}
