@@ -548,6 +548,13 @@ def _load_entities(con: duckdb.DuckDBPyConnection, table: str, batch_id: int) ->
         """,
         {"batch": batch_id},
     )
+    if table == "items":
+        # Catalog items get their stable index when they enter the catalog, so items nobody
+        # interacted with yet can be recommended from their metadata (cold start).
+        _append_index(
+            con, "item_index", "item_id", "item_idx",
+            f"select item_id as id, 0 as first_seen from items where batch_id = {int(batch_id)}",
+        )
     return con.execute(f"select count(*) from {table} where batch_id = $b", {"b": batch_id}).fetchall()[0][0]
 
 

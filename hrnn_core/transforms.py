@@ -99,11 +99,23 @@ def export_snapshot(
         if hi is None:
             raise WarehouseError("the warehouse has no interactions; run `hrnn ingest` first")
         as_of = float(hi) + 1.0
-    batches = con.execute(
-        "select list(checksum order by batch_id) from ingestion_batches"
-    ).fetchall()[0][0] or []
+    # The id digests the content the snapshot holds (events before the cut, items, users), not
+    # what else the warehouse holds: a backfill run later, after more data arrived, exports the
+    # same snapshot (same id) as the nightly run did.
+    digest = con.execute(
+        """select
+            (select [count(*)::varchar, coalesce(sum(hash(event_id, user_id, session_id, item_id, "timestamp",
+                     event_type, event_value))::varchar, '0')] from interactions where "timestamp" < $as_of),
+            (select [count(*)::varchar, coalesce(sum(hash(item_id, categorical, numeric, creation_timestamp))::varchar, '0')]
+             from items),
+            (select [count(*)::varchar, coalesce(sum(hash(user_id, categorical, numeric))::varchar, '0')] from users
+             where user_id in (select user_id from interactions where "timestamp" < $as_of)),
+            (select count(*)::varchar from item_index)""",
+        {"as_of": as_of},
+    ).fetchall()[0]
+    batches = con.execute("select count(*) from ingestion_batches").fetchall()[0][0]
     gap = cfg.ingest.session_gap_seconds
-    key = json.dumps({"as_of": as_of, "batches": batches, "gap": gap}, sort_keys=True)
+    key = json.dumps({"as_of": as_of, "content": [list(d) for d in digest], "gap": gap}, sort_keys=True)
     snapshot_id = hashlib.sha256(key.encode()).hexdigest()[:16]
     root = Path(out_root) if out_root else cfg.paths.snapshots_dir
     folder = root / snapshot_id
@@ -126,9 +138,13 @@ def export_snapshot(
     copy("select ix.item_idx, ix.item_id, it.categorical, it.numeric, it.creation_timestamp "
          "from item_index as ix left join items as it using (item_id) order by ix.item_idx",
          "items.parquet", {})
+    # Users with events before the cut only: feature statistics come from training data only.
     copy("select ux.user_idx, ux.user_id, u.categorical, u.numeric "
-         "from user_index as ux left join users as u using (user_id) order by ux.user_idx",
-         "users.parquet", {})
+         "from user_index as ux left join users as u using (user_id) "
+         "where ux.user_id in (select coalesce(user_id, '~session:' || session_id) from interactions "
+         "                     where \"timestamp\" < $as_of) "
+         "order by ux.user_idx",
+         "users.parquet", {"as_of": as_of})
     n_events, n_owners = con.execute(
         f"select coalesce(sum(n_events), 0), count(*) from read_parquet('{tmp / 'sequences.parquet'}')"
     ).fetchall()[0]
@@ -136,7 +152,7 @@ def export_snapshot(
     manifest = {
         "snapshot_id": snapshot_id, "as_of": as_of, "n_events": int(n_events),
         "n_owners": int(n_owners), "n_items": int(n_items), "session_gap_seconds": gap,
-        "batches": len(batches), "seconds": round(time.time() - started, 3),
+        "batches": batches, "seconds": round(time.time() - started, 3),
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     if folder.exists():  # a crashed earlier export without manifest: replace it
