@@ -1,0 +1,136 @@
+"""The service's durable event log: segments, rotation, crash recovery, and ingest of its files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from hrnn_core.eventlog import (CLOSED_PREFIX, OPEN_PREFIX, EventLog, EventLogError, LoggedEvent, OwnerIndex,
+                                owner_id, read_segment)
+from hrnn_core.pipeline import LANDING_SUFFIXES
+
+
+def ev(i: int, user: str | None = "u1", session: str | None = None, **kw) -> LoggedEvent:
+    return LoggedEvent(user, session, kw.pop("item", f"i{i}"), 1_700_000_000.0 + i + 0.25, **kw)
+
+
+def ingestable(folder: Path) -> list[Path]:
+    """What the ingest scan (hrnn_core.pipeline.find_new_files) would pick up."""
+    return sorted(p for p in folder.iterdir() if p.name.endswith(LANDING_SUFFIXES) and not p.name.startswith("."))
+
+
+def test_append_is_invisible_to_ingest_until_rotated(tmp_path: Path) -> None:
+    log = EventLog(tmp_path, max_events=1000)
+    events = [ev(1, event_type="click", event_value=2.5, context={"device": "mobile"}),
+              ev(2, user=None, session="s1", impression=("a", "b")), ev(3, item='odd, "quoted" id')]
+    log.append(events)
+    assert log.open_segment is not None and log.open_segment.name.startswith(OPEN_PREFIX)
+    assert ingestable(tmp_path) == []
+    assert list(log.read_all()) == events  # the open segment is read back too (restart rebuild)
+    closed = log.rotate()
+    assert closed is not None and closed.name.startswith(CLOSED_PREFIX) and closed.suffix == ".csv"
+    assert ingestable(tmp_path) == [closed] and log.open_segment is None
+    assert list(read_segment(closed)) == events  # bit-exact floats, quoting, empty fields
+    header = closed.read_text().splitlines()[0]
+    assert header == "user_id,session_id,item_id,timestamp,event_type,event_value,impression,device"
+    assert log.rotate() is None  # nothing open
+
+
+def test_rotation_by_size_age_and_new_context_fields(tmp_path: Path) -> None:
+    log = EventLog(tmp_path, max_events=3, max_seconds=60)
+    log.append([ev(i) for i in range(3)])  # full: closed at once
+    assert len(log.segments()) == 1 and log.open_segment is None
+    log.append([ev(3, context={"device": "tv"})])
+    assert log.rotate_if_old() is None
+    assert log.rotate_if_old(now=time.time() + 61) is not None  # old: closed by the background check
+    log.append([ev(4, context={"device": "tv"})])
+    log.append([ev(5, context={"locale": "de"})])  # a field the header lacks: a wider segment
+    log.close()
+    segs = log.segments()
+    assert len(segs) == 4
+    assert segs[-1].read_text().splitlines()[0].endswith("impression,device,locale")
+    assert [e.item_id for e in log.read_all()] == [f"i{i}" for i in range(6)]
+    with pytest.raises(EventLogError, match="clash"):
+        log.append([ev(6, context={"item_id": "x"})])
+
+
+def test_recover_closes_dead_writers_segments_and_drops_half_lines(tmp_path: Path) -> None:
+    a = EventLog(tmp_path)
+    a.append([ev(1), ev(2)])
+    seg = a.open_segment
+    with open(seg, "a", encoding="utf-8") as fh:
+        fh.write("u1,,i3,17000")  # a write cut short: never acknowledged
+    b = EventLog(tmp_path)
+    assert b.recover() == []  # a's flock is held: a live writer's segment is left alone
+    a._segment.fh.close()  # the writer dies (its lock goes with its file descriptor)
+    a._segment = None
+    recovered = b.recover()
+    assert len(recovered) == 1 and not seg.exists()
+    assert [e.item_id for e in read_segment(recovered[0])] == ["i1", "i2"]
+    empty = EventLog(tmp_path)
+    empty.append([ev(9)])
+    path = empty.open_segment
+    empty._segment.fh.close()
+    empty._segment = None
+    path.write_text(path.read_text().splitlines()[0] + "\n")  # header only
+    assert b.recover() == [] and not path.exists()
+
+
+def test_sigkilled_writer_loses_no_acknowledged_event(tmp_path: Path) -> None:
+    """A child appends (each append returns only after fsync), reports, and is SIGKILLed."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        from hrnn_core.eventlog import EventLog, LoggedEvent
+        log = EventLog({str(tmp_path)!r})
+        for i in range(20):
+            log.append([LoggedEvent("u{{}}".format(i % 3), None, "i{{}}".format(i), 1.7e9 + i)])
+            print(i, flush=True)  # acknowledged
+        time.sleep(60)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    acked = [int(child.stdout.readline()) for _ in range(20)]
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(10)
+    log = EventLog(tmp_path)
+    log.recover()
+    assert [e.item_id for e in log.read_all()] == [f"i{i}" for i in acked]
+    assert not list(tmp_path.glob(f"{OPEN_PREFIX}*"))
+
+
+def test_owner_index_and_owner_ids() -> None:
+    idx = OwnerIndex()
+    idx.add([ev(1), ev(2, user=None, session="s"), ev(3)])
+    assert [e.item_id for e in idx.events_of("u1")] == ["i1", "i3"]
+    assert [e.item_id for e in idx.events_of(owner_id(None, "s"))] == ["i2"]
+    assert owner_id("u", "s") == "u" and idx.n_events == 3 and len(idx) == 2
+    with pytest.raises(EventLogError):
+        owner_id(None, None)
+
+
+def test_closed_segment_is_a_valid_contract_file(tmp_path: Path) -> None:
+    """The real ingest loads a closed segment: every row accepted, context and types kept."""
+    from hrnn_core.config import load_config
+    from hrnn_core.ingest import ingest_file
+    from hrnn_core.warehouse import connect
+
+    log = EventLog(tmp_path / "landing")
+    log.append([ev(1, event_type="click", event_value=4.0, context={"device": "mobile"}),
+                ev(2, user=None, session="s1", impression=("i7", "i8")), ev(3, item='comma, "quote"')])
+    path = log.rotate()
+    cfg = load_config(overrides={"paths": {"data_dir": str(tmp_path)}}, environ={})
+    report = ingest_file(cfg, path, "interactions")
+    assert report.rows_in == 3 and report.accepted == 3 and report.quarantined == 0
+    with connect(cfg, read_only=True) as con:
+        rows = con.execute('select user_id, session_id, item_id, "timestamp", event_type, event_value, '
+                           'impression, context from interactions order by "timestamp"').fetchall()
+    assert rows[0][:6] == ("u1", None, "i1", 1_700_000_001.25, "click", 4.0)
+    assert dict(rows[0][7]) == {"device": "mobile"}
+    assert rows[1][1] == "s1" and rows[1][6] == "i7|i8" and rows[1][4] == cfg.ingest.default_event_type
+    assert rows[2][2] == 'comma, "quote"'
