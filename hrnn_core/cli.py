@@ -419,6 +419,29 @@ def evaluate_command(
         typer.echo(f"report: {output}")
 
 
+# --------------------------------------------------------------------------- export
+
+
+@app.command("export")
+@_guard
+def export_command(
+    model: Annotated[Optional[str], typer.Option("--model", help="Model tag (default: the champion in the model store).")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="Recommendations per user (default: export.k, 25).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Export folder (default: <data_dir>/exports/until-<interval end>).")] = None,
+    shards: Annotated[Optional[int], typer.Option("--shards", help="Score users in this many shards (default: export.n_shards).")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Batch recommendations for every user: recommendations.csv, .jsonl (Personalize shape), manifest."""
+    from hrnn_core.export import export_all  # noqa: PLC0415
+
+    cfg = _cfg(config, data_dir=data_dir)
+    m = export_all(cfg, model, k, shards, out)
+    typer.echo(f"model {m['model_tag']}: {m['n_users']:,} users x k={m['k']} -> "
+               f"{m['files']['recommendations.csv']['rows']:,} rows in {m['seconds']:.1f} s")
+    typer.echo(f"export: {m['path']}")
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 
