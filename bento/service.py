@@ -1,0 +1,508 @@
+"""HRNN-meta recommendations over HTTP: one BentoML 1.4 service (``cd bento && bentoml serve``).
+
+Endpoints (JSON; request models below, extra fields forbidden, every number finite):
+
+* ``POST /recommend``        top-k items for a user/session with filters and reasons
+* ``POST /recommend_batch``  a list of /recommend requests (adaptive batching)
+* ``POST /events``           record up to 100 events (durable before the 200), advance the state
+* ``POST /similar_items``    item-to-item by cosine between decoder item vectors
+* ``GET  /model``            the model being served: tag, training interval, metrics
+* ``POST /admin/reload``     load the champion (or a given tag) and swap it in; needs the API key
+
+State: a user's ``UserState`` lives in an LRU cache. A miss rebuilds it from the model's snapshot
+(``sequences.parquet``) plus that user's events in the event log (``hrnn_core.eventlog``); an
+event advances it by one GRU step. Durability: events are fsync'ed into the log before the
+answer; on start the service closes segments a killed process left open and re-reads every
+segment, so no acknowledged event is lost. Hot swap: a new model is built completely beside the
+old one, then one reference is replaced (while holding the per-user locks for an instant, so an
+event is never applied to one model and missed by the other); requests in flight finish on the
+model they started with. Scoring is ``hrnn_core.recommend``, the same code as the batch export.
+
+Configuration: ``hrnn_core.config`` (``[serve]`` in the TOML file, ``HRNN__SERVE__*`` env vars);
+``HRNN_MODEL_TAG`` pins a model tag; ``BENTOML_HOME`` is the model store read for the champion.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import bentoml
+import torch
+from bentoml.exceptions import InvalidArgument, NotFound, ServiceUnavailable
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from starlette.responses import JSONResponse
+
+from hrnn_core.config import load_config
+from hrnn_core.eventlog import EventLog, EventLogError, LoggedEvent, OwnerIndex, owner_id
+from hrnn_core.inference import UserState
+from hrnn_core.pipeline import landing_dir
+from hrnn_core.recommend import (
+    Filters, RecommendError, Request, ServingModel, UnknownItemError, copy_state, history_with_log,
+    load_serving_model, logged_to_event, states_from_histories,
+)
+from hrnn_core.registry import NAMES
+
+log = logging.getLogger("hrnn.service")
+CONFIG = load_config()  # read once at import: the bind address and thread count are service options
+MODEL_NAME = NAMES["hrnn"]
+MAX_EVENTS_PER_CALL = 100
+MAX_RESULTS = 500
+
+# --------------------------------------------------------------------------- request models
+
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"  # ids and values travel into CSV files and logs
+Id = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=_NO_CONTROL)]
+FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")]
+Value = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")]
+Context = Annotated[dict[FieldName, Value], Field(max_length=16)]
+RESERVED = {"user_id", "session_id", "item_id", "timestamp", "event_type", "event_value", "impression"}
+
+
+def _check_time(t: float, what: str) -> float:
+    if not math.isfinite(t):
+        raise ValueError(f"{what} must be a finite number of epoch seconds")
+    hi = time.time() + CONFIG.ingest.max_future_seconds
+    if not CONFIG.ingest.min_timestamp <= t <= hi:
+        raise ValueError(f"{what} {t} is outside [{CONFIG.ingest.min_timestamp}, now + "
+                         f"{CONFIG.ingest.max_future_seconds:.0f} s]: give epoch seconds")
+    return t
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class EventIn(Strict):
+    item_id: Id
+    timestamp: float  # epoch seconds
+    event_type: Optional[Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_NO_CONTROL)]] = None
+    event_value: Optional[float] = None
+    context: Optional[Context] = None  # request context fields (device, locale, ...)
+    impression: Optional[Annotated[list[Annotated[str, StringConstraints(
+        min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f|]+$")]], Field(max_length=100)]] = None
+
+    @field_validator("timestamp")
+    @classmethod
+    def _ts(cls, v: float) -> float:
+        return _check_time(v, "timestamp")
+
+    @field_validator("context")
+    @classmethod
+    def _ctx(cls, v: dict | None) -> dict | None:
+        if v and RESERVED & set(v):
+            raise ValueError(f"context fields may not be named {sorted(RESERVED & set(v))}")
+        return v
+
+
+class Owner(Strict):
+    user_id: Optional[Id] = None
+    session_id: Optional[Id] = None
+
+    @model_validator(mode="after")
+    def _one_id(self) -> Owner:
+        if not (self.user_id or self.session_id):
+            raise ValueError("give a user_id or a session_id (or both)")
+        return self
+
+
+class EventsRequest(Owner):
+    events: Annotated[list[EventIn], Field(min_length=1, max_length=MAX_EVENTS_PER_CALL)]
+
+
+class NumericRange(Strict):
+    min: Optional[float] = None
+    max: Optional[float] = None
+
+    @model_validator(mode="after")
+    def _order(self) -> NumericRange:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min must be <= max")
+        return self
+
+
+class ItemFilters(Strict):
+    include_items: Optional[Annotated[list[Id], Field(max_length=10_000)]] = None  # only these items
+    exclude_items: Annotated[list[Id], Field(max_length=10_000)] = []  # never these items
+    metadata: Annotated[dict[FieldName, Annotated[list[Value], Field(min_length=1, max_length=100)]],
+                        Field(max_length=16)] = {}  # e.g. {"genres": ["Comedy", "Drama"]}: any of them
+    numeric: Annotated[dict[FieldName, NumericRange], Field(max_length=16)] = {}  # e.g. {"price": {"max": 10}}
+
+    def to_filters(self, exclude_seen: bool) -> Filters:
+        return Filters(
+            exclude_seen=exclude_seen,
+            include_items=tuple(self.include_items) if self.include_items is not None else None,
+            exclude_items=tuple(self.exclude_items), metadata={k: tuple(v) for k, v in self.metadata.items()},
+            numeric={k: (r.min, r.max) for k, r in self.numeric.items()},
+        )
+
+
+class UserFilters(ItemFilters):
+    exclude_seen: bool = True  # drop the items of the user's events
+
+
+class RecommendRequest(Owner):
+    recent_events: Annotated[list[EventIn], Field(max_length=MAX_EVENTS_PER_CALL)] = []  # applied for this request only
+    context: Optional[Context] = None  # this request's context (default: the user's latest)
+    at_time: Optional[float] = None  # epoch seconds of the request (default: now)
+    num_results: Annotated[int, Field(ge=1, le=MAX_RESULTS)] = CONFIG.serve.default_num_results
+    filters: UserFilters = Field(default_factory=UserFilters)
+
+    @field_validator("at_time")
+    @classmethod
+    def _at(cls, v: float | None) -> float | None:
+        return None if v is None else _check_time(v, "at_time")
+
+
+class SimilarItemsRequest(Strict):
+    item_id: Id
+    num_results: Annotated[int, Field(ge=1, le=MAX_RESULTS)] = CONFIG.serve.default_num_results
+    filters: ItemFilters = Field(default_factory=ItemFilters)
+
+
+class ReloadRequest(Strict):
+    tag: Optional[Id] = None  # a model tag to serve (pinned); None: follow the store's champion
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    score: Optional[float]  # None for popular-fallback placeholders
+    reason: str  # personalized | cold_start_metadata | trending | popular_fallback | similar
+
+
+class RecommendResponse(BaseModel):
+    items: list[ItemOut]
+    model_tag: str
+
+
+class EventsResponse(BaseModel):
+    accepted: int
+    n_events: int  # the owner's events now known to the model's state
+    model_tag: str
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    tag: str
+
+
+# --------------------------------------------------------------------------- errors and access
+
+
+class BadRequest(InvalidArgument):
+    """A request that is well-formed but cannot be served (HTTP 400)."""
+
+
+class ItemNotFound(NotFound):
+    """The item is not in the model's catalog (HTTP 404)."""
+
+
+class ModelUnavailable(ServiceUnavailable):
+    """No model can be loaded or the event log cannot be written (HTTP 503)."""
+
+
+OPEN_PATHS = ("/readyz", "/livez", "/healthz")  # health probes stay open
+ADMIN_PREFIX = "/admin/"
+
+
+class ApiKeyMiddleware:
+    """With ``serve.api_key`` set, every request needs ``X-API-Key: KEY`` or ``Authorization:
+    Bearer KEY`` (401 otherwise). Admin endpoints always need it: with no key configured they
+    are refused (403)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+        self.key = load_config().serve.api_key
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        admin = scope["path"].startswith(ADMIN_PREFIX)
+        if self.key is None:
+            if admin:
+                resp = JSONResponse({"error": "admin endpoints are disabled: configure serve.api_key "
+                                              "(HRNN__SERVE__API_KEY)"}, status_code=403)
+                return await resp(scope, receive, send)
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        given = headers.get("x-api-key") or ""
+        auth = headers.get("authorization", "")
+        if not given and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if not hmac.compare_digest(given.encode(), self.key.encode()):
+            resp = JSONResponse({"error": "missing or wrong API key: send X-API-Key or Authorization: Bearer"},
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            return await resp(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+# --------------------------------------------------------------------------- model store
+
+
+def model_store():
+    """The store to read champions from: ``$BENTOML_HOME/models`` when set (also inside a built
+    bento, whose own store holds only the packaged model), else BentoML's current store."""
+    from bentoml._internal.configuration.containers import BentoMLContainer  # noqa: PLC0415
+    from bentoml._internal.models.model import ModelStore  # noqa: PLC0415
+
+    home = os.environ.get("BENTOML_HOME")
+    if home and (Path(home) / "models").is_dir():
+        return ModelStore(Path(home) / "models")
+    return BentoMLContainer.model_store.get()
+
+
+def champion_tag(store=None) -> str | None:
+    """The newest model labelled stage=champion (labels mirror the registry's history)."""
+    kwargs = {"_model_store": store} if store is not None else {}
+    try:
+        found = [m for m in bentoml.models.list(MODEL_NAME, **kwargs) if m.info.labels.get("stage") == "champion"]
+    except bentoml.exceptions.NotFound:
+        return None
+    return str(max(found, key=lambda m: m.info.creation_time).tag) if found else None
+
+
+def _import_time_tag() -> str | None:
+    try:
+        return os.environ.get("HRNN_MODEL_TAG") or champion_tag()
+    except Exception:  # noqa: BLE001 - no store yet: nothing to package
+        return None
+
+
+PACKAGED_TAG = _import_time_tag()  # what `bentoml build` packs into the bento (the champion)
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class Active:
+    """The model being served and the user states computed with it (they go together)."""
+
+    model: ServingModel
+    states: OrderedDict  # owner -> UserState, least recently used first
+    loaded_at: float
+
+
+info_app = FastAPI(title="hrnn model info")
+
+
+@info_app.get("/model")
+def get_model() -> dict:
+    """The model being served (tag, snapshot, training interval, metrics)."""
+    return bentoml.get_current_service().model_info()
+
+
+@bentoml.service(name="hrnn-service", workers=1, threads=CONFIG.serve.threads, http={"host": CONFIG.serve.host},
+                 traffic={"timeout": 60})
+@bentoml.asgi_app(info_app, path="/")
+class HRNNService:
+    """HRNN-meta recommendations (see the module docstring). One worker: the user states and
+    the open event log segment live in this process."""
+
+    if PACKAGED_TAG:
+        packaged = bentoml.models.BentoModel(PACKAGED_TAG)
+
+    def __init__(self) -> None:
+        self.cfg = cfg = load_config()
+        torch.set_num_threads(cfg.serve.torch_threads)
+        self.store = model_store()
+        self.log = EventLog(landing_dir(cfg), cfg.serve.segment_max_events, cfg.serve.segment_max_seconds)
+        recovered = self.log.recover()
+        if recovered:
+            log.warning("closed %d event log segment(s) left open by a stopped process", len(recovered))
+        self.owner_log = OwnerIndex()
+        self.owner_log.add(self.log.read_all())
+        log.info("event log: %d events of %d owners re-read", self.owner_log.n_events, len(self.owner_log))
+        self._locks = [threading.Lock() for _ in range(256)]  # per-owner locks, striped
+        self._cache_lock = threading.Lock()
+        self._swap_lock = threading.Lock()
+        self._pinned = os.environ.get("HRNN_MODEL_TAG") or None
+        tag = self._pinned or champion_tag(self.store) or (PACKAGED_TAG if hasattr(self, "packaged") else None)
+        if tag is None:
+            raise ModelUnavailable(f"no {MODEL_NAME} champion in the model store {self.store._path}; "
+                                   "promote a model (`hrnn models promote`) or set HRNN_MODEL_TAG")
+        self._active = self._build(tag)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._maintain, name="hrnn-maintenance", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ models
+
+    def _build(self, tag: str) -> Active:
+        started = time.time()
+        model = load_serving_model(self.cfg, tag, self.store)
+        model.trend.add_live(self.owner_log.all_events())
+        log.info("model %s ready in %.1f s (%d items)", tag, time.time() - started, model.engine.n_items)
+        return Active(model, OrderedDict(), time.time())
+
+    def switch(self, tag: str, force: bool = False) -> dict:
+        """Build ``tag`` fully, then swap it in; in-flight requests keep the model they hold."""
+        with self._swap_lock:
+            if tag == self._active.model.tag and not force:
+                return self.model_info()
+            seen = self.owner_log.n_events
+            new = self._build(tag)
+            for lock in self._locks:  # an instant with no /events in progress
+                lock.acquire()
+            try:
+                new.model.trend.add_live(self.owner_log.all_events()[seen:])  # logged while building
+                self._active = new  # the swap: one reference
+            finally:
+                for lock in self._locks:
+                    lock.release()
+        log.info("now serving %s", tag)
+        return self.model_info()
+
+    def model_info(self) -> dict:
+        a = self._active
+        return {**a.model.info, "loaded_at": a.loaded_at, "pinned": self._pinned is not None,
+                "cached_states": len(a.states), "logged_events": self.owner_log.n_events}
+
+    def _maintain(self) -> None:
+        """Background: close old log segments, follow the champion, forget old live events."""
+        every = self.cfg.serve.champion_check_seconds
+        next_check, next_prune = time.time() + every, time.time() + 3600
+        while not self._stop.wait(1.0):
+            try:
+                self.log.rotate_if_old()
+                now = time.time()
+                if every and now >= next_check:
+                    next_check = now + every
+                    tag = champion_tag(self.store)
+                    if not self._pinned and tag and tag != self._active.model.tag:
+                        log.info("new champion %s", tag)
+                        self.switch(tag)
+                if now >= next_prune:
+                    next_prune = now + 3600
+                    self._active.model.trend.prune(now)
+            except Exception:  # noqa: BLE001 - keep serving; the next tick retries
+                log.exception("maintenance step failed")
+
+    # ------------------------------------------------------------------ state
+
+    def _lock_for(self, owner: str) -> threading.Lock:
+        return self._locks[hash(owner) % len(self._locks)]
+
+    def _state(self, active: Active, owner: str, user_id: str | None) -> UserState:
+        """The owner's state under ``active`` (call with the owner's lock held)."""
+        with self._cache_lock:
+            state = active.states.get(owner)
+            if state is not None:
+                active.states.move_to_end(owner)
+                return state
+        m = active.model
+        events = history_with_log(m.history, owner, self.owner_log.events_of(owner), self.cfg.ingest.default_event_type)
+        state = states_from_histories(m.engine, [(events, m.history.user_features(user_id))])[0]
+        with self._cache_lock:
+            active.states[owner] = state
+            while len(active.states) > self.cfg.serve.state_cache_size:
+                active.states.popitem(last=False)
+        return state
+
+    # ------------------------------------------------------------------ endpoints
+
+    def _recommend_many(self, reqs: Sequence[RecommendRequest]) -> list[RecommendResponse]:
+        active = self._active  # one model for the whole call
+        m, default_type = active.model, self.cfg.ingest.default_event_type
+        requests = []
+        for q in reqs:
+            owner = owner_id(q.user_id, q.session_id)
+            with self._lock_for(owner):
+                state = copy_state(self._state(active, owner, q.user_id))
+            for e in q.recent_events:  # this request only: not logged, not cached
+                m.engine.update(state, logged_to_event(_logged(q, e), default_type))
+            outside = frozenset(e.item_id for e in self.owner_log.events_of(owner)
+                                if e.item_id not in m.engine.item_index)
+            requests.append(Request(state, q.num_results, q.filters.to_filters(q.filters.exclude_seen), q.context,
+                                    q.at_time, outside))
+        try:
+            results = m.recommender.recommend_many(requests)
+        except RecommendError as exc:
+            raise BadRequest(str(exc)) from None
+        return [RecommendResponse(items=[ItemOut(item_id=r.item_id, score=r.score, reason=r.reason) for r in recs],
+                                  model_tag=m.tag) for recs in results]
+
+    @bentoml.api(route="/recommend")
+    def recommend(self, req: RecommendRequest, /) -> RecommendResponse:
+        """Top items for a user or session, with a reason each."""
+        return self._recommend_many([req])[0]
+
+    @bentoml.api(route="/recommend_batch", batchable=True, max_batch_size=64, max_latency_ms=2000)
+    def recommend_batch(self, reqs: Annotated[list[RecommendRequest], Field(max_length=64)], /
+                        ) -> list[RecommendResponse]:
+        """Many /recommend requests at once (concurrent calls are batched together)."""
+        return self._recommend_many(reqs)
+
+    @bentoml.api(route="/events")
+    def events(self, req: EventsRequest, /) -> EventsResponse:
+        """Record events (durable before the answer) and advance the owner's state."""
+        logged = [_logged(req, e) for e in req.events]
+        owner = owner_id(req.user_id, req.session_id)
+        with self._lock_for(owner):
+            active = self._active  # read under the lock: a swap waits for this call (see switch)
+            state = self._state(active, owner, req.user_id)  # before the new events are indexed
+            try:
+                self.log.append(logged)  # durable (fsync) before anything else changes
+            except EventLogError as exc:
+                log.error("event log write failed: %s", exc)
+                raise ModelUnavailable("events cannot be recorded right now (event log write failed)") from None
+            self.owner_log.add(logged)
+            m = active.model
+            for e in logged:  # one GRU step per event: no history replay
+                m.engine.update(state, logged_to_event(e, self.cfg.ingest.default_event_type))
+            m.trend.add_live(logged)
+            n = state.n_events
+        return EventsResponse(accepted=len(logged), n_events=n, model_tag=m.tag)
+
+    @bentoml.api(route="/similar_items")
+    def similar_items(self, req: SimilarItemsRequest, /) -> RecommendResponse:
+        """Items nearest to an item (cosine between decoder item vectors)."""
+        m = self._active.model
+        try:
+            recs = m.recommender.similar_items(req.item_id, req.num_results, req.filters.to_filters(False))
+        except UnknownItemError as exc:
+            raise ItemNotFound(str(exc)) from None
+        except RecommendError as exc:
+            raise BadRequest(str(exc)) from None
+        return RecommendResponse(items=[ItemOut(item_id=r.item_id, score=r.score, reason=r.reason) for r in recs],
+                                 model_tag=m.tag)
+
+    @bentoml.api(route="/admin/reload")
+    def admin_reload(self, req: ReloadRequest, /) -> ModelInfo:
+        """Load a tag (pinned) or the champion (follow the store again) and swap it in."""
+        if req.tag:
+            self._pinned = tag = req.tag
+        else:
+            self._pinned = os.environ.get("HRNN_MODEL_TAG") or None
+            tag = self._pinned or champion_tag(self.store)
+        if tag is None:
+            raise ItemNotFound(f"no {MODEL_NAME} champion in the model store")
+        try:
+            return ModelInfo(**self.switch(tag))
+        except RecommendError as exc:
+            raise ItemNotFound(str(exc)) from None
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        """Close the open event log segment so ingest loads it."""
+        self._stop.set()
+        closed = self.log.close()
+        if closed:
+            log.info("closed event log segment %s", closed.name)
+
+
+def _logged(owner: Owner, e: EventIn) -> LoggedEvent:
+    return LoggedEvent(owner.user_id, owner.session_id, e.item_id, float(e.timestamp), e.event_type, e.event_value,
+                       dict(e.context or {}), tuple(e.impression or ()))
+
+
+HRNNService.add_asgi_middleware(ApiKeyMiddleware)
