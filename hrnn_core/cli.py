@@ -285,37 +285,23 @@ def checks(warehouse: WarehouseOpt = None, data_dir: DataDirOpt = None, config: 
 @app.command("demo")
 @_guard
 def demo(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
-    """The main job on MovieLens-100k: fetch, ingest + validate, SQL transforms, snapshot."""
-    from hrnn_core.ingest import ingest_path  # noqa: PLC0415
-    from hrnn_core.transforms import build_sessions, export_snapshot, update_hourly_popularity  # noqa: PLC0415
-    from hrnn_core.warehouse import connect, run_checks  # noqa: PLC0415
+    """The main job on MovieLens-100k through Airflow: ingest, retrain + gate, batch export."""
+    from hrnn_core.demo import run_demo  # noqa: PLC0415
 
-    cfg = _cfg(config, data_dir=data_dir)
-    typer.echo(f"== data dir: {cfg.paths.data_dir}")
-    typer.echo("== fetch ml-100k (from the recbole==1.2.1 wheel)")
-    files = fetch_dataset(cfg, "ml-100k")
-    typer.echo("== ingest (Great Expectations validation, quarantine, load into DuckDB)")
-    with connect(cfg) as con:
-        reports = ingest_path(cfg, Path(files["interactions"]).parent, None, con)
-        _print_reports(reports, as_json=False)
-        typer.echo("== SQL transforms")
-        n_sessions = build_sessions(con, cfg)
-        lo, hi, n_rows = update_hourly_popularity(con, cfg)
-        failed = {k: v[:3] for k, v in run_checks(con, cfg).items() if v}
-        if failed:
-            raise HrnnError(f"warehouse checks failed: {failed}")
-        snap = export_snapshot(con, cfg)
-        stats = con.execute(
-            "select count(*), count(distinct user_id), count(distinct item_id), "
-            "min(\"timestamp\"), max(\"timestamp\") from interactions"
-        ).fetchall()[0]
-        q = con.execute("select count(*) from quarantine").fetchall()[0][0]
-    typer.echo(f"interactions: {stats[0]:,} ({stats[1]:,} users, {stats[2]:,} items), quarantined rows: {q:,}")
-    typer.echo(f"sessions (gap {cfg.ingest.session_gap_seconds:.0f} s): {n_sessions:,}")
-    typer.echo(f"hourly popularity: {n_rows:,} item-hours")
-    typer.echo("checks: all passed")
-    typer.echo(f"snapshot {snap.snapshot_id}: {snap.path}")
-    typer.echo(f"warehouse: {cfg.paths.warehouse_path}")
+    run_demo(_cfg(config, data_dir=data_dir), say=typer.echo)
+
+
+@app.command("airflow")
+@_guard
+def airflow_ui(
+    port: Annotated[int, typer.Option(help="Port of the UI/API server (bound to 127.0.0.1).")] = 8080,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Start the Airflow UI with these DAGs (api-server, scheduler, dag-processor, triggerer)."""
+    from hrnn_core.local_airflow import serve_ui  # noqa: PLC0415
+
+    serve_ui(_cfg(config, data_dir=data_dir), port)
 
 
 # --------------------------------------------------------------------------- train
