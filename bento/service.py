@@ -313,7 +313,6 @@ class HRNNService:
 
     def __init__(self) -> None:
         self.cfg = cfg = load_config()
-        torch.set_num_threads(cfg.serve.torch_threads)
         self.store = model_store()
         self.log = EventLog(landing_dir(cfg), cfg.serve.segment_max_events, cfg.serve.segment_max_seconds)
         recovered = self.log.recover()
@@ -338,6 +337,7 @@ class HRNNService:
     # ------------------------------------------------------------------ models
 
     def _build(self, tag: str) -> Active:
+        _torch_threads(self.cfg.serve.torch_threads)
         started = time.time()
         model = load_serving_model(self.cfg, tag, self.store)
         model.trend.add_live(self.owner_log.all_events())
@@ -411,6 +411,7 @@ class HRNNService:
     # ------------------------------------------------------------------ endpoints
 
     def _recommend_many(self, reqs: Sequence[RecommendRequest]) -> list[RecommendResponse]:
+        _torch_threads(self.cfg.serve.torch_threads)
         active = self._active  # one model for the whole call
         m, default_type = active.model, self.cfg.ingest.default_event_type
         requests = []
@@ -445,6 +446,7 @@ class HRNNService:
     @bentoml.api(route="/events")
     def events(self, req: EventsRequest, /) -> EventsResponse:
         """Record events (durable before the answer) and advance the owner's state."""
+        _torch_threads(self.cfg.serve.torch_threads)
         logged = [_logged(req, e) for e in req.events]
         owner = owner_id(req.user_id, req.session_id)
         with self._lock_for(owner):
@@ -466,6 +468,7 @@ class HRNNService:
     @bentoml.api(route="/similar_items")
     def similar_items(self, req: SimilarItemsRequest, /) -> RecommendResponse:
         """Items nearest to an item (cosine between decoder item vectors)."""
+        _torch_threads(self.cfg.serve.torch_threads)
         m = self._active.model
         try:
             recs = m.recommender.similar_items(req.item_id, req.num_results, req.filters.to_filters(False))
@@ -498,6 +501,18 @@ class HRNNService:
         closed = self.log.close()
         if closed:
             log.info("closed event log segment %s", closed.name)
+
+
+_thread_state = threading.local()
+
+
+def _torch_threads(n: int) -> None:
+    """Apply ``serve.torch_threads`` in the calling thread: with OpenMP, torch's thread count is
+    per OS thread, and request threads would otherwise use every core (and spin-wait on them,
+    stealing CPU from the event loop)."""
+    if getattr(_thread_state, "torch_threads", None) != n:
+        torch.set_num_threads(n)
+        _thread_state.torch_threads = n
 
 
 def _logged(owner: Owner, e: EventIn) -> LoggedEvent:

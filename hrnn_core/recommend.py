@@ -419,20 +419,29 @@ class Recommender:
         return self.recommend_many([request])[0]
 
     def _rank(self, base: torch.Tensor, req: Request, t: float) -> list[Recommendation]:
-        eng, st = self.engine, req.state
-        drop = st.seen if req.filters.exclude_seen else ()
-        allowed = self.catalog.allowed(req.filters, eng.item_index, drop)
+        """Top k of one request; ``base`` (its eq. 2 scores, owned by the caller) is modified."""
+        eng, st, f = self.engine, req.state, req.filters
+        keep = self.catalog.allowed(dataclasses.replace(f, exclude_items=()), eng.item_index) \
+            if (f.include_items is not None or f.metadata or f.numeric) else None  # (n,) bool or None
+        drop = [eng.item_index[i] for i in f.exclude_items if i in eng.item_index]
+        if f.exclude_seen:
+            drop += st.seen
+
+        def mask(x: torch.Tensor) -> torch.Tensor:  # in place: x is a fresh tensor
+            if keep is not None:
+                x.masked_fill_(~keep, NEG_INF)
+            if drop:
+                x[drop] = NEG_INF
+            return x
+
         w = self.weight_for(st)
-        scores = base + w * self.trend.get(t)[0] if w else base  # eq. (5): + (1 / temperature) log q_j(t)
-        if allowed is not None:
-            scores = scores.masked_fill(~allowed, NEG_INF)
         k = min(req.k, eng.n_items)
-        val, idx = torch.topk(scores, k)
+        scores = base + w * self.trend.get(t)[0] if w else base  # eq. (5): + (1 / temperature) log q_j(t)
+        val, idx = torch.topk(mask(scores), k)
         picked = [(i, v) for i, v in zip(idx.tolist(), val.tolist(), strict=True) if v != NEG_INF]
         trending: set[int] = set()
         if w and picked:  # items the trend term brought into the top k
-            plain = base if allowed is None else base.masked_fill(~allowed, NEG_INF)
-            trending = {i for i, _ in picked} - set(torch.topk(plain, k).indices.tolist())
+            trending = {i for i, _ in picked} - set(torch.topk(mask(base), k).indices.tolist())
         cold_user = st.n_events == 0
         out = []
         for i, v in picked:
