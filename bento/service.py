@@ -273,8 +273,11 @@ def champion_tag(store=None) -> str | None:
 
 def _import_time_tag() -> str | None:
     try:
-        return os.environ.get("HRNN_MODEL_TAG") or champion_tag()
-    except Exception:  # noqa: BLE001 - no store yet: nothing to package
+        tag = os.environ.get("HRNN_MODEL_TAG") or champion_tag()
+        if tag:
+            bentoml.models.get(tag)  # in the current store, or nothing to package
+        return tag
+    except Exception:  # noqa: BLE001 - no store or no such model: the service reports it at start
         return None
 
 
