@@ -47,10 +47,10 @@ def models_list(
         if not entries:
             typer.echo("no models registered yet (the nightly retrain registers them)")
             return
-        typer.echo(f"{'tag':<36}{'kind':<12}{'stage':<11}{'ndcg@10':>9}{'recall@10':>11}  registered")
+        typer.echo(f"{'tag':<40}{'kind':<12}{'stage':<11}{'ndcg@10':>9}{'recall@10':>11}  registered")
         for e in entries:
             typer.echo(
-                f"{e.tag:<36}{e.kind:<12}{e.stage:<11}{e.metrics.get('ndcg@10', float('nan')):>9.4f}"
+                f"{e.tag:<40}{e.kind:<12}{e.stage:<11}{e.metrics.get('ndcg@10', float('nan')):>9.4f}"
                 f"{e.metrics.get('recall@10', float('nan')):>11.4f}  {e.registered_at[:19]}"
             )
 
