@@ -293,6 +293,7 @@ class Active:
     model: ServingModel
     states: OrderedDict  # owner -> UserState, least recently used first
     loaded_at: float
+    live_events: int  # logged events already counted in the model's trend index
 
 
 info_app = FastAPI(title="hrnn model info")
@@ -330,7 +331,7 @@ class HRNNService:
         self._pinned = os.environ.get("HRNN_MODEL_TAG") or None
         tag = self._pinned or champion_tag(self.store) or (PACKAGED_TAG if hasattr(self, "packaged") else None)
         if tag is None:
-            raise ModelUnavailable(f"no {MODEL_NAME} champion in the model store {self.store._path}; "
+            raise ModelUnavailable(f"no {MODEL_NAME} champion in the model store {getattr(self.store, '_path', '')}; "
                                    "promote a model (`hrnn models promote`) or set HRNN_MODEL_TAG")
         self._active = self._build(tag)
         self._stop = threading.Event()
@@ -343,21 +344,21 @@ class HRNNService:
         _torch_threads(self.cfg.serve.torch_threads)
         started = time.time()
         model = load_serving_model(self.cfg, tag, self.store)
-        model.trend.add_live(self.owner_log.all_events())
+        logged = self.owner_log.all_events()
+        model.trend.add_live(logged)
         log.info("model %s ready in %.1f s (%d items)", tag, time.time() - started, model.engine.n_items)
-        return Active(model, OrderedDict(), time.time())
+        return Active(model, OrderedDict(), time.time(), len(logged))
 
     def switch(self, tag: str, force: bool = False) -> dict:
         """Build ``tag`` fully, then swap it in; in-flight requests keep the model they hold."""
         with self._swap_lock:
             if tag == self._active.model.tag and not force:
                 return self.model_info()
-            seen = self.owner_log.n_events
             new = self._build(tag)
             for lock in self._locks:  # an instant with no /events in progress
                 lock.acquire()
             try:
-                new.model.trend.add_live(self.owner_log.all_events()[seen:])  # logged while building
+                new.model.trend.add_live(self.owner_log.all_events()[new.live_events:])  # logged while building
                 self._active = new  # the swap: one reference
             finally:
                 for lock in self._locks:
@@ -374,6 +375,7 @@ class HRNNService:
         """Background: close old log segments, follow the champion, forget old live events."""
         every = self.cfg.serve.champion_check_seconds
         next_check, next_prune = time.time() + every, time.time() + 3600
+        failed: str | None = None  # a champion that could not be loaded is not retried every tick
         while not self._stop.wait(1.0):
             try:
                 self.log.rotate_if_old()
@@ -381,9 +383,11 @@ class HRNNService:
                 if every and now >= next_check:
                     next_check = now + every
                     tag = champion_tag(self.store)
-                    if not self._pinned and tag and tag != self._active.model.tag:
+                    if not self._pinned and tag and tag not in (self._active.model.tag, failed):
                         log.info("new champion %s", tag)
+                        failed = tag
                         self.switch(tag)
+                        failed = None
                 if now >= next_prune:
                     next_prune = now + 3600
                     self._active.model.trend.prune(now)
@@ -485,17 +489,16 @@ class HRNNService:
     @bentoml.api(route="/admin/reload")
     def admin_reload(self, req: ReloadRequest, /) -> ModelInfo:
         """Load a tag (pinned) or the champion (follow the store again) and swap it in."""
-        if req.tag:
-            self._pinned = tag = req.tag
-        else:
-            self._pinned = os.environ.get("HRNN_MODEL_TAG") or None
-            tag = self._pinned or champion_tag(self.store)
+        pin = req.tag or os.environ.get("HRNN_MODEL_TAG") or None
+        tag = pin or champion_tag(self.store)
         if tag is None:
             raise ItemNotFound(f"no {MODEL_NAME} champion in the model store")
         try:
-            return ModelInfo(**self.switch(tag))
+            self.switch(tag)
         except RecommendError as exc:
             raise ItemNotFound(str(exc)) from None
+        self._pinned = pin  # only once the model is served
+        return ModelInfo(**self.model_info())
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:

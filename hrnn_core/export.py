@@ -147,6 +147,7 @@ def merge_shards(cfg: Config, model_tag: str, shard_files: Sequence[Path], out_d
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; readers (DAG workers, other users) need it
     try:
         d = table.to_pydict()
         with open(tmp / "recommendations.csv", "w", encoding="utf-8", newline="") as fh:

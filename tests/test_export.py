@@ -11,6 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import bentoml
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -45,6 +46,7 @@ def champion(tmp_path_factory: pytest.TempPathFactory):
         registry.promote(con, tag)
     yield cfg, tag, snap
     torch.set_num_threads(threads)
+    bentoml.models.delete(tag)  # the test session shares one store: leave no champion behind
 
 
 def _csv(path: Path) -> list[dict]:

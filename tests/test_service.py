@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import bentoml
 import httpx
 import psutil
 import pyarrow.parquet as pq
@@ -47,7 +48,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+def world(tmp_path_factory: pytest.TempPathFactory):
     """A tiny HRNN-meta champion trained on a synthetic snapshot (registered, promoted)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("service")
@@ -63,7 +64,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         tag = registry.register(con, "hrnn", art, metrics={"ndcg@10": 0.2}, snapshot_id=snap.name,
                                 data_interval=(1.7e9, as_of))
         registry.promote(con, tag)
-    return World(cfg, tag, snap, art / "model.pt", art)
+    yield World(cfg, tag, snap, art / "model.pt", art)
+    bentoml.models.delete(tag)  # the test session shares one store: leave no champion behind
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +198,7 @@ def test_class_hot_swap_keeps_serving_and_follows_the_champion(svcmod, data_dir:
     monkeypatch.setenv("HRNN__SERVE__CHAMPION_CHECK_SECONDS", "1")
     m = svcmod
     svc = m.HRNNService()
+    tag_b = None
     try:
         svc.events(m.EventsRequest(**new_events("u6", ["i9", "i10"], NOW - 50)))
         ref = dump(svc.recommend(m.RecommendRequest(user_id="u6", num_results=5, at_time=NOW)))["items"]
@@ -234,6 +237,8 @@ def test_class_hot_swap_keeps_serving_and_follows_the_champion(svcmod, data_dir:
         svc.shutdown()
         with connect(world.cfg) as con:
             registry.promote(con, world.tag)
+        if tag_b:
+            bentoml.models.delete(tag_b)
 
 
 # --------------------------------------------------------------------------- level 2: ASGI in-process
