@@ -102,3 +102,46 @@ def test_ingest_dag_fails_on_contract_break(airflow_home, tmp_path):
     proc = run_dag(airflow_home, data, "hrnn_ingest", "2026-11-27T10:00:00+00:00")
     assert proc.returncode != 0
     assert "missing required column 'item_id'" in proc.stdout + proc.stderr
+
+
+def test_airflow_ui_starts_and_stops_every_process(tmp_path):
+    """`hrnn airflow` (make airflow): api-server, scheduler, dag-processor, triggerer on
+    127.0.0.1; SIGTERM stops every process it started."""
+    import signal
+    import socket
+    import time
+
+    import httpx
+    import psutil
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "HRNN"))}
+    env.update(HRNN_DATA_DIR=str(tmp_path / "data"), BENTOML_HOME=str(tmp_path / "bentoml"))
+    hrnn = str(Path(sys.executable).parent / "hrnn")
+    proc = subprocess.Popen([hrnn, "airflow", "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    started: list[psutil.Process] = []
+    try:
+        health = {}
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            started = psutil.Process(proc.pid).children(recursive=True) or started
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2).json()
+                if all(health.get(c, {}).get("status") == "healthy"
+                       for c in ("metadatabase", "scheduler", "triggerer", "dag_processor")):
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(2)
+        assert health.get("scheduler", {}).get("status") == "healthy", health
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert len(started) >= 4
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert "login: admin / " in out
+    gone, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, f"still running after stop: {[p.pid for p in alive]}"
