@@ -163,16 +163,12 @@ class RetrainConfig:
     valid_fraction: float = 0.1  # share of the training period used for validation
     hrnn_queue: str = "default"  # Airflow queue of the HRNN training task ("gpu" on a GPU worker)
     hrnn_pool: str = "default_pool"  # Airflow pool of the HRNN training task
-    export_k: int = 25  # batch recommendations per user
-    export_shards: int = 2  # batch export shards (mapped tasks)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.test_fraction < 1.0 or not 0.0 <= self.valid_fraction < 1.0:
             raise ConfigError("retrain config: test_fraction must be in (0, 1) and valid_fraction in [0, 1)")
         if "hrnn" not in self.models:
             raise ConfigError("retrain config: models must include hrnn (the candidate)")
-        if self.export_k < 1 or self.export_shards < 1:
-            raise ConfigError("retrain config: export_k and export_shards must be >= 1")
 
 
 @dataclass(frozen=True)
