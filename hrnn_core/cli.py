@@ -33,7 +33,14 @@ def _add_models_app() -> None:
     app.add_typer(models_app, name="models")
 
 
+def _add_experiments_app() -> None:
+    from hrnn_core.cli_experiments import experiments_app  # noqa: PLC0415 - commands import heavy parts lazily
+
+    app.add_typer(experiments_app, name="experiments")
+
+
 _add_models_app()
+_add_experiments_app()
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML config file (else $HRNN_CONFIG).")]
 WarehouseOpt = Annotated[Optional[Path], typer.Option("--warehouse", help="DuckDB warehouse file.")]
@@ -314,11 +321,17 @@ def train_command(
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Run folder name under <data_dir>/models (default: snapshot id + config hash).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last epoch checkpoint.")] = False,
     device: Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda (default: train.device).")] = None,
+    processes: Annotated[Optional[int], typer.Option(
+        "--processes", min=1, help="Data-parallel processes launched with torchrun (default: train.processes).")] = None,
     warehouse: WarehouseOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Export a snapshot and train HRNN-meta on it: checkpoints, report.json and loss_curve.png."""
+    """Export a snapshot and train HRNN-meta on it: checkpoints, report.json and loss_curve.png.
+
+    With --processes N > 1 it trains data-parallel on N local processes (torchrun; gloo on CPU,
+    nccl on GPUs): each process trains batch_size / N of every batch's owners.
+    """
     import dataclasses  # noqa: PLC0415
     import hashlib  # noqa: PLC0415
 
@@ -328,6 +341,8 @@ def train_command(
 
     cfg = _cfg(config, warehouse, data_dir)
     train_cfg = dataclasses.replace(cfg.train, device=device) if device else cfg.train
+    if processes:
+        train_cfg = dataclasses.replace(train_cfg, processes=processes)
     with connect(cfg) as con:
         snap = export_snapshot(con, cfg, as_of)
     if run_id is None:
@@ -338,7 +353,13 @@ def train_command(
     run_dir = Path(cfg.paths.data_dir) / "models" / run_id
     typer.echo(f"snapshot {snap.snapshot_id}: {snap.n_events:,} events, {snap.n_owners:,} sequences, {snap.n_items:,} items")
     typer.echo(f"run: {run_dir}")
-    result = train(snap.path, run_dir, cfg.model, train_cfg, resume=resume)
+    if train_cfg.processes > 1:
+        from hrnn_core.distributed import train_distributed  # noqa: PLC0415
+
+        typer.echo(f"data-parallel: {train_cfg.processes} processes (log: {run_dir / 'ddp.log'})")
+        result = train_distributed(snap.path, run_dir, cfg.model, train_cfg, resume=resume)
+    else:
+        result = train(snap.path, run_dir, cfg.model, train_cfg, resume=resume)
     last = result.history[-1] if result.history else {}
     shown = {k: round(v, 4) for k, v in last.items() if isinstance(v, float)}
     typer.echo(f"epochs: {len(result.history)}{' (early stop)' if result.stopped_early else ''}; last: {shown}")

@@ -77,6 +77,8 @@ class ModelConfig:
     use_user_features: bool = True  # static user categorical/numeric features
     use_context: bool = True  # request context fields of the event being predicted
     use_item_meta: bool = True  # item metadata: previous item's features as input, eq. (2) decoder
+    use_item_id: bool = True  # previous item's id embedding as input (False + use_item_meta: its features only)
+    use_sequence: bool = True  # False: the state restarts before every event (no memory; Table 1 rows 1-2)
     time_delta_buckets: int = 48  # embedding rows for log-bucketed time deltas (0 = no previous event)
     time_delta_log_base: float = 2.0  # bucket = 1 + floor(log_base(1 + seconds)), capped at buckets - 1
     min_category_count: int = 2  # a categorical value needs this many rows to get its own embedding
@@ -134,6 +136,7 @@ class TrainConfig:
     seed: int = 0  # seeds shuffling, lambda draws, negatives, dropout and initialisation
     device: str = "auto"  # "auto" (cuda if present, bf16 autocast), "cpu" or "cuda[:n]"
     threads: int = 0  # torch CPU threads (0 = torch's default); 1 is best on a shared small machine
+    processes: int = 1  # data-parallel training processes (> 1: torchrun + torch.distributed, hrnn_core.distributed)
     progress: bool = True  # tqdm progress bar with loss and events/s
     log_every: int = 10  # steps between recorded training-loss points (report curve)
     max_dense_logits: int = 400_000_000  # dense output refuses batch x items above this (use sampled)
@@ -150,6 +153,8 @@ class TrainConfig:
             (self.early_stopping_metric in ("val_loss", "ndcg@10"),
              "early_stopping_metric must be 'val_loss' or 'ndcg@10'"),
             (self.lr > 0 and self.patience >= 1, "lr must be > 0 and patience >= 1"),
+            (self.processes >= 1 and self.batch_size % self.processes == 0,
+             "processes must be >= 1 and divide batch_size (each process trains batch_size / processes owners)"),
         ]
         for ok, msg in checks:
             if not ok:

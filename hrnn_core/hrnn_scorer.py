@@ -78,7 +78,12 @@ class HRNNScorer(Scorer):
             return
         run_dir = Path(tempfile.mkdtemp(prefix="hrnn-run-"))
         cfg = dataclasses.replace(self.train_cfg, seed=data.seed)
-        result = train(self._snapshot_dir, run_dir, self.model_cfg, cfg)
+        if cfg.processes > 1:  # data-parallel over local processes (torchrun)
+            from hrnn_core.distributed import train_distributed  # noqa: PLC0415
+
+            result = train_distributed(self._snapshot_dir, run_dir, self.model_cfg, cfg)
+        else:
+            result = train(self._snapshot_dir, run_dir, self.model_cfg, cfg)
         self.history = result.history
         self._load(result.best_checkpoint if result.best_checkpoint.exists() else result.last_checkpoint)
 

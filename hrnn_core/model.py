@@ -115,7 +115,7 @@ class HRNNMeta(nn.Module):
 
         # ---- inputs: one small MLP per field (field-aware), then a mixing MLP
         self.item_in = nn.Embedding(n + 1, d)  # (n_items + 1, d); row n = no previous item
-        mlps: dict[str, nn.Module] = {"item": _field_mlp(d, d)}
+        mlps: dict[str, nn.Module] = {"item": _field_mlp(d, d)} if cfg.use_item_id else {}
         self.meta_in = ItemMeta(fs.items, d) if cfg.use_item_meta else None
         if self.meta_in is not None and self.meta_in.enabled:
             mlps["item_meta"] = _field_mlp(d, d)
@@ -133,6 +133,8 @@ class HRNNMeta(nn.Module):
         self.ctx_width = len(fs.context.cat_fields) * d if cfg.use_context else 0
         if self.ctx_width:
             mlps["context"] = _field_mlp(self.ctx_width, d)
+        if not mlps:  # every input switched off: the state is the learned initial one (a popularity model)
+            mlps["constant"] = _field_mlp(1, d)
         self.fields = nn.ModuleDict(mlps)
         self.mix = _field_mlp(len(mlps) * d, cfg.input_size)
         self.drop = nn.Dropout(cfg.dropout)
@@ -167,7 +169,9 @@ class HRNNMeta(nn.Module):
     def encode_inputs(self, x: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Field-aware input vectors (B, T, input_size) and initial states (B, T, L, H)."""
         user, ctx = self._raw_user_ctx(x)
-        f = [self.fields["item"](self.item_in(x.prev_item))]  # (B, T, d)
+        f = [self.fields["item"](self.item_in(x.prev_item))] if "item" in self.fields else []  # (B, T, d)
+        if "constant" in self.fields:
+            f.append(self.fields["constant"](torch.zeros(*x.prev_item.shape, 1, device=self.init_bias.device)))
         if "item_meta" in self.fields:
             flat = x.prev_item.reshape(-1)
             meta = self.meta_in(self.item_cat[flat], self.item_num[flat]).reshape(*x.prev_item.shape, -1)
@@ -198,6 +202,8 @@ class HRNNMeta(nn.Module):
         inp, h0 = self.encode_inputs(x)
         b, t = x.prev_item.shape
         reset = x.reset.clone()
+        if not self.cfg.use_sequence:  # no memory: every event starts from the initial state
+            reset[:] = True
         if hidden is None:
             hidden = h0[:, 0].transpose(0, 1)  # (L, B, H)
             reset[:, 0] = True

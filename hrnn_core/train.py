@@ -42,6 +42,8 @@ from hrnn_core.losses import dense_softmax_loss, reward_weights, sampled_softmax
 from hrnn_core.model import FieldBags, HRNNMeta, StepInputs
 from hrnn_core.sampler import AliasSampler
 
+RANK_SEED_STRIDE = 1_000_003  # hrnn_core.distributed: rank r's random streams are seeded + r * this
+
 __all__ = ["TrainConfig", "TrainData", "TrainResult", "NonFiniteLossError", "TrainError", "synthetic_snapshot",
            "prepare_data", "user_parallel_windows", "evaluate", "train"]
 
@@ -244,21 +246,28 @@ class TrainResult:
 
 def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = None,
           train_cfg: TrainConfig | None = None, resume: bool = False,
-          on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainResult:
+          on_epoch_end: Callable[[int, dict], None] | None = None, dist_ctx=None) -> TrainResult:
     """Train HRNN-meta on a snapshot; checkpoints and the report go to ``run_dir``.
 
     ``resume=True`` continues from ``run_dir/last.pt`` (same snapshot and configs required);
     without it an existing ``last.pt`` is an error. ``on_epoch_end(epoch, metrics)`` is called
     after each epoch's checkpoint is written.
+
+    ``dist_ctx`` (a :class:`hrnn_core.distributed.DistContext`, set by ``python -m
+    hrnn_core.distributed`` under torchrun) makes this process one rank of a data-parallel run:
+    it trains its share of each global batch's slots, gradients are summed over ranks, and only
+    rank 0 validates and writes files. Without it (or with one process) the loop is unchanged.
     """
     model_cfg, cfg = model_cfg or ModelConfig(), train_cfg or TrainConfig()
     run_dir = Path(run_dir)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if last_path.exists() and not resume:
         raise TrainError(f"{run_dir} already holds a run; pass resume=True (--resume) or use another run dir")
-    device = resolve_device(cfg.device)
+    device = dist_ctx.device if dist_ctx is not None else resolve_device(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    rank, is_main = (dist_ctx.rank, dist_ctx.is_main) if dist_ctx is not None else (0, True)
+    slots = dist_ctx.local_slots(cfg.batch_size) if dist_ctx is not None else slice(None)
 
     # ---- phase 1: data
     data = prepare_data(snapshot_dir, model_cfg, cfg)
@@ -274,6 +283,8 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
     torch.manual_seed(cfg.seed)
     model = HRNNMeta(model_cfg, data.features, data.item_cat, data.item_num).to(device)
     opts = _optimizers(model, cfg)
+    params = list(model.parameters())
+    sparse_ids = {id(e.weight) for e in (model.item_in, model.item_w, model.item_b) if e.sparse}
     sampler = AliasSampler(ev.item_freq, cfg.sampler_alpha, seed=cfg.seed, device=device)
     log_incl: dict[int, torch.Tensor] = {}  # draws per step -> log inclusion probabilities
     steps_per_epoch = math.ceil(n_events / (cfg.batch_size * cfg.bptt)) + 1
@@ -303,8 +314,10 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
         if stopped:
             break
         # ---- phase 2: batches; every random stream reseeded from (seed, epoch)
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
-        sampler.generator.manual_seed(cfg.seed * 100_003 + epoch)
+        # dropout and negatives: a stream per rank (rank 0 = the single-process stream)
+        rank_seed = cfg.seed * 100_003 + epoch + rank * RANK_SEED_STRIDE
+        torch.manual_seed(rank_seed)
+        sampler.generator.manual_seed(rank_seed)
         rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(2, epoch)))
         mix_rng = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         segments = data.train_segments[rng.permutation(len(data.train_segments))]
@@ -314,6 +327,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
                    leave=False, unit="step")
         for idx_np, reset_np in user_parallel_windows(segments, cfg.batch_size, cfg.bptt):
             # ---- phase 3: one truncated-BPTT step
+            idx_np, reset_np = idx_np[slots], reset_np[slots]  # this rank's slots (all of them alone)
             lr = _lr(cfg, step, total_steps)
             for opt in opts:
                 for g in opt.param_groups:
@@ -348,27 +362,36 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
                         w_i, b_i = model.item_vectors(extra_i.clamp(min=0).reshape(-1), mix)
                         extra_s = torch.einsum("nh,nkh->nk", h, w_i.view(*extra_i.shape, -1)) + b_i.view(extra_i.shape)
                     res = sampled_softmax_loss(model.scores(h, cand, mix), cand, cand_log_q, weight, extra_s, extra_i)
-            if not torch.isfinite(res.loss):
-                raise NonFiniteLossError(f"loss is {float(res.loss.detach())} at epoch {epoch + 1}, step {step}; "
-                                         f"lower train.lr (now {cfg.lr}) or check event values/features")
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
-            res.loss.backward()
+            n = int(flat.numel())
+            if dist_ctx is None:
+                step_loss, step_ce = float(res.loss.detach()), float(res.ce.detach().sum())
+                if math.isfinite(step_loss):
+                    res.loss.backward()
+            else:  # gradient of the rank's loss sum; the all-reduce turns it into the global mean's
+                (res.loss * max(n, 1)).backward()
+                total = dist_ctx.all_reduce_step(params, sparse_ids, torch.stack([
+                    torch.tensor(float(n)), res.loss.detach().float().cpu() * max(n, 1), res.ce.detach().float().sum().cpu()]))
+                n = int(total[0])
+                step_loss, step_ce = float(total[1]) / max(n, 1), float(total[2])
+            if not math.isfinite(step_loss):
+                raise NonFiniteLossError(f"loss is {step_loss} at epoch {epoch + 1}, step {step}; "
+                                         f"lower train.lr (now {cfg.lr}) or check event values/features")
             if cfg.grad_clip > 0:
-                _clip_grad_norm(list(model.parameters()), cfg.grad_clip)
+                _clip_grad_norm(params, cfg.grad_clip)
             for opt in opts:
                 opt.step()
             step += 1
-            n = int(flat.numel())
             seen += n
-            loss_sum += float(res.loss.detach()) * n
-            recent.append(float(res.loss.detach()))
-            ce_sum += float(res.ce.detach().sum())
+            loss_sum += step_loss * n
+            recent.append(step_loss)
+            ce_sum += step_ce
             if step % cfg.log_every == 0:
                 curve.append((step, sum(recent) / len(recent)))  # mean over the last log_every steps
                 recent = []
             bar.update(1)
-            bar.set_postfix(loss=f"{float(res.loss.detach()):.3f}", ev_s=f"{seen / max(time.time() - t0, 1e-9):,.0f}")
+            bar.set_postfix(loss=f"{step_loss:.3f}", ev_s=f"{seen / max(time.time() - t0, 1e-9):,.0f}")
         bar.close()
 
         # ---- phase 4: validation, checkpoints, early stopping
@@ -376,7 +399,10 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
         metrics = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
                    "train_ppl": math.exp(min(ce_sum / max(seen, 1), 50.0)), "events": seen,
                    "seconds": seconds, "events_per_s": seen / max(seconds, 1e-9), "lr": lr}
-        metrics.update(evaluate(model, data, data.val_segments, device, mix=model_cfg.inference_item_meta_mix))
+        if is_main:
+            metrics.update(evaluate(model, data, data.val_segments, device, mix=model_cfg.inference_item_meta_mix))
+        if dist_ctx is not None:
+            metrics = dist_ctx.broadcast(metrics)  # every rank takes rank 0's early-stopping decision
         model.train()
         history.append(metrics)
         value = metrics.get(cfg.early_stopping_metric)
@@ -388,23 +414,28 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
         stopped = bad_epochs >= cfg.patience
         common = dict(epoch=epoch, step=step, best=best, bad_epochs=bad_epochs, history=history,
                       curve=[list(c) for c in curve])
-        if improved:
-            save_checkpoint(best_path, model, data.features, cfg, ev.item_freq, **common)
-        save_checkpoint(last_path, model, data.features, cfg, ev.item_freq, optimizer=[o.state_dict() for o in opts], **common)
+        if is_main:
+            if improved:
+                save_checkpoint(best_path, model, data.features, cfg, ev.item_freq, **common)
+            save_checkpoint(last_path, model, data.features, cfg, ev.item_freq, optimizer=[o.state_dict() for o in opts],
+                            **common)
         if cfg.progress:
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
             tqdm.write(f"epoch {epoch + 1}: {shown}{' (best)' if improved else ''}")
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
 
+    if not is_main:
+        return TrainResult(run_dir, best_path, last_path, run_dir / "report.json", history, stopped)
     if not last_path.exists():
         raise CheckpointError(f"{run_dir}: no epoch finished, nothing to report")
-    report = write_report(run_dir, history, curve, model_cfg, cfg, data, stopped)
+    report = write_report(run_dir, history, curve, model_cfg, cfg, data, stopped,
+                          world=dist_ctx.world if dist_ctx is not None else 1)
     return TrainResult(run_dir, best_path, last_path, report, history, stopped)
 
 
 def write_report(run_dir: Path, history: list[dict], curve: list[tuple[int, float]], model_cfg: ModelConfig,
-                 cfg: TrainConfig, data: TrainData, stopped: bool) -> Path:
+                 cfg: TrainConfig, data: TrainData, stopped: bool, world: int = 1) -> Path:
     """``report.json`` (configs, data sizes, per-epoch metrics) and ``loss_curve.png``."""
     from matplotlib.figure import Figure  # noqa: PLC0415 - no pyplot: no global backend state
 
@@ -413,7 +444,7 @@ def write_report(run_dir: Path, history: list[dict], curve: list[tuple[int, floa
         "n_owners": int(data.events.n_owners), "train_owners": len(data.train_segments),
         "val_owners": len(data.val_segments), "max_len": data.max_len,
         "model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(cfg),
-        "stopped_early": stopped, "epochs": history,
+        "stopped_early": stopped, "epochs": history, "processes": world, "curve": [list(c) for c in curve],
         "best_epoch": _best_epoch(history, cfg), "loss_curve": "loss_curve.png",
         "torch": torch.__version__,
     }

@@ -1,0 +1,8 @@
+"""Paper reproductions behind ``hrnn experiments <name>`` (one module per experiment).
+
+Each module defines ``register(app)`` adding its typer command, and keeps its heavy imports
+inside the command so ``hrnn --help`` stays fast. The numbers they print are the ones recorded
+in ``docs/evaluation.md``, each next to the command that produced it.
+"""
+
+EXPERIMENTS: tuple[str, ...] = ()  # module names under hrnn_core.experiments, in --help order
