@@ -65,15 +65,19 @@ class DistContext:
         global mean (divided by the summed count). Returns the summed ``stats``.
         """
         dense = [p for p in params if id(p) not in sparse]
+        # which parameters got a gradient on some rank: one with none anywhere stays None, as in a
+        # single process (the optimizer then skips it: no momentum or weight-decay step)
+        has = torch.tensor([float(p.grad is not None) for p in dense], device=self.device)
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in dense]
-                         + [stats.to(self.device, torch.float32)])
+                         + [has, stats.to(self.device, torch.float32)])
         dist.all_reduce(flat)
         total = flat[-len(stats):].clone()
+        has = flat[-len(stats) - len(dense):-len(stats)]
         scale = 1.0 / max(float(total[0]), 1.0)
         offset = 0
-        for p in dense:
+        for i, p in enumerate(dense):
             n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).mul_(scale)
+            p.grad = flat[offset:offset + n].view_as(p).mul_(scale) if float(has[i]) > 0 else None
             offset += n
         for p in params:
             if id(p) in sparse:
