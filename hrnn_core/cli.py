@@ -177,6 +177,34 @@ def _print_reports(reports, as_json: bool) -> None:
             typer.echo(f"    quarantined: {reason}: {n:,}")
 
 
+def ingest_dataset(cfg, dataset: str, path: Path | None = None, own_warehouse: bool = True):
+    """Convert and ingest ``dataset`` for an evaluation; returns the config whose warehouse holds it.
+
+    ml-100k is fetched; another dataset is converted from ``path``, by default the development
+    copy ``../shared/data/<dataset>`` beside the checkout. ``own_warehouse``: one warehouse per
+    dataset (``<data_dir>/eval-<dataset>.duckdb``), so datasets never mix. Re-ingesting the same
+    files is a no-op (ingest is idempotent).
+    """
+    from hrnn_core.config import REPO_ROOT, replace  # noqa: PLC0415
+    from hrnn_core.datasets import convert  # noqa: PLC0415
+    from hrnn_core.errors import DatasetError  # noqa: PLC0415
+    from hrnn_core.ingest import ingest_path  # noqa: PLC0415
+    from hrnn_core.warehouse import connect  # noqa: PLC0415
+
+    if own_warehouse:
+        cfg = replace(cfg, paths={"warehouse": Path(cfg.paths.data_dir) / f"eval-{dataset}.duckdb"})
+    if path is None and dataset != "ml-100k":
+        path = REPO_ROOT.parent / "shared" / "data" / dataset
+        if not path.is_dir():
+            raise DatasetError(f"{dataset}: no raw folder at {path}; give --path DIR (see `hrnn datasets list`)")
+    files = fetch_dataset(cfg, dataset) if path is None else convert(
+        dataset, path, cfg.paths.datasets_dir / dataset / "contract")
+    src = Path(next(iter(files.values()))).parent
+    with connect(cfg) as con:
+        ingest_path(_dataset_time_range(cfg, src), src, None, con)
+    return cfg
+
+
 def _dataset_time_range(cfg, contract_dir: Path):
     """Apply the dataset's documented collection window (conversion report) to validation."""
     from hrnn_core.config import replace  # noqa: PLC0415
@@ -392,20 +420,7 @@ def evaluate_command(
 
     cfg = _cfg(config, warehouse, data_dir)
     if dataset:
-        if warehouse is None and data_dir is None:  # one warehouse per evaluated dataset
-            from hrnn_core.config import replace  # noqa: PLC0415
-
-            cfg = replace(cfg, paths={"warehouse": Path(cfg.paths.data_dir) / f"eval-{dataset}.duckdb"})
-        from hrnn_core.ingest import ingest_path  # noqa: PLC0415
-
-        from hrnn_core.datasets import convert  # noqa: PLC0415
-
-        files = fetch_dataset(cfg, dataset) if path is None else convert(
-            dataset, path, cfg.paths.datasets_dir / dataset / "contract")
-        src = Path(next(iter(files.values()))).parent
-        dcfg = _dataset_time_range(cfg, src)
-        with connect(cfg) as con:
-            ingest_path(dcfg, src, None, con)
+        cfg = ingest_dataset(cfg, dataset, path, own_warehouse=warehouse is None and data_dir is None)
     with connect(cfg) as con:
         snap = export_snapshot(con, cfg)
     names = [m.strip() for m in models.split(",") if m.strip()]

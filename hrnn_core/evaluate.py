@@ -13,14 +13,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from hrnn_core.baselines.base import ScoreBatch, Scorer, TrainData
 from hrnn_core.errors import HrnnError
-from hrnn_core.metrics import Accumulator, paired_test
+from hrnn_core.metrics import DEFAULT_KS, Accumulator, paired_test
 from hrnn_core.protocols import Cases, Split, SnapshotData, build_split
 
 DEFAULT_MODELS = ("hrnn", "pop", "recent_pop", "bpr", "fm", "gru")
@@ -64,7 +64,12 @@ def scorer_factories() -> dict[str, Callable[..., Scorer]]:
 
         return HRNNScorer(plain_gru=True, **kw)
 
-    return {"pop": pop, "recent_pop": recent_pop, "bpr": bpr, "fm": fm, "hrnn": hrnn, "gru": gru}
+    def random(**kw):
+        from hrnn_core.baselines.uniform import UniformRandomScorer  # noqa: PLC0415
+
+        return UniformRandomScorer(**kw)
+
+    return {"pop": pop, "recent_pop": recent_pop, "bpr": bpr, "fm": fm, "hrnn": hrnn, "gru": gru, "random": random}
 
 
 def make_scorer(name: str, **options) -> Scorer:
@@ -99,9 +104,9 @@ def train_data(split: Split, part: str = "train", seed: int = 0, work_dir: Path 
 
 
 def score_cases(scorer: Scorer, cases: Cases, n_items: int, batch_size: int = 512,
-                catalog_size: int | None = None) -> tuple[Accumulator, float]:
-    """Rank the catalogue for every case; (accumulator with per-event metrics, seconds)."""
-    acc = Accumulator(n_items, catalog_size=catalog_size)
+                catalog_size: int | None = None, ks: Sequence[int] = DEFAULT_KS) -> tuple[Accumulator, float]:
+    """Rank the catalogue for every case; (accumulator with per-event metrics at ``ks``, seconds)."""
+    acc = Accumulator(n_items, ks=ks, catalog_size=catalog_size)
     started = time.perf_counter()
     n = len(cases)
     for lo in range(0, n, batch_size):

@@ -43,7 +43,7 @@ class HRNNScorer(Scorer):
 
     def __init__(self, model: ModelConfig | dict | None = None, train: TrainConfig | dict | None = None,
                  plain_gru: bool = False, device: str = "auto", checkpoint: Path | None = None,
-                 max_history: int | None = None, batch_size: int = 256):
+                 max_history: int | None = None, batch_size: int = 256, cold_items_use_metadata: bool = True):
         model_cfg = model if isinstance(model, ModelConfig) else ModelConfig(**(model or {}))
         train_cfg = train if isinstance(train, TrainConfig) else TrainConfig(**(train or {}))
         if plain_gru:
@@ -53,6 +53,10 @@ class HRNNScorer(Scorer):
         self.device = resolve_device(device)
         self.max_history = max_history  # read at most this many latest events per case (None: all)
         self.batch_size = batch_size
+        # Items with no training events score from metadata alone (lambda = 1 in eq. 2), as the
+        # serving engine does (InferenceEngine.cold_items_use_metadata): their id embeddings were
+        # never fitted to a positive. The cold_start_items protocol (PROTOCOLS.md) needs this.
+        self.cold_items_use_metadata = cold_items_use_metadata
         self.checkpoint_path: Path | None = None
         self._encoded: dict[int, tuple[EncodedEvents, np.ndarray, np.ndarray]] = {}
         self._snapshot_dir: Path | None = None
@@ -93,6 +97,10 @@ class HRNNScorer(Scorer):
         self.model = ck.model.to(self.device).eval()
         self.features = ck.features
         self.n_items = self.features.n_items
+        mix = self.model.cfg.inference_item_meta_mix
+        cold = ck.item_freq.to(self.device) == 0  # (n_items,) no training events
+        use_meta = self.cold_items_use_metadata and self.model.meta_out is not None and bool(cold.any())
+        self.item_mix = torch.where(cold, 1.0, mix).float() if use_meta and mix < 1.0 else mix  # lambda per item
         self._encoded.clear()
 
     def save(self, folder: Path) -> None:
@@ -202,8 +210,7 @@ class HRNNScorer(Scorer):
                        reset=torch.zeros(b, length, dtype=torch.bool)).to(self.device)
         h, _ = self.model(x)  # (B, L, H); padding after the request step cannot affect it (causal)
         h_req = h[torch.arange(b), torch.from_numpy(hist_len).to(self.device)]  # (B, H)
-        mix = self.model.cfg.inference_item_meta_mix
-        scores = self.model.scores(h_req, mix=mix).float().cpu()  # (B, n_items) logits, eq. (2)
+        scores = self.model.scores(h_req, mix=self.item_mix).float().cpu()  # (B, n_items) logits, eq. (2)
         if self.catalog_size and self.catalog_size > self.n_items:  # items newer than the model
             pad = torch.full((b, self.catalog_size - self.n_items), -1e9)
             scores = torch.cat([scores, pad], dim=1)
