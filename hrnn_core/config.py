@@ -169,12 +169,16 @@ class RetrainConfig:
     gate_metric: str = "ndcg@10"  # promotion needs a strictly better value than champion and baselines
     test_fraction: float = 0.1  # temporal protocol: the newest share of events is the test set
     valid_fraction: float = 0.1  # share of the training period used for validation
+    test_horizon_hours: float | None = None  # test only events within this many hours after the cut (None: all);
+    # bounds full-catalogue evaluation on big logs (10M events x 1M items: the next hour, not the last 10%)
     hrnn_queue: str = "default"  # Airflow queue of the HRNN training task ("gpu" on a GPU worker)
     hrnn_pool: str = "default_pool"  # Airflow pool of the HRNN training task
 
     def __post_init__(self) -> None:
         if not 0.0 < self.test_fraction < 1.0 or not 0.0 <= self.valid_fraction < 1.0:
             raise ConfigError("retrain config: test_fraction must be in (0, 1) and valid_fraction in [0, 1)")
+        if self.test_horizon_hours is not None and self.test_horizon_hours <= 0:
+            raise ConfigError("retrain config: test_horizon_hours must be > 0 (or unset for every event after the cut)")
         if "hrnn" not in self.models:
             raise ConfigError("retrain config: models must include hrnn (the candidate)")
 

@@ -52,8 +52,10 @@ def make_snapshot(cfg: Config, interval_end: float) -> dict:
 def _split(cfg: Config, snapshot_path: str):
     from hrnn_core.protocols import SnapshotData, build_split  # noqa: PLC0415
 
+    horizon = cfg.retrain.test_horizon_hours
     return build_split("temporal", SnapshotData.load(Path(snapshot_path)),
-                       test_fraction=cfg.retrain.test_fraction, valid_fraction=cfg.retrain.valid_fraction)
+                       test_fraction=cfg.retrain.test_fraction, valid_fraction=cfg.retrain.valid_fraction,
+                       horizon=horizon * 3600.0 if horizon is not None else None)
 
 
 def _apply_threads(cfg: Config) -> None:
