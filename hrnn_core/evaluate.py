@@ -27,6 +27,9 @@ DEFAULT_MODELS = ("hrnn", "pop", "recent_pop", "bpr", "fm", "gru")
 HEADLINE = ("ndcg@10", "recall@10", "mrr@10", "precision@10", "coverage@10", "ppl")
 
 
+MAX_SCORE_ELEMENTS = 64_000_000  # cap on cases x items scored at once (score_cases)
+
+
 class EvaluationError(HrnnError):
     """The evaluation cannot run (unknown model, empty test set...)."""
 
@@ -109,6 +112,9 @@ def score_cases(scorer: Scorer, cases: Cases, n_items: int, batch_size: int = 51
     acc = Accumulator(n_items, ks=ks, catalog_size=catalog_size)
     started = time.perf_counter()
     n = len(cases)
+    # rows x catalogue matrices (scores, float64 log-softmax for PPL, masks) stay ~1 GB each: on
+    # a 1M-item catalogue 512 rows would need 4 GB per copy and tens of GB in all
+    batch_size = max(1, min(batch_size, MAX_SCORE_ELEMENTS // max(n_items, 1)))
     for lo in range(0, n, batch_size):
         idx = np.arange(lo, min(n, lo + batch_size))
         b = cases.batch(idx)
@@ -126,6 +132,8 @@ def evaluate_split(split: Split, models: list[str], *, seed: int = 0, model_opti
     """Fit each model on the split's training data and score its test cases.
 
     ``keep_scorers``: a dict that receives the fitted scorers (to save them afterwards).
+    ``model_options[name]["kind"]``: evaluate a variant of a known model under another name
+    (e.g. ``{"item_only": {"kind": "hrnn", "model": ...}}``, the ablation's rows).
     """
     say = progress or (lambda _msg: None)
     if len(split.test) == 0:
@@ -135,7 +143,9 @@ def evaluate_split(split: Split, models: list[str], *, seed: int = 0, model_opti
     with tempfile.TemporaryDirectory(prefix="hrnn-eval-") as work:
         data = train_data(split, "train", seed, Path(work))
         for name in models:
-            scorer = make_scorer(name, **(model_options or {}).get(name, {}))
+            options = dict((model_options or {}).get(name, {}))
+            scorer = make_scorer(options.pop("kind", name), **options)  # "kind": a variant under its own name
+            scorer.name = name
             say(f"fit {name} ...")
             t = time.perf_counter()
             scorer.fit(data)
@@ -235,6 +245,7 @@ def run_evaluation(snapshot_dir: Path, protocol: str, models: list[str], *, data
         "models": {name: {**r.metrics, "fit_seconds": round(r.fit_seconds, 2),
                           "score_seconds": round(r.score_seconds, 2)} for name, r in results.items()},
         "significance": significance(results),
+        "significance_recall@10": significance(results, "recall@10"),
     }
     if any(r.frames for r in results.values()):
         report["frames"] = {name: r.frames for name, r in results.items()}

@@ -1,0 +1,38 @@
+"""Markdown tables from the leaderboard JSONs of bench/leaderboards.sh (docs/evaluation/leaderboards.md).
+
+    .venv/bin/python bench/leaderboard_table.py bench/results/leaderboard_*.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def table(report: dict) -> str:
+    models = report["models"]
+    lines = [f"### {report['dataset']} / {report['protocol']}",
+             "", f"{report['n_events']:,} test events, {report['n_users']:,} users. "
+                 f"{report.get('protocol_description', '').splitlines()[0] if report.get('protocol_description') else ''}",
+             "", "| model | NDCG@10 | Recall@10 | MRR@10 | PPL | fit s |", "|---|---|---|---|---|---|"]
+    for name, m in sorted(models.items(), key=lambda kv: -kv[1].get("ndcg@10", 0.0)):
+        ppl = f"{m['ppl']:.1f}" if isinstance(m.get("ppl"), float) else "-"
+        lines.append(f"| {name} | {m['ndcg@10']:.4f} | {m['recall@10']:.4f} | {m['mrr@10']:.4f} | {ppl} | "
+                     f"{m.get('fit_seconds', 0):.1f} |")
+    lines += ["", "Paired tests, HRNN-meta minus each model (per-event bootstrap 95% CI, paired t-test p):", "",
+              "| vs | NDCG@10 diff | CI | p | Recall@10 diff | CI | p |", "|---|---|---|---|---|---|---|"]
+    rec = report.get("significance_recall@10", {})
+    for pair, t in report.get("significance", {}).items():
+        r = rec.get(pair, {})
+        cells = [f"{t['mean_diff']:+.4f}", f"{t['ci_low']:+.4f}..{t['ci_high']:+.4f}", f"{t['p_value']:.2g}"]
+        cells += ([f"{r['mean_diff']:+.4f}", f"{r['ci_low']:+.4f}..{r['ci_high']:+.4f}", f"{r['p_value']:.2g}"]
+                  if r else ["-"] * 3)
+        lines.append(f"| {pair.split('_vs_')[1]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    for path in sys.argv[1:]:
+        print(table(json.loads(Path(path).read_text())))
+        print()
