@@ -54,7 +54,14 @@ def test_random_scorer_measures_its_analytic_expectation() -> None:
     scorer = make_scorer("random")
     scorer.fit(data)
     accs = score_cold_start(split, {"random": scorer})["random"]
-    for view, cases in (("per_event", split.test), ("per_user", per_user_cases(split))):
+    users = per_user_cases(split.test)  # one case per user: whole warm history, all cold items as targets
+    assert len(users) == split.test.n_users
+    for i in range(0, len(users), 37):
+        c, mine = users[i], split.test.row == users.row[i]
+        assert c.pos == split.full["n_events"][c.row].as_py() and c.target_timestamp >= split.test.target_timestamp[mine].max()
+        assert np.array_equal(c.targets, np.unique(split.test.target_items[mine]))
+        assert split.candidate_mask[c.targets].all() and not split.candidate_mask[users.history_items(i)].any()
+    for view, cases in (("per_event", split.test), ("per_user", users)):
         acc = accs[view]
         m = np.diff(cases.target_offsets)
         sizes, counts = np.unique(m, return_counts=True)
