@@ -9,6 +9,20 @@ target is the next event of the history (leave_one_out, temporal, rolling, user_
 previous item and its feedback, the time since it (the control input of section 2.2) and the
 request's context. Otherwise (cold_start_items, where the history holds warm events only) it
 is built from the last readable event and the case's time, with no request context.
+
+Trend correction (section 3.2, eq. 5), off unless ``trend_weight`` > 0 (``ModelConfig.trend_weight``,
+or set the attribute between scoring runs): ``score += trend_weight * log q_j(t)``, with ``q(t)`` the
+add-k smoothed item popularity in ``[t_b - trend_window_seconds, t_b)``, ``t_b`` = the case's time
+floored to ``trend_bucket_seconds`` from ``trend_origin`` (``hrnn_core.trend``), counted over the
+events of ``ScoreBatch.sequences`` (the protocol's ``full`` table: every owner's events, known to a
+real-time system once they happened). For the rolling protocol pass ``trend_bucket_seconds`` = the
+frame length and ``trend_origin`` = the cut time: ``t_b`` is then the frame start, so a frame's
+trend vector comes only from events before the frame. ``trend_mode="ratio"`` adds
+``trend_weight * log(q~_j(t) / p_j)`` instead, ``p`` = the (add-1 smoothed) training-window
+popularity the model absorbed and ``q~(t) = (r(t) + p) / 2`` the raw recent share ``r(t)`` shrunk
+half-way to ``p`` (so an item with no recent events is not promoted just for being rare in
+training): an inference-time stand-in for training with the popularity bias imputed. The
+trainer itself does not use ``trend_weight``: the model is trained without any trend term.
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.errors import HrnnError
 from hrnn_core.features import EncodedEvents, encode_events, time_delta_bucket
 from hrnn_core.model import StepInputs
+from hrnn_core.trend import WindowedPopularity, smoothed_log_share
 
 PLAIN_GRU = {  # the ablation the paper compares against: items and order only
     "use_time_delta": False, "use_feedback": False, "use_user_features": False,
@@ -43,7 +58,11 @@ class HRNNScorer(Scorer):
 
     def __init__(self, model: ModelConfig | dict | None = None, train: TrainConfig | dict | None = None,
                  plain_gru: bool = False, device: str = "auto", checkpoint: Path | None = None,
-                 max_history: int | None = None, batch_size: int = 256, cold_items_use_metadata: bool = True):
+                 max_history: int | None = None, batch_size: int = 256, cold_items_use_metadata: bool = True,
+                 trend_window_seconds: float = 3600.0, trend_bucket_seconds: float = 3600.0,
+                 trend_origin: float = 0.0, trend_mode: str = "add"):
+        if trend_mode not in ("add", "ratio"):
+            raise HrnnError(f"trend_mode must be 'add' or 'ratio', got {trend_mode!r}")
         model_cfg = model if isinstance(model, ModelConfig) else ModelConfig(**(model or {}))
         train_cfg = train if isinstance(train, TrainConfig) else TrainConfig(**(train or {}))
         if plain_gru:
@@ -62,6 +81,12 @@ class HRNNScorer(Scorer):
         self._snapshot_dir: Path | None = None
         self.catalog_size: int | None = None  # the evaluated catalogue (may exceed the model's)
         self.history: list[dict] = []
+        # eq. (5) trend term: weight (1 / temperature; 0 = off) and the q(t) window, see the docstring
+        self.trend_weight = model_cfg.trend_weight
+        self.trend_window_seconds, self.trend_bucket_seconds = trend_window_seconds, trend_bucket_seconds
+        self.trend_origin, self.trend_mode = trend_origin, trend_mode
+        self._trend: tuple[tuple, WindowedPopularity] | None = None  # ((table id, window settings), q(t))
+        self._train_log_q: np.ndarray | None = None  # (catalog,) log q_j^train for trend_mode "ratio"
         self.pretrained = checkpoint is not None
         if checkpoint is not None:
             self._load(Path(checkpoint))
@@ -75,6 +100,7 @@ class HRNNScorer(Scorer):
             raise HrnnError("HRNN-meta trains from a snapshot folder: TrainData.snapshot_dir is missing")
         self._snapshot_dir = Path(data.snapshot_dir)
         self.catalog_size = data.n_items
+        self._train_log_q = smoothed_log_share(np.asarray(data.item_frequency), self.model_cfg.trend_smoothing)
         if self.pretrained:
             # A trained model (e.g. the current champion) evaluated on newer data: no training.
             # Items added to the catalogue since it was trained get no score (ranked last).
@@ -157,7 +183,30 @@ class HRNNScorer(Scorer):
             sl = slice(lo, lo + self.batch_size)
             out.append(self._score_block(enc, ts, ids, batch.rows[sl], batch.pos[sl], batch.target_timestamp[sl],
                                          None if batch.target_event_id is None else batch.target_event_id[sl]))
-        return torch.cat(out) if out else torch.zeros(0, self.n_items)
+        scores = torch.cat(out) if out else torch.zeros(0, self.n_items)
+        if self.trend_weight:
+            scores = scores + self.trend_weight * self.trend_term(batch)  # eq. (5): + (1 / temperature) log q_j(t)
+        return scores
+
+    def trend_term(self, batch: ScoreBatch) -> torch.Tensor:
+        """(B, catalogue) ``log q_j(t_b)`` of each case ("ratio" mode: ``log(q~_j(t_b) / p_j)``).
+
+        Counts come from ``batch.sequences`` events strictly before the case's window end ``t_b``.
+        """
+        width = self.catalog_size or self.n_items
+        key = (id(batch.sequences), self.trend_window_seconds, self.trend_bucket_seconds, self.trend_origin)
+        if self._trend is None or self._trend[0] != key:
+            self._trend = (key, WindowedPopularity.from_sequences(
+                batch.sequences, width, window_seconds=self.trend_window_seconds,
+                bucket_seconds=self.trend_bucket_seconds, origin=self.trend_origin,
+                smoothing=self.model_cfg.trend_smoothing))
+        if self.trend_mode == "add":
+            return self._trend[1].log_q_at(batch.target_timestamp)  # (B, catalogue)
+        if self._train_log_q is None:
+            raise HrnnError("trend_mode 'ratio' needs the training popularity: fit the scorer first")
+        log_p = torch.from_numpy(self._train_log_q.astype(np.float32))[None, :]  # (1, catalogue)
+        recent = self._trend[1].share_at(batch.target_timestamp)  # (B, catalogue) raw r(t)
+        return torch.log(0.5 * (recent + log_p.exp())) - log_p  # log(q~(t) / p), q~ = (r + p) / 2
 
     def _score_block(self, enc: EncodedEvents, ts: np.ndarray, ids: np.ndarray, rows: np.ndarray,
                      pos: np.ndarray, t: np.ndarray, target_ids: np.ndarray | None) -> torch.Tensor:

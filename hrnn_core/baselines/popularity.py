@@ -23,6 +23,10 @@ RecentPopularityScorer ("recent_pop")
 
     With m <= 1, m p_j < 1, so the all-time term only breaks ties between equal recent counts
     (zero-count items included) and never overturns a difference in recent counts.
+    With ``bucket_seconds`` set, the window ends at t floored to that bucket counted from
+    ``bucket_origin`` instead of at t: ``[t_b - w, t_b)``. With the rolling protocol's frame length
+    and cut time that is the frame start, the paper's Figure 5 baseline ("calculates item
+    popularity for each hour and uses it to predict over the next hour").
     The serving path does not use this class's event scan: the warehouse keeps hourly counts
     (``sql/hourly_item_popularity.sql``) and ``sql/popularity_window.sql`` sums the hours inside the
     window (exact on hour boundaries); this class is the exact, per-request-time version for
@@ -100,6 +104,8 @@ class RecentPopularityConfig:
     window_seconds: float = 86400.0  # w: count events in [t - w, t) before the request time t
     prior_strength: float = 1.0  # m: pseudo-events spread by all-time popularity (<= 1: ties only)
     alpha: float = 1.0  # additive smoothing of the all-time counts (as in PopularityScorer)
+    bucket_seconds: float | None = None  # window end = t floored to this bucket (None: t itself)
+    bucket_origin: float = 0.0  # where the bucket grid starts (rolling: the cut time, so t_b = frame start)
 
 
 class RecentPopularityScorer(Scorer):
@@ -109,13 +115,17 @@ class RecentPopularityScorer(Scorer):
     outputs_distribution = True
 
     def __init__(self, window_seconds: float = 86400.0, prior_strength: float = 1.0, alpha: float = 1.0,
-                 device: str = "cpu"):
+                 bucket_seconds: float | None = None, bucket_origin: float = 0.0, device: str = "cpu"):
         if window_seconds <= 0:
             raise BaselineError(f"window_seconds must be > 0, got {window_seconds}")
         if prior_strength <= 0:
             raise BaselineError(f"prior_strength must be > 0 (it keeps every item's probability > 0), "
                                 f"got {prior_strength}")
-        self.config = RecentPopularityConfig(float(window_seconds), float(prior_strength), float(alpha))
+        if bucket_seconds is not None and bucket_seconds <= 0:
+            raise BaselineError(f"bucket_seconds must be > 0 (or None), got {bucket_seconds}")
+        self.config = RecentPopularityConfig(float(window_seconds), float(prior_strength), float(alpha),
+                                             None if bucket_seconds is None else float(bucket_seconds),
+                                             float(bucket_origin))
         self.device = resolve_device(device)
         self.n_items = 0
         self.frequency: np.ndarray | None = None  # (n_items,) all-time training counts
@@ -150,9 +160,12 @@ class RecentPopularityScorer(Scorer):
         return t[order], it[order]
 
     def recent_counts(self, batch: ScoreBatch) -> np.ndarray:
-        """(B, n_items) events per item in [t_i - w, t_i) for each case i."""
+        """(B, n_items) events per item in [t_i - w, t_i) for each case i (t_i floored to the bucket, if set)."""
         times, items = self._events(batch.sequences)
         t = np.asarray(batch.target_timestamp, dtype=np.float64)
+        if self.config.bucket_seconds is not None:  # window end t_b <= t on the bucket grid
+            b, o = self.config.bucket_seconds, self.config.bucket_origin
+            t = o + np.floor((t - o) / b) * b
         lo = np.searchsorted(times, t - self.config.window_seconds, side="left")  # first event >= t - w
         hi = np.searchsorted(times, t, side="left")  # first event >= t: excluded
         out = np.zeros((len(t), self.n_items), dtype=np.float64)
