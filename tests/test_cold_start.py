@@ -94,7 +94,7 @@ def test_cold_items_are_scored_from_metadata_only(cold_snapshot, tmp_path) -> No
     """Garbage id embeddings do not change a single cold-start rank: lambda = 1 on cold items."""
     split = build_split("cold_start_items", SnapshotData.load(cold_snapshot), seed=1)
     cold = split.candidate_mask
-    scorer = make_scorer("hrnn", model=TINY_MODEL, train=TINY_TRAIN, device="cpu")
+    scorer = make_scorer("hrnn", model=TINY_MODEL, train=TINY_TRAIN, device="cpu", cold_items_use_metadata=True)
     scorer.fit(train_data(split, "train", 0, tmp_path))
     lam = cold_lambda(scorer)
     assert np.all(lam[cold] == 1.0) and np.all(lam[~cold] == TINY_MODEL.inference_item_meta_mix)
