@@ -70,6 +70,13 @@ def per_user_cases(cases):
                  cases.target_event_id[last], cases.n_items, cases.exclude_seen, cases.candidate_mask)
 
 
+def views(split) -> dict:
+    """The two views of a cold split's test cases: {"per_event": ..., "per_user": ...}."""
+    if split.candidate_mask is None:
+        raise ColdStartError(f"{split.protocol} has no cold candidate set; use the cold_start_items protocol")
+    return {"per_event": split.test, "per_user": per_user_cases(split.test)}
+
+
 def cold_lambda(scorer) -> np.ndarray:
     """(n_items,) lambda of eq. (2) the fitted HRNN scorer applies to each item."""
     import torch  # noqa: PLC0415
@@ -98,13 +105,10 @@ def score_cold_start(split, scorers: dict, batch_size: int = 512) -> dict[str, d
     """
     from hrnn_core.evaluate import score_cases  # noqa: PLC0415
 
-    if split.candidate_mask is None:
-        raise ColdStartError(f"{split.protocol} has no cold candidate set; use the cold_start_items protocol")
     n_cold = int(split.candidate_mask.sum())
     ks = tuple(sorted({*KS, n_cold}))
-    views = {"per_event": split.test, "per_user": per_user_cases(split.test)}
     return {name: {view: score_cases(scorer, cases, split.n_items, batch_size, n_cold, ks)[0]
-                   for view, cases in views.items()}
+                   for view, cases in views(split).items()}
             for name, scorer in scorers.items()}
 
 
@@ -116,8 +120,7 @@ def cold_start_report(split, accs: dict[str, dict], reference: str = "hrnn", bas
 
     n_cold = int(split.candidate_mask.sum())
     out = {}
-    for view in ("per_event", "per_user"):
-        cases = split.test if view == "per_event" else per_user_cases(split.test)
+    for view, cases in views(split).items():
         n_targets = np.diff(cases.target_offsets)
         sizes, counts = np.unique(n_targets, return_counts=True)  # the expectation depends on m only
         expected = [expected_random_metrics(n_cold, KS, int(m)) for m in sizes]
