@@ -180,12 +180,7 @@ class HRNNScorer(Scorer):
 
     @torch.no_grad()
     def score(self, batch: ScoreBatch) -> torch.Tensor:
-        enc, ts, ids = self._encode(batch.sequences)
-        out = []
-        for lo in range(0, len(batch.rows), self.batch_size):
-            sl = slice(lo, lo + self.batch_size)
-            out.append(self._score_block(enc, ts, ids, batch.rows[sl], batch.pos[sl], batch.target_timestamp[sl],
-                                         None if batch.target_event_id is None else batch.target_event_id[sl]))
+        out = [self._scores(h) for h in self._request_state_blocks(batch)]
         scores = torch.cat(out) if out else torch.zeros(0, self.n_items)
         if self.trend_weight:
             scores = scores + self.trend_weight * self.trend_term(batch)  # eq. (5): + (1 / temperature) log q_j(t)
@@ -211,8 +206,63 @@ class HRNNScorer(Scorer):
         recent = self._trend[1].share_at(batch.target_timestamp)  # (B, catalogue) raw r(t)
         return torch.log(0.5 * (recent + log_p.exp())) - log_p  # log(q~(t) / p), q~ = (r + p) / 2
 
-    def _score_block(self, enc: EncodedEvents, ts: np.ndarray, ids: np.ndarray, rows: np.ndarray,
+    @torch.no_grad()
+    def request_states(self, batch: ScoreBatch) -> torch.Tensor:
+        """(B, H) top-layer state h_k of each case's request step, on CPU: the very state ``score``
+        ranks the catalogue from (eq. 2), e.g. for a rating head (``hrnn_core.rating``)."""
+        out = [h.float().cpu() for h in self._request_state_blocks(batch)]
+        return torch.cat(out) if out else torch.zeros(0, self.model.cfg.hidden_size)
+
+    def row_inputs(self, enc: EncodedEvents, rows: np.ndarray) -> tuple[StepInputs, np.ndarray, np.ndarray]:
+        """Inputs of whole rows of an encoded table (``_encode``): StepInputs (B, L) on the device,
+        the flat event index of each step (B, L) and the mask of real (not padding) steps (B, L).
+        Step k of a row is the request of its event k, as in training (``encode_events``)."""
+        lengths = enc.owner_start[rows + 1] - enc.owner_start[rows]
+        b, length = len(rows), max(1, int(lengths.max()) if len(rows) else 1)
+        n_events = int(enc.owner_start[-1])
+        flat = np.minimum(enc.owner_start[rows][:, None] + np.arange(length)[None, :], max(n_events - 1, 0))  # (B, L)
+        valid = np.arange(length)[None, :] < lengths[:, None]  # (B, L)
+        take = torch.from_numpy(flat.reshape(-1))
+        users = torch.from_numpy(enc.owner_user[rows])
+        ucat = enc.user_cat[users][:, None].expand(b, length, -1) if len(enc.user_cat) else torch.zeros(b, length, 0)
+        unum = enc.user_num[users][:, None].expand(b, length, -1) if len(enc.user_num) else torch.zeros(b, length, 0)
+        x = StepInputs(prev_item=enc.prev_item[take].reshape(b, length),
+                       prev_type=enc.prev_type[take].reshape(b, length),
+                       prev_value=enc.prev_value[take].reshape(b, length, 2),
+                       time_bucket=enc.time_bucket[take].reshape(b, length),
+                       context=enc.context[take].reshape(b, length, -1), user_cat=ucat, user_num=unum,
+                       reset=torch.zeros(b, length, dtype=torch.bool)).to(self.device)
+        return x, flat, valid
+
+    @torch.no_grad()
+    def event_states(self, sequences: pa.Table, block_rows: int = 64) -> torch.Tensor:
+        """(E, H) state of every event of ``sequences`` (flat, row order) at its own request step.
+
+        One causal pass per row instead of one per event: event k's state reads events [0, k) and
+        event k's request inputs, exactly what ``request_states`` returns for a case (row, pos=k)
+        whose target is event k (the whole history is read, as with ``max_history=None``).
+        """
+        enc, _, _ = self._encode(sequences)
+        lengths = np.diff(enc.owner_start)
+        out = torch.zeros(int(enc.owner_start[-1]), self.model.cfg.hidden_size)
+        order = np.argsort(lengths, kind="stable")  # similar lengths share a block: little padding
+        order = order[lengths[order] > 0]
+        for lo in range(0, len(order), block_rows):
+            x, flat, valid = self.row_inputs(enc, order[lo:lo + block_rows])
+            h, _ = self.model(x)  # (B, L, H); causal, so padding after a row's end cannot reach it
+            out[torch.from_numpy(flat[valid])] = h[torch.from_numpy(valid).to(self.device)].float().cpu()
+        return out
+
+    def _request_state_blocks(self, batch: ScoreBatch):
+        enc, ts, ids = self._encode(batch.sequences)
+        for lo in range(0, len(batch.rows), self.batch_size):
+            sl = slice(lo, lo + self.batch_size)
+            yield self._state_block(enc, ts, ids, batch.rows[sl], batch.pos[sl], batch.target_timestamp[sl],
+                                    None if batch.target_event_id is None else batch.target_event_id[sl])
+
+    def _state_block(self, enc: EncodedEvents, ts: np.ndarray, ids: np.ndarray, rows: np.ndarray,
                      pos: np.ndarray, t: np.ndarray, target_ids: np.ndarray | None) -> torch.Tensor:
+        """(B, H) states at the request step of each case (history read, then one request step)."""
         n_items, fs = self.n_items, self.features
         starts = enc.owner_start[rows]
         ends = enc.owner_start[rows + 1]
@@ -261,7 +311,11 @@ class HRNNScorer(Scorer):
                        context=context, user_cat=ucat, user_num=unum,
                        reset=torch.zeros(b, length, dtype=torch.bool)).to(self.device)
         h, _ = self.model(x)  # (B, L, H); padding after the request step cannot affect it (causal)
-        h_req = h[torch.arange(b), torch.from_numpy(hist_len).to(self.device)]  # (B, H)
+        return h[torch.arange(b), torch.from_numpy(hist_len).to(self.device)]  # (B, H)
+
+    def _scores(self, h_req: torch.Tensor) -> torch.Tensor:
+        """(B, H) request states -> (B, catalogue) logits of eq. (2) on CPU."""
+        b = h_req.shape[0]
         scores = self.model.scores(h_req, mix=self.item_mix).float().cpu()  # (B, n_items) logits, eq. (2)
         if self.catalog_size and self.catalog_size > self.n_items:  # items newer than the model
             pad = torch.full((b, self.catalog_size - self.n_items), -1e9)

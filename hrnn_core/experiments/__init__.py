@@ -5,4 +5,4 @@ inside the command so ``hrnn --help`` stays fast. The numbers they print are the
 in ``docs/evaluation.md``, each next to the command that produced it.
 """
 
-EXPERIMENTS: tuple[str, ...] = ("cold_start", "time_deltas", "trend")  # module names under hrnn_core.experiments, in --help order
+EXPERIMENTS: tuple[str, ...] = ("cold_start", "time_deltas", "rating", "trend")  # module names under hrnn_core.experiments, in --help order
