@@ -24,7 +24,6 @@ taste), which a model that reads the session's items can approach but that hides
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -147,29 +146,23 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Optional[Path], typer.Option("--config", help="TOML config file (else $HRNN_CONFIG).")] = None,
     ) -> None:
         """Table 1: popularity, item features, sequence, full HRNN-meta (PPL, NDCG@10; user_holdout)."""
-        from hrnn_core.cli import _cfg, _guard, ingest_dataset  # noqa: PLC0415
+        from hrnn_core.cli import _cfg, _guard  # noqa: PLC0415
+        from hrnn_core.experiments import dataset_snapshot, write_report  # noqa: PLC0415
 
         @_guard
         def run() -> None:
-            from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
-            from hrnn_core.warehouse import connect  # noqa: PLC0415
-
             cfg = _cfg(config, data_dir=data_dir)
             say = lambda m: typer.echo(m, err=True)  # noqa: E731
             if dataset == "synth":
                 report, _ = run_synthetic(cfg, Path(cfg.paths.data_dir) / "experiments" / "ablation-synth",
                                           test_fraction=test_fraction, seed=seed, say=say)
             else:
-                dcfg = ingest_dataset(cfg, dataset, path)
-                with connect(dcfg) as con:
-                    snap = export_snapshot(con, dcfg).path
+                snap = dataset_snapshot(cfg, dataset, path)
                 report = run_ablation(snap, cfg.model, cfg.train, dataset=dataset, test_fraction=test_fraction,
                                       seed=seed, say=say)
             typer.echo(format_report(report))
             if output:
-                output.parent.mkdir(parents=True, exist_ok=True)
-                output.write_text(json.dumps(report, indent=2, default=float) + "\n")
-                typer.echo(f"report: {output}")
+                write_report(output, report)
 
         run()
 

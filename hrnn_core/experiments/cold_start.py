@@ -28,7 +28,6 @@ reported: ``mrr@K`` as defined, ``mrr`` = 1 / rank (first target) over the whole
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -226,26 +225,20 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Optional[Path], typer.Option("--config", help="TOML config file (else $HRNN_CONFIG).")] = None,
     ) -> None:
         """Table 7: HRNN-meta (lambda = 1 on cold items) vs uniform random over the cold items."""
-        from hrnn_core.cli import _cfg, _guard, ingest_dataset  # noqa: PLC0415
+        from hrnn_core.cli import _cfg, _guard  # noqa: PLC0415
+        from hrnn_core.experiments import dataset_snapshot, write_report  # noqa: PLC0415
 
         @_guard
         def run() -> None:
             cfg = _cfg(config, data_dir=data_dir)
             if snapshot is None:
-                from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
-                from hrnn_core.warehouse import connect  # noqa: PLC0415
-
-                dcfg = ingest_dataset(cfg, dataset, path)
-                with connect(dcfg) as con:
-                    snap_dir = export_snapshot(con, dcfg).path
+                snap_dir = dataset_snapshot(cfg, dataset, path)
             else:
                 snap_dir = snapshot
             report = run_cold_start(Path(snap_dir), cfg.model, cfg.train, dataset=dataset if snapshot is None else "",
                                     cold_fraction=cold_fraction, seed=seed, say=lambda m: typer.echo(m, err=True))
             typer.echo(format_report(report))
             if output:
-                output.parent.mkdir(parents=True, exist_ok=True)
-                output.write_text(json.dumps(report, indent=2, default=float) + "\n")
-                typer.echo(f"report: {output}")
+                write_report(output, report)
 
         run()

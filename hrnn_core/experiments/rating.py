@@ -31,7 +31,8 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Optional[Path], typer.Option("--config", help="TOML config file (else $HRNN_CONFIG): its model and train sections configure the recurrent models.")] = None,
     ) -> None:
         """Tables 4-5: RMSE of rating prediction: rolling average, FM, GRU and HRNN-meta (+ value decoder)."""
-        from hrnn_core.cli import _cfg, _guard, ingest_dataset  # noqa: PLC0415
+        from hrnn_core.cli import _cfg, _guard  # noqa: PLC0415
+        from hrnn_core.experiments import dataset_snapshot, write_report  # noqa: PLC0415
 
         @_guard
         def run() -> None:
@@ -44,12 +45,7 @@ def register(app: typer.Typer) -> None:
             if cfg.train.threads > 0:
                 torch.set_num_threads(cfg.train.threads)
             if snapshot is None:
-                from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
-                from hrnn_core.warehouse import connect  # noqa: PLC0415
-
-                dcfg = ingest_dataset(cfg, dataset, path)
-                with connect(dcfg) as con:
-                    snap_dir = export_snapshot(con, dcfg).path
+                snap_dir = dataset_snapshot(cfg, dataset, path)
             else:
                 snap_dir = snapshot
             data = SnapshotData.load(Path(snap_dir))
@@ -66,8 +62,6 @@ def register(app: typer.Typer) -> None:
                        f"events, {report['n_users']:,} users")
             typer.echo(format_table(report))
             if output:
-                output.parent.mkdir(parents=True, exist_ok=True)
-                output.write_text(json.dumps(report, indent=2, default=float) + "\n")
-                typer.echo(f"report: {output}")
+                write_report(output, report)
 
         run()

@@ -203,7 +203,8 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Optional[Path], typer.Option("--config", help="TOML config file (else $HRNN_CONFIG).")] = None,
     ) -> None:
         """Table 2: a user's top items at time deltas 0, 60 s, 1 h, 1 day after their last event."""
-        from hrnn_core.cli import _cfg, _guard, ingest_dataset  # noqa: PLC0415
+        from hrnn_core.cli import _cfg, _guard  # noqa: PLC0415
+        from hrnn_core.experiments import dataset_snapshot, write_report  # noqa: PLC0415
 
         @_guard
         def run() -> None:
@@ -218,20 +219,13 @@ def register(app: typer.Typer) -> None:
                     raise TimeDeltaError(f"the checkpoint's snapshot {snap_id} is not under {cfg.paths.snapshots_dir}; "
                                          "give --snapshot DIR")
             if snap_dir is None:
-                from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
-                from hrnn_core.warehouse import connect  # noqa: PLC0415
-
-                dcfg = ingest_dataset(cfg, dataset, path)
-                with connect(dcfg) as con:
-                    snap_dir = export_snapshot(con, dcfg).path
+                snap_dir = dataset_snapshot(cfg, dataset, path)
             ckpt = checkpoint or _train_or_reuse(Path(snap_dir), Path(cfg.paths.data_dir), cfg.model, cfg.train, say)
             say(f"checkpoint: {ckpt}")
             report = run_time_deltas(Path(snap_dir), engine or load_engine(ckpt), checkpoint=ckpt, user=user,
                                      deltas=parsed, top=top, dataset=dataset if snapshot is None else "")
             typer.echo(format_tables(report))
             if output:
-                output.parent.mkdir(parents=True, exist_ok=True)
-                output.write_text(json.dumps(report, indent=2, default=float) + "\n")
-                typer.echo(f"report: {output}")
+                write_report(output, report)
 
         run()
