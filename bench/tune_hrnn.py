@@ -67,6 +67,19 @@ GRID: dict[str, tuple[dict, dict]] = {
     "h128_d0.3_im0.3_e20": ({"hidden_size": 128, "dropout": 0.3, "inference_item_meta_mix": 0.3},
                             {**ES, "epochs": 20, "patience": 5}),
     "h64_im0.3_e40_p6": ({"hidden_size": 64, "inference_item_meta_mix": 0.3}, {**ES, "epochs": 40, "patience": 6}),
+    # stage 4 (session 3, for leave_one_out): fields the earlier stages never varied, one at a
+    # time around the chosen config: the width of the field projections and of the GRU input
+    # (the item id reaches the GRU through 32 -> 64 dims), the BPTT window, weight decay
+    **{name: ({"hidden_size": 128, "dropout": 0.3, "inference_item_meta_mix": 0.3, **m},
+              {**ES, "epochs": 30, "patience": 6, **t}) for name, (m, t) in {
+        "s4_in128": ({"input_size": 128}, {}),
+        "s4_fd64_in128": ({"field_dim": 64, "input_size": 128}, {}),
+        "s4_bptt64": ({}, {"bptt": 64}),
+        "s4_wd0.1": ({}, {"weight_decay": 0.1}),
+        "s4_h256_d0.5": ({"hidden_size": 256, "dropout": 0.5}, {}),
+        # the softmax leaves out the owner's earlier items, as the leave_one_out ranking does
+        "s4_exseen": ({}, {"exclude_seen": True}),
+    }.items()},
 }
 
 CHOSEN = "h128_d0.3_im0.3_p6"  # shipped as the ModelConfig/TrainConfig defaults (docs/benchmarks.md)

@@ -127,6 +127,8 @@ class TrainConfig:
     event_type_weights: dict[str, float] = field(default_factory=dict)  # reward weight per type (3.3)
     default_event_weight: float = 1.0  # reward weight of event types not in event_type_weights
     event_value_weight: float = 0.0  # weight *= max(0, 1 + this * standardized event value)
+    exclude_seen: bool = False  # the softmax of each event leaves out the owner's earlier items (never the target),
+    # as the ranking's exclude_seen does; for catalogues owners do not repeat (ratings); dense output only
     use_impressions: bool = True  # shown-but-not-chosen items join that step's negatives (sampled)
     max_impressions: int = 20  # impressions kept per event
     val_owners: int = 1000  # owners whose last event is held out for validation (0 = none)
@@ -153,6 +155,8 @@ class TrainConfig:
             (self.early_stopping_metric in ("val_loss", "ndcg@10"),
              "early_stopping_metric must be 'val_loss' or 'ndcg@10'"),
             (self.lr > 0 and self.patience >= 1, "lr must be > 0 and patience >= 1"),
+            (not self.exclude_seen or self.output == "dense",
+             "exclude_seen needs output = 'dense' (a sampled step has no per-event catalogue mask)"),
             (self.processes >= 1 and self.batch_size % self.processes == 0,
              "processes must be >= 1 and divide batch_size (each process trains batch_size / processes owners)"),
         ]

@@ -95,15 +95,23 @@ class ModelResult:
 
 
 def train_data(split: Split, part: str = "train", seed: int = 0, work_dir: Path | None = None) -> TrainData:
-    """TrainData for ``part`` of a split (train, or valid_train for tuning)."""
+    """TrainData for ``part`` of a split (train, or valid_train for tuning).
+
+    With ``work_dir`` the data is also written as snapshot folders for the HRNN trainer:
+    ``snapshot_dir``, and for leave_one_out's train part ``early_stopping_snapshot_dir`` (train +
+    the validation targets, marked held out; see ``Split.train_valid``).
+    """
     folder = split.data.folder
     items = pq.read_table(folder / "items.parquet") if folder else None
     users = pq.read_table(folder / "users.parquet") if folder else None
     seqs, freq = (split.train, split.item_frequency) if part == "train" else (split.valid_train, split.valid_item_frequency)
-    snapshot_dir = None
+    snapshot_dir = es_dir = None
     if work_dir is not None and folder is not None:
         snapshot_dir = split.write_snapshot(Path(work_dir) / part, part=part)
-    return TrainData(seqs, freq, split.n_items, items, users, seed=seed, snapshot_dir=snapshot_dir)
+        if part == "train" and split.train_valid is not None:
+            es_dir = split.write_snapshot(Path(work_dir) / "train_valid", part="train_valid")
+    return TrainData(seqs, freq, split.n_items, items, users, seed=seed, snapshot_dir=snapshot_dir,
+                     early_stopping_snapshot_dir=es_dir)
 
 
 def score_cases(scorer: Scorer, cases: Cases, n_items: int, batch_size: int = 512,

@@ -101,7 +101,10 @@ class HRNNScorer(Scorer):
 
         if data.snapshot_dir is None:
             raise HrnnError("HRNN-meta trains from a snapshot folder: TrainData.snapshot_dir is missing")
-        self._snapshot_dir = Path(data.snapshot_dir)
+        # leave_one_out: train on the training events, early-stop on the protocol's validation
+        # targets (held out by the trainer); otherwise the trainer holds out events of its own
+        es_dir = data.early_stopping_snapshot_dir if self.train_cfg.val_owners > 0 else None
+        self._snapshot_dir = Path(es_dir or data.snapshot_dir)
         self.catalog_size = data.n_items
         self._train_log_q = smoothed_log_share(np.asarray(data.item_frequency), self.model_cfg.trend_smoothing)
         if self.pretrained:

@@ -54,6 +54,7 @@ import pyarrow.parquet as pq
 
 from hrnn_core.errors import HrnnError
 
+HOLDOUT_FILE = "holdout.parquet"  # Split.write_snapshot(part="train_valid"): rows whose last event is validation
 SESSION_GAP_SECONDS = 1800.0  # only for SnapshotData.from_events (the warehouse infers its own)
 
 
@@ -339,6 +340,12 @@ class Split:
     cut_time: float | None = None  # temporal / rolling: T
     candidate_mask: np.ndarray | None = None  # cold_start_items: test ranks among these only
     frames: list[Frame] | None = None  # rolling
+    # leave_one_out: train plus each validation target as its owner's last event, and the rows
+    # (owners) whose last event is that target. A trainer that early-stops may train on ``train``
+    # and stop on the protocol's own validation events (RecBole's recipe) instead of holding out
+    # training events of its own; write_snapshot(part="train_valid") marks them (holdout.parquet).
+    train_valid: pa.Table | None = None
+    train_valid_holdout: np.ndarray | None = None
 
     @property
     def n_items(self) -> int:
@@ -369,13 +376,19 @@ class Split:
         return select_events(full, full.timestamp < t)
 
     def write_snapshot(self, folder: Path | str, part: str = "train") -> Path:
-        """Write ``part`` (train | valid_train | full) as a snapshot folder the trainer can read.
+        """Write ``part`` (train | valid_train | full | train_valid) as a snapshot folder the trainer can read.
+
+        ``train_valid`` (leave_one_out): the training events plus each validation target, with
+        ``holdout.parquet`` naming the rows whose last event is a validation target; the trainer
+        never trains on those events and early-stops on them (``hrnn_core.train.prepare_data``).
 
         item_frequency.parquet holds the matching training counts (train's for train and full),
         items/users.parquet are copied from the source snapshot.
         """
         tables = {"train": (self.train, self.item_frequency), "full": (self.full, self.item_frequency),
                   "valid_train": (self.valid_train, self.valid_item_frequency)}
+        if self.train_valid is not None:  # the validation targets are events, not training: train's counts
+            tables["train_valid"] = (self.train_valid, self.item_frequency)
         if part not in tables:
             raise ProtocolError(f"part must be one of {sorted(tables)}, got {part!r}")
         if self.data.folder is None:
@@ -387,6 +400,8 @@ class Split:
         for name in ("items", "users"):
             pq.write_table(pq.read_table(self.data.folder / f"{name}.parquet"), folder / f"{name}.parquet")
         pq.write_table(seq, folder / "sequences.parquet")
+        if part == "train_valid":  # rows of sequences.parquet whose last event is a validation target
+            pq.write_table(pa.table({"row": pa.array(self.train_valid_holdout, pa.int64())}), folder / HOLDOUT_FILE)
         nz = np.flatnonzero(freq)
         item_ids = items["item_id"].to_numpy(zero_copy_only=False)
         pq.write_table(pa.table({"item_idx": pa.array(nz, pa.int32()), "item_id": pa.array(item_ids[nz]),
@@ -430,12 +445,18 @@ def leave_one_out(snapshot, exclude_seen: bool = True) -> Split:
     train = select_events(data, keep)
     freq = _frequency(data, keep)
     full = data.sequences
+    keep_tv = keep.copy()
+    keep_tv[valid_ev] = True  # full minus the test events
+    train_valid = select_events(data, keep_tv)
+    # rows of train_valid (empty rows dropped) whose last event is a validation target
+    kept_rows = np.flatnonzero(np.bincount(data.row[keep_tv], minlength=len(lengths)) > 0)
+    holdout = np.searchsorted(kept_rows, rows).astype(np.int64)
     notes = [f"per owner, (timestamp, event_id) order: last event test, previous validation, rest training; "
              f"{int((~eligible).sum()):,} owners with < 3 events are training only; no rating threshold, no k-core"]
     return Split("leave_one_out", {"exclude_seen": exclude_seen}, data, full, train, freq,
                  _single_cases(data, full, valid_ev, lengths[rows] - 2, exclude_seen),
                  _single_cases(data, full, test_ev, lengths[rows] - 1, exclude_seen),
-                 train, freq, notes)
+                 train, freq, notes, train_valid=train_valid, train_valid_holdout=holdout)
 
 
 def default_cut_time(timestamps: np.ndarray, test_fraction: float) -> float:

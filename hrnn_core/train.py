@@ -4,7 +4,8 @@ The loop (``train``) in phases:
 
 1. **data**: fit the feature space on the snapshot, encode all events, cap each owner's
    history at a length percentile (most recent events kept) and hold out each of up to
-   ``val_owners`` owners' last event for validation.
+   ``val_owners`` owners' last event for validation (or, when the snapshot names its own
+   validation targets in ``holdout.parquet``, hold out all of those and validate on them).
 2. **batches** (GRU4Rec session-parallel, per owner): B slots each follow one owner through
    windows of T events; when an owner's events run out *inside* a window the slot takes the
    next owner at once and its state restarts from the learned initial state there. The hidden
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -40,6 +42,7 @@ from hrnn_core.errors import HrnnError
 from hrnn_core.features import EncodedEvents, FeatureSpace, encode_events, synthetic_snapshot
 from hrnn_core.losses import dense_softmax_loss, reward_weights, sampled_softmax_loss
 from hrnn_core.model import FieldBags, HRNNMeta, StepInputs
+from hrnn_core.protocols import HOLDOUT_FILE
 from hrnn_core.sampler import AliasSampler
 
 RANK_SEED_STRIDE = 1_000_003  # hrnn_core.distributed: rank r's random streams are seeded + r * this
@@ -78,10 +81,20 @@ def prepare_data(snapshot_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCon
     max_len = max(2, int(math.ceil(np.quantile(lengths, train_cfg.max_len_percentile))))
     start = np.maximum(start, end - max_len)  # keep the most recent events
     rng = np.random.default_rng(np.random.SeedSequence(train_cfg.seed, spawn_key=(1,)))
-    eligible = np.flatnonzero(end - start >= 2)
-    val = np.sort(rng.permutation(eligible)[: train_cfg.val_owners])
     train_end = end.copy()
-    train_end[val] -= 1  # the held-out last event is never trained on
+    holdout_file = Path(snapshot_dir) / HOLDOUT_FILE
+    if holdout_file.exists():
+        # the snapshot's own validation targets (Split.write_snapshot(part="train_valid")): every
+        # one is held out of training; up to val_owners of them measure early stopping
+        rows = pq.read_table(holdout_file)["row"].to_numpy()
+        if len(rows) and (rows.min() < 0 or rows.max() >= ev.n_owners or (end[rows] - start[rows] < 2).any()):
+            raise TrainError(f"{holdout_file}: rows must name owners with >= 2 events of this snapshot")
+        train_end[rows] -= 1
+        val = np.sort(rng.permutation(rows)[: train_cfg.val_owners])
+    else:
+        eligible = np.flatnonzero(end - start >= 2)
+        val = np.sort(rng.permutation(eligible)[: train_cfg.val_owners])
+        train_end[val] -= 1  # the held-out last event is never trained on
     keep = train_end > start
     owner_of = np.repeat(np.arange(ev.n_owners), np.diff(ev.owner_start))
     return TrainData(
@@ -136,6 +149,23 @@ def gather_inputs(data: TrainData, idx: torch.Tensor, reset: torch.Tensor) -> St
     )
 
 
+def seen_masks(seen: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, reset: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``train.exclude_seen``: (B, T, n_items) items each slot's owner had before each position.
+
+    ``seen`` (B, n_items) is carried from the previous window (like the hidden state), ``target``
+    (B, T) the events' items, ``valid`` (B, T) real positions, ``reset`` (B, T) a new owner starts.
+    Returns the masks and the state to carry into the next window.
+    """
+    rows = torch.arange(seen.shape[0], device=seen.device)
+    steps = []
+    for k in range(target.shape[1]):
+        seen = seen & ~reset[:, k, None]  # a new owner has seen nothing
+        steps.append(seen)
+        seen = seen.index_put((rows, target[:, k]), seen[rows, target[:, k]] | valid[:, k])
+    return torch.stack(steps, dim=1), seen
+
+
 def _autocast(device: torch.device):
     if device.type == "cuda":  # bf16 on GPU; fp32 on CPU (bf16 matmuls are slow there)
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -144,10 +174,13 @@ def _autocast(device: torch.device):
 
 @torch.no_grad()
 def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: torch.device,
-             mix: float = 0.0, k: int = 10, batch_size: int = 64, item_chunk: int = 65_536) -> dict[str, float]:
+             mix: float = 0.0, k: int = 10, batch_size: int = 64, item_chunk: int = 65_536,
+             exclude_seen: bool = False) -> dict[str, float]:
     """Validation on each segment's last event given the rest: loss (mean CE), PPL, NDCG@k, Hit@k.
 
     Scores the full catalog in chunks (never a rows x all-items matrix larger than a chunk).
+    ``exclude_seen``: the owner's earlier items (never the target) leave the ranking and the
+    softmax, as in training with ``train.exclude_seen``.
     """
     if len(segments) == 0:
         return {}
@@ -165,6 +198,13 @@ def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: tor
             out, _ = model(x)  # (b, t, H)
         h = out[torch.arange(len(seg)), torch.from_numpy(lengths - 1)].float()  # (b, H)
         target = data.events.target[torch.from_numpy(seg[:, 1] - 1)].to(device)  # (b,)
+        seen = None
+        if exclude_seen:  # (b, n_items): items of the events before the target
+            hist = data.events.target[torch.from_numpy(np.maximum(idx, 0))].to(device)  # (b, t)
+            before = torch.from_numpy(np.arange(t)[None, :] < (lengths - 1)[:, None]).to(device)
+            seen = torch.zeros(len(seg), model.n_items, dtype=torch.bool, device=device)
+            seen[torch.arange(len(seg), device=device)[:, None].expand_as(hist)[before], hist[before]] = True
+            seen[torch.arange(len(seg), device=device), target] = False
         w_t, b_t = model.item_vectors(target, mix)
         pos = (h * w_t.float()).sum(-1) + b_t.float()  # (b,) target scores
         lse = torch.full_like(pos, float("-inf"))
@@ -172,6 +212,8 @@ def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: tor
         for a in range(0, model.n_items, item_chunk):
             items = torch.arange(a, min(a + item_chunk, model.n_items), device=device)
             s = model.scores(h, items, mix).float()  # (b, chunk)
+            if seen is not None:
+                s = s.masked_fill(seen[:, a:a + len(items)], float("-inf"))
             lse = torch.logaddexp(lse, torch.logsumexp(s, dim=1))
             rank += (s > pos[:, None]).sum(1)
         ce_sum += float((lse - pos).sum())
@@ -323,6 +365,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
         segments = data.train_segments[rng.permutation(len(data.train_segments))]
         model.train()
         hidden, t0, seen, loss_sum, ce_sum, recent = None, time.time(), 0, 0.0, 0.0, []
+        seen_items = None  # train.exclude_seen: (B, n_items) items of each slot's owner so far
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
                    leave=False, unit="step")
         for idx_np, reset_np in user_parallel_windows(segments, cfg.batch_size, cfg.bptt):
@@ -345,7 +388,16 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
                 out, hidden = model(x, hidden)  # (B, T, H), (L, B, H)
                 h = out[valid]  # (N, H)
                 if cfg.output == "dense":
-                    res = dense_softmax_loss(model.scores(h, None, mix), target, weight)
+                    logits = model.scores(h, None, mix)  # (N, n_items)
+                    if cfg.exclude_seen:
+                        if seen_items is None:
+                            seen_items = torch.zeros(len(idx), n_items, dtype=torch.bool, device=device)
+                        masks, seen_items = seen_masks(seen_items, ev.target[idx.clamp(min=0)].to(device), valid,
+                                                       x.reset)
+                        masks = masks[valid]  # (N, n_items)
+                        masks[torch.arange(len(target), device=device), target] = False
+                        logits = logits.masked_fill(masks, float("-inf"))
+                    res = dense_softmax_loss(logits, target, weight)
                 else:
                     neg, _ = sampler.draw(cfg.n_negatives)  # (S,) shared negatives, drawn from q
                     cand = torch.cat([target, neg])  # (N + S,) positives first: the diagonal
@@ -400,7 +452,8 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
                    "train_ppl": math.exp(min(ce_sum / max(seen, 1), 50.0)), "events": seen,
                    "seconds": seconds, "events_per_s": seen / max(seconds, 1e-9), "lr": lr}
         if is_main:
-            metrics.update(evaluate(model, data, data.val_segments, device, mix=model_cfg.inference_item_meta_mix))
+            metrics.update(evaluate(model, data, data.val_segments, device, mix=model_cfg.inference_item_meta_mix,
+                                    exclude_seen=cfg.exclude_seen))
         if dist_ctx is not None:
             metrics = dist_ctx.broadcast(metrics)  # every rank takes rank 0's early-stopping decision
         model.train()

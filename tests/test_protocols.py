@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -88,6 +89,45 @@ def test_leave_one_out_test_targets_do_not_reach_training():
     for c in base.test:
         assert c.pos == len(owner_events(d, c.row)) - 1
         assert set(c.exclude) == set(owner_events(d, c.row)[:-1])
+
+
+def test_leave_one_out_train_valid_is_train_plus_the_validation_targets():
+    """Split.train_valid (what HRNN-meta early-stops on): no test event, the holdout rows' last
+    events are exactly the validation targets, everything else is ``train``."""
+    users, items, ts, values = events()
+    s = leave_one_out(data_from(users, items, ts, values))
+    d = s.data
+    tv = SnapshotData(s.train_valid, N_ITEMS)
+    assert len(tv.item) == len(d.item) - len(s.test)
+    assert not set(s.test.target_event_id.tolist()) & set(tv.event_id.tolist())
+    last = tv.offsets[s.train_valid_holdout + 1] - 1
+    assert np.array_equal(tv.event_id[last], s.valid.target_event_id)
+    assert np.array_equal(tv.item[last], s.valid.target)
+    rest = np.ones(len(tv.item), dtype=bool)
+    rest[last] = False
+    train = SnapshotData(s.train, N_ITEMS)
+    assert np.array_equal(tv.event_id[rest], train.event_id)  # the rest is train, in the same order
+
+
+def test_write_snapshot_train_valid_marks_the_holdout(tmp_path):
+    users, items, ts, values = events()
+    base = leave_one_out(data_from(users, items, ts, values))
+    folder = tmp_path / "snap"
+    folder.mkdir()
+    pq.write_table(base.data.sequences, folder / "sequences.parquet")
+    pq.write_table(pa.table({"item_idx": pa.array(np.arange(N_ITEMS), pa.int32()),
+                             "item_id": [f"i{i}" for i in range(N_ITEMS)]}), folder / "items.parquet")
+    pq.write_table(pa.table({"user_idx": pa.array([0], pa.int32()), "user_id": ["u"]}), folder / "users.parquet")
+    s = leave_one_out(SnapshotData(base.data.sequences, N_ITEMS, folder=folder))
+    out = s.write_snapshot(tmp_path / "tv", part="train_valid")
+    rows = pq.read_table(out / "holdout.parquet")["row"].to_numpy()
+    assert np.array_equal(rows, s.train_valid_holdout) and len(rows) == len(s.valid)
+    assert pq.read_table(out / "sequences.parquet").equals(s.train_valid)
+    freq = pq.read_table(out / "item_frequency.parquet")
+    assert int(pc.sum(freq["events"]).as_py()) == int(s.item_frequency.sum())  # training counts only
+    assert not (s.write_snapshot(tmp_path / "t", part="train") / "holdout.parquet").exists()
+    with pytest.raises(ProtocolError):
+        temporal(s.data).write_snapshot(tmp_path / "x", part="train_valid")
 
 
 # --------------------------------------------------------------------------- temporal

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 from hrnn_core import train as train_mod
 from hrnn_core.checkpoint import load_checkpoint
 from hrnn_core.config import ModelConfig, TrainConfig, load_config
+from hrnn_core.errors import ConfigError
 from hrnn_core.datasets import synth
 from hrnn_core.features import FeatureSpace
 from hrnn_core.losses import LossOut
@@ -92,6 +94,87 @@ def test_prepare_data_caps_histories_and_holds_out_last_events(snap) -> None:
     imp = data.events.impressions
     assert (imp >= 0).any() and imp.shape[1] == 20
     assert (imp >= 0).sum(1).max() <= 3  # "unknown" ids are dropped
+
+
+def test_prepare_data_holds_out_the_snapshots_own_validation_targets(snap, tmp_path) -> None:
+    """holdout.parquet (leave_one_out's train_valid): all named rows' last events leave training,
+    up to val_owners of them validate, and no other event is held out."""
+    import shutil
+
+    _, path = snap
+    folder = tmp_path / "snap"
+    shutil.copytree(path, folder)
+    n_owners = pq.read_table(folder / "sequences.parquet").num_rows
+    rows = np.arange(0, n_owners, 3)
+    pq.write_table(pa.table({"row": pa.array(rows, pa.int64())}), folder / "holdout.parquet")
+    data = prepare_data(folder, SMALL, TrainConfig(val_owners=5))
+    starts, ends = data.events.owner_start[:-1], data.events.owner_start[1:]
+    trained = {e for s, t in data.train_segments.tolist() for e in range(s, t)}
+    held = set((ends[rows] - 1).tolist())
+    assert not held & trained
+    kept = {e for a, b in zip(np.maximum(starts, ends - data.max_len), ends, strict=True) for e in range(a, b)}
+    assert trained | held == kept  # nothing else is held out (max_len caps the oldest events)
+    assert len(data.val_segments) == 5 and set((data.val_segments[:, 1] - 1).tolist()) <= held
+    pq.write_table(pa.table({"row": pa.array([n_owners], pa.int64())}), folder / "holdout.parquet")
+    with pytest.raises(TrainError, match="holdout.parquet"):
+        prepare_data(folder, SMALL, TrainConfig())
+
+
+def test_leave_one_out_hrnn_trains_on_train_and_stops_on_the_validation_targets(snap, monkeypatch) -> None:
+    """The harness gives HRNN-meta leave_one_out's train + validation targets, held out: it trains
+    on exactly the protocol's training events and validates on (a sample of) its validation cases."""
+    from hrnn_core.evaluate import evaluate_split
+    from hrnn_core.protocols import SnapshotData, build_split
+
+    _, path = snap
+    split = build_split("leave_one_out", SnapshotData.load(path))
+    cfg = dataclasses.replace(FAST, epochs=1, max_len_percentile=1.0)
+    seen: dict = {}
+    real = train_mod.train
+
+    def spy(snapshot_dir, *args, **kwargs):
+        seen["holdout"] = (Path(snapshot_dir) / "holdout.parquet").exists()
+        seen["data"] = prepare_data(snapshot_dir, SMALL, cfg)
+        return real(snapshot_dir, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train", spy)
+    evaluate_split(split, ["hrnn"], model_options={"hrnn": {"model": SMALL, "train": cfg}})
+    assert seen["holdout"]
+    data = seen["data"]
+    trained = int((data.train_segments[:, 1] - data.train_segments[:, 0]).sum())
+    assert trained == int(split.item_frequency.sum())  # every training event, nothing else
+    val_targets = data.events.target[torch.from_numpy(data.val_segments[:, 1] - 1)].numpy()
+    valid_by_row = dict(zip(split.valid.row.tolist(), split.valid.target.tolist(), strict=True))
+    assert len(val_targets) == cfg.val_owners
+    owners = np.searchsorted(data.events.owner_start, data.val_segments[:, 1] - 1, side="right") - 1
+    assert [valid_by_row[int(o)] for o in owners] == val_targets.tolist()
+
+
+def test_seen_masks_follow_each_slots_owner() -> None:
+    seen = torch.zeros(2, 6, dtype=torch.bool)
+    target = torch.tensor([[1, 2, 3, 4], [5, 0, 0, 1]])
+    valid = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
+    reset = torch.tensor([[1, 0, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)  # slot 0: a new owner at t = 2
+    masks, carry = train_mod.seen_masks(seen, target, valid, reset)
+    got = [[m.nonzero().flatten().tolist() for m in slot] for slot in masks]
+    assert got == [[[], [1], [], [3]], [[], [5], [0, 5], [0, 5]]]  # padding (t >= 2 of slot 1) adds nothing
+    assert carry[0].nonzero().flatten().tolist() == [3, 4] and carry[1].nonzero().flatten().tolist() == [0, 5]
+
+
+def test_exclude_seen_training_and_validation(snap, tmp_path) -> None:
+    """train.exclude_seen: seen items leave the softmax (so the loss can only fall) and the
+    validation ranking; dense output only."""
+    _, path = snap
+    cfg = dataclasses.replace(FAST, exclude_seen=True, epochs=1)
+    res = train(path, tmp_path / "run", SMALL, cfg)
+    assert np.isfinite(res.history[0]["train_loss"]) and np.isfinite(res.history[0]["val_loss"])
+    ck = load_checkpoint(res.last_checkpoint, torch.device("cpu"))
+    data = prepare_data(path, SMALL, cfg)
+    plain = train_mod.evaluate(ck.model, data, data.val_segments, torch.device("cpu"))
+    masked = train_mod.evaluate(ck.model, data, data.val_segments, torch.device("cpu"), exclude_seen=True)
+    assert masked["val_loss"] < plain["val_loss"] and masked["hit@10"] >= plain["hit@10"]
+    with pytest.raises(ConfigError, match="exclude_seen"):
+        TrainConfig(output="sampled", exclude_seen=True)
 
 
 def test_train_writes_checkpoints_and_report_and_round_trips(snap, tmp_path) -> None:

@@ -28,6 +28,10 @@ class TrainData:
     users: pa.Table | None  # users.parquet of the snapshot: user_idx, user_id, categorical, numeric
     seed: int = 0  # seed for anything random in fitting
     snapshot_dir: Path | None = None  # the same training data as a snapshot folder (for the trainer)
+    # leave_one_out: train + the validation targets as a snapshot whose holdout.parquet marks them;
+    # a trainer that early-stops trains on exactly the training events and stops on the protocol's
+    # validation events (never test events) instead of holding out training events of its own
+    early_stopping_snapshot_dir: Path | None = None
 
 
 @dataclass(frozen=True)
