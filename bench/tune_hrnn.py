@@ -14,6 +14,7 @@ Results are cached per (protocol, candidate) in the JSON, so an interrupted run 
 
     .venv/bin/python bench/tune_hrnn.py --snapshot data/snapshots/<id>    # all protocols, all candidates
     .venv/bin/python bench/tune_hrnn.py --snapshot ... --protocols temporal --only h128_p4,h192_p4
+    .venv/bin/python bench/tune_hrnn.py --snapshot ... --only gru:s4_exseen   # the plain-GRU baseline, same config
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "tune_hrnn.json"
 # The tuned fields at their values before this tuning (the old defaults). Every candidate spells
 # them all out, so the grid means the same thing after the defaults change; fields not listed
 # keep the current ModelConfig/TrainConfig defaults (unchanged by the tuning).
-OLD_MODEL = {"hidden_size": 64, "dropout": 0.1, "inference_item_meta_mix": 0.0}
+OLD_MODEL = {"hidden_size": 64, "dropout": 0.1, "inference_item_meta_mix": 0.0, "field_dim": 32, "input_size": 64}
 OLD_TRAIN = {"epochs": 10, "early_stopping_metric": "val_loss", "patience": 3, "lr": 3e-3, "batch_size": 32,
-             "item_meta_mix": None}
+             "item_meta_mix": None, "exclude_seen": False}
 # Early stopping on the trainer's own held-out last events, by NDCG@10 (the metric we ship on);
 # "epochs" = the cap (also the length of the cosine LR decay); the best checkpoint is scored.
 ES = {"early_stopping_metric": "ndcg@10"}
@@ -79,10 +80,14 @@ GRID: dict[str, tuple[dict, dict]] = {
         "s4_h256_d0.5": ({"hidden_size": 256, "dropout": 0.5}, {}),
         # the softmax leaves out the owner's earlier items, as the leave_one_out ranking does
         "s4_exseen": ({}, {"exclude_seen": True}),
+        "s4_exseen_fd64_in128": ({"field_dim": 64, "input_size": 128}, {"exclude_seen": True}),
+        "s4_exseen_e40_p8": ({}, {"exclude_seen": True, "epochs": 40, "patience": 8}),
     }.items()},
 }
 
-CHOSEN = "h128_d0.3_im0.3_p6"  # shipped as the ModelConfig/TrainConfig defaults (docs/benchmarks.md)
+# shipped as the ModelConfig/TrainConfig defaults (docs/benchmarks.md); until session 3: h128_d0.3_im0.3_p6.
+# (exclude_seen ships as None = auto, which is True on ml-100k: owners never repeat an item)
+CHOSEN = "s4_exseen_fd64_in128"
 
 
 def _configs(name: str) -> tuple[ModelConfig, TrainConfig]:
@@ -92,10 +97,13 @@ def _configs(name: str) -> tuple[ModelConfig, TrainConfig]:
 
 
 def run_one(split, name: str, seed: int) -> dict:
-    model_cfg, train_cfg = _configs(name)
+    """Fit candidate ``name`` (``gru:<name>``: the plain-GRU baseline with that config)."""
+    plain_gru = name.startswith("gru:")
+    model_cfg, train_cfg = _configs(name.removeprefix("gru:"))
     with tempfile.TemporaryDirectory(prefix="tune-hrnn-") as work:
         data = train_data(split, "valid_train", seed, Path(work))
-        scorer = HRNNScorer(model_cfg, train_cfg, device="cpu")
+        scorer = HRNNScorer(model_cfg, train_cfg, device="cpu", plain_gru=plain_gru)
+        model_cfg = scorer.model_cfg
         t = time.perf_counter()
         scorer.fit(data)
         fit_s = time.perf_counter() - t
@@ -106,7 +114,7 @@ def run_one(split, name: str, seed: int) -> dict:
         else min(hist, key=lambda h: h.get("val_loss", float("inf")))
     return {
         "protocol": split.protocol, "config": name, "seed": seed,
-        "model_overrides": GRID[name][0], "train_overrides": GRID[name][1],
+        "model_overrides": GRID[name.removeprefix("gru:")][0], "train_overrides": GRID[name.removeprefix("gru:")][1],
         "valid_ndcg@10": s.get("ndcg@10"), "valid_recall@10": s.get("recall@10"), "valid_mrr@10": s.get("mrr@10"),
         "valid_ppl": s.get("ppl"), "valid_cases": len(split.valid),
         "fit_seconds": round(fit_s, 1), "score_seconds": round(score_s, 1),
@@ -158,7 +166,7 @@ def main() -> None:
 
     names = [n for n in args.only.split(",") if n] or list(GRID)
     names += [f"baseline:{b}" for b in args.baselines.split(",") if b]
-    unknown = {n for n in names if not n.startswith("baseline:")} - set(GRID)
+    unknown = {n.removeprefix("gru:") for n in names if not n.startswith("baseline:")} - set(GRID)
     if unknown:
         raise SystemExit(f"unknown candidates {sorted(unknown)}; known: {list(GRID)}")
     report = json.loads(args.out.read_text()) if args.out.exists() else {}
@@ -190,8 +198,9 @@ def main() -> None:
     rows = sorted(report["runs"], key=lambda r: (r["protocol"], order.get(r["config"], -1), r["seed"]))
     print(table(rows))
     m, t = _configs(CHOSEN)
+    auto = {"exclude_seen"}  # shipped as None (auto), resolved from the data
     same = all(getattr(ModelConfig(), k) == getattr(m, k) for k in OLD_MODEL) and \
-        all(getattr(TrainConfig(), k) == getattr(t, k) for k in OLD_TRAIN)
+        all(getattr(TrainConfig(), k) == getattr(t, k) for k in OLD_TRAIN if k not in auto)
     print(f"chosen: {CHOSEN} = {GRID[CHOSEN]}; equal to the current defaults: {same}")
 
 

@@ -149,6 +149,30 @@ def gather_inputs(data: TrainData, idx: torch.Tensor, reset: torch.Tensor) -> St
     )
 
 
+AUTO_EXCLUDE_SEEN_MAX_REPEATS = 0.01  # train.exclude_seen = None: on when at most this share of events repeat
+
+
+def repeat_share(data: TrainData) -> float:
+    """Share of training events whose item their owner already had in its training events."""
+    seg = data.train_segments
+    n = int((seg[:, 1] - seg[:, 0]).sum())
+    if n == 0:
+        return 0.0
+    lengths = seg[:, 1] - seg[:, 0]
+    idx = np.repeat(seg[:, 0] - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(n)  # event indices
+    owner = np.repeat(np.arange(len(seg), dtype=np.int64), lengths)
+    keys = owner * (data.features.n_items + 1) + data.events.target.numpy()[idx]
+    return float(1.0 - len(np.unique(keys)) / n)
+
+
+def resolve_exclude_seen(cfg: TrainConfig, data: TrainData) -> tuple[bool, float]:
+    """(train.exclude_seen as used, the data's repeat share); None = auto (see TrainConfig)."""
+    share = repeat_share(data)
+    if cfg.exclude_seen is not None:
+        return cfg.exclude_seen, share
+    return cfg.output == "dense" and share <= AUTO_EXCLUDE_SEEN_MAX_REPEATS, share
+
+
 def seen_masks(seen: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, reset: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """``train.exclude_seen``: (B, T, n_items) items each slot's owner had before each position.
@@ -317,6 +341,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
     n_events = int((data.train_segments[:, 1] - data.train_segments[:, 0]).sum())
     if n_events == 0:
         raise TrainError(f"snapshot {snapshot_dir} has no training events after the validation split")
+    exclude_seen, repeats = resolve_exclude_seen(cfg, data)
     if cfg.output == "dense" and cfg.batch_size * cfg.bptt * n_items > cfg.max_dense_logits:
         raise TrainError(f"dense output over {n_items:,} items needs a {cfg.batch_size * cfg.bptt:,} x "
                          f"{n_items:,} score matrix; set train.output = 'sampled' (or a smaller batch)")
@@ -389,7 +414,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
                 h = out[valid]  # (N, H)
                 if cfg.output == "dense":
                     logits = model.scores(h, None, mix)  # (N, n_items)
-                    if cfg.exclude_seen:
+                    if exclude_seen:
                         if seen_items is None:
                             seen_items = torch.zeros(len(idx), n_items, dtype=torch.bool, device=device)
                         masks, seen_items = seen_masks(seen_items, ev.target[idx.clamp(min=0)].to(device), valid,
@@ -453,7 +478,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
                    "seconds": seconds, "events_per_s": seen / max(seconds, 1e-9), "lr": lr}
         if is_main:
             metrics.update(evaluate(model, data, data.val_segments, device, mix=model_cfg.inference_item_meta_mix,
-                                    exclude_seen=cfg.exclude_seen))
+                                    exclude_seen=exclude_seen))
         if dist_ctx is not None:
             metrics = dist_ctx.broadcast(metrics)  # every rank takes rank 0's early-stopping decision
         model.train()
@@ -483,12 +508,13 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
     if not last_path.exists():
         raise CheckpointError(f"{run_dir}: no epoch finished, nothing to report")
     report = write_report(run_dir, history, curve, model_cfg, cfg, data, stopped,
-                          world=dist_ctx.world if dist_ctx is not None else 1)
+                          world=dist_ctx.world if dist_ctx is not None else 1,
+                          extra={"exclude_seen": exclude_seen, "repeat_share": round(repeats, 6)})
     return TrainResult(run_dir, best_path, last_path, report, history, stopped)
 
 
 def write_report(run_dir: Path, history: list[dict], curve: list[tuple[int, float]], model_cfg: ModelConfig,
-                 cfg: TrainConfig, data: TrainData, stopped: bool, world: int = 1) -> Path:
+                 cfg: TrainConfig, data: TrainData, stopped: bool, world: int = 1, extra: dict | None = None) -> Path:
     """``report.json`` (configs, data sizes, per-epoch metrics) and ``loss_curve.png``."""
     from matplotlib.figure import Figure  # noqa: PLC0415 - no pyplot: no global backend state
 
@@ -499,7 +525,7 @@ def write_report(run_dir: Path, history: list[dict], curve: list[tuple[int, floa
         "model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(cfg),
         "stopped_early": stopped, "epochs": history, "processes": world, "curve": [list(c) for c in curve],
         "best_epoch": _best_epoch(history, cfg), "loss_curve": "loss_curve.png",
-        "torch": torch.__version__,
+        "torch": torch.__version__, **(extra or {}),
     }
     path = run_dir / "report.json"
     path.write_text(json.dumps(report, indent=2))

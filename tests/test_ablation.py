@@ -12,17 +12,11 @@ from hrnn_core.experiments.ablation import ITEM_FEATURES_ONLY, ROWS, format_repo
 from hrnn_core.model import HRNNMeta, StepInputs
 from hrnn_core.train import gather_inputs, prepare_data
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY_MODEL = ModelConfig(hidden_size=16, field_dim=8, input_size=16)
 TINY_TRAIN = TrainConfig(epochs=2, batch_size=16, bptt=8, progress=False, val_owners=20, warmup_steps=5, threads=1)
 SYNTH = {"n_users": 150, "n_items": 120, "n_events": 4_000, "n_genres": 6, "seed": 3}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -19,15 +19,7 @@ from hrnn_core.baselines.fm import FMScorer
 from hrnn_core.baselines.popularity import PopularityScorer, RecentPopularityScorer
 from hrnn_core.protocols import SnapshotData
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: extra threads only add contention on shared CPUs (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 N_ITEMS = 28  # 0-9 preferred by group 0, 10-19 by group 1, 20-27 never in training (cold)

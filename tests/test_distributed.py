@@ -24,6 +24,8 @@ from hrnn_core.datasets import synth
 from hrnn_core.distributed import DistributedError, init_from_env, train_distributed
 from hrnn_core.train import train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SMALL = ModelConfig(hidden_size=16, field_dim=8, input_size=16, dropout=0.0)
 BASE = TrainConfig(epochs=2, batch_size=8, bptt=8, progress=False, val_owners=20, warmup_steps=5, log_every=1,
                    threads=1)
@@ -41,14 +43,6 @@ def snap(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with connect(cfg) as con:
         ingest_path(cfg, d / "raw", None, con)
         return export_snapshot(con, cfg).path
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _curve(run_dir: Path) -> np.ndarray:

@@ -16,18 +16,10 @@ from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.inference import Event, InferenceEngine, InferenceError, UserState
 from hrnn_core.train import gather_inputs, prepare_data, synthetic_snapshot, train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 MODEL = ModelConfig(hidden_size=16, field_dim=8, input_size=16, num_layers=2)
 TRAIN = TrainConfig(epochs=1, batch_size=8, bptt=8, progress=False, val_owners=5)
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is as fast, and far faster when other jobs share the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:

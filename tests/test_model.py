@@ -11,18 +11,10 @@ from hrnn_core.features import FeatureSpace, FieldGroup, time_delta_bucket
 from hrnn_core.losses import dense_softmax_loss, first_occurrence, reward_weights, sampled_softmax_loss
 from hrnn_core.model import HRNNMeta, StepInputs
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 N_ITEMS, B, T = 30, 4, 6
 CFG = ModelConfig(hidden_size=16, field_dim=8, input_size=16, num_layers=2, dropout=0.0)
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is as fast, and far faster when other jobs share the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 
 def _space() -> FeatureSpace:
     users = FieldGroup(["segment"], [["s0", "s1", "s2"]], ["age"], [40.0], [10.0], [1], True, 5.0)

@@ -18,17 +18,10 @@ from hrnn_core.protocols import SnapshotData, temporal
 from hrnn_core.rating import mae, rated_cases, rmse, rolling_average, run_rating
 from hrnn_core.rating_head import RatingHead, RatingHeadConfig, fit_head, predict_head
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SMALL = ModelConfig(hidden_size=16, field_dim=8, input_size=16)
 FAST = TrainConfig(epochs=2, batch_size=8, bptt=8, progress=False, val_owners=10, warmup_steps=5, device="cpu")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is as fast, and far faster when other jobs share the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # --------------------------------------------------------------------------- rolling average

@@ -11,14 +11,7 @@ import torch
 
 from hrnn_core.sampler import AliasSampler, SamplerError, alias_tables
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is as fast, and far faster when other jobs share the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _q(freq: np.ndarray, alpha: float, smoothing: float) -> np.ndarray:

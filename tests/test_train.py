@@ -16,25 +16,17 @@ from typer.testing import CliRunner
 from hrnn_core import train as train_mod
 from hrnn_core.checkpoint import load_checkpoint
 from hrnn_core.config import ModelConfig, TrainConfig, load_config
-from hrnn_core.errors import ConfigError
 from hrnn_core.datasets import synth
+from hrnn_core.errors import ConfigError
 from hrnn_core.features import FeatureSpace
 from hrnn_core.losses import LossOut
 from hrnn_core.train import (NonFiniteLossError, TrainError, prepare_data, synthetic_snapshot, train,
                              user_parallel_windows)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SMALL = ModelConfig(hidden_size=16, field_dim=8, input_size=16)
 FAST = TrainConfig(epochs=2, batch_size=8, bptt=8, progress=False, val_owners=20, warmup_steps=5)
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is as fast, and far faster when other jobs share the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 
 @pytest.fixture(scope="module")
 def snap(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
@@ -159,6 +151,22 @@ def test_seen_masks_follow_each_slots_owner() -> None:
     got = [[m.nonzero().flatten().tolist() for m in slot] for slot in masks]
     assert got == [[[], [1], [], [3]], [[], [5], [0, 5], [0, 5]]]  # padding (t >= 2 of slot 1) adds nothing
     assert carry[0].nonzero().flatten().tolist() == [3, 4] and carry[1].nonzero().flatten().tolist() == [0, 5]
+
+
+def test_exclude_seen_auto_follows_the_training_repeat_share(snap, monkeypatch) -> None:
+    _, path = snap
+    data = prepare_data(path, SMALL, FAST)
+    expected = []
+    for a, b in data.train_segments.tolist():
+        items = data.events.target[a:b].tolist()
+        expected += [items[i] in items[:i] for i in range(len(items))]
+    share = train_mod.repeat_share(data)
+    assert share == pytest.approx(np.mean(expected)) and share > 0.01  # the synthetic owners repeat items
+    assert train_mod.resolve_exclude_seen(FAST, data) == (False, share)  # auto: off
+    assert train_mod.resolve_exclude_seen(dataclasses.replace(FAST, exclude_seen=True), data)[0]
+    monkeypatch.setattr(train_mod, "AUTO_EXCLUDE_SEEN_MAX_REPEATS", 1.0)
+    assert train_mod.resolve_exclude_seen(FAST, data)[0]  # auto: on below the threshold ...
+    assert not train_mod.resolve_exclude_seen(dataclasses.replace(FAST, output="sampled"), data)[0]  # ... if dense
 
 
 def test_exclude_seen_training_and_validation(snap, tmp_path) -> None:

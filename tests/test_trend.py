@@ -22,17 +22,11 @@ from hrnn_core.hrnn_scorer import HRNNScorer
 from hrnn_core.protocols import rolling
 from hrnn_core.trend import WindowedPopularity
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # ~57 events per hour over 3 days, popularity drifting every hour (the synth-drift preset, shrunk)
 TINY = {"n_users": 150, "n_items": 80, "n_events": 4000, "n_genres": 5}
 HOUR = 3600.0
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
