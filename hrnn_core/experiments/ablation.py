@@ -86,6 +86,10 @@ def run_ablation(snapshot_dir: Path, model_cfg, train_cfg, *, dataset: str = "",
     from hrnn_core.evaluate import evaluate_split, significance  # noqa: PLC0415
     from hrnn_core.protocols import SnapshotData, build_split  # noqa: PLC0415
 
+    if train_cfg.exclude_seen is None:
+        # PPL is a full-catalogue distribution: the seen-item-free softmax (auto-on for ratings)
+        # leaves seen items' scores untrained, so the rows train the full softmax unless asked
+        train_cfg = dataclasses.replace(train_cfg, exclude_seen=False)
     data = SnapshotData.load(snapshot_dir)
     split = build_split("user_holdout", data, test_fraction=test_fraction, valid_fraction=0.0, seed=seed,
                         last_item_only=True)
@@ -109,6 +113,8 @@ def run_ablation(snapshot_dir: Path, model_cfg, train_cfg, *, dataset: str = "",
         "significance_ndcg@10": sig,
         "test_event_ids": [int(x) for x in split.test.target_event_id],
         "paper_ml20m_toy": PAPER,
+        "model_config": dataclasses.asdict(model_cfg),  # the hrnn_meta row's; the others apply model_changes
+        "train_config": {k: v for k, v in dataclasses.asdict(train_cfg).items() if k not in ("progress", "device")},
     }
 
 
