@@ -96,9 +96,9 @@ GRID: dict[str, tuple[dict, dict]] = {
     }.items()},
 }
 
-# shipped as the ModelConfig/TrainConfig defaults (docs/benchmarks.md); until session 3: h128_d0.3_im0.3_p6.
+# shipped as the ModelConfig/TrainConfig defaults (docs/benchmarks.md); until 2026-11-26: h128_d0.3_im0.3_p6.
 # (exclude_seen ships as None = auto, which is True on ml-100k: owners never repeat an item)
-CHOSEN = "s4_exseen_fd64_in128"
+CHOSEN = "s5_im0.15"  # stage 4's choice was s4_exseen_fd64_in128 (inference lambda 0.3)
 
 
 def _configs(name: str) -> tuple[ModelConfig, TrainConfig]:

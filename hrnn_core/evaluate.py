@@ -166,7 +166,15 @@ def evaluate_split(split: Split, models: list[str], *, seed: int = 0, model_opti
                     frames.append({"start": frame.start, "end": frame.end, **facc.summary()})
             acc, score_s = score_cases(scorer, split.test, split.n_items, batch_size, catalog)
             per_event = {m: acc.per_event(m) for m in ("ndcg@10", "recall@10", "mrr@10")}
-            results[name] = ModelResult(name, acc.summary(), per_event, fit_s, score_s, frames)
+            summary = acc.summary()
+            history = getattr(scorer, "history", None)
+            if history:  # trained networks (HRNN-meta, GRU): how long early stopping let them train
+                summary["epochs_run"] = len(history)
+                metric = getattr(getattr(scorer, "train_cfg", None), "early_stopping_metric", "ndcg@10")
+                scored = [h for h in history if metric in h] or history
+                pick = min if metric == "val_loss" else max
+                summary["best_epoch"] = pick(scored, key=lambda h: h.get(metric, 0.0))["epoch"]
+            results[name] = ModelResult(name, summary, per_event, fit_s, score_s, frames)
             if keep_scorers is not None:
                 keep_scorers[name] = scorer
             say(f"{name}: ndcg@10 {results[name].metrics.get('ndcg@10', float('nan')):.4f} "

@@ -375,7 +375,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
         best, bad_epochs = ck.raw["best"], ck.raw["bad_epochs"]
         history, curve = list(ck.raw["history"]), [tuple(c) for c in ck.raw["curve"]]
     lower_better = cfg.early_stopping_metric == "val_loss"
-    stopped = bad_epochs >= cfg.patience
+    stopped = bad_epochs >= cfg.patience and start_epoch >= cfg.min_epochs
 
     for epoch in range(start_epoch, cfg.epochs):
         if stopped:
@@ -489,7 +489,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
             best, bad_epochs = value, 0
         else:
             bad_epochs += 1
-        stopped = bad_epochs >= cfg.patience
+        stopped = bad_epochs >= cfg.patience and epoch + 1 >= cfg.min_epochs
         common = dict(epoch=epoch, step=step, best=best, bad_epochs=bad_epochs, history=history,
                       curve=[list(c) for c in curve])
         if is_main:

@@ -276,8 +276,13 @@ def test_early_stopping(snap, tmp_path, monkeypatch) -> None:
         return {"val_loss": float(len(calls)), "ndcg@10": 0.0}
 
     monkeypatch.setattr(train_mod, "evaluate", worse_each_epoch)
-    res = train(path, tmp_path / "run", SMALL, TrainConfig(epochs=10, patience=2, batch_size=8, bptt=8, progress=False))
+    cfg = TrainConfig(epochs=10, patience=2, batch_size=8, bptt=8, progress=False, min_epochs=0)
+    res = train(path, tmp_path / "run", SMALL, cfg)
     assert res.stopped_early and len(res.history) == 3
+    assert torch.load(res.best_checkpoint, weights_only=True)["epoch"] == 0
+    calls.clear()  # min_epochs: no stop before epoch 5, then the patience rule again
+    res = train(path, tmp_path / "run5", SMALL, dataclasses.replace(cfg, min_epochs=5))
+    assert res.stopped_early and len(res.history) == 5
     assert torch.load(res.best_checkpoint, weights_only=True)["epoch"] == 0
 
 
