@@ -1,6 +1,6 @@
 """Markdown tables from the leaderboard JSONs of bench/leaderboards.sh (docs/evaluation/leaderboards.md).
 
-    .venv/bin/python bench/leaderboard_table.py bench/results/leaderboard_*.json
+    .venv/bin/python bench/leaderboard_table.py bench/results/leaderboard_<dataset>_<protocol>.json ...  (not the .seedN files)
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ def table(report: dict) -> str:
     lines = [f"### {report['dataset']} / {report['protocol']}",
              "", f"{report['n_events']:,} test events, {report['n_users']:,} users. "
                  f"{report.get('protocol_description', '').splitlines()[0] if report.get('protocol_description') else ''}",
-             "", "| model | NDCG@10 | Recall@10 | MRR@10 | PPL | fit s |", "|---|---|---|---|---|---|"]
+             "", "| model | NDCG@10 | Recall@10 | MRR@10 | PPL | fit s | epochs (best) |",
+             "|---|---|---|---|---|---|---|"]
     for name, m in sorted(models.items(), key=lambda kv: -kv[1].get("ndcg@10", 0.0)):
         ppl = f"{m['ppl']:.1f}" if isinstance(m.get("ppl"), float) else "-"
+        epochs = f"{m['epochs_run']} ({m['best_epoch']})" if "epochs_run" in m else "-"
         lines.append(f"| {name} | {m['ndcg@10']:.4f} | {m['recall@10']:.4f} | {m['mrr@10']:.4f} | {ppl} | "
-                     f"{m.get('fit_seconds', 0):.1f} |")
+                     f"{m.get('fit_seconds', 0):.1f} | {epochs} |")
     lines += ["", "Paired tests, HRNN-meta minus each model (per-event bootstrap 95% CI, paired t-test p):", "",
               "| vs | NDCG@10 diff | CI | p | Recall@10 diff | CI | p |", "|---|---|---|---|---|---|---|"]
     rec = report.get("significance_recall@10", {})

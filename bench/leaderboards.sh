@@ -20,5 +20,15 @@ case "$only" in
   all|ml-100k) run ml-100k leave_one_out; run ml-100k temporal ;;&
   all|ml-latest-small) run ml-latest-small temporal ;;&
   # yoochoose: anonymous sessions that repeat items, so seen items stay rankable (PROTOCOLS.md)
-  all|yoochoose) run yoochoose temporal '{"exclude_seen": false}' ../shared/data/yoochoose-100k-sessionrec ;;
+  all|yoochoose) run yoochoose temporal '{"exclude_seen": false}' ../shared/data/yoochoose-100k-sessionrec ;;&
+  # ml-100k leave_one_out, two more training seeds of the close models, then paired tests on the
+  # per-event metrics averaged over the three seeds (bench/seed_mean_test.py)
+  all|ml-100k-seeds)
+    for seed in 1 2; do
+      echo "== ml-100k / leave_one_out, seed $seed"
+      $HRNN evaluate --dataset ml-100k --protocol leave_one_out --models hrnn,gru,fm --seed "$seed" \
+        --output "bench/results/leaderboard_ml-100k_leave_one_out.seed$seed.json"
+    done
+    .venv/bin/python bench/seed_mean_test.py bench/results/leaderboard_ml-100k_leave_one_out{,.seed1,.seed2}.json \
+      --output bench/results/leaderboard_ml-100k_leave_one_out.seed_mean.json ;;
 esac
