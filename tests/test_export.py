@@ -7,7 +7,6 @@ import csv
 import hashlib
 import importlib.util
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -17,11 +16,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hrnn_core import registry
-from hrnn_core.config import ModelConfig, TrainConfig, load_config
 from hrnn_core.export import ExportError, export_all, merge_shards, score_shard
-from hrnn_core.train import synthetic_snapshot, train
-from hrnn_core.warehouse import connect
+from tests.champions import promote_tiny_champion
 
 REPO = Path(__file__).resolve().parents[1]
 K = 5
@@ -32,21 +28,10 @@ def champion(tmp_path_factory: pytest.TempPathFactory):
     """A tiny HRNN-meta trained on a synthetic snapshot, registered and promoted."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("export")
-    snap = synthetic_snapshot(root / "data", n_users=50, n_items=120, n_events=1_500, n_genres=5, seed=4)
-    run = train(snap, root / "run", ModelConfig(hidden_size=16, field_dim=8, input_size=16),
-                TrainConfig(epochs=1, batch_size=8, bptt=8, progress=False, val_owners=5, threads=1))
-    art = root / "artifact"
-    art.mkdir()
-    shutil.copy(run.last_checkpoint, art / "model.pt")
-    cfg = load_config(overrides={"paths": {"data_dir": str(root / "data")}}, environ={})
-    as_of = json.loads((snap / "manifest.json").read_text())["as_of"]
-    with connect(cfg) as con:
-        tag = registry.register(con, "hrnn", art, snapshot_id=snap.name, data_interval=(1.7e9, as_of))
-        registry.promote(con, tag)
-    yield cfg, tag, snap
+    c = promote_tiny_champion(tmp_path_factory.mktemp("export"), n_users=50, n_items=120, n_events=1_500, seed=4)
+    yield c.cfg, c.tag, c.snap
     torch.set_num_threads(threads)
-    bentoml.models.delete(tag)  # the test session shares one store: leave no champion behind
+    bentoml.models.delete(c.tag)  # the test session shares one store: leave no champion behind
 
 
 def _csv(path: Path) -> list[dict]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,11 +26,11 @@ from bentoml.exceptions import InvalidArgument, NotFound
 from starlette.testclient import TestClient
 
 from hrnn_core import registry
-from hrnn_core.config import Config, ModelConfig, TrainConfig, load_config
+from hrnn_core.config import Config
 from hrnn_core.eventlog import OPEN_PREFIX, EventLog
 from hrnn_core.inference import Event, InferenceEngine
-from hrnn_core.train import synthetic_snapshot, train
 from hrnn_core.warehouse import connect
+from tests.champions import promote_tiny_champion
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "test-key-0123456789abcdef"
@@ -51,21 +50,10 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory):
     """A tiny HRNN-meta champion trained on a synthetic snapshot (registered, promoted)."""
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("service")
-    snap = synthetic_snapshot(root / "data", n_users=60, n_items=150, n_events=2_000, n_genres=5, seed=5)
-    run = train(snap, root / "run", ModelConfig(hidden_size=16, field_dim=8, input_size=16),
-                TrainConfig(epochs=1, batch_size=8, bptt=8, progress=False, val_owners=5, threads=1))
-    art = root / "artifact"
-    art.mkdir()
-    shutil.copy(run.last_checkpoint, art / "model.pt")
-    cfg = load_config(overrides={"paths": {"data_dir": str(root / "data")}}, environ={})
-    as_of = json.loads((snap / "manifest.json").read_text())["as_of"]
-    with connect(cfg) as con:
-        tag = registry.register(con, "hrnn", art, metrics={"ndcg@10": 0.2}, snapshot_id=snap.name,
-                                data_interval=(1.7e9, as_of))
-        registry.promote(con, tag)
-    yield World(cfg, tag, snap, art / "model.pt", art)
-    bentoml.models.delete(tag)  # the test session shares one store: leave no champion behind
+    c = promote_tiny_champion(tmp_path_factory.mktemp("service"), n_users=60, n_items=150, n_events=2_000, seed=5,
+                              metrics={"ndcg@10": 0.2})
+    yield World(c.cfg, c.tag, c.snap, c.artifact / "model.pt", c.artifact)
+    bentoml.models.delete(c.tag)  # the test session shares one store: leave no champion behind
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,41 @@
+"""A tiny registered champion for the tests that serve or export one (test_export, test_service)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from hrnn_core import registry
+from hrnn_core.config import Config, ModelConfig, TrainConfig, load_config
+from hrnn_core.train import synthetic_snapshot, train
+from hrnn_core.warehouse import connect
+
+TINY_MODEL = ModelConfig(hidden_size=16, field_dim=8, input_size=16)
+ONE_EPOCH = TrainConfig(epochs=1, batch_size=8, bptt=8, progress=False, val_owners=5, threads=1)
+
+
+@dataclass
+class Champion:
+    cfg: Config  # data_dir = root / "data" (warehouse with the registry)
+    tag: str  # the promoted BentoML tag (callers delete it when done: the test store is shared)
+    snap: Path  # the synthetic snapshot it was trained on
+    artifact: Path  # folder holding model.pt
+
+
+def promote_tiny_champion(root: Path, *, n_users: int, n_items: int, n_events: int, seed: int,
+                          metrics: dict | None = None) -> Champion:
+    """Train a tiny HRNN-meta for one epoch on a synthetic snapshot, register it and promote it."""
+    snap = synthetic_snapshot(root / "data", n_users=n_users, n_items=n_items, n_events=n_events, n_genres=5,
+                              seed=seed)
+    run = train(snap, root / "run", TINY_MODEL, ONE_EPOCH)
+    art = root / "artifact"
+    art.mkdir()
+    shutil.copy(run.last_checkpoint, art / "model.pt")
+    cfg = load_config(overrides={"paths": {"data_dir": str(root / "data")}}, environ={})
+    as_of = json.loads((snap / "manifest.json").read_text())["as_of"]
+    with connect(cfg) as con:
+        tag = registry.register(con, "hrnn", art, metrics=metrics, snapshot_id=snap.name, data_interval=(1.7e9, as_of))
+        registry.promote(con, tag)
+    return Champion(cfg, tag, snap, art)
