@@ -8,10 +8,9 @@ cd "$(dirname "$0")/.."
 export HRNN__TRAIN__THREADS="${HRNN__TRAIN__THREADS:-1}" HRNN__TRAIN__PROGRESS=false
 HRNN=.venv/bin/hrnn
 MODELS=hrnn,pop,recent_pop,bpr,fm,gru
-run() {  # dataset protocol [params-json] [raw folder]
+run() {  # dataset protocol [params-json]; raw data: ../shared/data (hrnn_core.datasets.shared_raw_dir)
   local out="bench/results/leaderboard_$1_$2.json" extra=()
   [ -n "${3:-}" ] && extra+=(--params "$3")
-  [ -n "${4:-}" ] && extra+=(--path "$4")
   echo "== $1 / $2 ${3:-}"
   $HRNN evaluate --dataset "$1" --protocol "$2" --models "$MODELS" --output "$out" "${extra[@]}"
 }
@@ -20,7 +19,7 @@ case "$only" in
   all|ml-100k) run ml-100k leave_one_out; run ml-100k temporal ;;&
   all|ml-latest-small) run ml-latest-small temporal ;;&
   # yoochoose: anonymous sessions that repeat items, so seen items stay rankable (PROTOCOLS.md)
-  all|yoochoose) run yoochoose temporal '{"exclude_seen": false}' ../shared/data/yoochoose-100k-sessionrec ;;&
+  all|yoochoose) run yoochoose temporal '{"exclude_seen": false}' ;;&
   # ml-100k leave_one_out, two more training seeds of the close models, then paired tests on the
   # per-event metrics averaged over the three seeds (bench/seed_mean_test.py)
   all|ml-100k-seeds)

@@ -25,8 +25,11 @@ METRICS = ("ndcg@10", "recall@10")
 
 
 def load(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    arrays = path.with_suffix(".per_event.npz")
+    if not path.is_file() or not arrays.is_file():
+        raise SystemExit(f"{path}: needs the report and its {arrays.name} (hrnn evaluate --output writes both)")
     report = json.loads(path.read_text())
-    npz = np.load(path.with_suffix(".per_event.npz"))
+    npz = np.load(arrays)
     return report, {k: npz[k] for k in npz.files}
 
 

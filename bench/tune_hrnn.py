@@ -33,6 +33,7 @@ from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.evaluate import make_scorer, score_cases, train_data
 from hrnn_core.hrnn_scorer import HRNNScorer
 from hrnn_core.protocols import SnapshotData, build_split
+from hrnn_core.train import best_epoch
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tune_hrnn.json"
 
@@ -121,8 +122,7 @@ def run_one(split, name: str, seed: int) -> dict:
         acc, score_s = score_cases(scorer, split.valid, split.n_items)
     s = acc.summary()
     hist = scorer.history
-    best = max(hist, key=lambda h: h.get("ndcg@10", 0.0)) if train_cfg.early_stopping_metric == "ndcg@10" \
-        else min(hist, key=lambda h: h.get("val_loss", float("inf")))
+    best = hist[best_epoch(hist, train_cfg) - 1]  # the epoch early stopping kept
     return {
         "protocol": split.protocol, "config": name, "seed": seed,
         "model_overrides": GRID[name.removeprefix("gru:")][0], "train_overrides": GRID[name.removeprefix("gru:")][1],

@@ -181,12 +181,12 @@ def ingest_dataset(cfg, dataset: str, path: Path | None = None, own_warehouse: b
     """Convert and ingest ``dataset`` for an evaluation; returns the config whose warehouse holds it.
 
     ml-100k is fetched; another dataset is converted from ``path``, by default the development
-    copy ``../shared/data/<dataset>`` beside the checkout. ``own_warehouse``: one warehouse per
+    copy beside the checkout (``hrnn_core.datasets.shared_raw_dir``). ``own_warehouse``: one warehouse per
     dataset (``<data_dir>/eval-<dataset>.duckdb``), so datasets never mix. Re-ingesting the same
     files is a no-op (ingest is idempotent).
     """
-    from hrnn_core.config import REPO_ROOT, replace  # noqa: PLC0415
-    from hrnn_core.datasets import convert  # noqa: PLC0415
+    from hrnn_core.config import replace  # noqa: PLC0415
+    from hrnn_core.datasets import convert, shared_raw_dir  # noqa: PLC0415
     from hrnn_core.errors import DatasetError  # noqa: PLC0415
     from hrnn_core.ingest import ingest_path  # noqa: PLC0415
     from hrnn_core.warehouse import connect  # noqa: PLC0415
@@ -194,7 +194,7 @@ def ingest_dataset(cfg, dataset: str, path: Path | None = None, own_warehouse: b
     if own_warehouse:
         cfg = replace(cfg, paths={"warehouse": Path(cfg.paths.data_dir) / f"eval-{dataset}.duckdb"})
     if path is None and dataset != "ml-100k":
-        path = REPO_ROOT.parent / "shared" / "data" / dataset
+        path = shared_raw_dir(dataset)
         if not path.is_dir():
             raise DatasetError(f"{dataset}: no raw folder at {path}; give --path DIR (see `hrnn datasets list`)")
     files = fetch_dataset(cfg, dataset) if path is None else convert(

@@ -140,8 +140,8 @@ class TrainConfig:
     patience: int = 6  # epochs without improvement before stopping (the per-epoch val NDCG is noisy; 4 stopped
     # some ml-100k runs at epoch 8-12 on a dip, and those scored worst on validation)
     min_epochs: int = 10  # early stopping never stops before this many epochs: the per-epoch validation NDCG of a
-    # few hundred owners is noisy, and an early spike stopped ml-latest-small at epoch ~8, far under-trained (the
-    # ml-100k defaults ran 23-30 epochs, so this changes nothing there)
+    # few hundred owners is noisy, and an early peak stopped ml-latest-small after ~8 epochs, far under-trained
+    # (docs/evaluation/leaderboards.md; the ml-100k defaults run 22-30 epochs, so this changes nothing there)
     seed: int = 0  # seeds shuffling, lambda draws, negatives, dropout and initialisation
     device: str = "auto"  # "auto" (cuda if present, bf16 autocast), "cpu" or "cuda[:n]"
     threads: int = 0  # torch CPU threads (0 = torch's default); 1 is best on a shared small machine

@@ -169,11 +169,10 @@ def evaluate_split(split: Split, models: list[str], *, seed: int = 0, model_opti
             summary = acc.summary()
             history = getattr(scorer, "history", None)
             if history:  # trained networks (HRNN-meta, GRU): how long early stopping let them train
+                from hrnn_core.train import best_epoch  # noqa: PLC0415 - torch is loaded for these anyway
+
                 summary["epochs_run"] = len(history)
-                metric = getattr(getattr(scorer, "train_cfg", None), "early_stopping_metric", "ndcg@10")
-                scored = [h for h in history if metric in h] or history
-                pick = min if metric == "val_loss" else max
-                summary["best_epoch"] = pick(scored, key=lambda h: h.get(metric, 0.0))["epoch"]
+                summary["best_epoch"] = best_epoch(history, scorer.train_cfg)
             results[name] = ModelResult(name, summary, per_event, fit_s, score_s, frames)
             if keep_scorers is not None:
                 keep_scorers[name] = scorer

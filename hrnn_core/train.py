@@ -159,8 +159,8 @@ def repeat_share(data: TrainData) -> float:
     if n == 0:
         return 0.0
     lengths = seg[:, 1] - seg[:, 0]
-    idx = np.repeat(seg[:, 0] - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(n)  # event indices
-    owner = np.repeat(np.arange(len(seg), dtype=np.int64), lengths)
+    owner = np.repeat(np.arange(len(seg), dtype=np.int64), lengths)  # segment of each training event
+    idx = seg[owner, 0] + np.arange(n) - (np.cumsum(lengths) - lengths)[owner]  # its event index
     keys = owner * (data.features.n_items + 1) + data.events.target.numpy()[idx]
     return float(1.0 - len(np.unique(keys)) / n)
 
@@ -524,7 +524,7 @@ def write_report(run_dir: Path, history: list[dict], curve: list[tuple[int, floa
         "val_owners": len(data.val_segments), "max_len": data.max_len,
         "model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(cfg),
         "stopped_early": stopped, "epochs": history, "processes": world, "curve": [list(c) for c in curve],
-        "best_epoch": _best_epoch(history, cfg), "loss_curve": "loss_curve.png",
+        "best_epoch": best_epoch(history, cfg), "loss_curve": "loss_curve.png",
         "torch": torch.__version__, **(extra or {}),
     }
     path = run_dir / "report.json"
@@ -546,10 +546,11 @@ def write_report(run_dir: Path, history: list[dict], curve: list[tuple[int, floa
     return path
 
 
-def _best_epoch(history: list[dict], cfg: TrainConfig) -> int | None:
+def best_epoch(history: list[dict], cfg: TrainConfig) -> int | None:
+    """The epoch (1-based) early stopping kept: best ``cfg.early_stopping_metric`` (else the last)."""
     vals = [(h.get(cfg.early_stopping_metric), h["epoch"]) for h in history if cfg.early_stopping_metric in h]
     if not vals:
         return history[-1]["epoch"] if history else None
     pick = min if cfg.early_stopping_metric == "val_loss" else max
-    return pick(vals)[1]
+    return pick(vals, key=lambda v: v[0])[1]  # the first of equal values, as training keeps it
 

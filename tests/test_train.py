@@ -169,13 +169,26 @@ def test_exclude_seen_auto_follows_the_training_repeat_share(snap, monkeypatch) 
     assert not train_mod.resolve_exclude_seen(dataclasses.replace(FAST, output="sampled"), data)[0]  # ... if dense
 
 
-def test_exclude_seen_training_and_validation(snap, tmp_path) -> None:
+def test_exclude_seen_training_and_validation(snap, tmp_path, monkeypatch) -> None:
     """train.exclude_seen: seen items leave the softmax (so the loss can only fall) and the
-    validation ranking; dense output only."""
+    validation ranking, never the target; dense output only."""
     _, path = snap
+    steps = []
+    real_loss = train_mod.dense_softmax_loss
+
+    def spy(scores, target, weight=None):
+        steps.append((torch.isinf(scores).sum().item(), torch.isfinite(scores.gather(1, target[:, None])).all().item()))
+        return real_loss(scores, target, weight)
+
+    monkeypatch.setattr(train_mod, "dense_softmax_loss", spy)
     cfg = dataclasses.replace(FAST, exclude_seen=True, epochs=1)
     res = train(path, tmp_path / "run", SMALL, cfg)
     assert np.isfinite(res.history[0]["train_loss"]) and np.isfinite(res.history[0]["val_loss"])
+    assert all(ok for _, ok in steps) and sum(n for n, _ in steps) > 0  # seen items masked, targets never
+    assert json.loads(res.report.read_text())["exclude_seen"] is True
+    steps.clear()
+    train(path, tmp_path / "plain", SMALL, dataclasses.replace(cfg, exclude_seen=False))
+    assert steps and sum(n for n, _ in steps) == 0
     ck = load_checkpoint(res.last_checkpoint, torch.device("cpu"))
     data = prepare_data(path, SMALL, cfg)
     plain = train_mod.evaluate(ck.model, data, data.val_segments, torch.device("cpu"))

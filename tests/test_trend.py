@@ -17,7 +17,7 @@ from hrnn_core.baselines.base import ScoreBatch
 from hrnn_core.baselines.popularity import RecentPopularityScorer
 from hrnn_core.config import ModelConfig, TrainConfig, load_config
 from hrnn_core.evaluate import train_data
-from hrnn_core.experiments.trend import METRICS, dataset_snapshot
+from hrnn_core.experiments.trend import METRICS, trend_snapshot
 from hrnn_core.hrnn_scorer import HRNNScorer
 from hrnn_core.protocols import rolling
 from hrnn_core.trend import WindowedPopularity
@@ -37,7 +37,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def split(data_dir: Path):
     cfg = load_config(overrides={"paths": {"data_dir": str(data_dir)}}, environ={})
-    snap, _ = dataset_snapshot(cfg, "synth-drift", None, TINY)
+    snap, _ = trend_snapshot(cfg, "synth-drift", None, TINY)
     return rolling(snap, test_fraction=0.3, valid_fraction=0.15, exclude_seen=False)
 
 

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from hrnn_core.baselines.base import ScoreBatch, Scorer, TrainData
-from hrnn_core.baselines.features import (BaselineError, flat_events, last_items, load_files, resolve_device,
-                                          save_files)
+from hrnn_core.baselines.features import (BaselineError, flat_events, last_items, load_files, optimizer_step,
+                                          resolve_device, save_files)
 from hrnn_core.sampler import AliasSampler
 
 
@@ -115,7 +115,7 @@ class BPRScorer(Scorer):
         items_t = torch.as_tensor(flat.item, device=self.device)
         self.losses = []
         model.train()
-        for _epoch in range(cfg.epochs):
+        for epoch in range(cfg.epochs):
             perm = torch.randperm(len(user), generator=g).to(self.device)
             total, steps = 0.0, 0
             for start in range(0, len(perm), cfg.batch_size):
@@ -129,12 +129,8 @@ class BPRScorer(Scorer):
                 reg = (p.pow(2).sum(-1) + model.item(i).pow(2).sum(-1) + model.bias(i).squeeze(-1).pow(2)
                        + (model.item(j).pow(2).sum(-1) + model.bias(j).squeeze(-1).pow(2)).mean(-1))
                 loss = loss + cfg.l2 * reg.mean()
-                if not torch.isfinite(loss):
-                    raise BaselineError(f"BPR loss is {loss.item()} at epoch {_epoch}; lower lr or raise l2")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total, steps = total + loss.item(), steps + 1
+                total += optimizer_step(opt, loss, "BPR", epoch, "lower lr or raise l2")
+                steps += 1
             self.losses.append(total / max(steps, 1))
         model.eval()
         known = np.zeros(n_users, dtype=bool)

@@ -46,6 +46,17 @@ class BaselineError(HrnnError):
     """A baseline cannot be fitted, scored, saved or loaded as asked."""
 
 
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, model: str, epoch: int, hint: str) -> float:
+    """One step of a baseline's fit loop on ``loss``; its value. A non-finite loss is an error
+    naming ``model``, the epoch and ``hint`` (what to change)."""
+    if not torch.isfinite(loss):
+        raise BaselineError(f"{model} loss is {loss.item()} at epoch {epoch}; {hint}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 # --------------------------------------------------------------------------- flat sequences
 
 

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 
 from hrnn_core.baselines.base import ScoreBatch, Scorer, TrainData
 from hrnn_core.baselines.features import (BaselineError, FieldEncoder, entity_table, flat_events, last_items,
-                                          load_files, resolve_device, save_files)
+                                          load_files, optimizer_step, resolve_device, save_files)
 from hrnn_core.sampler import AliasSampler
 
 
@@ -114,6 +114,16 @@ class FMModel(torch.nn.Module):
         super().__init__()
         self.v = torch.nn.Embedding(n_features, factors, padding_idx=0)  # v_f
         self.w = torch.nn.Embedding(n_features, 1, padding_idx=0)  # w_f
+
+    @classmethod
+    def initialised(cls, n_features: int, factors: int, init_std: float, seed: int) -> FMModel:
+        """Factors ~ N(0, init_std) (seeded), linear weights 0, padding row 0."""
+        model = cls(n_features, factors)
+        with torch.no_grad():
+            model.v.weight.normal_(0.0, init_std, generator=torch.Generator().manual_seed(seed))
+            model.v.weight[0].zero_()
+            model.w.weight.zero_()
+        return model
 
     def _bag(self, table: torch.Tensor, ids: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
         return F.embedding_bag(ids, table, per_sample_weights=vals, mode="sum", padding_idx=0)
@@ -247,13 +257,7 @@ class FMScorer(Scorer):
         position = np.arange(len(row)) - flat.offsets[row]
         self._fit_features(data, flat.owner)
         self._items_cache, self._context_cache = None, None
-        g = torch.Generator().manual_seed(data.seed)
-        model = FMModel(self.layout.n_features, cfg.factors)
-        with torch.no_grad():
-            model.v.weight.normal_(0.0, cfg.init_std, generator=g)
-            model.v.weight[0].zero_()
-            model.w.weight.zero_()
-        model.to(self.device)
+        model = FMModel.initialised(self.layout.n_features, cfg.factors, cfg.init_std, data.seed).to(self.device)
         self.model = model
         trained = self.trained_items.numpy()
         sampler = AliasSampler(trained.astype(np.float64), alpha=1.0, smoothing=0.0, seed=data.seed, device=self.device)
@@ -285,12 +289,8 @@ class FMScorer(Scorer):
                 base = torch.where(keep_id, base_id[inv], base_meta[inv])  # (B, 1 + K)
                 y = (V * U.unsqueeze(1)).sum(-1) + base  # (B, 1 + K)
                 loss = -F.logsigmoid(y[:, :1] - y[:, 1:]).mean()
-                if not torch.isfinite(loss):
-                    raise BaselineError(f"FM loss is {loss.item()} at epoch {epoch}; lower lr or raise weight_decay")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total, steps = total + loss.item(), steps + 1
+                total += optimizer_step(opt, loss, "FM", epoch, "lower lr or raise weight_decay")
+                steps += 1
             self.losses.append(total / max(steps, 1))
         model.eval()
         self.fit_seconds = time.perf_counter() - t0

@@ -25,7 +25,7 @@ import pyarrow as pa
 import torch
 
 from hrnn_core.baselines.base import TrainData
-from hrnn_core.baselines.features import BaselineError, _list_values, flat_events
+from hrnn_core.baselines.features import BaselineError, _list_values, flat_events, optimizer_step
 from hrnn_core.baselines.fm import FMModel, FMScorer
 
 # Defaults for the squared loss (the ranking defaults of FMConfig otherwise): fewer item-id drops
@@ -68,13 +68,8 @@ class FMRatingRegressor(FMScorer):
         self._fit_features(data, flat.owner)
         self._items_cache, self._context_cache = None, None
         self.mean = float(values[rated].mean())
-        g = torch.Generator().manual_seed(data.seed)
-        model = FMModel(self.layout.n_features, cfg.factors)
-        with torch.no_grad():
-            model.v.weight.normal_(0.0, cfg.init_std, generator=g)
-            model.v.weight[0].zero_()
-            model.w.weight.zero_()
-        self.model = model.to(self.device)
+        model = FMModel.initialised(self.layout.n_features, cfg.factors, cfg.init_std, data.seed).to(self.device)
+        self.model = model
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         item_ids, item_vals = (t.to(self.device) for t in self.item_feats)
         target = torch.as_tensor(flat.item, device=self.device)
@@ -96,12 +91,8 @@ class FMRatingRegressor(FMScorer):
                 pred = self._predict(uids, uvals, ids, vals)  # (B,)
                 penalty = self._l2(uids, uvals) + self._l2(ids, vals)  # (B,)
                 loss = torch.mean((pred - y_all[idx]) ** 2) + self.l2 * penalty.mean()
-                if not torch.isfinite(loss):
-                    raise BaselineError(f"rating FM loss is {loss.item()} at epoch {epoch}; lower lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total, steps = total + loss.item(), steps + 1
+                total += optimizer_step(opt, loss, "rating FM", epoch, "lower lr")
+                steps += 1
             self.losses.append(total / max(steps, 1))
             model.eval()
             if on_epoch is not None:

@@ -17,6 +17,18 @@ from hrnn_core.errors import DatasetError
 Converter = Callable[[Path, Path], dict[str, Path]]
 
 
+# the development copies beside the checkout: ../shared/data/<folder> of each adapter's dataset
+SHARED_FOLDERS = {"ml-latest-small": "ml-latest-small", "yoochoose": "yoochoose-100k-sessionrec",
+                  "taobao": "taobao-userbehavior-head", "trivago": "trivago-rsc19-100k"}
+
+
+def shared_raw_dir(name: str) -> Path:
+    """``../shared/data/<folder>`` beside the checkout for dataset ``name`` (it may not exist)."""
+    from hrnn_core.config import REPO_ROOT  # noqa: PLC0415
+
+    return REPO_ROOT.parent / "shared" / "data" / SHARED_FOLDERS.get(name, name)
+
+
 def registry() -> dict[str, Converter]:
     """The registered dataset adapters, by name (imports are lazy)."""
     import importlib  # noqa: PLC0415

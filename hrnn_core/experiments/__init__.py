@@ -8,8 +8,15 @@ in ``docs/evaluation/<topic>.md``, each next to the command that produced it.
 EXPERIMENTS: tuple[str, ...] = ("ablation", "cold_start", "time_deltas", "rating", "trend")  # module names under hrnn_core.experiments, in --help order
 
 
-def dataset_snapshot(cfg, dataset: str, path=None):
-    """Ingest ``dataset`` into its own warehouse (idempotent) and export a snapshot; its folder."""
+def dataset_snapshot(cfg, dataset: str, path=None, snapshot=None):
+    """Ingest ``dataset`` into its own warehouse (idempotent) and export a snapshot; its folder.
+
+    ``snapshot``: an existing snapshot folder (a command's ``--snapshot``), returned as it is.
+    """
+    from pathlib import Path  # noqa: PLC0415
+
+    if snapshot is not None:
+        return Path(snapshot)
     from hrnn_core.cli import ingest_dataset  # noqa: PLC0415
     from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
     from hrnn_core.warehouse import connect  # noqa: PLC0415

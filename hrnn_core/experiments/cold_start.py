@@ -216,7 +216,7 @@ def register(app: typer.Typer) -> None:
     @app.command("cold-start")
     def cold_start(
         dataset: Annotated[str, typer.Option("--dataset", help="ml-100k (fetched) or ml-latest-small (../shared/data, or --path).")] = "ml-100k",
-        path: Annotated[Optional[Path], typer.Option("--path", help="Raw dataset folder (default for non-ml-100k: ../shared/data/<dataset>).")] = None,
+        path: Annotated[Optional[Path], typer.Option("--path", help="Raw dataset folder (default for non-ml-100k: its copy in ../shared/data).")] = None,
         snapshot: Annotated[Optional[Path], typer.Option("--snapshot", help="Use this snapshot folder instead of --dataset.")] = None,
         cold_fraction: Annotated[float, typer.Option("--cold-fraction", help="Share of items held out (paper: 0.5).")] = 0.5,
         seed: Annotated[int, typer.Option(help="Seed of the item split, the training and the random scores.")] = 0,
@@ -231,11 +231,8 @@ def register(app: typer.Typer) -> None:
         @_guard
         def run() -> None:
             cfg = _cfg(config, data_dir=data_dir)
-            if snapshot is None:
-                snap_dir = dataset_snapshot(cfg, dataset, path)
-            else:
-                snap_dir = snapshot
-            report = run_cold_start(Path(snap_dir), cfg.model, cfg.train, dataset=dataset if snapshot is None else "",
+            snap_dir = dataset_snapshot(cfg, dataset, path, snapshot)
+            report = run_cold_start(snap_dir, cfg.model, cfg.train, dataset=dataset if snapshot is None else "",
                                     cold_fraction=cold_fraction, seed=seed, say=lambda m: typer.echo(m, err=True))
             typer.echo(format_report(report))
             if output:

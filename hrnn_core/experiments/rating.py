@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
     @app.command("rating")
     def rating(
         dataset: Annotated[str, typer.Option("--dataset", help="ml-100k (fetched) or a shared dataset name (../shared/data, or --path).")] = "ml-100k",
-        path: Annotated[Optional[Path], typer.Option("--path", help="Raw dataset folder (default for non-ml-100k: ../shared/data/<dataset>).")] = None,
+        path: Annotated[Optional[Path], typer.Option("--path", help="Raw dataset folder (default for non-ml-100k: its copy in ../shared/data).")] = None,
         snapshot: Annotated[Optional[Path], typer.Option("--snapshot", help="Use this snapshot folder instead of --dataset.")] = None,
         protocol: Annotated[str, typer.Option("--protocol", help="temporal | rolling | leave_one_out | cold_start_items (one target event per case).")] = "temporal",
         params: Annotated[Optional[str], typer.Option("--params", help='Protocol parameters as JSON, e.g. \'{"test_fraction": 0.2}\'.')] = None,
@@ -44,11 +44,7 @@ def register(app: typer.Typer) -> None:
             cfg = _cfg(config, data_dir=data_dir)
             if cfg.train.threads > 0:
                 torch.set_num_threads(cfg.train.threads)
-            if snapshot is None:
-                snap_dir = dataset_snapshot(cfg, dataset, path)
-            else:
-                snap_dir = snapshot
-            data = SnapshotData.load(Path(snap_dir))
+            data = SnapshotData.load(dataset_snapshot(cfg, dataset, path, snapshot))
             split = build_split(protocol, data, **(json.loads(params) if params else {}))
             say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
             say(split.describe())

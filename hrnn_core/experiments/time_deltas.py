@@ -196,7 +196,7 @@ def register(app: typer.Typer) -> None:
         checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="A trained HRNN-meta checkpoint (default: train, or reuse the run trained by an earlier call).")] = None,
         top: Annotated[int, typer.Option("--top", min=1, help="Items shown per delta.")] = 3,
         dataset: Annotated[str, typer.Option("--dataset", help="ml-100k (fetched) or a shared dataset (see cold-start).")] = "ml-100k",
-        path: Annotated[Optional[Path], typer.Option("--path", help="Raw dataset folder (default for non-ml-100k: ../shared/data/<dataset>).")] = None,
+        path: Annotated[Optional[Path], typer.Option("--path", help="Raw dataset folder (default for non-ml-100k: its copy in ../shared/data).")] = None,
         snapshot: Annotated[Optional[Path], typer.Option("--snapshot", help="Use this snapshot folder instead of --dataset.")] = None,
         output: Annotated[Optional[Path], typer.Option("--output", help="Write the tables as JSON here.")] = None,
         data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Project data dir (else $HRNN_DATA_DIR).")] = None,

@@ -46,7 +46,6 @@ SYNTH_DRIFT = {"n_users": 3000, "n_items": 1000, "n_events": 60_000, "n_genres":
 # yoochoose: test_fraction 0.16 = the prepared split's last day (24 hourly frames).
 PROTOCOL = {"synth-drift": {"test_fraction": 0.3, "valid_fraction": 0.15, "exclude_seen": False},
             "yoochoose": {"test_fraction": 0.16, "valid_fraction": 0.1, "exclude_seen": False}}
-SHARED_FOLDERS = {"yoochoose": "yoochoose-100k-sessionrec"}  # ../shared/data/<folder> per dataset
 METRICS = ("ndcg@10", "recall@10", "recall@20", "mrr@20")  # per-frame and per-event metrics kept
 KS = (10, 20)
 
@@ -133,8 +132,6 @@ def run_trend(snapshot_dir: Path, *, dataset: str, model_cfg, train_cfg, grid: G
               protocol_params: dict | None = None, frame_seconds: float = 3600.0, seed: int = 0,
               progress: Callable[[str], None] | None = None) -> dict:
     """Validation grid, then the test frames: the report (``_results`` holds per-event arrays)."""
-    import numpy as np  # noqa: PLC0415
-
     from hrnn_core.evaluate import make_scorer, train_data  # noqa: PLC0415
     from hrnn_core.metrics import paired_test  # noqa: PLC0415
     from hrnn_core.protocols import SnapshotData, rolling  # noqa: PLC0415
@@ -254,41 +251,34 @@ def run_trend(snapshot_dir: Path, *, dataset: str, model_cfg, train_cfg, grid: G
 # --------------------------------------------------------------------------- data and printing
 
 
-def dataset_snapshot(cfg, dataset: str, path: Path | None, synth_overrides: dict) -> tuple[Path, dict]:
-    """Generate/convert, ingest (one warehouse per dataset) and export a snapshot: (snapshot dir, info)."""
+def trend_snapshot(cfg, dataset: str, path: Path | None, synth_overrides: dict) -> tuple[Path, dict]:
+    """Generate (synth-drift) or convert, ingest (one warehouse per dataset) and export a snapshot:
+    (snapshot dir, info)."""
     from hrnn_core.config import replace  # noqa: PLC0415
+    from hrnn_core.datasets import shared_raw_dir, synth  # noqa: PLC0415
+    from hrnn_core.experiments import dataset_snapshot  # noqa: PLC0415
     from hrnn_core.ingest import ingest_path  # noqa: PLC0415
     from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
     from hrnn_core.warehouse import connect  # noqa: PLC0415
 
-    if dataset == "synth-drift":
-        from hrnn_core.datasets import synth  # noqa: PLC0415
-
-        params = {**SYNTH_DRIFT, **synth_overrides}
-        unknown = set(params) - {f.name for f in dataclasses.fields(synth.SynthConfig)}
-        if unknown:
-            raise TrendExperimentError(f"--synth: unknown generator field(s) {sorted(unknown)} (see SynthConfig)")
-        tag = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
-        name = f"synth-drift-{tag}"  # a different size or seed never mixes into the same warehouse
-        contract = Path(cfg.paths.datasets_dir) / name / "contract"
-        synth.generate(contract, **params)  # seeded: byte-identical files, so re-ingest is a no-op
-        cfg = replace(cfg, paths={"warehouse": Path(cfg.paths.data_dir) / f"eval-{name}.duckdb"})
-        with connect(cfg) as con:
-            ingest_path(cfg, contract, None, con)
-        info = {"generator": "hrnn_core.datasets.synth", "params": params}
-    elif dataset in DATASETS:
-        from hrnn_core.cli import ingest_dataset  # noqa: PLC0415
-        from hrnn_core.config import REPO_ROOT  # noqa: PLC0415
-
-        if path is None:  # the development copy beside the checkout
-            path = REPO_ROOT.parent / "shared" / "data" / SHARED_FOLDERS.get(dataset, dataset)
-        cfg = ingest_dataset(cfg, dataset, path)
-        info = {"raw": str(path)}
-    else:
+    if dataset not in DATASETS:
         raise TrendExperimentError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if dataset != "synth-drift":
+        path = path or shared_raw_dir(dataset)
+        return Path(dataset_snapshot(cfg, dataset, path)), {"raw": str(path)}
+    params = {**SYNTH_DRIFT, **synth_overrides}
+    unknown = set(params) - {f.name for f in dataclasses.fields(synth.SynthConfig)}
+    if unknown:
+        raise TrendExperimentError(f"--synth: unknown generator field(s) {sorted(unknown)} (see SynthConfig)")
+    tag = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+    name = f"synth-drift-{tag}"  # a different size or seed never mixes into the same warehouse
+    contract = Path(cfg.paths.datasets_dir) / name / "contract"
+    synth.generate(contract, **params)  # seeded: byte-identical files, so re-ingest is a no-op
+    cfg = replace(cfg, paths={"warehouse": Path(cfg.paths.data_dir) / f"eval-{name}.duckdb"})
     with connect(cfg) as con:
+        ingest_path(cfg, contract, None, con)
         snap = export_snapshot(con, cfg)
-    return snap.path, info
+    return snap.path, {"generator": "hrnn_core.datasets.synth", "params": params}
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
@@ -396,7 +386,7 @@ def trend_command(
         soverrides = json.loads(synth) if synth else {}
     except json.JSONDecodeError as exc:
         raise TrendExperimentError(f"--params/--synth must be JSON objects: {exc}") from None
-    snap, info = dataset_snapshot(cfg, dataset, path, soverrides)
+    snap, info = trend_snapshot(cfg, dataset, path, soverrides)
     model_cfg = dataclasses.replace(cfg.model, hidden_size=hidden or cfg.model.hidden_size)
     train_cfg = dataclasses.replace(cfg.train, epochs=epochs or cfg.train.epochs, progress=False)
     report = run_trend(snap, dataset=dataset, model_cfg=model_cfg, train_cfg=train_cfg, grid=grid,
