@@ -15,6 +15,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
+from hrnn_core.cli_options import ConfigOpt, DataDirOpt, WarehouseOpt
 from hrnn_core.errors import HrnnError
 
 app = typer.Typer(
@@ -41,10 +42,6 @@ def _add_experiments_app() -> None:
 
 _add_models_app()
 _add_experiments_app()
-
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML config file (else $HRNN_CONFIG).")]
-WarehouseOpt = Annotated[Optional[Path], typer.Option("--warehouse", help="DuckDB warehouse file.")]
-DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Project data dir (else $HRNN_DATA_DIR).")]
 
 
 def _cfg(config: Path | None, warehouse: Path | None = None, data_dir: Path | None = None):

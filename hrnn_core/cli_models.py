@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-models_app = typer.Typer(help="The model registry: list, show, promote, roll back.", no_args_is_help=True)
+from hrnn_core.cli_options import ConfigOpt, DataDirOpt
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML config file (else $HRNN_CONFIG).")]
-DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Project data dir (else $HRNN_DATA_DIR).")]
+models_app = typer.Typer(help="The model registry: list, show, promote, roll back.", no_args_is_help=True)
 
 
 def _cfg(config, data_dir):

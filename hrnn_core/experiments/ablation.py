@@ -26,11 +26,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Callable
 
 import numpy as np
 import typer
 
+from hrnn_core.cli_options import ConfigOpt, DataDirOpt, OutputOpt, raw_path_opt
 from hrnn_core.errors import HrnnError
 
 ITEM_FEATURES_ONLY = {"use_sequence": False, "use_item_id": False, "use_time_delta": False, "use_feedback": False,
@@ -139,17 +140,20 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+AblationPathOpt = raw_path_opt("Raw dataset folder (non-ml-100k).")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("ablation")
     def ablation(
         dataset: Annotated[str, typer.Option("--dataset", help="ml-100k (fetched), synth (generated with its truth), "
                                                                "or a shared dataset name.")] = "ml-100k",
-        path: Annotated[Optional[Path], typer.Option("--path", help="Raw dataset folder (non-ml-100k).")] = None,
+        path: AblationPathOpt = None,
         test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of users held out (paper: 0.2).")] = 0.2,
         seed: Annotated[int, typer.Option(help="Seed of the user split and of training.")] = 0,
-        output: Annotated[Optional[Path], typer.Option("--output", help="Write the report as JSON here.")] = None,
-        data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Project data dir (else $HRNN_DATA_DIR).")] = None,
-        config: Annotated[Optional[Path], typer.Option("--config", help="TOML config file (else $HRNN_CONFIG).")] = None,
+        output: OutputOpt = None,
+        data_dir: DataDirOpt = None,
+        config: ConfigOpt = None,
     ) -> None:
         """Table 1: popularity, item features, sequence, full HRNN-meta (PPL, NDCG@10; user_holdout)."""
         from hrnn_core.cli import _cfg, _guard  # noqa: PLC0415

@@ -31,11 +31,12 @@ import dataclasses
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Callable
 
 import numpy as np
 import typer
 
+from hrnn_core.cli_options import ConfigOpt, DataDirOpt, OutputOpt, RawPathOpt, SnapshotOpt
 from hrnn_core.errors import HrnnError
 
 KS = (5, 10, 20, 25)  # the harness's default cut-offs (metrics.DEFAULT_KS)
@@ -216,13 +217,13 @@ def register(app: typer.Typer) -> None:
     @app.command("cold-start")
     def cold_start(
         dataset: Annotated[str, typer.Option("--dataset", help="ml-100k (fetched) or ml-latest-small (../shared/data, or --path).")] = "ml-100k",
-        path: Annotated[Optional[Path], typer.Option("--path", help="Raw dataset folder (default for non-ml-100k: its copy in ../shared/data).")] = None,
-        snapshot: Annotated[Optional[Path], typer.Option("--snapshot", help="Use this snapshot folder instead of --dataset.")] = None,
+        path: RawPathOpt = None,
+        snapshot: SnapshotOpt = None,
         cold_fraction: Annotated[float, typer.Option("--cold-fraction", help="Share of items held out (paper: 0.5).")] = 0.5,
         seed: Annotated[int, typer.Option(help="Seed of the item split, the training and the random scores.")] = 0,
-        output: Annotated[Optional[Path], typer.Option("--output", help="Write the report as JSON here.")] = None,
-        data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Project data dir (else $HRNN_DATA_DIR).")] = None,
-        config: Annotated[Optional[Path], typer.Option("--config", help="TOML config file (else $HRNN_CONFIG).")] = None,
+        output: OutputOpt = None,
+        data_dir: DataDirOpt = None,
+        config: ConfigOpt = None,
     ) -> None:
         """Table 7: HRNN-meta (lambda = 1 on cold items) vs uniform random over the cold items."""
         from hrnn_core.cli import _cfg, _guard  # noqa: PLC0415

@@ -10,25 +10,28 @@ squared errors compare HRNN-meta with every other model.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from hrnn_core.cli_options import DataDirOpt, OutputOpt, RawPathOpt, SnapshotOpt, config_opt
+
+RatingConfigOpt = config_opt("TOML config file (else $HRNN_CONFIG): its model and train sections configure the recurrent models.")
 
 
 def register(app: typer.Typer) -> None:
     @app.command("rating")
     def rating(
         dataset: Annotated[str, typer.Option("--dataset", help="ml-100k (fetched) or a shared dataset name (../shared/data, or --path).")] = "ml-100k",
-        path: Annotated[Optional[Path], typer.Option("--path", help="Raw dataset folder (default for non-ml-100k: its copy in ../shared/data).")] = None,
-        snapshot: Annotated[Optional[Path], typer.Option("--snapshot", help="Use this snapshot folder instead of --dataset.")] = None,
+        path: RawPathOpt = None,
+        snapshot: SnapshotOpt = None,
         protocol: Annotated[str, typer.Option("--protocol", help="temporal | rolling | leave_one_out | cold_start_items (one target event per case).")] = "temporal",
         params: Annotated[Optional[str], typer.Option("--params", help='Protocol parameters as JSON, e.g. \'{"test_fraction": 0.2}\'.')] = None,
         models: Annotated[str, typer.Option("--models", help="Comma-separated: global_mean,rolling_average,fm,gru,hrnn_no_feedback,hrnn.")] = "global_mean,rolling_average,fm,gru,hrnn_no_feedback,hrnn",
         seed: Annotated[int, typer.Option(help="Seed of the split (where random) and of every fit.")] = 0,
-        output: Annotated[Optional[Path], typer.Option("--output", help="Write the report as JSON here.")] = None,
-        data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Project data dir (else $HRNN_DATA_DIR).")] = None,
-        config: Annotated[Optional[Path], typer.Option("--config", help="TOML config file (else $HRNN_CONFIG): its model and train sections configure the recurrent models.")] = None,
+        output: OutputOpt = None,
+        data_dir: DataDirOpt = None,
+        config: RatingConfigOpt = None,
     ) -> None:
         """Tables 4-5: RMSE of rating prediction: rolling average, FM, GRU and HRNN-meta (+ value decoder)."""
         from hrnn_core.cli import _cfg, _guard  # noqa: PLC0415

@@ -27,6 +27,7 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
+from hrnn_core.cli_options import ConfigOpt, DataDirOpt, RawPathOpt, SnapshotOpt, output_opt
 from hrnn_core.errors import HrnnError
 
 DEFAULT_DELTAS = (0.0, 60.0, 3600.0, 86400.0)  # the paper's Table 2: 0, 1 min, 1 h, 1 day
@@ -188,6 +189,9 @@ def run_time_deltas(snapshot_dir: Path, engine, *, checkpoint: Path | None = Non
             "all_users": all_users_table(engine, history, info, deltas)}
 
 
+TablesOutputOpt = output_opt("Write the tables as JSON here.")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("time-deltas")
     def time_deltas(
@@ -196,11 +200,11 @@ def register(app: typer.Typer) -> None:
         checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="A trained HRNN-meta checkpoint (default: train, or reuse the run trained by an earlier call).")] = None,
         top: Annotated[int, typer.Option("--top", min=1, help="Items shown per delta.")] = 3,
         dataset: Annotated[str, typer.Option("--dataset", help="ml-100k (fetched) or a shared dataset (see cold-start).")] = "ml-100k",
-        path: Annotated[Optional[Path], typer.Option("--path", help="Raw dataset folder (default for non-ml-100k: its copy in ../shared/data).")] = None,
-        snapshot: Annotated[Optional[Path], typer.Option("--snapshot", help="Use this snapshot folder instead of --dataset.")] = None,
-        output: Annotated[Optional[Path], typer.Option("--output", help="Write the tables as JSON here.")] = None,
-        data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Project data dir (else $HRNN_DATA_DIR).")] = None,
-        config: Annotated[Optional[Path], typer.Option("--config", help="TOML config file (else $HRNN_CONFIG).")] = None,
+        path: RawPathOpt = None,
+        snapshot: SnapshotOpt = None,
+        output: TablesOutputOpt = None,
+        data_dir: DataDirOpt = None,
+        config: ConfigOpt = None,
     ) -> None:
         """Table 2: a user's top items at time deltas 0, 60 s, 1 h, 1 day after their last event."""
         from hrnn_core.cli import _cfg, _guard  # noqa: PLC0415

@@ -34,6 +34,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
+from hrnn_core.cli_options import ConfigOpt, DataDirOpt, output_opt, raw_path_opt
 from hrnn_core.errors import HrnnError
 
 DATASETS = ("synth-drift", "yoochoose")
@@ -353,14 +354,18 @@ def _lazy_guard(fn: Callable) -> Callable:
     return wrapper
 
 
+YoochoosePathOpt = raw_path_opt("Raw yoochoose folder (default ../shared/data/yoochoose-100k-sessionrec).")
+TrendOutputOpt = output_opt("Write the report JSON here (per-event arrays beside it).")
+
+
 def register(app: typer.Typer) -> None:
     app.command("trend")(_lazy_guard(trend_command))
 
 
 def trend_command(
     dataset: Annotated[str, typer.Option("--dataset", help="synth-drift (generated, seeded) | yoochoose.")],
-    path: Annotated[Optional[Path], typer.Option("--path", help="Raw yoochoose folder (default ../shared/data/yoochoose-100k-sessionrec).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", help="Write the report JSON here (per-event arrays beside it).")] = None,
+    path: YoochoosePathOpt = None,
+    output: TrendOutputOpt = None,
     chart: Annotated[Optional[Path], typer.Option("--chart", help="PNG path (default: beside --output, else data dir).")] = None,
     weights: Annotated[str, typer.Option(help="Validation grid of the trend weight w = 1/temperature.")] = "0,0.1,0.25,0.5,1,2,4",
     windows: Annotated[str, typer.Option(help="Validation grid of the recent-popularity window, hours.")] = "1,3,6",
@@ -370,8 +375,8 @@ def trend_command(
     params: Annotated[Optional[str], typer.Option("--params", help="Rolling protocol parameters as JSON (over the dataset's defaults).")] = None,
     synth: Annotated[Optional[str], typer.Option("--synth", help="synth-drift generator overrides as JSON (e.g. sizes).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for fitting.")] = 0,
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Project data dir (else $HRNN_DATA_DIR).")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config file (else $HRNN_CONFIG).")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Figure 5: offline HRNN-meta vs the same model + trend correction vs recent popularity, per hourly frame."""
     from hrnn_core.cli import _cfg  # noqa: PLC0415
