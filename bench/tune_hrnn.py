@@ -95,6 +95,16 @@ GRID: dict[str, tuple[dict, dict]] = {
         "s5_d0.4": ({"dropout": 0.4}, {}),
         "s5_fd96_in192": ({"field_dim": 96, "input_size": 192}, {}),
     }.items()},
+    # stage 6 (session 4, after stage 5 tied the plain GRU on the leave_one_out test set over 3
+    # seeds): inputs the GRU cannot have, around the stage-5 choice: the user's own id (FM's
+    # strongest signal) and the rating as a reward weight (section 3.3)
+    **{name: ({"hidden_size": 128, "dropout": 0.3, "inference_item_meta_mix": 0.15, "field_dim": 64,
+               "input_size": 128, **m}, {**ES, "epochs": 30, "patience": 6, "exclude_seen": True, **t})
+       for name, (m, t) in {
+        "s6_uid": ({"use_user_id": True}, {}),
+        "s6_uid_d0.4": ({"use_user_id": True, "dropout": 0.4}, {}),
+        "s6_evw0.5": ({}, {"event_value_weight": 0.5}),
+    }.items()},
 }
 
 # shipped as the ModelConfig/TrainConfig defaults (docs/benchmarks.md); until 2026-11-26: h128_d0.3_im0.3_p6.

@@ -76,6 +76,8 @@ class ModelConfig:
     use_time_delta: bool = True  # time-delta control input (section 2.2, replaces the HGRU)
     use_feedback: bool = True  # previous event's type embedding + standardized value
     use_user_features: bool = True  # static user categorical/numeric features
+    use_user_id: bool = False  # the user's id as one more user field (users with training events get a learned
+    # embedding; others, e.g. user_holdout's test users, the padding id); needs use_user_features
     use_context: bool = True  # request context fields of the event being predicted
     use_item_meta: bool = True  # item metadata: previous item's features as input, eq. (2) decoder
     use_item_id: bool = True  # previous item's id embedding as input (False + use_item_meta: its features only)

@@ -31,7 +31,10 @@ import torch
 
 from hrnn_core.config import ModelConfig
 from hrnn_core.contract import MULTI_VALUE_SEPARATOR
+from hrnn_core.eventlog import SESSION_OWNER_PREFIX
 from hrnn_core.errors import HrnnError
+
+USER_ID_FIELD = "_user_id"  # the user field holding the user's own id (ModelConfig.use_user_id)
 
 
 class FeatureError(HrnnError):
@@ -143,6 +146,20 @@ class FieldGroup:
             out[rows, lo + slot] = ids
         return torch.from_numpy(out)
 
+    def with_field(self, key: str, vocab: list[str]) -> FieldGroup:
+        """This group plus one single-slot categorical field ``key`` with the given values."""
+        return FieldGroup(self.cat_fields + [key], self.vocabs + [list(vocab)], self.num_fields, self.num_mean,
+                          self.num_std, self.widths + [1], self.multi_valued, self.clip)
+
+    def encode_field(self, key: str, values: pa.Array) -> tuple[int, np.ndarray] | None:
+        """(column, global ids) of one single-slot field's ``values`` (0 = unknown); None if not a field."""
+        if key not in self.cat_fields:
+            return None
+        f = self.cat_fields.index(key)
+        ids = pc.index_in(_array(pc.cast(values, pa.string())), value_set=pa.array(self.vocabs[f], pa.string()))
+        ids = ids.to_numpy(zero_copy_only=False).astype(np.float64)
+        return self.slots[f][0], np.where(np.isnan(ids), 0, ids + self.offsets[f]).astype(np.int32)
+
     def encode_num(self, num: pa.Array | None, n: int) -> torch.Tensor:
         """(n, 2 * F) float32: [standardized clipped value, present flag] per field."""
         out = np.zeros((n, self.num_width), dtype=np.float32)
@@ -221,9 +238,12 @@ class FeatureSpace:
         mean = float(v.mean()) if len(v) else 0.0
         std = float(v.std()) if len(v) and v.std() > 1e-12 else 1.0
         ctx = pc.list_flatten(seq["contexts"])
+        user_group = FieldGroup.fit(users["categorical"], users["numeric"], cfg, multi_valued=True)
+        if cfg.use_user_id:
+            user_group = user_group.with_field(USER_ID_FIELD, known_users(seq, users))
         return cls(
             item_ids=items["item_id"].to_pylist(), event_types=event_types, value_mean=mean, value_std=std,
-            users=FieldGroup.fit(users["categorical"], users["numeric"], cfg, multi_valued=True),
+            users=user_group,
             items=FieldGroup.fit(items["categorical"], items["numeric"], cfg, multi_valued=True),
             context=FieldGroup.fit(ctx, None, cfg, multi_valued=False),
             time_delta_buckets=cfg.time_delta_buckets, time_delta_log_base=cfg.time_delta_log_base,
@@ -265,6 +285,14 @@ class FeatureSpace:
         for k in ("users", "items", "context"):
             d[k] = FieldGroup.from_dict(d[k])
         return cls(**d)
+
+
+def known_users(seq: pa.Table, users: pa.Table) -> list[str]:
+    """Ids of the users who own training events, in user_idx order; anonymous session owners
+    (``SESSION_OWNER_PREFIX``) are not users and get no id embedding."""
+    with_events = set(seq["user_idx"].to_pylist())
+    rows = sorted(zip(users["user_idx"].to_pylist(), users["user_id"].to_pylist(), strict=True))
+    return [str(u) for i, u in rows if i in with_events and u is not None and not str(u).startswith(SESSION_OWNER_PREFIX)]
 
 
 def read_snapshot(snapshot_dir: Path, tables: tuple[str, ...] = ("sequences", "items", "users", "item_frequency")) -> dict:
@@ -344,6 +372,9 @@ def encode_events(snapshot_dir: Path, fs: FeatureSpace, max_impressions: int = 2
         uix = torch.from_numpy(users["user_idx"].to_numpy().astype(np.int64))
         ucat[uix] = fs.users.encode_cat(users["categorical"], len(users))
         unum[uix] = fs.users.encode_num(users["numeric"], len(users))
+        own = fs.users.encode_field(USER_ID_FIELD, users["user_id"])
+        if own is not None:
+            ucat[uix, own[0]] = torch.from_numpy(own[1])
     return EncodedEvents(
         owner_start=start, owner_user=seq["user_idx"].to_numpy().astype(np.int64),
         target=torch.from_numpy(item), prev_item=torch.from_numpy(prev_item),

@@ -373,7 +373,7 @@ def _validate_chunks(
         df.index = df.index.astype("int64")
         failures = validation.failing_rows(table, df, rules)
         if failures:
-            bad = pd.DataFrame({"__row": list(failures), "reason": list(failures.values())})
+            bad = pd.DataFrame({"__row": list(failures), "reason": list(failures.values())})  # noqa: F841 (read by the SQL below)
             con.execute(f"insert into {target} select * from bad")
 
 

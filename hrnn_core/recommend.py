@@ -46,7 +46,7 @@ import torch
 
 from hrnn_core.contract import MULTI_VALUE_SEPARATOR
 from hrnn_core.eventlog import LoggedEvent
-from hrnn_core.features import time_delta_bucket
+from hrnn_core.features import USER_ID_FIELD, time_delta_bucket
 from hrnn_core.inference import Event, InferenceEngine, InferenceError, UserState
 from hrnn_core.model import StepInputs
 
@@ -201,7 +201,11 @@ class SnapshotHistory:
             if self._row else []
 
     def user_features(self, user_id: str | None) -> dict | None:
-        return self._users.get(user_id) if user_id else None
+        """The user's stored features plus its id (``USER_ID_FIELD``, read by models with use_user_id)."""
+        if not user_id:
+            return None
+        f = self._users.get(user_id) or {"categorical": {}, "numeric": {}}
+        return {"categorical": {**f["categorical"], USER_ID_FIELD: user_id}, "numeric": f["numeric"]}
 
     def events_of(self, owner: str) -> list[Event]:
         i = self._row.get(owner)

@@ -25,7 +25,7 @@ from typing import Any
 
 import duckdb
 
-from hrnn_core.config import REPO_ROOT, Config
+from hrnn_core.config import REPO_ROOT
 from hrnn_core.errors import HrnnError
 
 STAGES = ("candidate", "champion", "archived")

@@ -1,0 +1,78 @@
+"""ModelConfig.use_user_id: the user's own id as a user field, fit on training owners only and
+encoded the same way by the trainer and by serving."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from hrnn_core.config import ModelConfig, TrainConfig
+from hrnn_core.features import USER_ID_FIELD, FeatureSpace, encode_events, known_users
+from hrnn_core.inference import InferenceEngine
+from hrnn_core.protocols import SnapshotData, build_split
+from hrnn_core.recommend import SnapshotHistory
+from hrnn_core.train import synthetic_snapshot, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+MODEL = ModelConfig(hidden_size=16, field_dim=8, input_size=16, use_user_id=True)
+TRAIN = TrainConfig(epochs=2, batch_size=8, bptt=8, progress=False, val_owners=5)
+
+
+@pytest.fixture(scope="module")
+def snap(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthetic_snapshot(tmp_path_factory.mktemp("uid") / "data", n_users=30, n_items=40, n_events=900,
+                              n_genres=4, seed=5)
+
+
+def test_vocabulary_is_the_training_owners_and_unknown_users_get_padding(snap) -> None:
+    fs = FeatureSpace.fit(snap, MODEL)
+    users = pq.read_table(snap / "users.parquet")
+    owners = set(pq.read_table(snap / "sequences.parquet")["owner_id"].to_pylist())
+    f = fs.users.cat_fields.index(USER_ID_FIELD)
+    assert set(fs.users.vocabs[f]) == owners and fs.users.widths[f] == 1
+    assert USER_ID_FIELD not in FeatureSpace.fit(snap, dataclasses.replace(MODEL, use_user_id=False)).users.cat_fields
+    enc = encode_events(snap, fs)
+    col = fs.users.slots[f][0]
+    ids = enc.user_cat[users["user_idx"].to_numpy(), col]
+    assert (ids > 0).all() and len(set(ids.tolist())) == len(owners)  # one id per user
+    cat, _ = fs.users.encode_rows([{USER_ID_FIELD: "nobody"}], [{}])
+    assert cat[0, col] == 0
+
+
+def test_session_owners_are_not_users() -> None:
+    seq = pa.table({"user_idx": pa.array([0, 1, 2], pa.int32())})
+    users = pa.table({"user_idx": pa.array([2, 0, 1, 3], pa.int32()),
+                      "user_id": ["u2", "u0", "~session:s1", "u3"]})  # u3 owns no training events
+    assert known_users(seq, users) == ["u0", "u2"]
+
+
+def test_user_holdout_test_users_get_no_id(snap, tmp_path) -> None:
+    split = build_split("user_holdout", SnapshotData.load(snap), test_fraction=0.3, seed=1)
+    fs = FeatureSpace.fit(split.write_snapshot(tmp_path / "train"), MODEL)
+    vocab = set(fs.users.vocabs[fs.users.cat_fields.index(USER_ID_FIELD)])
+    seq = pq.read_table(snap / "sequences.parquet")
+    owner_of = dict(zip(seq["user_idx"].to_pylist(), seq["owner_id"].to_pylist(), strict=True))
+    test_users = {owner_of[int(u)] for u in set(split.test.owner.tolist())}
+    assert test_users and not test_users & vocab
+    assert vocab == set(seq["owner_id"].to_pylist()) - test_users
+
+
+def test_serving_encodes_the_id_as_training_does_and_the_model_uses_it(snap, tmp_path) -> None:
+    res = train(snap, tmp_path / "run", MODEL, TRAIN)
+    engine = InferenceEngine.from_checkpoint(res.last_checkpoint, device="cpu")
+    history = SnapshotHistory(engine, snap)
+    enc = encode_events(snap, engine.features)
+    users = pq.read_table(snap / "users.parquet").to_pylist()
+    for u in users[:5]:
+        state = engine.init_state(history.user_features(u["user_id"]))
+        torch.testing.assert_close(state.user_cat[0], enc.user_cat[u["user_idx"]])
+    a, b = (engine.init_state(history.user_features(u["user_id"])) for u in users[:2])
+    assert not torch.allclose(engine.score(a, None, 1e9), engine.score(b, None, 1e9))
+    assert history.user_features(None) is None
+    assert history.user_features("never-seen")["categorical"] == {USER_ID_FIELD: "never-seen"}
