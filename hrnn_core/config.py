@@ -78,6 +78,8 @@ class ModelConfig:
     use_user_features: bool = True  # static user categorical/numeric features
     use_user_id: bool = False  # the user's id as one more user field (users with training events get a learned
     # embedding; others, e.g. user_holdout's test users, the padding id); needs use_user_features
+    user_id_dropout: float = 0.0  # training only: each owner's id is left out of a window with this probability,
+    # so the state also learns to do without it (ids of users whose taste drifts, users with few events)
     use_context: bool = True  # request context fields of the event being predicted
     use_item_meta: bool = True  # item metadata: previous item's features as input, eq. (2) decoder
     use_item_id: bool = True  # previous item's id embedding as input (False + use_item_meta: its features only)
@@ -97,7 +99,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.hidden_size >= 1 and self.num_layers >= 1, "hidden_size and num_layers must be >= 1"),
-            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (0.0 <= self.dropout < 1.0 and 0.0 <= self.user_id_dropout <= 1.0,
+             "dropout must be in [0, 1) and user_id_dropout in [0, 1]"),
             (self.field_dim >= 1 and self.input_size >= 1, "field_dim and input_size must be >= 1"),
             (self.time_delta_buckets >= 2, "time_delta_buckets must be >= 2"),
             (self.time_delta_log_base > 1.0, "time_delta_log_base must be > 1"),

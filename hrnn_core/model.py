@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hrnn_core.config import ModelConfig
-from hrnn_core.features import FeatureSpace, FieldGroup
+from hrnn_core.features import USER_ID_FIELD, FeatureSpace, FieldGroup
 
 __all__ = ["HRNNMeta", "ModelConfig", "StepInputs"]
 
@@ -127,6 +127,8 @@ class HRNNMeta(nn.Module):
             mlps["feedback"] = _field_mlp(d + 2, d)
         self.user_bags = FieldBags(fs.users, d) if cfg.use_user_features else None
         self.user_width = len(fs.users.cat_fields) * d + fs.users.num_width if cfg.use_user_features else 0
+        # the user-id field's position among the user fields (ModelConfig.use_user_id), for its dropout
+        self.user_id_field = fs.users.cat_fields.index(USER_ID_FIELD) if USER_ID_FIELD in fs.users.cat_fields else -1
         if self.user_width:
             mlps["user"] = _field_mlp(self.user_width, d)
         self.ctx_bags = FieldBags(fs.context, d) if cfg.use_context else None
@@ -160,7 +162,16 @@ class HRNNMeta(nn.Module):
     def _raw_user_ctx(self, x: StepInputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         user = ctx = None
         if self.user_width:
-            parts = [self.user_bags(x.user_cat).flatten(-2)] if self.user_bags.n_fields else []
+            parts = []
+            if self.user_bags.n_fields:
+                bags = self.user_bags(x.user_cat)  # (B, T, Fu, d)
+                p = self.cfg.user_id_dropout
+                if self.training and p > 0 and self.user_id_field >= 0:  # one draw per owner row and window
+                    keep = (torch.rand(bags.shape[0], device=bags.device) >= p).to(bags.dtype)
+                    mask = torch.ones(bags.shape[0], 1, bags.shape[2], 1, device=bags.device, dtype=bags.dtype)
+                    mask[:, 0, self.user_id_field, 0] = keep
+                    bags = bags * mask
+                parts = [bags.flatten(-2)]
             user = torch.cat(parts + [x.user_num], dim=-1)  # (B, T, user_width)
         if self.ctx_width:
             ctx = self.ctx_bags(x.context).flatten(-2)  # (B, T, Fc * d)

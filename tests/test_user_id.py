@@ -14,6 +14,7 @@ import torch
 from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.features import USER_ID_FIELD, FeatureSpace, encode_events, known_users
 from hrnn_core.inference import InferenceEngine
+from hrnn_core.model import HRNNMeta, StepInputs
 from hrnn_core.protocols import SnapshotData, build_split
 from hrnn_core.recommend import SnapshotHistory
 from hrnn_core.train import synthetic_snapshot, train
@@ -76,3 +77,26 @@ def test_serving_encodes_the_id_as_training_does_and_the_model_uses_it(snap, tmp
     assert not torch.allclose(engine.score(a, None, 1e9), engine.score(b, None, 1e9))
     assert history.user_features(None) is None
     assert history.user_features("never-seen")["categorical"] == {USER_ID_FIELD: "never-seen"}
+
+
+def test_user_id_dropout_leaves_the_id_out_in_training_only(snap) -> None:
+    cfg = dataclasses.replace(MODEL, dropout=0.0, user_id_dropout=1.0)
+    fs = FeatureSpace.fit(snap, cfg)
+    enc = encode_events(snap, fs)
+    torch.manual_seed(0)
+    model = HRNNMeta(cfg, fs, *fs.item_table(snap))
+    b, t = 4, 3
+    ucat = enc.user_cat[:b, None].expand(b, t, -1).clone()
+    no_id = ucat.clone()
+    no_id[..., fs.users.slots[fs.users.cat_fields.index(USER_ID_FIELD)][0]] = 0
+
+    def inputs(user_cat: torch.Tensor) -> StepInputs:
+        return StepInputs(prev_item=torch.zeros(b, t, dtype=torch.long), prev_type=torch.zeros(b, t, dtype=torch.long),
+                          prev_value=torch.zeros(b, t, 2), time_bucket=torch.zeros(b, t, dtype=torch.long),
+                          context=torch.zeros(b, t, fs.context.cat_width, dtype=torch.long), user_cat=user_cat,
+                          user_num=enc.user_num[:b, None].expand(b, t, -1), reset=torch.zeros(b, t, dtype=torch.bool))
+
+    model.train()
+    torch.testing.assert_close(model.encode_inputs(inputs(ucat))[0], model.encode_inputs(inputs(no_id))[0])
+    model.eval()
+    assert not torch.allclose(model.encode_inputs(inputs(ucat))[0], model.encode_inputs(inputs(no_id))[0])
