@@ -15,6 +15,8 @@ Results are cached per (protocol, candidate) in the JSON, so an interrupted run 
     .venv/bin/python bench/tune_hrnn.py --snapshot data/snapshots/<id>    # all protocols, all candidates
     .venv/bin/python bench/tune_hrnn.py --snapshot ... --protocols temporal --only h128_p4,h192_p4
     .venv/bin/python bench/tune_hrnn.py --snapshot ... --only gru:s4_exseen   # the plain-GRU baseline, same config
+    .venv/bin/python bench/tune_hrnn.py --snapshot <yoochoose> --protocols temporal --params '{"exclude_seen": false}' \
+        --only s5_im0.15 --mixes 0,0.3 --out bench/results/tune_hrnn_yoochoose.json   # + rescored at lambda 0, 0.3
 """
 
 from __future__ import annotations
@@ -122,8 +124,9 @@ def _configs(name: str) -> tuple[ModelConfig, TrainConfig]:
     return dataclasses.replace(ModelConfig(), **{**OLD_MODEL, **m}), train_cfg
 
 
-def run_one(split, name: str, seed: int) -> dict:
-    """Fit candidate ``name`` (``gru:<name>``: the plain-GRU baseline with that config)."""
+def run_one(split, name: str, seed: int, mixes: tuple[float, ...] = ()) -> list[dict]:
+    """Fit candidate ``name`` (``gru:<name>``: the plain-GRU baseline with that config); one row,
+    plus one per inference lambda in ``mixes`` (the same fit scored again: ``<name>@im<lambda>``)."""
     plain_gru = name.startswith("gru:")
     model_cfg, train_cfg = _configs(name.removeprefix("gru:"))
     with tempfile.TemporaryDirectory(prefix="tune-hrnn-") as work:
@@ -133,22 +136,29 @@ def run_one(split, name: str, seed: int) -> dict:
         t = time.perf_counter()
         scorer.fit(data)
         fit_s = time.perf_counter() - t
-        acc, score_s = score_cases(scorer, split.valid, split.n_items)
-    s = acc.summary()
+        scored = [(name, model_cfg, *score_cases(scorer, split.valid, split.n_items))]
+        for mix in mixes:
+            scorer.set_inference_mix(mix)
+            scored.append((f"{name}@im{mix:g}", dataclasses.replace(model_cfg, inference_item_meta_mix=mix),
+                           *score_cases(scorer, split.valid, split.n_items)))
     hist = scorer.history
     best = hist[best_epoch(hist, train_cfg) - 1]  # the epoch early stopping kept
-    return {
-        "protocol": split.protocol, "config": name, "seed": seed,
-        "model_overrides": GRID[name.removeprefix("gru:")][0], "train_overrides": GRID[name.removeprefix("gru:")][1],
-        "valid_ndcg@10": s.get("ndcg@10"), "valid_recall@10": s.get("recall@10"), "valid_mrr@10": s.get("mrr@10"),
-        "valid_ppl": s.get("ppl"), "valid_cases": len(split.valid),
-        "fit_seconds": round(fit_s, 1), "score_seconds": round(score_s, 1),
-        "epochs_run": len(hist), "best_epoch": best["epoch"],
-        "trainer_val_ndcg@10_best": best.get("ndcg@10"),
-        "trainer_val_ndcg@10_per_epoch": [round(h.get("ndcg@10", float("nan")), 4) for h in hist],
-        "seconds_per_epoch": round(sum(h["seconds"] for h in hist) / max(1, len(hist)), 1),
-        "model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(train_cfg),
-    }
+    rows = []
+    for config, cfg, acc, score_s in scored:
+        s = acc.summary()
+        rows.append({
+            "protocol": split.protocol, "config": config, "seed": seed,
+            "model_overrides": GRID[name.removeprefix("gru:")][0], "train_overrides": GRID[name.removeprefix("gru:")][1],
+            "valid_ndcg@10": s.get("ndcg@10"), "valid_recall@10": s.get("recall@10"), "valid_mrr@10": s.get("mrr@10"),
+            "valid_ppl": s.get("ppl"), "valid_cases": len(split.valid),
+            "fit_seconds": round(fit_s, 1), "score_seconds": round(score_s, 1),
+            "epochs_run": len(hist), "best_epoch": best["epoch"],
+            "trainer_val_ndcg@10_best": best.get("ndcg@10"),
+            "trainer_val_ndcg@10_per_epoch": [round(h.get("ndcg@10", float("nan")), 4) for h in hist],
+            "seconds_per_epoch": round(sum(h["seconds"] for h in hist) / max(1, len(hist)), 1),
+            "model_config": dataclasses.asdict(cfg), "train_config": dataclasses.asdict(train_cfg),
+        })
+    return rows
 
 
 def run_baseline(split, name: str, seed: int) -> dict:
@@ -186,6 +196,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--baselines", default="", help="also score these baselines on validation, e.g. fm,bpr,pop")
     ap.add_argument("--force", action="store_true", help="refit candidates already in --out")
+    ap.add_argument("--params", default="{}", help='protocol parameters as JSON, e.g. \'{"exclude_seen": false}\'')
+    ap.add_argument("--mixes", default="", help="also score each fit at these inference lambdas, e.g. 0,0.3")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -202,7 +214,7 @@ def main() -> None:
     data = SnapshotData.load(args.snapshot)
     report["snapshot_id"] = data.snapshot_id
     for protocol in [p for p in args.protocols.split(",") if p]:
-        split = build_split(protocol, data)
+        split = build_split(protocol, data, **json.loads(args.params))
         print(split.describe(), flush=True)
         for name in names:
             key = (protocol, name, args.seed)
@@ -211,16 +223,19 @@ def main() -> None:
                 print(f"{protocol} {name}: cached ndcg@10 {done[0]['valid_ndcg@10']:.4f}", flush=True)
                 continue
             print(f"{protocol} {name}: fitting ...", flush=True)
-            row = (run_baseline(split, name.split(":", 1)[1], args.seed) if name.startswith("baseline:")
-                   else run_one(split, name, args.seed))
-            report["runs"] = [r for r in report["runs"] if (r["protocol"], r["config"], r["seed"]) != key] + [row]
+            mixes = tuple(float(m) for m in args.mixes.split(",") if m)
+            new = ([run_baseline(split, name.split(":", 1)[1], args.seed)] if name.startswith("baseline:")
+                   else run_one(split, name, args.seed, mixes))
+            keys = {(r["protocol"], r["config"], r["seed"]) for r in new}
+            report["runs"] = [r for r in report["runs"] if (r["protocol"], r["config"], r["seed"]) not in keys] + new
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=2, default=float) + "\n")
-            print(f"{protocol} {name}: valid ndcg@10 {row['valid_ndcg@10']:.4f} recall@10 {row['valid_recall@10']:.4f} "
-                  f"ppl {row['valid_ppl'] or float('nan'):.0f}; fit {row['fit_seconds']:.0f} s, {row['epochs_run']} epochs "
-                  f"(best {row['best_epoch']})", flush=True)
+            for row in new:
+                print(f"{protocol} {row['config']}: valid ndcg@10 {row['valid_ndcg@10']:.4f} recall@10 "
+                      f"{row['valid_recall@10']:.4f} ppl {row['valid_ppl'] or float('nan'):.0f}; fit "
+                      f"{row['fit_seconds']:.0f} s, {row['epochs_run']} epochs (best {row['best_epoch']})", flush=True)
     order = {n: i for i, n in enumerate(GRID)}
-    rows = sorted(report["runs"], key=lambda r: (r["protocol"], order.get(r["config"], -1), r["seed"]))
+    rows = sorted(report["runs"], key=lambda r: (r["protocol"], order.get(r["config"].split("@")[0], -1), r["config"], r["seed"]))
     print(table(rows))
     m, t = _configs(CHOSEN)
     auto = {"exclude_seen"}  # shipped as None (auto), resolved from the data

@@ -129,11 +129,14 @@ class HRNNScorer(Scorer):
         self.model = ck.model.to(self.device).eval()
         self.features = ck.features
         self.n_items = self.features.n_items
-        mix = self.model.cfg.inference_item_meta_mix
-        cold = ck.item_freq.to(self.device) == 0  # (n_items,) no training events
-        use_meta = self.cold_items_use_metadata and self.model.meta_out is not None and bool(cold.any())
-        self.item_mix = torch.where(cold, 1.0, mix).float() if use_meta and mix < 1.0 else mix  # lambda per item
+        self._cold = ck.item_freq.to(self.device) == 0  # (n_items,) no training events
+        self.set_inference_mix(self.model.cfg.inference_item_meta_mix)
         self._encoded.clear()
+
+    def set_inference_mix(self, mix: float) -> None:
+        """Score with lambda = ``mix`` of eq. (2) for warm items (cold items: 1 when metadata is used)."""
+        use_meta = self.cold_items_use_metadata and self.model.meta_out is not None and bool(self._cold.any())
+        self.item_mix = torch.where(self._cold, 1.0, mix).float() if use_meta and mix < 1.0 else mix  # lambda per item
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)

@@ -124,6 +124,19 @@ def test_trend_weight_adds_eq5_term_to_the_models_scores(split, fitted):
     np.testing.assert_allclose(ratio[0].numpy()[c == 0], np.log(0.5), rtol=1e-5)
 
 
+def test_set_inference_mix_rescores_with_another_lambda_of_eq2(split, fitted):
+    """The tuning script rescores one fit at several lambdas: scores are linear in lambda (eq. 2)."""
+    batch = frame_batch(split.frames[2])
+    base = fitted.score(batch)
+    try:
+        at = {m: (fitted.set_inference_mix(m), fitted.score(batch))[1] for m in (0.0, 0.5, 1.0)}
+    finally:
+        fitted.set_inference_mix(fitted.model.cfg.inference_item_meta_mix)
+    torch.testing.assert_close(at[0.5], (at[0.0] + at[1.0]) / 2, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(at[0.0], at[1.0])
+    torch.testing.assert_close(fitted.score(batch), base)
+
+
 def test_large_trend_weight_reproduces_recent_popularity_ranking(split, fitted):
     rp = RecentPopularityScorer(window_seconds=2 * HOUR, bucket_seconds=HOUR, bucket_origin=split.cut_time)
     rp.fit(train_data(split, "train"))
