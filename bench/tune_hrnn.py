@@ -110,6 +110,9 @@ GRID: dict[str, tuple[dict, dict]] = {
         # half the training windows, as a regulariser
         "s6_uid_idd0.5": ({"use_user_id": True, "user_id_dropout": 0.5}, {}),
         "s6_uid_idd0.2": ({"use_user_id": True, "user_id_dropout": 0.2}, {}),
+        # the inference lambda chosen per epoch on the trainer's validation events (auto, model.inference_item_meta_mix
+        # unset) instead of one value for every dataset
+        "s6_imauto": ({"inference_item_meta_mix": None}, {}),
     }.items()},
 }
 
@@ -152,7 +155,7 @@ def run_one(split, name: str, seed: int, mixes: tuple[float, ...] = ()) -> list[
             "valid_ndcg@10": s.get("ndcg@10"), "valid_recall@10": s.get("recall@10"), "valid_mrr@10": s.get("mrr@10"),
             "valid_ppl": s.get("ppl"), "valid_cases": len(split.valid),
             "fit_seconds": round(fit_s, 1), "score_seconds": round(score_s, 1),
-            "epochs_run": len(hist), "best_epoch": best["epoch"],
+            "epochs_run": len(hist), "best_epoch": best["epoch"], "trainer_inference_mix": best.get("inference_mix"),
             "trainer_val_ndcg@10_best": best.get("ndcg@10"),
             "trainer_val_ndcg@10_per_epoch": [round(h.get("ndcg@10", float("nan")), 4) for h in hist],
             "seconds_per_epoch": round(sum(h["seconds"] for h in hist) / max(1, len(hist)), 1),

@@ -58,6 +58,12 @@ class IngestConfig:
     threads: int = 2  # DuckDB worker threads
 
 
+# The inference lambdas of eq. (2) tried on validation when model.inference_item_meta_mix is unset (auto), and
+# the one used when there is no validation set to choose on.
+INFERENCE_MIX_GRID = (0.0, 0.15, 0.3, 0.5)
+INFERENCE_MIX_FALLBACK = 0.15
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """HRNN-meta architecture and feature encoding (hrnn_core.model, hrnn_core.features).
@@ -91,7 +97,8 @@ class ModelConfig:
     max_categories: int = 10_000  # most frequent values kept per categorical field
     max_values_per_field: int = 8  # values kept per multi-valued field ("a|b|c") per row
     numeric_clip: float = 5.0  # standardized numeric features are clipped to [-clip, clip]
-    inference_item_meta_mix: float = 0.15  # lambda of eq. (2) at inference (0 = ids, 1 = metadata only); also used
+    inference_item_meta_mix: float | None = 0.15  # lambda of eq. (2) at inference (0 = ids, 1 = metadata only); None =
+    # auto: each epoch's validation scores every lambda of INFERENCE_MIX_GRID and the checkpoint keeps the best; also used
     # by the trainer's validation; on ml-100k validation NDCG@10 (bench/tune_hrnn.py stage 5, with exclude_seen)
     # 0.15 > 0.3 > 0.0 > 0.5; 0.3 had the better PPL (365 vs 450)
     trend_weight: float = 0.0  # eq. (5) trend term weight = 1 / temperature; 0.0 = off (temperature inf)
@@ -105,7 +112,8 @@ class ModelConfig:
             (self.field_dim >= 1 and self.input_size >= 1, "field_dim and input_size must be >= 1"),
             (self.time_delta_buckets >= 2, "time_delta_buckets must be >= 2"),
             (self.time_delta_log_base > 1.0, "time_delta_log_base must be > 1"),
-            (0.0 <= self.inference_item_meta_mix <= 1.0, "inference_item_meta_mix must be in [0, 1]"),
+            (self.inference_item_meta_mix is None or 0.0 <= self.inference_item_meta_mix <= 1.0,
+             "inference_item_meta_mix must be in [0, 1] (or unset: chosen on validation)"),
             (self.trend_weight >= 0.0 and self.trend_smoothing > 0.0,
              "trend_weight must be >= 0 and trend_smoothing > 0"),
         ]

@@ -37,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hrnn_core.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
-from hrnn_core.config import ModelConfig, TrainConfig
+from hrnn_core.config import INFERENCE_MIX_FALLBACK, INFERENCE_MIX_GRID, ModelConfig, TrainConfig
 from hrnn_core.errors import HrnnError
 from hrnn_core.features import EncodedEvents, FeatureSpace, encode_events, synthetic_snapshot
 from hrnn_core.losses import dense_softmax_loss, reward_weights, sampled_softmax_loss
@@ -249,6 +249,31 @@ def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: tor
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), f"ndcg@{k}": ndcg / n, f"hit@{k}": hits / n}
 
 
+def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: torch.device, cfg: TrainConfig,
+             exclude_seen: bool) -> dict:
+    """One epoch's validation metrics at the inference lambda of eq. (2).
+
+    With ``model_cfg.inference_item_meta_mix`` unset (auto) every lambda of INFERENCE_MIX_GRID is
+    scored, the best by ``cfg.early_stopping_metric`` is reported (``inference_mix``, and each
+    lambda's value under ``by_mix``), and ``model.cfg`` takes it, so the checkpoint saved next
+    carries it to inference. A model without metadata has no lambda to choose (0).
+    """
+    fixed = model_cfg.inference_item_meta_mix
+    mixes = (fixed,) if fixed is not None else (INFERENCE_MIX_GRID if model.meta_out is not None else (0.0,))
+    runs = {m: evaluate(model, data, data.val_segments, device, mix=m, exclude_seen=exclude_seen) for m in mixes}
+    key = cfg.early_stopping_metric
+    if fixed is not None or not runs[mixes[0]] or key not in runs[mixes[0]]:
+        chosen = fixed if fixed is not None else INFERENCE_MIX_FALLBACK
+        out = runs.get(chosen, runs[mixes[0]]) if fixed is not None else {}
+    else:
+        pick = min if key == "val_loss" else max
+        chosen = pick(mixes, key=lambda m: runs[m][key])  # the first of equal values: the smaller lambda
+        out = {**runs[chosen], "by_mix": {f"{m:g}": runs[m][key] for m in mixes}}
+    if fixed is None:
+        model.cfg = dataclasses.replace(model.cfg, inference_item_meta_mix=chosen)
+    return {**out, "inference_mix": chosen}
+
+
 def _optimizers(model: HRNNMeta, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
     """AdamW, weight decay on matrices only (not embeddings, biases, norms).
 
@@ -364,7 +389,10 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
         if ck.snapshot_id != data.features.snapshot_id:
             raise TrainError(f"{last_path} was trained on snapshot {ck.snapshot_id}, not "
                              f"{data.features.snapshot_id}; use a new run dir")
-        if dataclasses.asdict(ck.model_config) != dataclasses.asdict(model_cfg):
+        saved = dataclasses.asdict(ck.model_config)
+        if model_cfg.inference_item_meta_mix is None:  # auto: the checkpoint holds the lambda chosen so far
+            saved["inference_item_meta_mix"] = None
+        if saved != dataclasses.asdict(model_cfg):
             raise TrainError(f"{last_path} has a different model config; use a new run dir")
         if len(ck.raw["optimizer"]) != len(opts):
             raise TrainError(f"{last_path} was trained with another train.output; use a new run dir")
@@ -477,8 +505,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
                    "train_ppl": math.exp(min(ce_sum / max(seen, 1), 50.0)), "events": seen,
                    "seconds": seconds, "events_per_s": seen / max(seconds, 1e-9), "lr": lr}
         if is_main:
-            metrics.update(evaluate(model, data, data.val_segments, device, mix=model_cfg.inference_item_meta_mix,
-                                    exclude_seen=exclude_seen))
+            metrics.update(validate(model, model_cfg, data, device, cfg, exclude_seen))
         if dist_ctx is not None:
             metrics = dist_ctx.broadcast(metrics)  # every rank takes rank 0's early-stopping decision
         model.train()
@@ -509,7 +536,8 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
         raise CheckpointError(f"{run_dir}: no epoch finished, nothing to report")
     report = write_report(run_dir, history, curve, model_cfg, cfg, data, stopped,
                           world=dist_ctx.world if dist_ctx is not None else 1,
-                          extra={"exclude_seen": exclude_seen, "repeat_share": round(repeats, 6)})
+                          extra={"exclude_seen": exclude_seen, "repeat_share": round(repeats, 6),
+                                 "inference_mix": history[best_epoch(history, cfg) - 1].get("inference_mix")})
     return TrainResult(run_dir, best_path, last_path, report, history, stopped)
 
 

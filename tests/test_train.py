@@ -415,3 +415,32 @@ def test_sampled_step_on_a_million_items_never_builds_a_batch_by_catalog_matrix(
     assert mode.largest <= n_items * cfg.hidden_size < b * t * n_items, mode.largest
     changed = (model.item_w.weight.detach() != before).any(1).nonzero().flatten()
     assert set(changed.tolist()) <= set(cand.tolist())
+
+
+def test_auto_inference_mix_is_chosen_on_validation_and_carried_to_inference(snap, tmp_path) -> None:
+    """inference_item_meta_mix unset: each epoch scores every lambda of the grid on the validation
+    events; the checkpoint (and so inference) carries the best one; resuming keeps working."""
+    from hrnn_core.checkpoint import load_checkpoint
+    from hrnn_core.config import INFERENCE_MIX_GRID
+    from hrnn_core.train import evaluate
+
+    _, path = snap
+    auto = dataclasses.replace(SMALL, inference_item_meta_mix=None)
+    res = train(path, tmp_path / "run", auto, FAST)
+    for h in res.history:
+        by_mix = h["by_mix"]
+        assert set(by_mix) == {f"{m:g}" for m in INFERENCE_MIX_GRID}
+        assert h["ndcg@10"] == max(by_mix.values()) == by_mix[f"{h['inference_mix']:g}"]
+    ck = load_checkpoint(res.best_checkpoint)
+    best = max(res.history, key=lambda h: h["ndcg@10"])
+    assert ck.model_config.inference_item_meta_mix == best["inference_mix"]
+    report = json.loads(res.report.read_text())
+    assert report["inference_mix"] == best["inference_mix"]
+    data = prepare_data(path, auto, FAST)
+    again = evaluate(ck.model, data, data.val_segments, torch.device("cpu"), mix=best["inference_mix"],
+                     exclude_seen=report["exclude_seen"])
+    assert again["ndcg@10"] == pytest.approx(best["ndcg@10"])
+    longer = train(path, tmp_path / "run", auto, dataclasses.replace(FAST, epochs=3), resume=True)
+    assert [h["epoch"] for h in longer.history] == [1, 2, 3]
+    plain = train(path, tmp_path / "gru", dataclasses.replace(auto, use_item_meta=False), FAST)
+    assert all(h["inference_mix"] == 0.0 and set(h["by_mix"]) == {"0"} for h in plain.history)
