@@ -60,7 +60,7 @@ class IngestConfig:
 
 # The inference lambdas of eq. (2) tried on validation when model.inference_item_meta_mix is unset (auto), and
 # the one used when there is no validation set to choose on.
-INFERENCE_MIX_GRID = (0.0, 0.15, 0.3, 0.5)
+INFERENCE_MIX_GRID = (0.0, 0.15, 0.3, 0.5, 0.75, 1.0)
 INFERENCE_MIX_FALLBACK = 0.15
 
 
