@@ -113,6 +113,11 @@ GRID: dict[str, tuple[dict, dict]] = {
         # the inference lambda chosen per epoch on the trainer's validation events (auto, model.inference_item_meta_mix
         # unset) instead of one value for every dataset
         "s6_imauto": ({"inference_item_meta_mix": None}, {}),
+        # for other datasets: the shipped defaults exactly (exclude_seen auto, off where owners repeat
+        # items, as on yoochoose) and, for yoochoose (no metadata, no user features, clicks only:
+        # HRNN-meta differs from the GRU by the time-delta input alone), the same without it
+        "s6_shipped": ({}, {"exclude_seen": None}),
+        "s6_shipped_notd": ({"use_time_delta": False}, {"exclude_seen": None}),
     }.items()},
 }
 

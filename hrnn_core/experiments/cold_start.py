@@ -173,7 +173,7 @@ def run_cold_start(snapshot_dir: Path, model_cfg, train_cfg, *, dataset: str = "
         "snapshot_id": data.snapshot_id, "params": split.params, "n_items": split.n_items,
         "n_cold_items": int(split.candidate_mask.sum()), "n_events": len(split.test), "n_users": split.test.n_users,
         "lambda": {"train": "U[0,1] per batch", "inference_cold_items": 1.0, "cold_items_checked": int(lam.size),
-                   "inference_warm_items": model_cfg.inference_item_meta_mix},
+                   "inference_warm_items": scorers["hrnn"].model.cfg.inference_item_meta_mix},  # auto: the chosen one
         **cold_start_report(split, accs),
         "paper_ml1m": PAPER_ML1M,
         "hrnn_epochs": len(hist), "fit_seconds": fit_s, "score_seconds": score_s,
