@@ -30,4 +30,13 @@ case "$only" in
     done
     .venv/bin/python bench/seed_mean_test.py bench/results/leaderboard_ml-100k_leave_one_out{,.seed1,.seed2}.json \
       --output bench/results/leaderboard_ml-100k_leave_one_out.seed_mean.json ;;
+  # yoochoose temporal, the same for HRNN-meta vs the GRU (the closest pair there)
+  all|yoochoose-seeds)
+    for seed in 1 2; do
+      echo "== yoochoose / temporal, seed $seed"
+      $HRNN evaluate --dataset yoochoose --protocol temporal --params '{"exclude_seen": false}' --models hrnn,gru,fm \
+        --seed "$seed" --output "bench/results/leaderboard_yoochoose_temporal.seed$seed.json"
+    done
+    .venv/bin/python bench/seed_mean_test.py bench/results/leaderboard_yoochoose_temporal{,.seed1,.seed2}.json \
+      --output bench/results/leaderboard_yoochoose_temporal.seed_mean.json ;;
 esac
