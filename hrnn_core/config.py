@@ -109,6 +109,8 @@ class ModelConfig:
             (self.hidden_size >= 1 and self.num_layers >= 1, "hidden_size and num_layers must be >= 1"),
             (0.0 <= self.dropout < 1.0 and 0.0 <= self.user_id_dropout <= 1.0,
              "dropout must be in [0, 1) and user_id_dropout in [0, 1]"),
+            (not self.use_user_id or self.use_user_features, "use_user_id needs use_user_features (it is a user field)"),
+            (self.user_id_dropout == 0.0 or self.use_user_id, "user_id_dropout needs use_user_id"),
             (self.field_dim >= 1 and self.input_size >= 1, "field_dim and input_size must be >= 1"),
             (self.time_delta_buckets >= 2, "time_delta_buckets must be >= 2"),
             (self.time_delta_log_base > 1.0, "time_delta_log_base must be > 1"),

@@ -259,18 +259,19 @@ def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: t
     carries it to inference. A model without metadata has no lambda to choose (0).
     """
     fixed = model_cfg.inference_item_meta_mix
-    mixes = (fixed,) if fixed is not None else (INFERENCE_MIX_GRID if model.meta_out is not None else (0.0,))
+    if fixed is not None:
+        return {**evaluate(model, data, data.val_segments, device, mix=fixed, exclude_seen=exclude_seen),
+                "inference_mix": fixed}
+    mixes = INFERENCE_MIX_GRID if model.meta_out is not None else (0.0,)
     runs = {m: evaluate(model, data, data.val_segments, device, mix=m, exclude_seen=exclude_seen) for m in mixes}
     key = cfg.early_stopping_metric
-    if fixed is not None or not runs[mixes[0]] or key not in runs[mixes[0]]:
-        chosen = fixed if fixed is not None else INFERENCE_MIX_FALLBACK
-        out = runs.get(chosen, runs[mixes[0]]) if fixed is not None else {}
+    if key not in runs[mixes[0]]:  # no validation events to choose on
+        chosen, out = INFERENCE_MIX_FALLBACK, {}
     else:
         pick = min if key == "val_loss" else max
         chosen = pick(mixes, key=lambda m: runs[m][key])  # the first of equal values: the smaller lambda
         out = {**runs[chosen], "by_mix": {f"{m:g}": runs[m][key] for m in mixes}}
-    if fixed is None:
-        model.cfg = dataclasses.replace(model.cfg, inference_item_meta_mix=chosen)
+    model.cfg = dataclasses.replace(model.cfg, inference_item_meta_mix=chosen)
     return {**out, "inference_mix": chosen}
 
 

@@ -100,3 +100,15 @@ def test_user_id_dropout_leaves_the_id_out_in_training_only(snap) -> None:
     torch.testing.assert_close(model.encode_inputs(inputs(ucat))[0], model.encode_inputs(inputs(no_id))[0])
     model.eval()
     assert not torch.allclose(model.encode_inputs(inputs(ucat))[0], model.encode_inputs(inputs(no_id))[0])
+
+
+def test_user_id_options_need_their_inputs() -> None:
+    from hrnn_core.errors import ConfigError
+    from hrnn_core.hrnn_scorer import PLAIN_GRU
+
+    with pytest.raises(ConfigError, match="use_user_id needs use_user_features"):
+        ModelConfig(use_user_id=True, use_user_features=False)
+    with pytest.raises(ConfigError, match="user_id_dropout needs use_user_id"):
+        ModelConfig(user_id_dropout=0.5)
+    # the plain-GRU baseline switches the id off with the other inputs, whatever the shared config says
+    assert not dataclasses.replace(ModelConfig(use_user_id=True, user_id_dropout=0.5), **PLAIN_GRU).use_user_id

@@ -35,7 +35,8 @@ from hrnn_core.cli_options import ConfigOpt, DataDirOpt, OutputOpt, raw_path_opt
 from hrnn_core.errors import HrnnError
 
 ITEM_FEATURES_ONLY = {"use_sequence": False, "use_item_id": False, "use_time_delta": False, "use_feedback": False,
-                      "use_user_features": False, "use_context": False, "use_item_meta": True}
+                      "use_user_features": False, "use_user_id": False, "user_id_dropout": 0.0, "use_context": False,
+                      "use_item_meta": True}
 ROWS = (  # (name, model kind, model-config changes, the paper's Seq/User/Item/Feedback marks)
     ("popularity", "pop", None, "x x x x"),
     ("item_features", "hrnn", ITEM_FEATURES_ONLY, "x x v x"),
