@@ -119,6 +119,17 @@ GRID: dict[str, tuple[dict, dict]] = {
         "s6_shipped": ({}, {"exclude_seen": None}),
         "s6_shipped_notd": ({"use_time_delta": False}, {"exclude_seen": None}),
     }.items()},
+    # stage 7 (session 5): 76 % of ml-100k events share their second with another event of the same
+    # user (a page of ratings sent at once) and their file order is arbitrary: train each tie in a
+    # fresh random order every epoch; the user id (stage 6) on top
+    **{name: ({"hidden_size": 128, "dropout": 0.3, "inference_item_meta_mix": 0.15, "field_dim": 64,
+               "input_size": 128, **m}, {**ES, "epochs": 30, "patience": 6, "exclude_seen": None, **t})
+       for name, (m, t) in {
+        "s7_base": ({}, {}),
+        "s7_ties": ({}, {"shuffle_ties": True}),
+        "s7_ties_uid": ({"use_user_id": True}, {"shuffle_ties": True}),
+        "s7_ties_e40": ({}, {"shuffle_ties": True, "epochs": 40}),
+    }.items()},
 }
 
 # shipped as the ModelConfig/TrainConfig defaults (docs/benchmarks.md); until 2026-11-26: h128_d0.3_im0.3_p6.

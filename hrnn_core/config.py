@@ -149,6 +149,8 @@ class TrainConfig:
     # target), as the ranking's exclude_seen does. None = auto: on with the dense output when at most 1 % of training
     # events repeat an item of their owner (ratings: +0.016 NDCG@10 on ml-100k validation), off where owners repeat
     # items (sessions, yoochoose). True needs the dense output
+    shuffle_ties: bool = False  # each epoch, events of one owner with equal timestamps (no order of their own, e.g. a
+    # page of ratings sent at once) are trained in a fresh random order instead of their file order
     use_impressions: bool = True  # shown-but-not-chosen items join that step's negatives (sampled)
     max_impressions: int = 20  # impressions kept per event
     val_owners: int = 1000  # owners whose last event is held out for validation (0 = none)

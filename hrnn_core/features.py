@@ -18,6 +18,7 @@ Encodings (paper section 2.2-2.3):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -331,10 +332,37 @@ class EncodedEvents:
     user_cat: torch.Tensor  # (n_users, Fu * V) user categorical ids
     user_num: torch.Tensor  # (n_users, 2 Fu)
     item_freq: np.ndarray  # (n_items,) training events per item
+    value_present: torch.Tensor | None = None  # (E,) this event has a value (prev_value's flag, one step on)
+    time_delta: np.ndarray | None = None  # (E,) seconds since the owner's previous event (NaN for the first)
 
     @property
     def n_owners(self) -> int:
         return len(self.owner_user)
+
+    def reordered(self, order: np.ndarray, n_items: int) -> EncodedEvents:
+        """The same events with position ``i`` holding event ``order[i]`` (a permutation that keeps every
+        event inside its owner and moves events only among equal timestamps).
+
+        Per-event fields move with their event; the request inputs of each position are rebuilt from
+        its new predecessor (previous item, its type and value). The time-delta input stays with the
+        position: inside a tie every delta is 0, and a tie's first position keeps the gap before it.
+        """
+        if self.value_present is None:
+            raise FeatureError("these encoded events cannot be reordered (no per-event value flags)")
+        take = torch.from_numpy(np.asarray(order, dtype=np.int64))
+        first = np.zeros(len(order), dtype=bool)
+        first[self.owner_start[:-1]] = True
+        first_t = torch.from_numpy(first)
+        prev = torch.roll(torch.arange(len(order)), 1)
+        target, etype = self.target[take], self.event_type[take]
+        value, present = self.event_value[take], self.value_present[take]
+        prev_value = torch.stack([value[prev], present[prev].float()], dim=1).masked_fill(first_t[:, None], 0.0)
+        return dataclasses.replace(
+            self, target=target, event_type=etype, event_value=value, value_present=present,
+            prev_item=torch.where(first_t, n_items, target[prev]),  # n_items: no previous item
+            prev_type=torch.where(first_t, 0, etype[prev]), prev_value=prev_value.float(),
+            context=self.context[take], impressions=self.impressions[take],
+        )
 
 
 def encode_events(snapshot_dir: Path, fs: FeatureSpace, max_impressions: int = 20) -> EncodedEvents:
@@ -383,7 +411,7 @@ def encode_events(snapshot_dir: Path, fs: FeatureSpace, max_impressions: int = 2
         time_bucket=torch.from_numpy(time_delta_bucket(dt, fs.time_delta_buckets, fs.time_delta_log_base)),
         context=fs.context.encode_cat(ctx, len(item)).long(), event_type=torch.from_numpy(etype),
         event_value=torch.from_numpy(z.astype(np.float32)), impressions=imp, user_cat=ucat, user_num=unum,
-        item_freq=counts,
+        item_freq=counts, value_present=torch.from_numpy(present), time_delta=dt,
     )
 
 

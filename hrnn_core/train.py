@@ -190,6 +190,26 @@ def seen_masks(seen: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, re
     return torch.stack(steps, dim=1), seen
 
 
+def tie_order(time_delta: np.ndarray, segments: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``train.shuffle_ties``: (E,) a new event order, each run of equal timestamps inside a training
+    segment shuffled at random (all other positions, held-out events included, stay put).
+
+    Events with one timestamp have no order of their own (a page of ratings sent at once); their
+    file order is arbitrary, so each epoch presents them in a fresh one.
+    """
+    order = np.arange(len(time_delta))
+    lengths = segments[:, 1] - segments[:, 0]
+    if lengths.sum() == 0:
+        return order
+    seg_of = np.repeat(np.arange(len(segments)), lengths)
+    pos = segments[seg_of, 0] + np.arange(len(seg_of)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    starts_group = (pos == segments[seg_of, 0]) | ~(time_delta[pos] == 0)  # NaN (an owner's first) starts one
+    group = np.cumsum(starts_group)
+    shuffled = pos[np.lexsort((rng.random(len(pos)), group))]  # by group, random inside each
+    order[pos] = shuffled
+    return order
+
+
 def _autocast(device: torch.device):
     if device.type == "cuda":  # bf16 on GPU; fp32 on CPU (bf16 matmuls are slow there)
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -417,6 +437,12 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
         rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(2, epoch)))
         mix_rng = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         segments = data.train_segments[rng.permutation(len(data.train_segments))]
+        if cfg.shuffle_ties:  # the epoch's events: ties in a fresh order (same stream on every rank)
+            tie_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(3, epoch)))
+            ev = data.events.reordered(tie_order(data.events.time_delta, data.train_segments, tie_rng), n_items)
+            epoch_data = dataclasses.replace(data, events=ev)
+        else:
+            ev, epoch_data = data.events, data
         model.train()
         hidden, t0, seen, loss_sum, ce_sum, recent = None, time.time(), 0, 0.0, 0.0, []
         seen_items = None  # train.exclude_seen: (B, n_items) items of each slot's owner so far
@@ -432,7 +458,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
             idx = torch.from_numpy(idx_np)
             valid = (idx >= 0).to(device)  # (B, T)
             flat = idx[idx >= 0]  # (N,) event indices of the valid positions
-            x = gather_inputs(data, idx, torch.from_numpy(reset_np)).to(device)
+            x = gather_inputs(epoch_data, idx, torch.from_numpy(reset_np)).to(device)
             target = ev.target[flat].to(device)  # (N,)
             weight = reward_weights(ev.event_type[flat].to(device), ev.event_value[flat].to(device),
                                     type_w, cfg.event_value_weight)  # (N,)
