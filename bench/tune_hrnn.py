@@ -17,6 +17,7 @@ Results are cached per (protocol, candidate) in the JSON, so an interrupted run 
     .venv/bin/python bench/tune_hrnn.py --snapshot ... --only gru:s4_exseen   # the plain-GRU baseline, same config
     .venv/bin/python bench/tune_hrnn.py --snapshot <yoochoose> --protocols temporal --params '{"exclude_seen": false}' \
         --only s5_im0.15 --mixes 0,0.3 --out bench/results/tune_hrnn_yoochoose.json   # + rescored at lambda 0, 0.3
+    .venv/bin/python bench/tune_hrnn.py --snapshot ... --only s7_ties --trends 168:0.5,720:1   # + the eq. (5) trend term
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ RESULTS = Path(__file__).resolve().parent / "results" / "tune_hrnn.json"
 # The tuned fields at their values before this tuning (the old defaults). Every candidate spells
 # them all out, so the grid means the same thing after the defaults change; fields not listed
 # keep the current ModelConfig/TrainConfig defaults (unchanged by the tuning).
-OLD_MODEL = {"hidden_size": 64, "dropout": 0.1, "inference_item_meta_mix": 0.0, "field_dim": 32, "input_size": 64}
+OLD_MODEL = {"hidden_size": 64, "dropout": 0.1, "inference_item_meta_mix": 0.0, "field_dim": 32, "input_size": 64,
+             "trend_weight": 0.0}
 OLD_TRAIN = {"epochs": 10, "early_stopping_metric": "val_loss", "patience": 3, "lr": 3e-3, "batch_size": 32,
-             "item_meta_mix": None, "exclude_seen": False}
+             "item_meta_mix": None, "exclude_seen": False, "shuffle_ties": False}
 # Early stopping on the trainer's own held-out last events, by NDCG@10 (the metric we ship on);
 # "epochs" = the cap (also the length of the cosine LR decay); the best checkpoint is scored.
 ES = {"early_stopping_metric": "ndcg@10"}
@@ -121,7 +123,9 @@ GRID: dict[str, tuple[dict, dict]] = {
     }.items()},
     # stage 7 (session 5): 76 % of ml-100k events share their second with another event of the same
     # user (a page of ratings sent at once) and their file order is arbitrary: train each tie in a
-    # fresh random order every epoch; the user id (stage 6) on top
+    # fresh random order every epoch; the user id (stage 6) and a longer cap on top; then the eq. (5)
+    # trend term at scoring (grid of windows and weights scored on the s7_ties fits:
+    # bench/results/tune_hrnn_trend.json), the chosen one as a candidate of its own
     **{name: ({"hidden_size": 128, "dropout": 0.3, "inference_item_meta_mix": 0.15, "field_dim": 64,
                "input_size": 128, **m}, {**ES, "epochs": 30, "patience": 6, "exclude_seen": None, **t})
        for name, (m, t) in {
@@ -129,12 +133,14 @@ GRID: dict[str, tuple[dict, dict]] = {
         "s7_ties": ({}, {"shuffle_ties": True}),
         "s7_ties_uid": ({"use_user_id": True}, {"shuffle_ties": True}),
         "s7_ties_e40": ({}, {"shuffle_ties": True, "epochs": 40}),
+        "s7_ties_trend": ({"trend_weight": 0.5, "trend_window_seconds": 30 * 86_400.0}, {"shuffle_ties": True}),
     }.items()},
 }
 
-# shipped as the ModelConfig/TrainConfig defaults (docs/benchmarks.md); until 2026-11-26: h128_d0.3_im0.3_p6.
+# shipped as the ModelConfig/TrainConfig defaults (docs/benchmarks.md); until 2026-11-26: h128_d0.3_im0.3_p6,
+# until 2026-12-04: s5_im0.15 (bench/configs/defaults-2026-11-27.toml).
 # (exclude_seen ships as None = auto, which is True on ml-100k: owners never repeat an item)
-CHOSEN = "s5_im0.15"  # stage 4's choice was s4_exseen_fd64_in128 (inference lambda 0.3)
+CHOSEN = "s7_ties_trend"  # stage 5's choice was s5_im0.15, stage 4's s4_exseen_fd64_in128 (inference lambda 0.3)
 
 
 def _configs(name: str) -> tuple[ModelConfig, TrainConfig]:
@@ -143,9 +149,11 @@ def _configs(name: str) -> tuple[ModelConfig, TrainConfig]:
     return dataclasses.replace(ModelConfig(), **{**OLD_MODEL, **m}), train_cfg
 
 
-def run_one(split, name: str, seed: int, mixes: tuple[float, ...] = ()) -> list[dict]:
+def run_one(split, name: str, seed: int, mixes: tuple[float, ...] = (),
+            trends: tuple[tuple[float, float], ...] = ()) -> list[dict]:
     """Fit candidate ``name`` (``gru:<name>``: the plain-GRU baseline with that config); one row,
-    plus one per inference lambda in ``mixes`` (the same fit scored again: ``<name>@im<lambda>``)."""
+    plus one per inference lambda in ``mixes`` (the same fit scored again: ``<name>@im<lambda>``)
+    and one per (window hours, weight) of the eq. (5) trend term in ``trends`` (``<name>@tr<w>x<h>h``)."""
     plain_gru = name.startswith("gru:")
     model_cfg, train_cfg = _configs(name.removeprefix("gru:"))
     with tempfile.TemporaryDirectory(prefix="tune-hrnn-") as work:
@@ -159,6 +167,12 @@ def run_one(split, name: str, seed: int, mixes: tuple[float, ...] = ()) -> list[
         for mix in mixes:
             scorer.set_inference_mix(mix)
             scored.append((f"{name}@im{mix:g}", dataclasses.replace(model_cfg, inference_item_meta_mix=mix),
+                           *score_cases(scorer, split.valid, split.n_items)))
+        scorer.set_inference_mix(model_cfg.inference_item_meta_mix)
+        for hours, weight in trends:
+            scorer.trend_weight, scorer.trend_window_seconds = weight, hours * 3600.0
+            scored.append((f"{name}@tr{weight:g}x{hours:g}h",
+                           dataclasses.replace(model_cfg, trend_weight=weight, trend_window_seconds=hours * 3600.0),
                            *score_cases(scorer, split.valid, split.n_items)))
     hist = scorer.history
     best = hist[best_epoch(hist, train_cfg) - 1]  # the epoch early stopping kept
@@ -217,6 +231,8 @@ def main() -> None:
     ap.add_argument("--force", action="store_true", help="refit candidates already in --out")
     ap.add_argument("--params", default="{}", help='protocol parameters as JSON, e.g. \'{"exclude_seen": false}\'')
     ap.add_argument("--mixes", default="", help="also score each fit at these inference lambdas, e.g. 0,0.3")
+    ap.add_argument("--trends", default="", help="also score each fit with these eq. (5) trend terms, "
+                    "HOURS:WEIGHT each, e.g. 168:0.5,720:1")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -243,8 +259,9 @@ def main() -> None:
                 continue
             print(f"{protocol} {name}: fitting ...", flush=True)
             mixes = tuple(float(m) for m in args.mixes.split(",") if m)
+            trends = tuple(tuple(float(x) for x in t.split(":")) for t in args.trends.split(",") if t)
             new = ([run_baseline(split, name.split(":", 1)[1], args.seed)] if name.startswith("baseline:")
-                   else run_one(split, name, args.seed, mixes))
+                   else run_one(split, name, args.seed, mixes, trends))
             keys = {(r["protocol"], r["config"], r["seed"]) for r in new}
             report["runs"] = [r for r in report["runs"] if (r["protocol"], r["config"], r["seed"]) not in keys] + new
             args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -258,8 +275,9 @@ def main() -> None:
     print(table(rows))
     m, t = _configs(CHOSEN)
     auto = {"exclude_seen"}  # shipped as None (auto), resolved from the data
-    same = all(getattr(ModelConfig(), k) == getattr(m, k) for k in OLD_MODEL) and \
-        all(getattr(TrainConfig(), k) == getattr(t, k) for k in OLD_TRAIN if k not in auto)
+    mo, to = GRID[CHOSEN]
+    same = all(getattr(ModelConfig(), k) == getattr(m, k) for k in {**OLD_MODEL, **mo}) and \
+        all(getattr(TrainConfig(), k) == getattr(t, k) for k in {**OLD_TRAIN, **to} if k not in auto)
     print(f"chosen: {CHOSEN} = {GRID[CHOSEN]}; equal to the current defaults: {same}")
 
 

@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--deadline", type=float, default=0.0, help="stop unfinished jobs after this many seconds (0: none)")
     ap.add_argument("--params", default="{}", help="protocol parameters, passed to tune_hrnn.py")
     ap.add_argument("--mixes", default="", help="also score HRNN-meta fits at these inference lambdas (tune_hrnn.py)")
+    ap.add_argument("--trends", default="", help="also score HRNN-meta fits with these trend terms (tune_hrnn.py)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
@@ -55,8 +56,9 @@ def main() -> None:
             log = open(out.with_suffix(".log"), "w")  # noqa: SIM115 - closed when the job ends
             cmd = [sys.executable, str(HERE / "tune_hrnn.py"), "--snapshot", str(args.snapshot), "--protocols",
                    protocol, "--only", cand, "--seed", str(seed), "--params", args.params, "--out", str(out)]
-            if args.mixes and not cand.startswith(("gru:", "baseline:")):
-                cmd += ["--mixes", args.mixes]
+            for flag, value in (("--mixes", args.mixes), ("--trends", args.trends)):
+                if value and not cand.startswith(("gru:", "baseline:")):
+                    cmd += [flag, value]
             running[job] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), out, log)
             print(f"[{time.time() - started:6.0f} s] start {protocol} {cand} seed {seed}", flush=True)
         time.sleep(2)

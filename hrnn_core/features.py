@@ -332,8 +332,8 @@ class EncodedEvents:
     user_cat: torch.Tensor  # (n_users, Fu * V) user categorical ids
     user_num: torch.Tensor  # (n_users, 2 Fu)
     item_freq: np.ndarray  # (n_items,) training events per item
-    value_present: torch.Tensor | None = None  # (E,) this event has a value (prev_value's flag, one step on)
-    time_delta: np.ndarray | None = None  # (E,) seconds since the owner's previous event (NaN for the first)
+    value_present: torch.Tensor  # (E,) bool: this event has a value (the flag of the next position's prev_value)
+    time_delta: np.ndarray  # (E,) seconds since the owner's previous event (NaN for the first)
 
     @property
     def n_owners(self) -> int:
@@ -347,8 +347,6 @@ class EncodedEvents:
         its new predecessor (previous item, its type and value). The time-delta input stays with the
         position: inside a tie every delta is 0, and a tie's first position keeps the gap before it.
         """
-        if self.value_present is None:
-            raise FeatureError("these encoded events cannot be reordered (no per-event value flags)")
         take = torch.from_numpy(np.asarray(order, dtype=np.int64))
         first = np.zeros(len(order), dtype=bool)
         first[self.owner_start[:-1]] = True

@@ -10,9 +10,10 @@ previous item and its feedback, the time since it (the control input of section 
 request's context. Otherwise (cold_start_items, where the history holds warm events only) it
 is built from the last readable event and the case's time, with no request context.
 
-Trend correction (section 3.2, eq. 5), off unless ``trend_weight`` > 0 (``ModelConfig.trend_weight``,
-or set the attribute between scoring runs): ``score += trend_weight * log q_j(t)``, with ``q(t)`` the
-add-k smoothed item popularity in ``[t_b - trend_window_seconds, t_b)``, ``t_b`` = the case's time
+Trend correction (section 3.2, eq. 5), on when ``trend_weight`` > 0 (``ModelConfig.trend_weight``, 0.5 by
+default; the plain GRU has none; or set the attribute between scoring runs): ``score += trend_weight *
+log q_j(t)``, with ``q(t)`` the add-k smoothed item popularity in ``[t_b - trend_window_seconds, t_b)``
+(``ModelConfig.trend_window_seconds`` unless given), ``t_b`` = the case's time
 floored to ``trend_bucket_seconds`` from ``trend_origin`` (``hrnn_core.trend``), counted over the
 events of ``ScoreBatch.sequences`` (the protocol's ``full`` table: every owner's events, known to a
 real-time system once they happened). For the rolling protocol pass ``trend_bucket_seconds`` = the
@@ -48,7 +49,7 @@ from hrnn_core.trend import WindowedPopularity, smoothed_log_share
 
 PLAIN_GRU = {  # the ablation the paper compares against: items and order only
     "use_time_delta": False, "use_feedback": False, "use_user_features": False, "use_user_id": False,
-    "user_id_dropout": 0.0, "use_context": False, "use_item_meta": False,
+    "user_id_dropout": 0.0, "use_context": False, "use_item_meta": False, "trend_weight": 0.0,
 }
 
 
@@ -59,7 +60,7 @@ class HRNNScorer(Scorer):
     def __init__(self, model: ModelConfig | dict | None = None, train: TrainConfig | dict | None = None,
                  plain_gru: bool = False, device: str = "auto", checkpoint: Path | None = None,
                  max_history: int | None = None, batch_size: int = 256, cold_items_use_metadata: bool = False,
-                 trend_window_seconds: float = 3600.0, trend_bucket_seconds: float = 3600.0,
+                 trend_window_seconds: float | None = None, trend_bucket_seconds: float = 3600.0,
                  trend_origin: float = 0.0, trend_mode: str = "add"):
         if trend_mode not in ("add", "ratio"):
             raise HrnnError(f"trend_mode must be 'add' or 'ratio', got {trend_mode!r}")
@@ -86,7 +87,8 @@ class HRNNScorer(Scorer):
         self.history: list[dict] = []
         # eq. (5) trend term: weight (1 / temperature; 0 = off) and the q(t) window, see the docstring
         self.trend_weight = model_cfg.trend_weight
-        self.trend_window_seconds, self.trend_bucket_seconds = trend_window_seconds, trend_bucket_seconds
+        self.trend_window_seconds = model_cfg.trend_window_seconds if trend_window_seconds is None else trend_window_seconds
+        self.trend_bucket_seconds = trend_bucket_seconds
         self.trend_origin, self.trend_mode = trend_origin, trend_mode
         self._trend: tuple[tuple, WindowedPopularity] | None = None  # ((table id, window settings), q(t))
         self._train_log_q: np.ndarray | None = None  # (catalog,) log q_j^train for trend_mode "ratio"

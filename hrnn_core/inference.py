@@ -14,7 +14,9 @@ last event itself (its item, type, value and time are the *inputs* of the next r
 
 Trend correction (section 3.2, eq. 5): ``score += trend_weight * log q_j(t)`` where ``q(t)`` is
 recent item popularity (add-k smoothed; ``set_trend``). ``trend_weight`` is 1 / temperature of
-the paper's Figure 4: 0.0 means temperature = infinity, i.e. no trend term (the default).
+the paper's Figure 4: 0.0 means temperature = infinity, i.e. no trend term. The engine starts with
+the checkpoint's ``ModelConfig.trend_weight`` and no recent popularity (no term until ``set_trend``);
+``hrnn_core.recommend`` adds the term per user instead, from its ``TrendIndex``.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class InferenceEngine:
         self.item_meta_mix = cfg.inference_item_meta_mix if item_meta_mix is None else item_meta_mix
         self.trend_weight = cfg.trend_weight if trend_weight is None else trend_weight
         self.trend_smoothing = cfg.trend_smoothing
+        self.trend_window_seconds = cfg.trend_window_seconds  # q(t)'s window (hrnn_core.recommend.TrendIndex)
         self.cold_items_use_metadata = cold_items_use_metadata and self.model.meta_out is not None
         h = self.model.cfg.hidden_size
         self._new_w, self._new_b = torch.zeros(0, h, device=self.device), torch.zeros(0, device=self.device)
@@ -151,11 +154,14 @@ class InferenceEngine:
 
     def set_trend(self, counts: Mapping[str, float] | np.ndarray | torch.Tensor | None) -> None:
         """Recent item popularity for the eq. (5) trend term: counts per item id (a mapping, e.g.
-        from ``transforms.popularity_window``) or an (n_items,) array; None -> training frequency."""
+        from ``transforms.popularity_window``) or an (n_items,) array; None: none known, no term
+        (the training-window popularity is already in the model's scores; adding it again would
+        count it twice)."""
         self._trend_counts = counts
         if counts is None:
-            c = self.item_freq.double()
-        elif isinstance(counts, Mapping):
+            self.log_q = torch.zeros(self.n_items, device=self.device)
+            return
+        if isinstance(counts, Mapping):
             c = torch.zeros(self.n_items, dtype=torch.float64, device=self.device)
             for item, n in counts.items():
                 if item in self.item_index:

@@ -535,7 +535,8 @@ def load_serving_model(cfg, tag: str, model_store=None, device: str = "cpu") -> 
     snapshot = find_snapshot(Path(cfg.paths.snapshots_dir), meta.get("snapshot_id") or engine.features.snapshot_id)
     history = SnapshotHistory(engine, snapshot)
     catalog = Catalog(engine, snapshot)
-    trend = TrendIndex(engine, history, cfg.serve.trend_window_seconds, cfg.serve.trend_refresh_seconds)
+    window = cfg.serve.trend_window_seconds or engine.trend_window_seconds  # default: the model's own window
+    trend = TrendIndex(engine, history, window, cfg.serve.trend_refresh_seconds)
     rec = Recommender(engine, catalog, trend, cfg.serve.trend_weight, cfg.serve.cold_start_trend_weight)
     info = {
         "tag": str(model.tag), "snapshot_id": history.snapshot_id or None, "snapshot_as_of": history.as_of
@@ -544,6 +545,7 @@ def load_serving_model(cfg, tag: str, model_store=None, device: str = "cpu") -> 
         "metrics": dict(meta.get("metrics") or {}), "labels": labels, "code_version": meta.get("code_version"),
         "created_at": model.info.creation_time.isoformat(), "n_items": engine.n_items,
         "trend_weight": rec.trend_weight, "cold_start_trend_weight": rec.cold_start_trend_weight,
+        "trend_window_seconds": window,
     }
     return ServingModel(str(model.tag), engine, history, catalog, trend, rec, info)
 

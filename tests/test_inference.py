@@ -152,9 +152,13 @@ def test_cold_items_are_scored_from_metadata(trained) -> None:
 def test_trend_term_of_eq5(trained) -> None:
     _, ckpt = trained
     engine = InferenceEngine.from_checkpoint(ckpt, device="cpu")
+    assert engine.trend_weight == MODEL.trend_weight == 0.5  # the model's default weight ...
     state = engine.init_state()
     base = engine.score(state, at_time=1e9)
+    no_trend = InferenceEngine.from_checkpoint(ckpt, device="cpu", trend_weight=0.0)
+    torch.testing.assert_close(no_trend.score(no_trend.init_state(), at_time=1e9), base)  # ... no term until set
     engine.set_trend({engine.item_ids[0]: 100, engine.item_ids[1]: 10, "not-an-item": 5})
+    engine.trend_weight = 0.0
     torch.testing.assert_close(engine.score(state, at_time=1e9), base)  # trend_weight 0: off
     engine.trend_weight = 0.5
     counts = np.zeros(engine.n_items)

@@ -3,6 +3,7 @@ real `bentoml serve` over HTTP on 127.0.0.1 (events, restart after SIGKILL, bad 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -26,9 +27,11 @@ from bentoml.exceptions import InvalidArgument, NotFound
 from starlette.testclient import TestClient
 
 from hrnn_core import registry
-from hrnn_core.config import Config
+from hrnn_core.checkpoint import load_checkpoint
+from hrnn_core.config import Config, ModelConfig
 from hrnn_core.eventlog import OPEN_PREFIX, EventLog
 from hrnn_core.inference import Event, InferenceEngine
+from hrnn_core.recommend import load_serving_model
 from hrnn_core.warehouse import connect
 from tests.champions import promote_tiny_champion
 
@@ -144,6 +147,18 @@ def test_class_recommend_events_follow_the_engine(svc, svcmod, world: World) -> 
 
     cold = dump(svc.recommend(m.RecommendRequest(user_id="stranger", context={"device": "tv"}, num_results=5)))
     assert len(cold["items"]) == 5 and {i["reason"] for i in cold["items"]} <= {"cold_start_metadata", "trending"}
+
+
+def test_trend_window_and_weight_default_to_the_models(world: World) -> None:
+    """The service adds eq. (5) with the model's own weight and window (what the evaluation scored),
+    unless serve.trend_weight / serve.trend_window_seconds say otherwise."""
+    model_cfg = load_checkpoint(world.checkpoint).model_config
+    info = load_serving_model(world.cfg, world.tag).info
+    assert info["trend_weight"] == model_cfg.trend_weight
+    assert info["trend_window_seconds"] == model_cfg.trend_window_seconds == ModelConfig().trend_window_seconds
+    serve = dataclasses.replace(world.cfg.serve, trend_window_seconds=3600.0, trend_weight=0.25)
+    info = load_serving_model(dataclasses.replace(world.cfg, serve=serve), world.tag).info
+    assert (info["trend_window_seconds"], info["trend_weight"]) == (3600.0, 0.25)
 
 
 def test_class_filters_reasons_and_similar_items(svc, svcmod, world: World) -> None:

@@ -116,3 +116,9 @@ def test_shuffle_ties_trains_every_training_event_once_per_epoch_in_a_new_order(
     train(tied, tmp_path / "plain", SMALL, dataclasses.replace(FAST, shuffle_ties=False, epochs=1))
     assert orders == []
 
+
+
+def test_shuffle_ties_is_on_by_default() -> None:
+    assert TrainConfig().shuffle_ties  # a no-op where timestamps never repeat (tie_order moves nothing)
+    dt = np.array([np.nan, 1.0, 2.0, np.nan, 5.0])
+    assert np.array_equal(tie_order(dt, np.array([[0, 3], [3, 5]]), np.random.default_rng(0)), np.arange(5))

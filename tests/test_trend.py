@@ -43,7 +43,7 @@ def split(data_dir: Path):
 
 @pytest.fixture(scope="module")
 def fitted(split, tmp_path_factory: pytest.TempPathFactory) -> HRNNScorer:
-    scorer = HRNNScorer(ModelConfig(hidden_size=8, field_dim=4, input_size=8),
+    scorer = HRNNScorer(ModelConfig(hidden_size=8, field_dim=4, input_size=8, trend_weight=0.0),  # tests set it
                         TrainConfig(epochs=1, batch_size=16, bptt=8, progress=False, val_owners=10, warmup_steps=2),
                         device="cpu", trend_window_seconds=2 * HOUR, trend_bucket_seconds=HOUR,
                         trend_origin=split.cut_time)
@@ -209,3 +209,12 @@ def test_command_rejects_unknown_dataset_and_bad_grid(data_dir: Path):
     bad = runner.invoke(app, ["experiments", "trend", "--dataset", "synth-drift", "--weights", "a,b",
                               "--data-dir", str(data_dir)])
     assert bad.exit_code == 2 and "--weights" in bad.output
+
+
+def test_hrnn_meta_scores_with_the_trend_term_by_default_and_the_plain_gru_without():
+    """The shipped HRNN-meta adds eq. (5) (ModelConfig.trend_weight, window trend_window_seconds);
+    the plain-GRU ablation has no time input and no trend term."""
+    hrnn, gru = HRNNScorer(device="cpu"), HRNNScorer(device="cpu", plain_gru=True)
+    assert hrnn.trend_weight == ModelConfig().trend_weight > 0 and gru.trend_weight == 0.0
+    assert hrnn.trend_window_seconds == ModelConfig().trend_window_seconds == 30 * 86_400.0
+    assert HRNNScorer(device="cpu", trend_window_seconds=60.0).trend_window_seconds == 60.0
