@@ -1,6 +1,7 @@
 """Markdown tables from the leaderboard JSONs of bench/leaderboards.sh (docs/evaluation/leaderboards.md).
 
     .venv/bin/python bench/leaderboard_table.py bench/results/leaderboard_<dataset>_<protocol>.json ...  (not the .seedN files)
+    .venv/bin/python bench/leaderboard_table.py bench/results/leaderboard_<dataset>_<protocol>.seed_mean.json   (seed tables)
 """
 
 from __future__ import annotations
@@ -34,7 +35,28 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def seed_table(report: dict) -> str:
+    """Per-seed and seed-mean NDCG@10 / Recall@10, then the paired tests on seed-mean per-event values."""
+    per, mean = report["per_run"], report["seed_mean"]
+    n = report["n_runs"]
+    seeds = " / ".join(str(i) for i in range(n))
+    lines = [f"| model | NDCG@10 seeds {seeds} | mean | Recall@10 seeds {seeds} | mean |", "|---|---|---|---|---|"]
+    for name in sorted(per, key=lambda m: -mean[m]["ndcg@10"]):
+        cells = [" / ".join(f"{v:.4f}" for v in per[name][k]) + f" | {mean[name][k]:.4f}" for k in ("ndcg@10", "recall@10")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "| HRNN-meta minus | NDCG@10 diff | CI | p | Recall@10 diff | CI | p |", "|---|---|---|---|---|---|---|"]
+    rivals = sorted({key.split("__")[0].split("_vs_")[1] for key in report["tests"]})
+    for rival in rivals:
+        cells = []
+        for k in ("ndcg@10", "recall@10"):
+            t = report["tests"][f"hrnn_vs_{rival}__{k}"]
+            cells += [f"{t['mean_diff']:+.4f}", f"{t['ci_low']:+.4f}..{t['ci_high']:+.4f}", f"{t['p_value']:.2g}"]
+        lines.append(f"| {rival} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     for path in sys.argv[1:]:
-        print(table(json.loads(Path(path).read_text())))
+        report = json.loads(Path(path).read_text())
+        print(seed_table(report) if path.endswith(".seed_mean.json") else table(report))
         print()
