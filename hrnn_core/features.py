@@ -359,7 +359,9 @@ class EncodedEvents:
             self, target=target, event_type=etype, event_value=value, value_present=present,
             prev_item=torch.where(first_t, n_items, target[prev]),  # n_items: no previous item
             prev_type=torch.where(first_t, 0, etype[prev]), prev_value=prev_value.float(),
-            context=self.context[take], impressions=self.impressions[take],
+            context=self.context[take] if self.context.shape[1] else self.context,
+            # all padding (no impressions in the data): the same in any order, and E x K is big
+            impressions=self.impressions if bool((self.impressions < 0).all()) else self.impressions[take],
         )
 
 

@@ -388,6 +388,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
     if n_events == 0:
         raise TrainError(f"snapshot {snapshot_dir} has no training events after the validation split")
     exclude_seen, repeats = resolve_exclude_seen(cfg, data)
+    has_ties = bool((data.events.time_delta == 0).any())  # train.shuffle_ties has nothing to shuffle otherwise
     if cfg.output == "dense" and cfg.batch_size * cfg.bptt * n_items > cfg.max_dense_logits:
         raise TrainError(f"dense output over {n_items:,} items needs a {cfg.batch_size * cfg.bptt:,} x "
                          f"{n_items:,} score matrix; set train.output = 'sampled' (or a smaller batch)")
@@ -437,7 +438,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
         rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(2, epoch)))
         mix_rng = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         segments = data.train_segments[rng.permutation(len(data.train_segments))]
-        if cfg.shuffle_ties:  # the epoch's events: ties in a fresh order (same stream on every rank)
+        if cfg.shuffle_ties and has_ties:  # the epoch's events: ties in a fresh order (same stream on every rank)
             tie_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(3, epoch)))
             ev = data.events.reordered(tie_order(data.events.time_delta, data.train_segments, tie_rng), n_items)
             epoch_data = dataclasses.replace(data, events=ev)
