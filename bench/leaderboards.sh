@@ -23,7 +23,9 @@ seeds() {  # dataset protocol params-json "seeds": those seeds of hrnn, gru, fm,
       --output "$base.seed$seed.json" "${extra[@]}"
   done
   for seed in $4; do files+=("$base.seed$seed.json"); done
-  .venv/bin/python bench/seed_mean_test.py "$base.json" "${files[@]}" --output "$base.seed_mean.json"
+  # --by-owner: the same tests with whole users resampled too (temporal scores many events per user)
+  .venv/bin/python bench/seed_mean_test.py "$base.json" "${files[@]}" --output "$base.seed_mean.json" \
+    --by-owner --params "${3:-"{}"}"
 }
 only="${1:-all}"
 case "$only" in

@@ -7,8 +7,15 @@ model's per-event NDCG a lot. Given runs of the same dataset/protocol/snapshot w
 files next to the JSONs; cases are in the same order in every run) and repeats the paired test
 of ``hrnn`` against every other model on the seed means. It also prints each run's own test.
 
+With ``--snapshot`` (the runs' snapshot folder; ``--params`` as given to ``hrnn evaluate``) it
+rebuilds the protocol's test cases to learn each event's owner and repeats the tests with whole
+owners resampled (``metrics.paired_test(..., clusters=owners)``): on ``temporal`` one user's many
+test events are not independent, so the per-event p-value is optimistic (on leave_one_out every
+event is its own user and nothing changes).
+
     .venv/bin/python bench/seed_mean_test.py bench/results/leaderboard_ml-100k_leave_one_out.json \\
-        bench/results/leaderboard_ml-100k_leave_one_out.seed1.json ... [--output FILE.json]
+        bench/results/leaderboard_ml-100k_leave_one_out.seed1.json ... [--output FILE.json] \\
+        [--snapshot data/snapshots/<id> [--params '{"exclude_seen": false}']]
 """
 
 from __future__ import annotations
@@ -33,11 +40,29 @@ def load(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     return report, {k: npz[k] for k in npz.files}
 
 
+def test_owners(snapshot: Path, report: dict, params: dict) -> np.ndarray:
+    """(n_events,) owner of each test case, in the reports' case order (the protocol rebuilt)."""
+    from hrnn_core.protocols import SnapshotData, build_split  # noqa: PLC0415
+
+    data = SnapshotData.load(snapshot)
+    if data.snapshot_id != report["snapshot_id"]:
+        raise SystemExit(f"{snapshot} is snapshot {data.snapshot_id}, the reports are on {report['snapshot_id']}")
+    cases = build_split(report["protocol"], data, **params).test
+    if len(cases) != report["n_events"]:
+        raise SystemExit(f"the rebuilt protocol has {len(cases)} test cases, the reports {report['n_events']}: "
+                         "pass the runs' --params")
+    return cases.owner
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("reports", nargs="+", type=Path, help="leaderboard JSONs of one dataset/protocol, one per seed")
     ap.add_argument("--reference", default="hrnn")
     ap.add_argument("--output", type=Path)
+    ap.add_argument("--snapshot", type=Path, help="the runs' snapshot: also test with whole owners resampled")
+    ap.add_argument("--by-owner", action="store_true", help="the same, with the snapshot found in the data dir "
+                    "($HRNN_DATA_DIR/snapshots/<the reports' snapshot id>)")
+    ap.add_argument("--params", default="{}", help="protocol parameters of the runs (JSON), with --snapshot")
     args = ap.parse_args()
     runs = [load(p) for p in args.reports]
     first = runs[0][0]
@@ -60,6 +85,11 @@ def main() -> None:
         cells = "  ".join(f"{k} " + " ".join(f"{v:.4f}" for v in out["per_run"][m][k]) +
                           f" (mean {out['seed_mean'][m][k]:.4f})" for k in METRICS)
         print(f"  {m:<12}{cells}")
+    if args.by_owner and not args.snapshot:
+        from hrnn_core.config import default_data_dir  # noqa: PLC0415
+
+        args.snapshot = default_data_dir() / "snapshots" / first["snapshot_id"]
+    owners = test_owners(args.snapshot, first, json.loads(args.params)) if args.snapshot else None
     for m in models:
         if m == args.reference:
             continue
@@ -68,6 +98,11 @@ def main() -> None:
             out["tests"][f"{args.reference}_vs_{m}__{k}"] = t
             print(f"  {args.reference} - {m} {k}: {t['mean_diff']:+.4f} (95% CI {t['ci_low']:+.4f}..{t['ci_high']:+.4f}, "
                   f"p={t['p_value']:.2g}) on seed-mean per-event values")
+            if owners is not None:
+                c = paired_test(means[args.reference][k], means[m][k], clusters=owners)
+                out.setdefault("tests_by_owner", {})[f"{args.reference}_vs_{m}__{k}"] = c
+                print(f"  {'':{len(args.reference) + len(m) + 3}} {k}: 95% CI {c['ci_low']:+.4f}..{c['ci_high']:+.4f}, "
+                      f"p={c['p_value']:.2g} with whole owners resampled ({c['n_clusters']} owners)")
     if args.output:
         args.output.write_text(json.dumps(out, indent=2, default=float) + "\n")
 

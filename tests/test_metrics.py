@@ -163,3 +163,28 @@ def test_paired_test():
     assert r["p_value"] < 1e-6
     with pytest.raises(MetricError):
         paired_test(a, a[:-1])
+
+
+def test_paired_test_by_cluster_counts_clusters_not_events():
+    """One user's many events are one piece of evidence: with the difference constant inside each of
+    few users, the event-level test is overconfident and the cluster test is not."""
+    rng = np.random.default_rng(2)
+    per_user = np.array([0.05, -0.03, 0.04, -0.02, 0.06, -0.04, 0.03, 0.01])  # 8 users' own effects
+    users = np.repeat(np.arange(8), 200)
+    d = per_user[users] + rng.normal(0, 0.001, len(users))
+    a, b = d, np.zeros_like(d)
+    events, by_user = paired_test(a, b), paired_test(a, b, clusters=users)
+    assert events["mean_diff"] == pytest.approx(by_user["mean_diff"]) and by_user["n_clusters"] == 8
+    assert events["p_value"] < 1e-6 < by_user["p_value"]  # 1,600 "independent" events vs 8 users
+    assert by_user["ci_high"] - by_user["ci_low"] > 5 * (events["ci_high"] - events["ci_low"])
+    # hand check: CR1 standard error of the mean, t with G - 1 = 7 degrees of freedom
+    from scipy import stats
+    sums = np.bincount(users, weights=d)
+    resid = sums - 200 * d.mean()
+    se = np.sqrt(8 / 7 * (resid ** 2).sum()) / len(d)
+    assert by_user["p_value"] == pytest.approx(2 * stats.t.sf(abs(d.mean() / se), 7))
+    # a real effect shared by every user stays significant
+    strong = paired_test(d + 0.2, b, clusters=users)
+    assert strong["p_value"] < 1e-4 and strong["ci_low"] > 0.1
+    with pytest.raises(MetricError):
+        paired_test(a, b, clusters=users[:-1])
