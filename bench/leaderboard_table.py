@@ -47,11 +47,14 @@ def seed_table(report: dict) -> str:
     lines += ["", "| HRNN-meta minus | NDCG@10 diff | CI | p | Recall@10 diff | CI | p |", "|---|---|---|---|---|---|---|"]
     rivals = sorted({key.split("__")[0].split("_vs_")[1] for key in report["tests"]})
     for rival in rivals:
-        cells = []
-        for k in ("ndcg@10", "recall@10"):
-            t = report["tests"][f"hrnn_vs_{rival}__{k}"]
-            cells += [f"{t['mean_diff']:+.4f}", f"{t['ci_low']:+.4f}..{t['ci_high']:+.4f}", f"{t['p_value']:.2g}"]
-        lines.append(f"| {rival} | " + " | ".join(cells) + " |")
+        for tests, label in ((report["tests"], rival), (report.get("tests_by_owner"), f"{rival}, whole users resampled")):
+            if not tests:
+                continue
+            cells = []
+            for k in ("ndcg@10", "recall@10"):
+                t = tests[f"hrnn_vs_{rival}__{k}"]
+                cells += [f"{t['mean_diff']:+.4f}", f"{t['ci_low']:+.4f}..{t['ci_high']:+.4f}", f"{t['p_value']:.2g}"]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
