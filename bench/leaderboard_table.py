@@ -59,7 +59,13 @@ def seed_table(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    for path in sys.argv[1:]:
+    paths = sys.argv[1:]
+    if not paths or paths[0] in ("-h", "--help"):
+        sys.exit(__doc__)
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        sys.exit(f"no such report: {', '.join(missing)} (bench/leaderboards.sh writes them)")
+    for path in paths:
         report = json.loads(Path(path).read_text())
         print(seed_table(report) if path.endswith(".seed_mean.json") else table(report))
         print()
