@@ -134,6 +134,10 @@ GRID: dict[str, tuple[dict, dict]] = {
         "s7_ties_uid": ({"use_user_id": True}, {"shuffle_ties": True}),
         "s7_ties_e40": ({}, {"shuffle_ties": True, "epochs": 40}),
         "s7_ties_trend": ({"trend_weight": 0.5, "trend_window_seconds": 30 * 86_400.0}, {"shuffle_ties": True}),
+        # stage 8 (session 6): the trend window (or none) chosen per dataset on the trainer's own
+        # validation events after training (model.trend_auto); yoochoose validation wants 1 h, ml-100k 30 days
+        "s8_trend_auto": ({"trend_weight": 0.5, "trend_window_seconds": 30 * 86_400.0, "trend_auto": True},
+                          {"shuffle_ties": True}),
     }.items()},
 }
 
@@ -163,6 +167,8 @@ def run_one(split, name: str, seed: int, mixes: tuple[float, ...] = (),
         t = time.perf_counter()
         scorer.fit(data)
         fit_s = time.perf_counter() - t
+        chosen_trend = {"scored_trend_weight": scorer.trend_weight,  # model.trend_auto: the trainer's choice
+                        "scored_trend_window_hours": scorer.trend_window_seconds / 3600.0}
         scored = [(name, model_cfg, *score_cases(scorer, split.valid, split.n_items))]
         for mix in mixes:
             scorer.set_inference_mix(mix)
@@ -183,7 +189,7 @@ def run_one(split, name: str, seed: int, mixes: tuple[float, ...] = (),
             "protocol": split.protocol, "config": config, "seed": seed,
             "model_overrides": GRID[name.removeprefix("gru:")][0], "train_overrides": GRID[name.removeprefix("gru:")][1],
             "valid_ndcg@10": s.get("ndcg@10"), "valid_recall@10": s.get("recall@10"), "valid_mrr@10": s.get("mrr@10"),
-            "valid_ppl": s.get("ppl"), "valid_cases": len(split.valid),
+            "valid_ppl": s.get("ppl"), "valid_cases": len(split.valid), **(chosen_trend if config == name else {}),
             "fit_seconds": round(fit_s, 1), "score_seconds": round(score_s, 1),
             "epochs_run": len(hist), "best_epoch": best["epoch"], "trainer_inference_mix": best.get("inference_mix"),
             "trainer_val_ndcg@10_best": best.get("ndcg@10"),

@@ -62,6 +62,7 @@ class IngestConfig:
 # the one used when there is no validation set to choose on.
 INFERENCE_MIX_GRID = (0.0, 0.15, 0.3, 0.5, 0.75, 1.0)
 INFERENCE_MIX_FALLBACK = 0.15
+TREND_WINDOW_GRID = (3600.0, 86_400.0, 7 * 86_400.0, 30 * 86_400.0)  # model.trend_auto's windows: 1 h, 1 day, 7, 30 days
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,9 @@ class ModelConfig:
     trend_window_seconds: float = 30 * 86_400.0  # q_j(t) = item j's add-k smoothed share of the events in the
     # window [t_b - this, t_b), t_b = the request time floored to the hour (serving: to serve.trend_refresh_seconds)
     trend_smoothing: float = 1.0  # add-k smoothing of recent popularity counts before log q_j(t)
+    trend_auto: bool = False  # choose the trend term on the trainer's validation events after training: off, or
+    # trend_weight with each window of TREND_WINDOW_GRID; the checkpoint keeps the choice as fixed values
+    # (hrnn_core.train.choose_trend). yoochoose validation wants 1 h (0.2874) where ml-100k's wants 30 days
 
     def __post_init__(self) -> None:
         checks = [
@@ -122,6 +126,8 @@ class ModelConfig:
              "inference_item_meta_mix must be in [0, 1] (or unset: chosen on validation)"),
             (self.trend_weight >= 0.0 and self.trend_smoothing > 0.0 and self.trend_window_seconds > 0.0,
              "trend_weight must be >= 0, trend_smoothing and trend_window_seconds > 0"),
+            (not self.trend_auto or self.trend_weight > 0.0,
+             "trend_auto needs trend_weight > 0 (the weight it tries with each window)"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -173,6 +173,10 @@ def evaluate_split(split: Split, models: list[str], *, seed: int = 0, model_opti
 
                 summary["epochs_run"] = len(history)
                 summary["best_epoch"] = best_epoch(history, scorer.train_cfg)
+            if getattr(scorer, "trend_weight", None) is not None:  # the eq. (5) term it scored with (0: none)
+                summary["trend_weight"] = float(scorer.trend_weight)
+                if scorer.trend_weight:
+                    summary["trend_window_hours"] = float(scorer.trend_window_seconds) / 3600.0
             results[name] = ModelResult(name, summary, per_event, fit_s, score_s, frames)
             if keep_scorers is not None:
                 keep_scorers[name] = scorer

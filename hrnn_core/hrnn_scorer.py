@@ -23,7 +23,10 @@ trend vector comes only from events before the frame. ``trend_mode="ratio"`` add
 popularity the model absorbed and ``q~(t) = (r(t) + p) / 2`` the raw recent share ``r(t)`` shrunk
 half-way to ``p`` (so an item with no recent events is not promoted just for being rare in
 training): an inference-time stand-in for training with the popularity bias imputed. The
-trainer itself does not use ``trend_weight``: the model is trained without any trend term.
+trainer itself does not use ``trend_weight``: the model is trained without any trend term. With
+``model.trend_auto`` the trainer picks the weight (off or ``trend_weight``) and the window on its
+validation events after training (``hrnn_core.train.choose_trend``), and the scorer takes them from the
+checkpoint (a window given here still wins).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from hrnn_core.trend import WindowedPopularity, smoothed_log_share
 PLAIN_GRU = {  # the ablation the paper compares against: items and order only
     "use_time_delta": False, "use_feedback": False, "use_user_features": False, "use_user_id": False,
     "user_id_dropout": 0.0, "use_context": False, "use_item_meta": False, "trend_weight": 0.0,
+    "trend_auto": False,
 }
 
 
@@ -88,6 +92,7 @@ class HRNNScorer(Scorer):
         # eq. (5) trend term: weight (1 / temperature; 0 = off) and the q(t) window, see the docstring
         self.trend_weight = model_cfg.trend_weight
         self.trend_window_seconds = model_cfg.trend_window_seconds if trend_window_seconds is None else trend_window_seconds
+        self._window_given = trend_window_seconds is not None
         self.trend_bucket_seconds = trend_bucket_seconds
         self.trend_origin, self.trend_mode = trend_origin, trend_mode
         self._trend: tuple[tuple, WindowedPopularity] | None = None  # ((table id, window settings), q(t))
@@ -132,6 +137,10 @@ class HRNNScorer(Scorer):
         self.features = ck.features
         self.n_items = self.features.n_items
         self._cold = ck.item_freq.to(self.device) == 0  # (n_items,) no training events
+        if self.model_cfg.trend_auto:  # the trainer chose the trend term on validation: the checkpoint has it
+            self.trend_weight = self.model.cfg.trend_weight
+            if not self._window_given:
+                self.trend_window_seconds = self.model.cfg.trend_window_seconds
         self.set_inference_mix(self.model.cfg.inference_item_meta_mix)
         self._encoded.clear()
 

@@ -31,19 +31,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from hrnn_core.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
-from hrnn_core.config import INFERENCE_MIX_FALLBACK, INFERENCE_MIX_GRID, ModelConfig, TrainConfig
+from hrnn_core.config import INFERENCE_MIX_FALLBACK, INFERENCE_MIX_GRID, TREND_WINDOW_GRID, ModelConfig, TrainConfig
 from hrnn_core.errors import HrnnError
 from hrnn_core.features import EncodedEvents, FeatureSpace, encode_events, synthetic_snapshot
 from hrnn_core.losses import dense_softmax_loss, reward_weights, sampled_softmax_loss
 from hrnn_core.model import FieldBags, HRNNMeta, StepInputs
 from hrnn_core.protocols import HOLDOUT_FILE
 from hrnn_core.sampler import AliasSampler
+from hrnn_core.trend import WindowedPopularity
 
 RANK_SEED_STRIDE = 1_000_003  # hrnn_core.distributed: rank r's random streams are seeded + r * this
 
@@ -219,12 +221,14 @@ def _autocast(device: torch.device):
 @torch.no_grad()
 def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: torch.device,
              mix: float = 0.0, k: int = 10, batch_size: int = 64, item_chunk: int = 65_536,
-             exclude_seen: bool = False) -> dict[str, float]:
+             exclude_seen: bool = False, trend: tuple[float, WindowedPopularity, np.ndarray] | None = None
+             ) -> dict[str, float]:
     """Validation on each segment's last event given the rest: loss (mean CE), PPL, NDCG@k, Hit@k.
 
     Scores the full catalog in chunks (never a rows x all-items matrix larger than a chunk).
     ``exclude_seen``: the owner's earlier items (never the target) leave the ranking and the
-    softmax, as in training with ``train.exclude_seen``.
+    softmax, as in training with ``train.exclude_seen``. ``trend`` = (weight, popularity, each
+    event's timestamp): scores get eq. (5)'s ``weight * log q_j(t)`` at the target's time.
     """
     if len(segments) == 0:
         return {}
@@ -251,11 +255,18 @@ def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: tor
             seen[torch.arange(len(seg), device=device), target] = False
         w_t, b_t = model.item_vectors(target, mix)
         pos = (h * w_t.float()).sum(-1) + b_t.float()  # (b,) target scores
+        shift = None
+        if trend is not None:  # (b, n_items) eq. (5) term at each target's time
+            weight, pop, times = trend
+            shift = weight * pop.log_q_at(times[seg[:, 1] - 1]).to(device)
+            pos = pos + shift.gather(1, target[:, None]).squeeze(1)
         lse = torch.full_like(pos, float("-inf"))
         rank = torch.zeros_like(pos)
         for a in range(0, model.n_items, item_chunk):
             items = torch.arange(a, min(a + item_chunk, model.n_items), device=device)
             s = model.scores(h, items, mix).float()  # (b, chunk)
+            if shift is not None:
+                s = s + shift[:, a:a + len(items)]
             if seen is not None:
                 s = s.masked_fill(seen[:, a:a + len(items)], float("-inf"))
             lse = torch.logaddexp(lse, torch.logsumexp(s, dim=1))
@@ -293,6 +304,49 @@ def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: t
         out = {**runs[chosen], "by_mix": {f"{m:g}": runs[m][key] for m in mixes}}
     model.cfg = dataclasses.replace(model.cfg, inference_item_meta_mix=chosen)
     return {**out, "inference_mix": chosen}
+
+
+def choose_trend(checkpoint: Path, snapshot_dir: Path, data: TrainData, device: torch.device, cfg: TrainConfig,
+                 exclude_seen: bool) -> dict:
+    """``model.trend_auto``: score the validation events of the checkpoint's model without the eq. (5) trend
+    term and with ``trend_weight`` and each window of TREND_WINDOW_GRID, keep the best by
+    ``cfg.early_stopping_metric`` (equal values: the first, so "off" wins ties) and write it into the
+    checkpoint as fixed values (``trend_auto`` off there), so scoring and serving use it as it is.
+
+    ``q(t)`` counts every event of the snapshot before the target's hour, as the scorer does at test
+    time (never the target itself or anything later). No validation events: nothing changes.
+    """
+    ck = load_checkpoint(checkpoint, device)
+    model, mcfg = ck.model, ck.model_config
+    seq = pq.read_table(Path(snapshot_dir) / "sequences.parquet", columns=["timestamps"])
+    times = pc.list_flatten(seq["timestamps"]).to_numpy(zero_copy_only=False).astype(np.float64)
+    if len(times) != len(data.events.target):
+        raise TrainError(f"{snapshot_dir}: {len(times)} timestamps for {len(data.events.target)} encoded events")
+    mix = INFERENCE_MIX_FALLBACK if mcfg.inference_item_meta_mix is None else mcfg.inference_item_meta_mix
+    choices: list[tuple[float, float]] = [(0.0, mcfg.trend_window_seconds)]
+    choices += [(mcfg.trend_weight, w) for w in TREND_WINDOW_GRID]
+    runs = []
+    for weight, window in choices:
+        trend = None
+        if weight > 0:
+            pop = WindowedPopularity(times, data.events.target.numpy(), model.n_items, window_seconds=window,
+                                     bucket_seconds=3600.0, smoothing=mcfg.trend_smoothing)
+            trend = (weight, pop, times)
+        runs.append(evaluate(model, data, data.val_segments, device, mix=mix, exclude_seen=exclude_seen, trend=trend))
+    key = cfg.early_stopping_metric
+    if key not in runs[0]:
+        return {}
+    values = [r[key] for r in runs]
+    best = int(np.argmin(values) if key == "val_loss" else np.argmax(values))  # argmin/argmax: the first of equals
+    weight, window = choices[best]
+    raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    raw["model_config"].update(trend_weight=weight, trend_window_seconds=window, trend_auto=False)
+    tmp = checkpoint.with_name(f".{checkpoint.name}.tmp")
+    torch.save(raw, tmp)
+    tmp.replace(checkpoint)
+    label = lambda w, win: "off" if w == 0 else f"{w:g}x{win / 3600:g}h"  # noqa: E731
+    return {"trend_weight": weight, "trend_window_seconds": window,
+            "by_trend": {label(w, win): round(v, 6) for (w, win), v in zip(choices, values)}}
 
 
 def _optimizers(model: HRNNMeta, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
@@ -562,10 +616,17 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
         return TrainResult(run_dir, best_path, last_path, run_dir / "report.json", history, stopped)
     if not last_path.exists():
         raise CheckpointError(f"{run_dir}: no epoch finished, nothing to report")
+    trend = {}
+    if model_cfg.trend_auto and best_path.exists():
+        trend = choose_trend(best_path, snapshot_dir, data, device, cfg, exclude_seen)
+        if cfg.progress and trend:
+            tqdm.write(f"trend term: {trend['by_trend']} -> weight {trend['trend_weight']:g}, "
+                       f"window {trend['trend_window_seconds'] / 3600:g} h")
     report = write_report(run_dir, history, curve, model_cfg, cfg, data, stopped,
                           world=dist_ctx.world if dist_ctx is not None else 1,
                           extra={"exclude_seen": exclude_seen, "repeat_share": round(repeats, 6),
-                                 "inference_mix": history[best_epoch(history, cfg) - 1].get("inference_mix")})
+                                 "inference_mix": history[best_epoch(history, cfg) - 1].get("inference_mix"),
+                                 **({"trend": trend} if trend else {})})
     return TrainResult(run_dir, best_path, last_path, report, history, stopped)
 
 

@@ -444,3 +444,70 @@ def test_auto_inference_mix_is_chosen_on_validation_and_carried_to_inference(sna
     assert [h["epoch"] for h in longer.history] == [1, 2, 3]
     plain = train(path, tmp_path / "gru", dataclasses.replace(auto, use_item_meta=False), FAST)
     assert all(h["inference_mix"] == 0.0 and set(h["by_mix"]) == {"0"} for h in plain.history)
+
+
+def test_evaluate_trend_term_is_an_item_bias_when_the_window_holds_everything(snap, tmp_path) -> None:
+    """evaluate(trend=(w, q, times)) adds w * log q_j(t) to every score: with every event long before the
+    targets' hour, q is the same for all of them, so it equals the model with w * log q added to its bias."""
+    from hrnn_core.trend import WindowedPopularity
+    from hrnn_core.train import evaluate
+
+    _, path = snap
+    cfg = dataclasses.replace(SMALL, use_item_meta=False, inference_item_meta_mix=0.0)
+    res = train(path, tmp_path / "run", cfg, FAST)
+    model = load_checkpoint(res.best_checkpoint).model
+    data = prepare_data(path, cfg, FAST)
+    items = data.events.target.numpy()
+    pop = WindowedPopularity(np.zeros(len(items)), items, model.n_items, window_seconds=1e9, bucket_seconds=3600.0)
+    times = np.full(len(items), 10 * 3600.0)
+    cpu = torch.device("cpu")
+    with_trend = evaluate(model, data, data.val_segments, cpu, trend=(0.7, pop, times))
+    assert with_trend["val_loss"] != pytest.approx(evaluate(model, data, data.val_segments, cpu)["val_loss"])
+    with torch.no_grad():
+        model.item_b.weight[: model.n_items, 0] += torch.from_numpy(0.7 * pop.log_q(10 * 3600.0)).float()
+    as_bias = evaluate(model, data, data.val_segments, cpu)
+    for key in ("val_loss", "ndcg@10", "hit@10"):
+        assert with_trend[key] == pytest.approx(as_bias[key], rel=1e-5, abs=1e-6)
+
+
+def test_trend_auto_chooses_on_validation_and_the_checkpoint_carries_the_choice(snap, tmp_path, monkeypatch) -> None:
+    """model.trend_auto: after training the validation events are scored without the trend term and
+    with each window of TREND_WINDOW_GRID; the best (first of equals) is written into the best
+    checkpoint as fixed values, the report lists every score, and HRNNScorer takes the choice."""
+    from hrnn_core.config import TREND_WINDOW_GRID
+    from hrnn_core.hrnn_scorer import HRNNScorer
+
+    _, path = snap
+    with pytest.raises(ConfigError, match="trend_auto needs trend_weight"):
+        dataclasses.replace(SMALL, trend_auto=True, trend_weight=0.0)
+    auto = dataclasses.replace(SMALL, trend_auto=True, trend_weight=0.5)
+    res = train(path, tmp_path / "run", auto, FAST)
+    trend = json.loads(res.report.read_text())["trend"]
+    labels = ["off"] + [f"0.5x{w / 3600:g}h" for w in TREND_WINDOW_GRID]
+    assert list(trend["by_trend"]) == labels
+    values = list(trend["by_trend"].values())
+    chosen = labels[values.index(max(values))]
+    ck = load_checkpoint(res.best_checkpoint)
+    assert ck.model_config.trend_auto is False
+    if chosen == "off":
+        assert ck.model_config.trend_weight == trend["trend_weight"] == 0.0
+    else:
+        assert ck.model_config.trend_weight == 0.5
+        assert f"0.5x{ck.model_config.trend_window_seconds / 3600:g}h" == chosen
+    scorer = HRNNScorer(auto, FAST, device="cpu", checkpoint=res.best_checkpoint)
+    assert (scorer.trend_weight, scorer.trend_window_seconds) == (ck.model_config.trend_weight,
+                                                                  ck.model_config.trend_window_seconds)
+    assert HRNNScorer(auto, FAST, device="cpu", checkpoint=res.best_checkpoint,
+                      trend_window_seconds=60.0).trend_window_seconds == 60.0  # a window given still wins
+
+    # the choice follows the metric: make the 1-day window score best, then "off" (ties go to "off")
+    def fake(model, data, segments, device, mix=0.0, exclude_seen=False, trend=None, **_):
+        day = trend is not None and trend[1].window == 86_400.0
+        return {"val_loss": 1.0, "ndcg@10": 0.5 if day else 0.1, "hit@10": 0.0}
+    monkeypatch.setattr(train_mod, "evaluate", fake)
+    data = prepare_data(path, auto, FAST)
+    out = train_mod.choose_trend(res.best_checkpoint, path, data, torch.device("cpu"), FAST, False)
+    assert (out["trend_weight"], out["trend_window_seconds"]) == (0.5, 86_400.0)
+    assert load_checkpoint(res.best_checkpoint).model_config.trend_window_seconds == 86_400.0
+    monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: {"val_loss": 1.0, "ndcg@10": 0.2})
+    assert train_mod.choose_trend(res.best_checkpoint, path, data, torch.device("cpu"), FAST, False)["trend_weight"] == 0.0

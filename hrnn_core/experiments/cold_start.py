@@ -149,7 +149,7 @@ def run_cold_start(snapshot_dir: Path, model_cfg, train_cfg, *, dataset: str = "
     if len(split.test) == 0:
         raise ColdStartError("no events on cold items; raise --cold-fraction")
     train_cfg = dataclasses.replace(train_cfg, item_meta_mix=None)  # paper 4.4: lambda ~ U[0, 1] in training
-    model_cfg = dataclasses.replace(model_cfg, trend_weight=0.0)  # Table 7: metadata alone, no trend term
+    model_cfg = dataclasses.replace(model_cfg, trend_weight=0.0, trend_auto=False)  # Table 7: metadata alone, no trend term
     scorers = {"hrnn": make_scorer("hrnn", model=model_cfg, train=train_cfg, cold_items_use_metadata=True),
                "random": make_scorer("random")}
     fit_s = {}

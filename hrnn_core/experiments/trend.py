@@ -146,7 +146,7 @@ def run_trend(snapshot_dir: Path, *, dataset: str, model_cfg, train_cfg, grid: G
         raise TrendExperimentError("the rolling split has no test frames; lower test_fraction or check the data")
     say(split.describe())
     v_origin, vframes = valid_frames(split, frame_seconds)
-    model_cfg = dataclasses.replace(model_cfg, trend_weight=0.0)
+    model_cfg = dataclasses.replace(model_cfg, trend_weight=0.0, trend_auto=False)
     hrnn_opts = {"model": model_cfg, "train": train_cfg, "trend_bucket_seconds": frame_seconds}
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="hrnn-trend-") as work:
