@@ -126,8 +126,6 @@ class ModelConfig:
              "inference_item_meta_mix must be in [0, 1] (or unset: chosen on validation)"),
             (self.trend_weight >= 0.0 and self.trend_smoothing > 0.0 and self.trend_window_seconds > 0.0,
              "trend_weight must be >= 0, trend_smoothing and trend_window_seconds > 0"),
-            (not self.trend_auto or self.trend_weight > 0.0,
-             "trend_auto needs trend_weight > 0 (the weight it tries with each window)"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -617,7 +617,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
     if not last_path.exists():
         raise CheckpointError(f"{run_dir}: no epoch finished, nothing to report")
     trend = {}
-    if model_cfg.trend_auto and best_path.exists():
+    if model_cfg.trend_auto and model_cfg.trend_weight > 0 and best_path.exists():  # weight 0: the term is off
         trend = choose_trend(best_path, snapshot_dir, data, device, cfg, exclude_seen)
         if cfg.progress and trend:
             tqdm.write(f"trend term: {trend['by_trend']} -> weight {trend['trend_weight']:g}, "

@@ -478,8 +478,6 @@ def test_trend_auto_chooses_on_validation_and_the_checkpoint_carries_the_choice(
     from hrnn_core.hrnn_scorer import HRNNScorer
 
     _, path = snap
-    with pytest.raises(ConfigError, match="trend_auto needs trend_weight"):
-        dataclasses.replace(SMALL, trend_auto=True, trend_weight=0.0)
     auto = dataclasses.replace(SMALL, trend_auto=True, trend_weight=0.5)
     res = train(path, tmp_path / "run", auto, FAST)
     trend = json.loads(res.report.read_text())["trend"]
@@ -511,3 +509,7 @@ def test_trend_auto_chooses_on_validation_and_the_checkpoint_carries_the_choice(
     assert load_checkpoint(res.best_checkpoint).model_config.trend_window_seconds == 86_400.0
     monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: {"val_loss": 1.0, "ndcg@10": 0.2})
     assert train_mod.choose_trend(res.best_checkpoint, path, data, torch.device("cpu"), FAST, False)["trend_weight"] == 0.0
+    # trend_weight 0 turns the term off: nothing to choose, the checkpoint keeps 0
+    off = train(path, tmp_path / "off", dataclasses.replace(auto, trend_weight=0.0), FAST)
+    assert "trend" not in json.loads(off.report.read_text())
+    assert HRNNScorer(auto, FAST, device="cpu", checkpoint=off.best_checkpoint).trend_weight == 0.0
