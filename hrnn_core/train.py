@@ -307,11 +307,13 @@ def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: t
 
 
 def choose_trend(checkpoint: Path, snapshot_dir: Path, data: TrainData, device: torch.device, cfg: TrainConfig,
-                 exclude_seen: bool) -> dict:
+                 exclude_seen: bool, weight: float | None = None) -> dict:
     """``model.trend_auto``: score the validation events of the checkpoint's model without the eq. (5) trend
     term and with ``trend_weight`` and each window of TREND_WINDOW_GRID, keep the best by
     ``cfg.early_stopping_metric`` (equal values: the first, so "off" wins ties) and write it into the
     checkpoint as fixed values (``trend_auto`` off there), so scoring and serving use it as it is.
+    ``weight``: the weight to try (default: the checkpoint's; the run's config after a resume, whose
+    best checkpoint may hold an earlier choice of "off").
 
     ``q(t)`` counts every event of the snapshot before the target's hour, as the scorer does at test
     time (never the target itself or anything later). No validation events: nothing changes.
@@ -324,7 +326,7 @@ def choose_trend(checkpoint: Path, snapshot_dir: Path, data: TrainData, device: 
         raise TrainError(f"{snapshot_dir}: {len(times)} timestamps for {len(data.events.target)} encoded events")
     mix = INFERENCE_MIX_FALLBACK if mcfg.inference_item_meta_mix is None else mcfg.inference_item_meta_mix
     choices: list[tuple[float, float]] = [(0.0, mcfg.trend_window_seconds)]
-    choices += [(mcfg.trend_weight, w) for w in TREND_WINDOW_GRID]
+    choices += [(mcfg.trend_weight if weight is None else weight, w) for w in TREND_WINDOW_GRID]
     runs = []
     for weight, window in choices:
         trend = None
@@ -618,7 +620,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
         raise CheckpointError(f"{run_dir}: no epoch finished, nothing to report")
     trend = {}
     if model_cfg.trend_auto and model_cfg.trend_weight > 0 and best_path.exists():  # weight 0: the term is off
-        trend = choose_trend(best_path, snapshot_dir, data, device, cfg, exclude_seen)
+        trend = choose_trend(best_path, snapshot_dir, data, device, cfg, exclude_seen, model_cfg.trend_weight)
         if cfg.progress and trend:
             tqdm.write(f"trend term: {trend['by_trend']} -> weight {trend['trend_weight']:g}, "
                        f"window {trend['trend_window_seconds'] / 3600:g} h")

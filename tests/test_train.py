@@ -509,6 +509,10 @@ def test_trend_auto_chooses_on_validation_and_the_checkpoint_carries_the_choice(
     assert load_checkpoint(res.best_checkpoint).model_config.trend_window_seconds == 86_400.0
     monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: {"val_loss": 1.0, "ndcg@10": 0.2})
     assert train_mod.choose_trend(res.best_checkpoint, path, data, torch.device("cpu"), FAST, False)["trend_weight"] == 0.0
+    # after a resume the best checkpoint may hold "off" (weight 0): the run's weight is tried again
+    monkeypatch.setattr(train_mod, "evaluate", fake)
+    again = train_mod.choose_trend(res.best_checkpoint, path, data, torch.device("cpu"), FAST, False, 0.5)
+    assert (again["trend_weight"], again["trend_window_seconds"]) == (0.5, 86_400.0)
     # trend_weight 0 turns the term off: nothing to choose, the checkpoint keeps 0
     off = train(path, tmp_path / "off", dataclasses.replace(auto, trend_weight=0.0), FAST)
     assert "trend" not in json.loads(off.report.read_text())
