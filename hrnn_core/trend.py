@@ -57,6 +57,7 @@ class WindowedPopularity:
         self.window, self.bucket, self.origin = float(window_seconds), float(bucket_seconds), float(origin)
         self.smoothing = float(smoothing)
         self._cache: dict[tuple[str, float], np.ndarray] = {}
+        self._slide: tuple[int, int, np.ndarray] | None = None  # (lo, hi, counts) of the last window counted
 
     @classmethod
     def from_sequences(cls, sequences: pa.Table, n_items: int, **kwargs) -> WindowedPopularity:
@@ -72,8 +73,17 @@ class WindowedPopularity:
 
     def counts(self, end: float) -> np.ndarray:
         """(n_items,) events per item in ``[end - window, end)``; events at or after ``end`` never count."""
-        lo, hi = np.searchsorted(self._times, [end - self.window, end], side="left")
-        return np.bincount(self._items[lo:hi], minlength=self.n_items).astype(np.float64)
+        lo, hi = (int(i) for i in np.searchsorted(self._times, [end - self.window, end], side="left"))
+        last = self._slide
+        if last is not None and lo >= last[0] and hi >= last[1] and (lo - last[0]) + (hi - last[1]) < hi - lo:
+            # the window slid forward (windows come sorted): add the events that entered, drop those that left
+            c = last[2].copy()
+            np.add.at(c, self._items[last[1]:hi], 1)
+            np.subtract.at(c, self._items[last[0]:lo], 1)
+        else:
+            c = np.bincount(self._items[lo:hi], minlength=self.n_items)
+        self._slide = (lo, hi, c)
+        return c.astype(np.float64)
 
     def log_q(self, end: float) -> np.ndarray:
         """(n_items,) add-k smoothed log q_j for the window ending at ``end`` (cached per window)."""

@@ -218,3 +218,17 @@ def test_hrnn_meta_scores_with_the_trend_term_by_default_and_the_plain_gru_witho
     assert hrnn.trend_weight == ModelConfig().trend_weight > 0 and gru.trend_weight == 0.0
     assert hrnn.trend_window_seconds == ModelConfig().trend_window_seconds == 30 * 86_400.0
     assert HRNNScorer(device="cpu", trend_window_seconds=60.0).trend_window_seconds == 60.0
+
+
+def test_windowed_counts_slide_forward_and_match_a_fresh_count_in_any_order():
+    """counts() updates the previous window when the next one slid forward; any order of windows
+    gives exactly the counts of the events in [end - window, end)."""
+    rng = np.random.default_rng(0)
+    times = rng.uniform(0, 500 * 3600.0, 5_000)
+    items = rng.integers(0, 40, 5_000)
+    wp = WindowedPopularity(times, items, 40, window_seconds=30 * 3600.0, bucket_seconds=3600.0)
+    ends = np.concatenate([np.arange(0, 520) * 3600.0, rng.uniform(0, 520 * 3600.0, 200)])  # sorted, then any order
+    for end in ends:
+        fresh = np.bincount(items[(times >= end - 30 * 3600.0) & (times < end)], minlength=40)
+        assert np.array_equal(wp.counts(float(end)), fresh.astype(np.float64))
+
