@@ -70,6 +70,17 @@ def save_checkpoint(path: Path, model: HRNNMeta, features: FeatureSpace, train_c
     return path
 
 
+def update_model_config(path: Path, **changes: Any) -> Path:
+    """Rewrite a checkpoint's model config fields in place (atomically), weights untouched."""
+    path = Path(path)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    raw["model_config"] = dataclasses.asdict(ModelConfig(**{**raw["model_config"], **changes}))  # validated
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(raw, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load with ``torch.load(weights_only=True)`` and rebuild the model on ``device``."""
     path = Path(path)

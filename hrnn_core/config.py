@@ -110,7 +110,8 @@ class ModelConfig:
     trend_smoothing: float = 1.0  # add-k smoothing of recent popularity counts before log q_j(t)
     trend_auto: bool = False  # choose the trend term on the trainer's validation events after training: off, or
     # trend_weight with each window of TREND_WINDOW_GRID; the checkpoint keeps the choice as fixed values
-    # (hrnn_core.train.choose_trend). yoochoose validation wants 1 h (0.2874) where ml-100k's wants 30 days
+    # (hrnn_core.train.choose_trend). Off by default: it picks 1 h on yoochoose (validation 0.2874 vs 0.2815 at
+    # 30 days) but shorter windows than 30 days on ml-100k, which lose there (docs/benchmarks.md stage 8)
 
     def __post_init__(self) -> None:
         checks = [

@@ -37,7 +37,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hrnn_core.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
+from hrnn_core.checkpoint import (CheckpointError, load_checkpoint, resolve_device, save_checkpoint,
+                                  update_model_config)
 from hrnn_core.config import INFERENCE_MIX_FALLBACK, INFERENCE_MIX_GRID, TREND_WINDOW_GRID, ModelConfig, TrainConfig
 from hrnn_core.errors import HrnnError
 from hrnn_core.features import EncodedEvents, FeatureSpace, encode_events, synthetic_snapshot
@@ -325,30 +326,25 @@ def choose_trend(checkpoint: Path, snapshot_dir: Path, data: TrainData, device: 
     if len(times) != len(data.events.target):
         raise TrainError(f"{snapshot_dir}: {len(times)} timestamps for {len(data.events.target)} encoded events")
     mix = INFERENCE_MIX_FALLBACK if mcfg.inference_item_meta_mix is None else mcfg.inference_item_meta_mix
-    choices: list[tuple[float, float]] = [(0.0, mcfg.trend_window_seconds)]
-    choices += [(mcfg.trend_weight if weight is None else weight, w) for w in TREND_WINDOW_GRID]
-    runs = []
-    for weight, window in choices:
+    tried = mcfg.trend_weight if weight is None else weight
+    choices = [(0.0, mcfg.trend_window_seconds)] + [(tried, win) for win in TREND_WINDOW_GRID]
+    values = []
+    for w, win in choices:
         trend = None
-        if weight > 0:
-            pop = WindowedPopularity(times, data.events.target.numpy(), model.n_items, window_seconds=window,
+        if w > 0:
+            pop = WindowedPopularity(times, data.events.target.numpy(), model.n_items, window_seconds=win,
                                      bucket_seconds=3600.0, smoothing=mcfg.trend_smoothing)
-            trend = (weight, pop, times)
-        runs.append(evaluate(model, data, data.val_segments, device, mix=mix, exclude_seen=exclude_seen, trend=trend))
-    key = cfg.early_stopping_metric
-    if key not in runs[0]:
-        return {}
-    values = [r[key] for r in runs]
-    best = int(np.argmin(values) if key == "val_loss" else np.argmax(values))  # argmin/argmax: the first of equals
-    weight, window = choices[best]
-    raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    raw["model_config"].update(trend_weight=weight, trend_window_seconds=window, trend_auto=False)
-    tmp = checkpoint.with_name(f".{checkpoint.name}.tmp")
-    torch.save(raw, tmp)
-    tmp.replace(checkpoint)
-    label = lambda w, win: "off" if w == 0 else f"{w:g}x{win / 3600:g}h"  # noqa: E731
-    return {"trend_weight": weight, "trend_window_seconds": window,
-            "by_trend": {label(w, win): round(v, 6) for (w, win), v in zip(choices, values)}}
+            trend = (w, pop, times)
+        run = evaluate(model, data, data.val_segments, device, mix=mix, exclude_seen=exclude_seen, trend=trend)
+        if cfg.early_stopping_metric not in run:  # no validation events to choose on
+            return {}
+        values.append(run[cfg.early_stopping_metric])
+    pick = np.argmin if cfg.early_stopping_metric == "val_loss" else np.argmax  # the first of equal values
+    chosen_weight, chosen_window = choices[int(pick(values))]
+    update_model_config(checkpoint, trend_weight=chosen_weight, trend_window_seconds=chosen_window, trend_auto=False)
+    return {"trend_weight": chosen_weight, "trend_window_seconds": chosen_window,
+            "by_trend": {("off" if w == 0 else f"{w:g}x{win / 3600:g}h"): round(v, 6)
+                         for (w, win), v in zip(choices, values)}}
 
 
 def _optimizers(model: HRNNMeta, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
