@@ -308,13 +308,13 @@ def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: t
 
 
 def choose_trend(checkpoint: Path, snapshot_dir: Path, data: TrainData, device: torch.device, cfg: TrainConfig,
-                 exclude_seen: bool, weight: float | None = None) -> dict:
+                 exclude_seen: bool, weight: float) -> dict:
     """``model.trend_auto``: score the validation events of the checkpoint's model without the eq. (5) trend
-    term and with ``trend_weight`` and each window of TREND_WINDOW_GRID, keep the best by
+    term and with ``weight`` (the run's ``trend_weight``) and each window of TREND_WINDOW_GRID, keep the best by
     ``cfg.early_stopping_metric`` (equal values: the first, so "off" wins ties) and write it into the
     checkpoint as fixed values (``trend_auto`` off there), so scoring and serving use it as it is.
-    ``weight``: the weight to try (default: the checkpoint's; the run's config after a resume, whose
-    best checkpoint may hold an earlier choice of "off").
+    The weight comes from the run, not the checkpoint: after a resume the best checkpoint may hold an
+    earlier choice of "off".
 
     ``q(t)`` counts every event of the snapshot before the target's hour, as the scorer does at test
     time (never the target itself or anything later). No validation events: nothing changes.
@@ -326,8 +326,7 @@ def choose_trend(checkpoint: Path, snapshot_dir: Path, data: TrainData, device: 
     if len(times) != len(data.events.target):
         raise TrainError(f"{snapshot_dir}: {len(times)} timestamps for {len(data.events.target)} encoded events")
     mix = INFERENCE_MIX_FALLBACK if mcfg.inference_item_meta_mix is None else mcfg.inference_item_meta_mix
-    tried = mcfg.trend_weight if weight is None else weight
-    choices = [(0.0, mcfg.trend_window_seconds)] + [(tried, win) for win in TREND_WINDOW_GRID]
+    choices = [(0.0, mcfg.trend_window_seconds)] + [(weight, win) for win in TREND_WINDOW_GRID]
     values = []
     for w, win in choices:
         trend = None

@@ -77,7 +77,7 @@ class WindowedPopularity:
         last = self._slide
         if last is not None and lo >= last[0] and hi >= last[1] and (lo - last[0]) + (hi - last[1]) < hi - lo:
             # the window slid forward (windows come sorted): add the events that entered, drop those that left
-            c = last[2].copy()
+            c = last[2]  # updated in place: callers only ever get the float copy below
             np.add.at(c, self._items[last[1]:hi], 1)
             np.subtract.at(c, self._items[last[0]:lo], 1)
         else:

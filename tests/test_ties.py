@@ -111,11 +111,10 @@ def test_shuffle_ties_trains_every_training_event_once_per_epoch_in_a_new_order(
     for epoch in targets:  # the training events (no held-out validation target), each once
         assert np.array_equal(np.sort(torch.cat(epoch).numpy()), expected)
     assert np.isfinite(res.history[-1]["val_loss"])
-    # off (the default): no reordering at all
+    # off: no reordering at all
     orders.clear()
     train(tied, tmp_path / "plain", SMALL, dataclasses.replace(FAST, shuffle_ties=False, epochs=1))
     assert orders == []
-
 
 
 def test_shuffle_ties_is_on_by_default() -> None:

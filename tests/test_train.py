@@ -504,11 +504,11 @@ def test_trend_auto_chooses_on_validation_and_the_checkpoint_carries_the_choice(
         return {"val_loss": 1.0, "ndcg@10": 0.5 if day else 0.1, "hit@10": 0.0}
     monkeypatch.setattr(train_mod, "evaluate", fake)
     data = prepare_data(path, auto, FAST)
-    out = train_mod.choose_trend(res.best_checkpoint, path, data, torch.device("cpu"), FAST, False)
+    out = train_mod.choose_trend(res.best_checkpoint, path, data, torch.device("cpu"), FAST, False, 0.5)
     assert (out["trend_weight"], out["trend_window_seconds"]) == (0.5, 86_400.0)
     assert load_checkpoint(res.best_checkpoint).model_config.trend_window_seconds == 86_400.0
     monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: {"val_loss": 1.0, "ndcg@10": 0.2})
-    assert train_mod.choose_trend(res.best_checkpoint, path, data, torch.device("cpu"), FAST, False)["trend_weight"] == 0.0
+    assert train_mod.choose_trend(res.best_checkpoint, path, data, torch.device("cpu"), FAST, False, 0.5)["trend_weight"] == 0.0
     # after a resume the best checkpoint may hold "off" (weight 0): the run's weight is tried again
     monkeypatch.setattr(train_mod, "evaluate", fake)
     again = train_mod.choose_trend(res.best_checkpoint, path, data, torch.device("cpu"), FAST, False, 0.5)
