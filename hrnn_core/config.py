@@ -88,6 +88,10 @@ class ModelConfig:
     # validation (bench/tune_hrnn.py stage 6) +0.006 NDCG@10 on leave_one_out, -0.010 on temporal (new users)
     user_id_dropout: float = 0.0  # training only: each owner's id is left out of a window with this probability,
     # so the state also learns to do without it (ids of users whose taste drifts, users with few events)
+    user_id_output: bool = False  # the user's id (use_user_id) enters at the output instead of the input: a learned
+    # vector u (zero at start) added to the state before the decoder, so scores get u . w_j (a matrix-factorization
+    # term beside the sequence). Users without training events (padding id) add nothing, so their state is the one
+    # the network learned; user_id_dropout drops u per owner and window in training
     use_context: bool = True  # request context fields of the event being predicted
     use_item_meta: bool = True  # item metadata: previous item's features as input, eq. (2) decoder
     use_item_id: bool = True  # previous item's id embedding as input (False + use_item_meta: its features only)
@@ -120,6 +124,7 @@ class ModelConfig:
              "dropout must be in [0, 1) and user_id_dropout in [0, 1]"),
             (not self.use_user_id or self.use_user_features, "use_user_id needs use_user_features (it is a user field)"),
             (self.user_id_dropout == 0.0 or self.use_user_id, "user_id_dropout needs use_user_id"),
+            (not self.user_id_output or self.use_user_id, "user_id_output needs use_user_id (it is the id's vector)"),
             (self.field_dim >= 1 and self.input_size >= 1, "field_dim and input_size must be >= 1"),
             (self.time_delta_buckets >= 2, "time_delta_buckets must be >= 2"),
             (self.time_delta_log_base > 1.0, "time_delta_log_base must be > 1"),

@@ -129,6 +129,13 @@ class HRNNMeta(nn.Module):
         self.user_width = len(fs.users.cat_fields) * d + fs.users.num_width if cfg.use_user_features else 0
         # the user-id field's position among the user fields (ModelConfig.use_user_id), for its dropout
         self.user_id_field = fs.users.cat_fields.index(USER_ID_FIELD) if USER_ID_FIELD in fs.users.cat_fields else -1
+        # ModelConfig.user_id_output: the id's own vector (zero at start, zero for the padding id) added to the
+        # state before the decoder; the id then leaves the input fields
+        self.user_out = None
+        if cfg.user_id_output and self.user_id_field >= 0:
+            self.user_id_col = fs.users.slots[self.user_id_field][0]
+            self.user_out = nn.Embedding(fs.users.n_tokens, hs, padding_idx=0)
+            nn.init.zeros_(self.user_out.weight)
         if self.user_width:
             mlps["user"] = _field_mlp(self.user_width, d)
         self.ctx_bags = FieldBags(fs.context, d) if cfg.use_context else None
@@ -166,7 +173,11 @@ class HRNNMeta(nn.Module):
             if self.user_bags.n_fields:
                 bags = self.user_bags(x.user_cat)  # (B, T, Fu, d)
                 p = self.cfg.user_id_dropout
-                if self.training and p > 0 and self.user_id_field >= 0:  # one draw per owner row and window
+                if self.user_out is not None:  # the id is an output vector, not an input field
+                    mask = torch.ones(1, 1, bags.shape[2], 1, device=bags.device, dtype=bags.dtype)
+                    mask[0, 0, self.user_id_field, 0] = 0.0
+                    bags = bags * mask
+                elif self.training and p > 0 and self.user_id_field >= 0:  # one draw per owner row and window
                     keep = (torch.rand(bags.shape[0], device=bags.device) >= p).to(bags.dtype)
                     mask = torch.ones(bags.shape[0], 1, bags.shape[2], 1, device=bags.device, dtype=bags.dtype)
                     mask[:, 0, self.user_id_field, 0] = keep
@@ -231,7 +242,14 @@ class HRNNMeta(nn.Module):
                 layer_in = self.drop(h) if i + 1 < len(self.cells) else h
             hs = new
             out.append(layer_in)
-        return self.drop(torch.stack(out, dim=1)), torch.stack(hs, dim=0)  # (B, T, H), (L, B, H)
+        top = torch.stack(out, dim=1)  # (B, T, H)
+        if self.user_out is not None:  # + u, the owner's id vector (zero for the padding id)
+            u = self.user_out(x.user_cat[..., self.user_id_col])  # (B, T, H)
+            p = self.cfg.user_id_dropout
+            if self.training and p > 0:  # one draw per owner row and window
+                u = u * (torch.rand(b, 1, 1, device=u.device) >= p).to(u.dtype)
+            top = top + u
+        return self.drop(top), torch.stack(hs, dim=0)  # (B, T, H), (L, B, H)
 
     # ------------------------------------------------------------------ decoder, eq. (2)
 

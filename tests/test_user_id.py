@@ -112,3 +112,60 @@ def test_user_id_options_need_their_inputs() -> None:
         ModelConfig(user_id_dropout=0.5)
     # the plain-GRU baseline switches the id off with the other inputs, whatever the shared config says
     assert not dataclasses.replace(ModelConfig(use_user_id=True, user_id_dropout=0.5), **PLAIN_GRU).use_user_id
+
+
+def _step_inputs(fs: FeatureSpace, enc, b: int, t: int, user_cat: torch.Tensor) -> StepInputs:
+    return StepInputs(prev_item=torch.zeros(b, t, dtype=torch.long), prev_type=torch.zeros(b, t, dtype=torch.long),
+                      prev_value=torch.zeros(b, t, 2), time_bucket=torch.zeros(b, t, dtype=torch.long),
+                      context=torch.zeros(b, t, fs.context.cat_width, dtype=torch.long), user_cat=user_cat,
+                      user_num=enc.user_num[:b, None].expand(b, t, -1), reset=torch.zeros(b, t, dtype=torch.bool))
+
+
+def test_user_id_output_adds_the_id_vector_to_the_state_and_nothing_for_unknown_users(snap) -> None:
+    cfg = dataclasses.replace(MODEL, dropout=0.0, user_id_output=True)
+    fs = FeatureSpace.fit(snap, cfg)
+    enc = encode_events(snap, fs)
+    torch.manual_seed(0)
+    model = HRNNMeta(cfg, fs, *fs.item_table(snap)).eval()
+    b, t = 4, 3
+    col = fs.users.slots[fs.users.cat_fields.index(USER_ID_FIELD)][0]
+    ucat = enc.user_cat[:b, None].expand(b, t, -1).clone()
+    no_id = ucat.clone()
+    no_id[..., col] = 0
+    # the id is not an input: the GRU inputs and states are those of an unknown user
+    torch.testing.assert_close(model.encode_inputs(_step_inputs(fs, enc, b, t, ucat))[0],
+                               model.encode_inputs(_step_inputs(fs, enc, b, t, no_id))[0])
+    with torch.no_grad():
+        model.user_out.weight.normal_()
+        model.user_out.weight[0] = 0.0  # the padding row stays zero (nn.Embedding padding_idx)
+        out, hidden = model(_step_inputs(fs, enc, b, t, ucat))
+        out0, hidden0 = model(_step_inputs(fs, enc, b, t, no_id))
+    torch.testing.assert_close(hidden, hidden0)  # the carried state never holds u
+    torch.testing.assert_close(out - out0, model.user_out(ucat[..., col]).detach())  # the output gets + u
+    assert not torch.allclose(out, out0)
+    # training learns u for known users only; the padding row gets no gradient
+    model.train()
+    out, _ = model(_step_inputs(fs, enc, b, t, ucat))
+    (out.sum() + model(_step_inputs(fs, enc, b, t, no_id))[0].sum()).backward()
+    assert model.user_out.weight.grad[0].abs().sum() == 0
+    assert model.user_out.weight.grad[ucat[:, 0, col]].abs().sum() > 0
+
+
+def test_user_id_output_trains_and_serves(snap, tmp_path) -> None:
+    cfg = dataclasses.replace(MODEL, user_id_output=True, user_id_dropout=0.3)
+    res = train(snap, tmp_path / "run", cfg, TRAIN)
+    engine = InferenceEngine.from_checkpoint(res.last_checkpoint, device="cpu")
+    assert engine.model.user_out is not None and engine.model.user_out.weight[1:].abs().sum() > 0
+    history = SnapshotHistory(engine, snap)
+    users = pq.read_table(snap / "users.parquet").to_pylist()
+    a, b = (engine.init_state(history.user_features(u["user_id"])) for u in users[:2])
+    assert not torch.allclose(engine.score(a, None, 1e9), engine.score(b, None, 1e9))
+
+
+def test_user_id_output_needs_the_id() -> None:
+    from hrnn_core.errors import ConfigError
+    from hrnn_core.hrnn_scorer import PLAIN_GRU
+
+    with pytest.raises(ConfigError, match="user_id_output needs use_user_id"):
+        ModelConfig(user_id_output=True)
+    assert not dataclasses.replace(ModelConfig(use_user_id=True, user_id_output=True), **PLAIN_GRU).user_id_output
