@@ -27,6 +27,22 @@ seeds() {  # dataset protocol params-json "seeds": those seeds of hrnn, gru, fm,
   .venv/bin/python bench/seed_mean_test.py "$base.json" "${files[@]}" --output "$base.seed_mean.json" \
     --by-owner --params "${3:-"{}"}"
 }
+rerun_hrnn() {  # dataset protocol params-json "seeds": HRNN-meta alone re-run on each seed (a new default),
+  # merged into the existing reports (bench/merge_leaderboard.py: the other models untouched, paired tests
+  # recomputed), then the seed-mean tests again; run it after the seeds above exist
+  local base="bench/results/leaderboard_$1_$2" extra=() files=() tmp
+  [ -n "${3:-}" ] && extra+=(--params "$3")
+  tmp=$(mktemp -d)
+  for seed in $4; do
+    local sfx=""; [ "$seed" = 0 ] || sfx=".seed$seed"
+    echo "== $1 / $2, hrnn only, seed $seed ${3:-}"
+    $HRNN evaluate --dataset "$1" --protocol "$2" --models hrnn --seed "$seed" --output "$tmp/run$sfx.json" "${extra[@]}"
+    .venv/bin/python bench/merge_leaderboard.py "$base$sfx.json" "$tmp/run$sfx.json" --models hrnn
+  done
+  for f in "$base".seed[0-9]*.json; do files+=("$f"); done  # every seed's report, re-run or not
+  .venv/bin/python bench/seed_mean_test.py "$base.json" "${files[@]}" --output "$base.seed_mean.json" \
+    --by-owner --params "${3:-"{}"}"
+}
 only="${1:-all}"
 case "$only" in
   all|ml-100k) run ml-100k leave_one_out; run ml-100k temporal ;;&
@@ -39,5 +55,10 @@ case "$only" in
   all|ml-100k-seeds) seeds ml-100k leave_one_out "" "1 2 3 4" ;;&
   all|ml-100k-temporal-seeds) seeds ml-100k temporal "" "1 2 3 4" ;;&
   all|ml-latest-small-seeds) seeds ml-latest-small temporal "" "1 2" ;;&
-  all|yoochoose-seeds) seeds yoochoose temporal '{"exclude_seen": false}' "1 2" ;;
+  all|yoochoose-seeds) seeds yoochoose temporal '{"exclude_seen": false}' "1 2" ;;&
+  # not part of "all": a new HRNN-meta default re-run alone on the seeds above (seed 0 = the base report)
+  rerun-hrnn-ml-100k) rerun_hrnn ml-100k leave_one_out "" "0 1 2 3 4"; rerun_hrnn ml-100k temporal "" "0 1 2 3 4" ;;
+  rerun-hrnn-ml-100k-loo) rerun_hrnn ml-100k leave_one_out "" "${SEEDS:-0 1 2 3 4}" ;;
+  rerun-hrnn-ml-100k-temporal) rerun_hrnn ml-100k temporal "" "${SEEDS:-0 1 2 3 4}" ;;
+  rerun-hrnn-ml-latest-small) rerun_hrnn ml-latest-small temporal "" "${SEEDS:-0 1 2}" ;;
 esac

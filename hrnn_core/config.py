@@ -83,15 +83,17 @@ class ModelConfig:
     use_time_delta: bool = True  # time-delta control input (section 2.2, replaces the HGRU)
     use_feedback: bool = True  # previous event's type embedding + standardized value
     use_user_features: bool = True  # static user categorical/numeric features
-    use_user_id: bool = False  # the user's id as one more user field (users with training events get a learned
-    # embedding; others, e.g. user_holdout's test users, the padding id); needs use_user_features. Off: on ml-100k
-    # validation (bench/tune_hrnn.py stage 6) +0.006 NDCG@10 on leave_one_out, -0.010 on temporal (new users)
+    use_user_id: bool = True  # the user's id (users with training events get a learned vector; others, e.g.
+    # user_holdout's test users and session owners, the padding id); needs use_user_features. As an input field
+    # (user_id_output off) on ml-100k validation (bench/tune_hrnn.py stage 6) +0.006 NDCG@10 on leave_one_out,
+    # -0.010 on temporal (new users); as an output vector (the default, stage 9) +0.006 and +0.002
     user_id_dropout: float = 0.0  # training only: each owner's id is left out of a window with this probability,
     # so the state also learns to do without it (ids of users whose taste drifts, users with few events)
-    user_id_output: bool = False  # the user's id (use_user_id) enters at the output instead of the input: a learned
+    user_id_output: bool = True  # the user's id (use_user_id) enters at the output instead of the input: a learned
     # vector u (zero at start) added to the state before the decoder, so scores get u . w_j (a matrix-factorization
     # term beside the sequence). Users without training events (padding id) add nothing, so their state is the one
-    # the network learned; user_id_dropout drops u per owner and window in training
+    # the network learned; user_id_dropout drops u per owner and window in training. On ml-100k validation
+    # (bench/tune_hrnn.py stage 9, s9_uidout) +0.006 NDCG@10 on leave_one_out (3 seeds), +0.002 on temporal
     use_context: bool = True  # request context fields of the event being predicted
     use_item_meta: bool = True  # item metadata: previous item's features as input, eq. (2) decoder
     use_item_id: bool = True  # previous item's id embedding as input (False + use_item_meta: its features only)
@@ -117,14 +119,18 @@ class ModelConfig:
     # (hrnn_core.train.choose_trend). Off by default: it picks 1 h on yoochoose (validation 0.2874 vs 0.2815 at
     # 30 days) but shorter windows than 30 days on ml-100k, which lose there (docs/benchmarks.md stage 8)
 
+    @property
+    def user_id_active(self) -> bool:
+        """The user's id is a user field, so it needs the user features: switching those off (an ablation, the
+        plain GRU) switches the id off with them, and user_id_output means nothing without the id."""
+        return self.use_user_id and self.use_user_features
+
     def __post_init__(self) -> None:
         checks = [
             (self.hidden_size >= 1 and self.num_layers >= 1, "hidden_size and num_layers must be >= 1"),
             (0.0 <= self.dropout < 1.0 and 0.0 <= self.user_id_dropout <= 1.0,
              "dropout must be in [0, 1) and user_id_dropout in [0, 1]"),
-            (not self.use_user_id or self.use_user_features, "use_user_id needs use_user_features (it is a user field)"),
-            (self.user_id_dropout == 0.0 or self.use_user_id, "user_id_dropout needs use_user_id"),
-            (not self.user_id_output or self.use_user_id, "user_id_output needs use_user_id (it is the id's vector)"),
+            (self.user_id_dropout == 0.0 or self.user_id_active, "user_id_dropout needs use_user_id (and use_user_features)"),
             (self.field_dim >= 1 and self.input_size >= 1, "field_dim and input_size must be >= 1"),
             (self.time_delta_buckets >= 2, "time_delta_buckets must be >= 2"),
             (self.time_delta_log_base > 1.0, "time_delta_log_base must be > 1"),

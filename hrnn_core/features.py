@@ -240,7 +240,7 @@ class FeatureSpace:
         std = float(v.std()) if len(v) and v.std() > 1e-12 else 1.0
         ctx = pc.list_flatten(seq["contexts"])
         user_group = FieldGroup.fit(users["categorical"], users["numeric"], cfg, multi_valued=True)
-        known = known_users(seq, users) if cfg.use_user_id else []
+        known = known_users(seq, users) if cfg.user_id_active else []
         if known:  # no field at all where every owner is an anonymous session
             user_group = user_group.with_field(USER_ID_FIELD, known)
         return cls(

@@ -132,7 +132,7 @@ class HRNNMeta(nn.Module):
         # ModelConfig.user_id_output: the id's own vector (zero at start, zero for the padding id) added to the
         # state before the decoder; the id then leaves the input fields
         self.user_out = None
-        if cfg.user_id_output and self.user_id_field >= 0:
+        if cfg.user_id_output and cfg.user_id_active and self.user_id_field >= 0:
             self.user_id_col = fs.users.slots[self.user_id_field][0]
             self.user_out = nn.Embedding(fs.users.n_tokens, hs, padding_idx=0)
             nn.init.zeros_(self.user_out.weight)

@@ -21,7 +21,7 @@ from hrnn_core.train import synthetic_snapshot, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-MODEL = ModelConfig(hidden_size=16, field_dim=8, input_size=16, use_user_id=True)
+MODEL = ModelConfig(hidden_size=16, field_dim=8, input_size=16, use_user_id=True, user_id_output=False)  # the id as an input field
 TRAIN = TrainConfig(epochs=2, batch_size=8, bptt=8, progress=False, val_owners=5)
 
 
@@ -106,10 +106,12 @@ def test_user_id_options_need_their_inputs() -> None:
     from hrnn_core.errors import ConfigError
     from hrnn_core.hrnn_scorer import PLAIN_GRU
 
-    with pytest.raises(ConfigError, match="use_user_id needs use_user_features"):
-        ModelConfig(use_user_id=True, use_user_features=False)
+    # the id is a user field: without the user features it is off (an ablation switching those off needs no more)
+    assert not ModelConfig(use_user_id=True, use_user_features=False).user_id_active
     with pytest.raises(ConfigError, match="user_id_dropout needs use_user_id"):
-        ModelConfig(user_id_dropout=0.5)
+        ModelConfig(use_user_id=False, user_id_dropout=0.5)
+    with pytest.raises(ConfigError, match="user_id_dropout needs use_user_id"):
+        ModelConfig(use_user_features=False, user_id_dropout=0.5)
     # the plain-GRU baseline switches the id off with the other inputs, whatever the shared config says
     assert not dataclasses.replace(ModelConfig(use_user_id=True, user_id_dropout=0.5), **PLAIN_GRU).use_user_id
 
@@ -162,10 +164,15 @@ def test_user_id_output_trains_and_serves(snap, tmp_path) -> None:
     assert not torch.allclose(engine.score(a, None, 1e9), engine.score(b, None, 1e9))
 
 
-def test_user_id_output_needs_the_id() -> None:
-    from hrnn_core.errors import ConfigError
+def test_user_id_output_needs_the_id(snap) -> None:
     from hrnn_core.hrnn_scorer import PLAIN_GRU
 
-    with pytest.raises(ConfigError, match="user_id_output needs use_user_id"):
-        ModelConfig(user_id_output=True)
-    assert not dataclasses.replace(ModelConfig(use_user_id=True, user_id_output=True), **PLAIN_GRU).user_id_output
+    for cfg in (dataclasses.replace(MODEL, use_user_id=False, user_id_output=True),
+                dataclasses.replace(MODEL, use_user_features=False, user_id_output=True),
+                dataclasses.replace(ModelConfig(hidden_size=16, field_dim=8, input_size=16), **PLAIN_GRU)):
+        fs = FeatureSpace.fit(snap, cfg)
+        assert USER_ID_FIELD not in fs.users.cat_fields  # no id field, no id vector
+        assert HRNNMeta(cfg, fs, *fs.item_table(snap)).user_out is None
+    default = ModelConfig(hidden_size=16, field_dim=8, input_size=16)  # the shipped default: on
+    fs = FeatureSpace.fit(snap, default)
+    assert default.user_id_active and HRNNMeta(default, fs, *fs.item_table(snap)).user_out is not None
