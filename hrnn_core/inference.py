@@ -177,7 +177,9 @@ class InferenceEngine:
 
     def init_state(self, user_features: Mapping | None = None, context: Mapping[str, str] | None = None) -> UserState:
         """A user with no events: ``user_features`` = {"categorical": {...}, "numeric": {...}}
-        (or one flat dict; numbers go to numeric fields, strings to categorical ones)."""
+        (or one flat dict; numbers go to numeric fields, strings to categorical ones). A returning
+        user's own id is the categorical field ``USER_ID_FIELD`` (``SnapshotHistory.user_features``
+        adds it); without it a model with ``use_user_id`` scores the user as one it never trained on."""
         cat, num = _split_user_features(user_features)
         ucat, unum = self.features.users.encode_rows([cat], [num])
         return UserState(user_cat=ucat.to(self.device), user_num=unum.to(self.device), context=dict(context or {}))

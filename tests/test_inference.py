@@ -13,6 +13,7 @@ import torch
 
 from hrnn_core.checkpoint import load_checkpoint
 from hrnn_core.config import ModelConfig, TrainConfig
+from hrnn_core.features import USER_ID_FIELD
 from hrnn_core.inference import Event, InferenceEngine, InferenceError, UserState
 from hrnn_core.train import gather_inputs, prepare_data, synthetic_snapshot, train
 
@@ -31,7 +32,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _rows(snap: Path, n: int) -> tuple[list[dict], dict[str, dict]]:
     seq = pq.read_table(snap / "sequences.parquet").slice(0, n).to_pylist()
-    users = {u["user_id"]: {"categorical": dict(u["categorical"] or []), "numeric": dict(u["numeric"] or [])}
+    # each user's features plus its own id, as the service reads them (SnapshotHistory.user_features): the
+    # model's id vector (ModelConfig.user_id_output) needs it
+    users = {u["user_id"]: {"categorical": {**dict(u["categorical"] or []), USER_ID_FIELD: u["user_id"]},
+                            "numeric": dict(u["numeric"] or [])}
              for u in pq.read_table(snap / "users.parquet").to_pylist()}
     return seq, users
 

@@ -30,6 +30,7 @@ from hrnn_core import registry
 from hrnn_core.checkpoint import load_checkpoint
 from hrnn_core.config import Config, ModelConfig
 from hrnn_core.eventlog import OPEN_PREFIX, EventLog
+from hrnn_core.features import USER_ID_FIELD
 from hrnn_core.inference import Event, InferenceEngine
 from hrnn_core.recommend import load_serving_model
 from hrnn_core.warehouse import connect
@@ -100,8 +101,8 @@ def reference_top_k(world: World, user: str, new: list[Event], k: int, at: float
     """The engine alone (not the service's code): history, then one update per new event."""
     eng = InferenceEngine.from_checkpoint(world.checkpoint, device="cpu")
     feats = pq.read_table(world.snap / "users.parquet").to_pylist()
-    f = next(({"categorical": dict(u["categorical"] or []), "numeric": dict(u["numeric"] or [])}
-              for u in feats if u["user_id"] == user), None)
+    f = next(({"categorical": {**dict(u["categorical"] or []), USER_ID_FIELD: user},  # + its id, as served
+               "numeric": dict(u["numeric"] or [])} for u in feats if u["user_id"] == user), None)
     state = eng.state_from_history(user_history(world, user), f)
     for e in new:
         eng.update(state, e)
