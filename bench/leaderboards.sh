@@ -39,6 +39,7 @@ rerun_hrnn() {  # dataset protocol params-json "seeds": HRNN-meta alone re-run o
     $HRNN evaluate --dataset "$1" --protocol "$2" --models hrnn --seed "$seed" --output "$tmp/run$sfx.json" "${extra[@]}"
     .venv/bin/python bench/merge_leaderboard.py "$base$sfx.json" "$tmp/run$sfx.json" --models hrnn
   done
+  rm -rf "$tmp"
   for f in "$base".seed[0-9]*.json; do files+=("$f"); done  # every seed's report, re-run or not
   .venv/bin/python bench/seed_mean_test.py "$base.json" "${files[@]}" --output "$base.seed_mean.json" \
     --by-owner --params "${3:-"{}"}"

@@ -13,7 +13,10 @@ The JSON keeps every number; the printed table says, per fraction, which choice 
 and what that choice scores on the protocol's validation against the shipped fixed 30-day window.
 
     .venv/bin/python bench/trend_choice_study.py --snapshot data/snapshots/<id> --protocol temporal --seeds 0,1 \
-        [--params '{"exclude_seen": false}'] --out bench/results/trend_choice_<dataset>_<protocol>.json
+        [--params '{"exclude_seen": false}'] [--config FILE.toml] --out bench/results/trend_choice_<d>_<p>.json
+
+``--config`` (a TOML file, as ``hrnn --config`` reads) sets the model and training config; the default is
+the current shipped one. The recorded runs used ``bench/configs/defaults-2026-12-04.toml``.
 """
 
 from __future__ import annotations
@@ -30,17 +33,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from hrnn_core.config import INFERENCE_MIX_FALLBACK, TREND_WINDOW_GRID, ModelConfig, TrainConfig
+from hrnn_core.config import INFERENCE_MIX_FALLBACK, ModelConfig, TrainConfig, load_config
 from hrnn_core.evaluate import score_cases, train_data
 from hrnn_core.hrnn_scorer import HRNNScorer
 from hrnn_core.protocols import SnapshotData, build_split
-from hrnn_core.train import evaluate, prepare_data, resolve_exclude_seen
+from hrnn_core.train import evaluate, prepare_data, resolve_exclude_seen, trend_choices
 from hrnn_core.trend import WindowedPopularity
 
 
-def choices(weight: float) -> list[tuple[str, float, float]]:
-    """(label, weight, window seconds) in choose_trend's order ("off" first: it wins ties)."""
-    return [("off", 0.0, 0.0)] + [(f"{weight:g}x{w / 3600:g}h", weight, w) for w in TREND_WINDOW_GRID]
+def choices(weight: float, window_seconds: float) -> list[tuple[str, float, float]]:
+    """(label, weight, window seconds) of each choice ``choose_trend`` tries, in its order."""
+    return [("off" if w == 0 else f"{w:g}x{win / 3600:g}h", w, win) for w, win in trend_choices(weight, window_seconds)]
 
 
 def latest(segments: np.ndarray, times: np.ndarray, fraction: float) -> np.ndarray:
@@ -51,9 +54,9 @@ def latest(segments: np.ndarray, times: np.ndarray, fraction: float) -> np.ndarr
     return segments[np.sort(order[m - keep:])]
 
 
-def run_seed(split, seed: int, fractions: list[float], epochs: int | None = None) -> dict:
-    model_cfg = ModelConfig()
-    train_cfg = dataclasses.replace(TrainConfig(), threads=1, progress=False, device="cpu")
+def run_seed(split, seed: int, fractions: list[float], model_cfg: ModelConfig, train_cfg: TrainConfig,
+             epochs: int | None = None) -> dict:
+    train_cfg = dataclasses.replace(train_cfg, threads=1, progress=False, device="cpu")
     if epochs:  # a quick check of the script, not a study
         train_cfg = dataclasses.replace(train_cfg, epochs=epochs, min_epochs=0)
     torch.set_num_threads(1)
@@ -63,7 +66,7 @@ def run_seed(split, seed: int, fractions: list[float], epochs: int | None = None
         t0 = time.perf_counter()
         scorer.fit(data)
         fit_s = time.perf_counter() - t0
-        snap = scorer._snapshot_dir  # the folder the trainer read (its validation owners come from it)
+        snap = data.snapshot_dir  # the folder the trainer read (valid_train: no early-stopping snapshot)
         cfg = dataclasses.replace(train_cfg, seed=seed)
         td = prepare_data(snap, model_cfg, cfg)  # the trainer's own split: seeded, so the same owners
         exclude_seen, _ = resolve_exclude_seen(cfg, td)
@@ -74,7 +77,7 @@ def run_seed(split, seed: int, fractions: list[float], epochs: int | None = None
         trainer: dict[str, dict[str, float]] = {}
         protocol: dict[str, float] = {}
         pops: dict[float, WindowedPopularity] = {}
-        for label, w, win in choices(model_cfg.trend_weight):
+        for label, w, win in choices(model_cfg.trend_weight, model_cfg.trend_window_seconds):
             trend = None
             if w > 0:
                 pops[win] = WindowedPopularity(times, td.events.target.numpy(), model.n_items, window_seconds=win,
@@ -84,7 +87,7 @@ def run_seed(split, seed: int, fractions: list[float], epochs: int | None = None
                 segs = latest(td.val_segments, times, f)
                 r = evaluate(model, td, segs, torch.device("cpu"), mix=mix, exclude_seen=exclude_seen, trend=trend)
                 trainer.setdefault(f"{f:g}", {})[label] = r["ndcg@10"]
-            scorer.trend_weight, scorer.trend_window_seconds = w, (win or model_cfg.trend_window_seconds)
+            scorer.trend_weight, scorer.trend_window_seconds = w, win
             acc, _ = score_cases(scorer, split.valid, split.n_items)
             protocol[label] = acc.summary()["ndcg@10"]
     val_times = times[td.val_segments[:, 1] - 1]
@@ -117,20 +120,24 @@ def main() -> None:
     ap.add_argument("--params", default="{}", help="protocol parameters as JSON")
     ap.add_argument("--fractions", default="1,0.5,0.25,0.1", help="latest shares of the trainer's validation events")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--config", type=Path, default=None, help="TOML config (model/train sections); default: shipped")
     ap.add_argument("--epochs", type=int, default=None, help="cap the fit (a quick check of the script only)")
     args = ap.parse_args()
     fractions = [float(x) for x in args.fractions.split(",")]
+    cfg = load_config(args.config, environ={})  # the file alone: no HRNN__* variables
+    model_cfg, train_cfg = cfg.model, cfg.train
     split = build_split(args.protocol, SnapshotData.load(args.snapshot), **json.loads(args.params))
     report = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
     report.update({"snapshot": str(args.snapshot), "protocol": args.protocol, "params": json.loads(args.params),
-                   "fractions": fractions, "model_config": dataclasses.asdict(ModelConfig())})
+                   "fractions": fractions, "model_config": dataclasses.asdict(model_cfg),
+                   "config_file": str(args.config) if args.config else None})
     done = {r["seed"] for r in report["runs"]}
     for seed in (int(s) for s in args.seeds.split(",")):
         if seed in done:
             continue
-        report["runs"].append(run_seed(split, seed, fractions, args.epochs))
+        report["runs"].append(run_seed(split, seed, fractions, model_cfg, train_cfg, args.epochs))
         args.out.write_text(json.dumps(report, indent=1))
-    shipped = f"{ModelConfig().trend_weight:g}x{ModelConfig().trend_window_seconds / 3600:g}h"
+    shipped = f"{model_cfg.trend_weight:g}x{model_cfg.trend_window_seconds / 3600:g}h"
     print(summary(sorted(report["runs"], key=lambda r: r["seed"]), fractions, shipped))
 
 

@@ -152,7 +152,8 @@ GRID: dict[str, tuple[dict, dict]] = {
 # until 2026-12-04: s5_im0.15 (bench/configs/defaults-2026-11-27.toml), then s7_ties_trend until session 7
 # (bench/configs/defaults-2026-12-04.toml).
 # (exclude_seen ships as None = auto, which is True on ml-100k: owners never repeat an item)
-CHOSEN = "s9_uidout"  # stage 7's choice was s7_ties_trend, stage 5's was s5_im0.15, stage 4's s4_exseen_fd64_in128 (inference lambda 0.3)
+# stage 7's choice was s7_ties_trend, stage 5's s5_im0.15, stage 4's s4_exseen_fd64_in128 (inference lambda 0.3)
+CHOSEN = "s9_uidout"
 
 
 def _configs(name: str) -> tuple[ModelConfig, TrainConfig]:

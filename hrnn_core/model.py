@@ -130,7 +130,9 @@ class HRNNMeta(nn.Module):
         # the user-id field's position among the user fields (ModelConfig.use_user_id), for its dropout
         self.user_id_field = fs.users.cat_fields.index(USER_ID_FIELD) if USER_ID_FIELD in fs.users.cat_fields else -1
         # ModelConfig.user_id_output: the id's own vector (zero at start, zero for the padding id) added to the
-        # state before the decoder; the id then leaves the input fields
+        # state before the decoder; the id then leaves the input fields. Known waste: the id field keeps its
+        # input-bag rows and a zeroed block of the user MLP's input (no gradient reaches them, about n_users x
+        # field_dim dead floats); dropping them changes the initialisation and so every recorded stage-9 number
         self.user_out = None
         if cfg.user_id_output and cfg.user_id_active and self.user_id_field >= 0:
             self.user_id_col = fs.users.slots[self.user_id_field][0]

@@ -307,6 +307,12 @@ def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: t
     return {**out, "inference_mix": chosen}
 
 
+def trend_choices(weight: float, window_seconds: float) -> list[tuple[float, float]]:
+    """The (weight, window seconds) pairs ``choose_trend`` tries, in order: off first (it wins ties),
+    then ``weight`` with each window of TREND_WINDOW_GRID."""
+    return [(0.0, window_seconds)] + [(weight, win) for win in TREND_WINDOW_GRID]
+
+
 def choose_trend(checkpoint: Path, snapshot_dir: Path, data: TrainData, device: torch.device, cfg: TrainConfig,
                  exclude_seen: bool, weight: float) -> dict:
     """``model.trend_auto``: score the validation events of the checkpoint's model without the eq. (5) trend
@@ -326,7 +332,7 @@ def choose_trend(checkpoint: Path, snapshot_dir: Path, data: TrainData, device: 
     if len(times) != len(data.events.target):
         raise TrainError(f"{snapshot_dir}: {len(times)} timestamps for {len(data.events.target)} encoded events")
     mix = INFERENCE_MIX_FALLBACK if mcfg.inference_item_meta_mix is None else mcfg.inference_item_meta_mix
-    choices = [(0.0, mcfg.trend_window_seconds)] + [(weight, win) for win in TREND_WINDOW_GRID]
+    choices = trend_choices(weight, mcfg.trend_window_seconds)
     values = []
     for w, win in choices:
         trend = None

@@ -21,7 +21,8 @@ from hrnn_core.train import synthetic_snapshot, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-MODEL = ModelConfig(hidden_size=16, field_dim=8, input_size=16, use_user_id=True, user_id_output=False)  # the id as an input field
+# the id as an input field (the output vector's tests replace user_id_output)
+MODEL = ModelConfig(hidden_size=16, field_dim=8, input_size=16, use_user_id=True, user_id_output=False)
 TRAIN = TrainConfig(epochs=2, batch_size=8, bptt=8, progress=False, val_owners=5)
 
 
@@ -159,9 +160,16 @@ def test_user_id_output_trains_and_serves(snap, tmp_path) -> None:
     engine = InferenceEngine.from_checkpoint(res.last_checkpoint, device="cpu")
     assert engine.model.user_out is not None and engine.model.user_out.weight[1:].abs().sum() > 0
     history = SnapshotHistory(engine, snap)
-    users = pq.read_table(snap / "users.parquet").to_pylist()
-    a, b = (engine.init_state(history.user_features(u["user_id"])) for u in users[:2])
-    assert not torch.allclose(engine.score(a, None, 1e9), engine.score(b, None, 1e9))
+    user = pq.read_table(snap / "users.parquet").to_pylist()[0]["user_id"]
+    served = history.user_features(user)  # its features and its id, as the service reads them
+    no_id = {"categorical": {k: v for k, v in served["categorical"].items() if k != USER_ID_FIELD},
+             "numeric": served["numeric"]}
+    with_id, without = engine.init_state(served), engine.init_state(no_id)
+    torch.testing.assert_close(with_id.user_num, without.user_num)
+    # the same features, the same (empty) history: only the learned id vector tells the two apart
+    assert not torch.allclose(engine.score(with_id, None, 1e9), engine.score(without, None, 1e9))
+    stranger = engine.init_state({**served, "categorical": {**served["categorical"], USER_ID_FIELD: "never-seen"}})
+    torch.testing.assert_close(engine.score(stranger, None, 1e9), engine.score(without, None, 1e9))
 
 
 def test_user_id_output_needs_the_id(snap) -> None:
