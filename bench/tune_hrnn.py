@@ -44,7 +44,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "tune_hrnn.json"
 # them all out, so the grid means the same thing after the defaults change; fields not listed
 # keep the current ModelConfig/TrainConfig defaults (unchanged by the tuning).
 OLD_MODEL = {"hidden_size": 64, "dropout": 0.1, "inference_item_meta_mix": 0.0, "field_dim": 32, "input_size": 64,
-             "trend_weight": 0.0, "use_user_id": False, "user_id_output": False}
+             "trend_weight": 0.0, "use_user_id": False, "user_id_output": False,
+             "trend_train": False}
 OLD_TRAIN = {"epochs": 10, "early_stopping_metric": "val_loss", "patience": 3, "lr": 3e-3, "batch_size": 32,
              "item_meta_mix": None, "exclude_seen": False, "shuffle_ties": False}
 # Early stopping on the trainer's own held-out last events, by NDCG@10 (the metric we ship on);
@@ -145,15 +146,22 @@ GRID: dict[str, tuple[dict, dict]] = {
                        "user_id_output": True}, {"shuffle_ties": True}),
         "s9_uidout_idd0.3": ({"trend_weight": 0.5, "trend_window_seconds": 30 * 86_400.0, "use_user_id": True,
                               "user_id_output": True, "user_id_dropout": 0.3}, {"shuffle_ties": True}),
+        # stage 10 (session 8): the eq. (5) trend term in training as well as at scoring (model.trend_train), so the
+        # network learns the residual p(a | h) beside the recent popularity q(t); weight 0.5 (the scoring weight)
+        # and 1 (eq. 5 exactly)
+        "s10_trtrain": ({"trend_weight": 0.5, "trend_window_seconds": 30 * 86_400.0, "use_user_id": True,
+                         "user_id_output": True, "trend_train": True}, {"shuffle_ties": True}),
+        "s10_trtrain_w1": ({"trend_weight": 1.0, "trend_window_seconds": 30 * 86_400.0, "use_user_id": True,
+                            "user_id_output": True, "trend_train": True}, {"shuffle_ties": True}),
     }.items()},
 }
 
 # shipped as the ModelConfig/TrainConfig defaults (docs/benchmarks.md); until 2026-11-26: h128_d0.3_im0.3_p6,
 # until 2026-12-04: s5_im0.15 (bench/configs/defaults-2026-11-27.toml), then s7_ties_trend until session 7
-# (bench/configs/defaults-2026-12-04.toml).
+# (bench/configs/defaults-2026-12-04.toml), s9_uidout until session 8 (bench/configs/defaults-2026-12-05.toml).
 # (exclude_seen ships as None = auto, which is True on ml-100k: owners never repeat an item)
 # stage 7's choice was s7_ties_trend, stage 5's s5_im0.15, stage 4's s4_exseen_fd64_in128 (inference lambda 0.3)
-CHOSEN = "s9_uidout"
+CHOSEN = "s10_trtrain"
 
 
 def _configs(name: str) -> tuple[ModelConfig, TrainConfig]:

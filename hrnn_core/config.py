@@ -118,6 +118,20 @@ class ModelConfig:
     # trend_weight with each window of TREND_WINDOW_GRID; the checkpoint keeps the choice as fixed values
     # (hrnn_core.train.choose_trend). Off by default: it picks 1 h on yoochoose (validation 0.2874 vs 0.2815 at
     # 30 days) but shorter windows than 30 days on ml-100k, which lose there (docs/benchmarks.md stage 8)
+    trend_train: bool | None = None  # train with the eq. (5) term too: every training score gets + trend_weight
+    # * log q_j(t) at its target's time (the window of the events before that hour), so the network learns the
+    # residual p(a | h) of eq. (5) instead of absorbing popularity, and scoring adds the term back (section 3.2:
+    # "we calculate item popularity on an hourly basis and feed it into the model"). True needs the dense output;
+    # None = auto: on with the dense output, off with the sampled one or with trend_auto; with trend_weight 0 (the
+    # plain GRU) it is off. On ml-100k validation (bench/tune_hrnn.py stage 10, 3 seeds) +0.006 NDCG@10 and
+    # +0.015 Recall@10 on leave_one_out, level NDCG@10 and +0.004 Recall@10 on temporal, PPL 30 % lower
+
+    @property
+    def trend_train_active(self) -> bool:
+        """The trend term may be part of training: True, or auto without trend_auto (which chooses the term
+        after training, so the network must not depend on it); a weight of 0 switches the term off."""
+        wanted = self.trend_train is True or (self.trend_train is None and not self.trend_auto)
+        return wanted and self.trend_weight > 0.0
 
     @property
     def user_id_active(self) -> bool:
@@ -139,6 +153,8 @@ class ModelConfig:
              "inference_item_meta_mix must be in [0, 1] (or unset: chosen on validation)"),
             (self.trend_weight >= 0.0 and self.trend_smoothing > 0.0 and self.trend_window_seconds > 0.0,
              "trend_weight must be >= 0, trend_smoothing and trend_window_seconds > 0"),
+            (not (self.trend_train is True and self.trend_weight > 0.0 and self.trend_auto),
+             "trend_train and trend_auto exclude each other: a network trained around the term cannot drop it"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -23,7 +23,8 @@ trend vector comes only from events before the frame. ``trend_mode="ratio"`` add
 popularity the model absorbed and ``q~(t) = (r(t) + p) / 2`` the raw recent share ``r(t)`` shrunk
 half-way to ``p`` (so an item with no recent events is not promoted just for being rare in
 training): an inference-time stand-in for training with the popularity bias imputed. The
-trainer itself does not use ``trend_weight``: the model is trained without any trend term. With
+trainer uses ``trend_weight`` only with ``model.trend_train``, which trains every score with the same
+term (``hrnn_core.train.training_trend``), so the network learns the residual of eq. (5). With
 ``model.trend_auto`` the trainer picks the weight (off or ``trend_weight``) and the window on its
 validation events after training (``hrnn_core.train.choose_trend``), and the scorer takes them from the
 checkpoint (a window given here still wins).
@@ -53,7 +54,7 @@ from hrnn_core.trend import WindowedPopularity, smoothed_log_share
 PLAIN_GRU = {  # the ablation the paper compares against: items and order only
     "use_time_delta": False, "use_feedback": False, "use_user_features": False, "use_user_id": False,
     "user_id_output": False, "user_id_dropout": 0.0, "use_context": False, "use_item_meta": False, "trend_weight": 0.0,
-    "trend_auto": False,
+    "trend_auto": False, "trend_train": False,
 }
 
 

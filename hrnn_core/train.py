@@ -282,20 +282,22 @@ def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: tor
 
 
 def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: torch.device, cfg: TrainConfig,
-             exclude_seen: bool) -> dict:
+             exclude_seen: bool, trend: tuple[float, WindowedPopularity, np.ndarray] | None = None) -> dict:
     """One epoch's validation metrics at the inference lambda of eq. (2).
 
     With ``model_cfg.inference_item_meta_mix`` unset (auto) every lambda of INFERENCE_MIX_GRID is
     scored, the best by ``cfg.early_stopping_metric`` is reported (``inference_mix``, and each
     lambda's value under ``by_mix``), and ``model.cfg`` takes it, so the checkpoint saved next
-    carries it to inference. A model without metadata has no lambda to choose (0).
+    carries it to inference. A model without metadata has no lambda to choose (0). ``trend``: the eq. (5)
+    term a model trained with it (``model.trend_train``) is scored with.
     """
     fixed = model_cfg.inference_item_meta_mix
     if fixed is not None:
-        return {**evaluate(model, data, data.val_segments, device, mix=fixed, exclude_seen=exclude_seen),
+        return {**evaluate(model, data, data.val_segments, device, mix=fixed, exclude_seen=exclude_seen, trend=trend),
                 "inference_mix": fixed}
     mixes = INFERENCE_MIX_GRID if model.meta_out is not None else (0.0,)
-    runs = {m: evaluate(model, data, data.val_segments, device, mix=m, exclude_seen=exclude_seen) for m in mixes}
+    runs = {m: evaluate(model, data, data.val_segments, device, mix=m, exclude_seen=exclude_seen, trend=trend)
+            for m in mixes}
     key = cfg.early_stopping_metric
     if key not in runs[mixes[0]]:  # no validation events to choose on
         chosen, out = INFERENCE_MIX_FALLBACK, {}
@@ -305,6 +307,33 @@ def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: t
         out = {**runs[chosen], "by_mix": {f"{m:g}": runs[m][key] for m in mixes}}
     model.cfg = dataclasses.replace(model.cfg, inference_item_meta_mix=chosen)
     return {**out, "inference_mix": chosen}
+
+
+def snapshot_times(snapshot_dir: Path, n_events: int) -> np.ndarray:
+    """(E,) float64 timestamp of each encoded event (sequences.parquet's flat order, the encoder's)."""
+    seq = pq.read_table(Path(snapshot_dir) / "sequences.parquet", columns=["timestamps"])
+    times = pc.list_flatten(seq["timestamps"]).to_numpy(zero_copy_only=False).astype(np.float64)
+    if len(times) != n_events:
+        raise TrainError(f"{snapshot_dir}: {len(times)} timestamps for {n_events} encoded events")
+    return times
+
+
+def training_trend(snapshot_dir: Path, data: TrainData, model_cfg: ModelConfig, output: str = "dense"
+                   ) -> tuple[float, WindowedPopularity, np.ndarray] | None:
+    """``model.trend_train``: (weight, q(t), each event's time) of the eq. (5) term training adds to every
+    score, or None when it is off (auto with the sampled ``output`` is off). ``q(t)`` counts the snapshot's
+    events before the target's hour (hourly buckets, as the scorer's), never the target itself or anything
+    later."""
+    if not model_cfg.trend_train_active or (model_cfg.trend_train is None and output != "dense"):
+        return None
+    if output != "dense":
+        raise TrainError("model.trend_train = true needs train.output = 'dense' (the term shifts every item's "
+                         "score); leave it unset (auto: off with the sampled output) or set it false")
+    times = snapshot_times(snapshot_dir, len(data.events.target))
+    pop = WindowedPopularity(times, data.events.target.numpy(), data.features.n_items,
+                             window_seconds=model_cfg.trend_window_seconds, bucket_seconds=3600.0,
+                             smoothing=model_cfg.trend_smoothing)
+    return model_cfg.trend_weight, pop, times
 
 
 def trend_choices(weight: float, window_seconds: float) -> list[tuple[float, float]]:
@@ -327,10 +356,7 @@ def choose_trend(checkpoint: Path, snapshot_dir: Path, data: TrainData, device: 
     """
     ck = load_checkpoint(checkpoint, device)
     model, mcfg = ck.model, ck.model_config
-    seq = pq.read_table(Path(snapshot_dir) / "sequences.parquet", columns=["timestamps"])
-    times = pc.list_flatten(seq["timestamps"]).to_numpy(zero_copy_only=False).astype(np.float64)
-    if len(times) != len(data.events.target):
-        raise TrainError(f"{snapshot_dir}: {len(times)} timestamps for {len(data.events.target)} encoded events")
+    times = snapshot_times(snapshot_dir, len(data.events.target))
     mix = INFERENCE_MIX_FALLBACK if mcfg.inference_item_meta_mix is None else mcfg.inference_item_meta_mix
     choices = trend_choices(weight, mcfg.trend_window_seconds)
     values = []
@@ -449,6 +475,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
     if cfg.output == "dense" and cfg.batch_size * cfg.bptt * n_items > cfg.max_dense_logits:
         raise TrainError(f"dense output over {n_items:,} items needs a {cfg.batch_size * cfg.bptt:,} x "
                          f"{n_items:,} score matrix; set train.output = 'sampled' (or a smaller batch)")
+    trend = training_trend(snapshot_dir, data, model_cfg, cfg.output)  # model.trend_train: eq. (5) in every score
     type_w = torch.tensor([cfg.default_event_weight] + [float(cfg.event_type_weights.get(t, cfg.default_event_weight))
                                                         for t in data.features.event_types], device=device)
     torch.manual_seed(cfg.seed)
@@ -527,6 +554,8 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
                 h = out[valid]  # (N, H)
                 if cfg.output == "dense":
                     logits = model.scores(h, None, mix)  # (N, n_items)
+                    if trend is not None:  # eq. (5) at each target's time: the network learns the residual
+                        logits = logits + trend[0] * trend[1].log_q_at(trend[2][flat.numpy()]).to(device)
                     if exclude_seen:
                         if seen_items is None:
                             seen_items = torch.zeros(len(idx), n_items, dtype=torch.bool, device=device)
@@ -590,7 +619,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
                    "train_ppl": math.exp(min(ce_sum / max(seen, 1), 50.0)), "events": seen,
                    "seconds": seconds, "events_per_s": seen / max(seconds, 1e-9), "lr": lr}
         if is_main:
-            metrics.update(validate(model, model_cfg, data, device, cfg, exclude_seen))
+            metrics.update(validate(model, model_cfg, data, device, cfg, exclude_seen, trend))
         if dist_ctx is not None:
             metrics = dist_ctx.broadcast(metrics)  # every rank takes rank 0's early-stopping decision
         model.train()

@@ -517,3 +517,71 @@ def test_trend_auto_chooses_on_validation_and_the_checkpoint_carries_the_choice(
     off = train(path, tmp_path / "off", dataclasses.replace(auto, trend_weight=0.0), FAST)
     assert "trend" not in json.loads(off.report.read_text())
     assert HRNNScorer(auto, FAST, device="cpu", checkpoint=off.best_checkpoint).trend_weight == 0.0
+
+
+def test_trend_train_adds_the_trend_term_to_every_training_score_and_to_validation(snap, tmp_path, monkeypatch) -> None:
+    """model.trend_train: each dense training score gets + w log q_j(t) at its target's time, so the
+    first step's logits differ from the same run without it by exactly that term; the per-epoch
+    validation scores with the term; the option needs the dense output and excludes trend_auto, and a
+    trend weight of 0 (the plain GRU) switches it off."""
+    from hrnn_core.train import evaluate
+
+    _, path = snap
+    cfg = dataclasses.replace(SMALL, trend_weight=0.5, trend_window_seconds=7 * 86_400.0)
+    one = dataclasses.replace(FAST, epochs=1)
+    calls: dict[str, list] = {"logits": [], "times": []}
+    real_loss, real_trend = train_mod.dense_softmax_loss, train_mod.training_trend
+
+    def spy_loss(scores, target, weight=None):
+        calls["logits"].append(scores.detach().clone())
+        return real_loss(scores, target, weight)
+
+    class SpyPop:  # records the target times each step asks q(t) for
+        def __init__(self, pop):
+            self.pop = pop
+
+        def log_q_at(self, times):
+            calls["times"].append(np.array(times))
+            return self.pop.log_q_at(times)
+
+    def spy_trend(snapshot_dir, data, model_cfg, output="dense"):
+        out = real_trend(snapshot_dir, data, model_cfg, output)
+        return None if out is None else (out[0], SpyPop(out[1]), out[2])
+
+    monkeypatch.setattr(train_mod, "dense_softmax_loss", spy_loss)
+    monkeypatch.setattr(train_mod, "training_trend", spy_trend)
+    train(path, tmp_path / "plain", cfg, one)
+    assert not calls["times"]  # trend_train off: training never asks for q(t)
+    base = calls["logits"][0]
+    calls["logits"].clear()
+    res = train(path, tmp_path / "trend", dataclasses.replace(cfg, trend_train=True), one)
+    assert calls["times"]
+    data = prepare_data(path, cfg, one)
+    w, pop, times = real_trend(path, data, dataclasses.replace(cfg, trend_train=True))
+    assert w == 0.5 and pop.window == 7 * 86_400.0
+    assert set(calls["times"][0].tolist()) <= set(times.tolist())  # targets' own timestamps
+    expected = 0.5 * pop.log_q_at(calls["times"][0])
+    torch.testing.assert_close(calls["logits"][0] - base, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(calls["logits"][0], base)
+
+    # the epoch's validation scored the trend-trained network with the term, as the scorer will
+    model = load_checkpoint(res.best_checkpoint).model
+    report = json.loads(res.report.read_text())
+    assert report["model_config"]["trend_train"] is True
+    cpu = torch.device("cpu")
+    mix = report["epochs"][0]["inference_mix"]
+    with_term = evaluate(model, data, data.val_segments, cpu, mix=mix, exclude_seen=report["exclude_seen"],
+                         trend=(w, pop, times))
+    assert report["epochs"][0]["ndcg@10"] == pytest.approx(with_term["ndcg@10"])
+    assert report["epochs"][0]["val_loss"] == pytest.approx(with_term["val_loss"], rel=1e-5)
+
+    with pytest.raises(ConfigError, match="trend_train and trend_auto"):
+        dataclasses.replace(cfg, trend_train=True, trend_auto=True)
+    with pytest.raises(TrainError, match="needs train.output = 'dense'"):
+        train(path, tmp_path / "sampled", dataclasses.replace(cfg, trend_train=True),
+              dataclasses.replace(one, output="sampled", n_negatives=16))
+    auto = dataclasses.replace(cfg, trend_train=None)  # auto: on with the dense output, off with the sampled one
+    assert train_mod.training_trend(path, data, auto, "dense") is not None
+    assert train_mod.training_trend(path, data, auto, "sampled") is None
+    off = dataclasses.replace(cfg, trend_train=True, trend_weight=0.0)
+    assert not off.trend_train_active and train_mod.training_trend(path, data, off) is None
