@@ -522,12 +522,13 @@ def test_trend_auto_chooses_on_validation_and_the_checkpoint_carries_the_choice(
 def test_trend_train_adds_the_trend_term_to_every_training_score_and_to_validation(snap, tmp_path, monkeypatch) -> None:
     """model.trend_train: each dense training score gets + w log q_j(t) at its target's time, so the
     first step's logits differ from the same run without it by exactly that term; the per-epoch
-    validation scores with the term; the option needs the dense output and excludes trend_auto, and a
-    trend weight of 0 (the plain GRU) switches it off."""
+    validation scores with the term; true needs the dense output and excludes trend_auto; auto (the
+    default) is on with the dense output only and yields to trend_auto; a trend weight of 0 (the plain
+    GRU) switches it off."""
     from hrnn_core.train import evaluate
 
     _, path = snap
-    cfg = dataclasses.replace(SMALL, trend_weight=0.5, trend_window_seconds=7 * 86_400.0)
+    cfg = dataclasses.replace(SMALL, trend_weight=0.5, trend_window_seconds=7 * 86_400.0, trend_train=False)
     one = dataclasses.replace(FAST, epochs=1)
     calls: dict[str, list] = {"logits": [], "times": []}
     real_loss, real_trend = train_mod.dense_softmax_loss, train_mod.training_trend
@@ -583,5 +584,7 @@ def test_trend_train_adds_the_trend_term_to_every_training_score_and_to_validati
     auto = dataclasses.replace(cfg, trend_train=None)  # auto: on with the dense output, off with the sampled one
     assert train_mod.training_trend(path, data, auto, "dense") is not None
     assert train_mod.training_trend(path, data, auto, "sampled") is None
+    assert ModelConfig().trend_train is None and ModelConfig().trend_train_active  # the default: auto
+    assert not dataclasses.replace(auto, trend_auto=True).trend_train_active
     off = dataclasses.replace(cfg, trend_train=True, trend_weight=0.0)
     assert not off.trend_train_active and train_mod.training_trend(path, data, off) is None
