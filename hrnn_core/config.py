@@ -56,6 +56,8 @@ class IngestConfig:
     default_event_type: str = "default"  # event_type used when the file has none
     memory_limit: str = "3GB"  # DuckDB memory limit for ingest and transforms
     threads: int = 2  # DuckDB worker threads
+    lock_wait_seconds: float = 60.0  # a warehouse another process is writing: retry opening it this long, then
+    # fail with a clear error (two evaluations of one dataset started together share its eval warehouse)
 
 
 # The inference lambdas of eq. (2) tried on validation when model.inference_item_meta_mix is unset (auto), and

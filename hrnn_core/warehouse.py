@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -76,17 +77,24 @@ def connect(cfg: Config, read_only: bool = False) -> Iterator[duckdb.DuckDBPyCon
     if read_only and not path.exists():
         raise WarehouseError(f"warehouse {path} does not exist; run `hrnn ingest` first")
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        con = duckdb.connect(
-            str(path),
-            read_only=read_only,
-            config={"memory_limit": cfg.ingest.memory_limit, "threads": cfg.ingest.threads},
-        )
-    except duckdb.IOException as exc:
-        raise WarehouseError(
-            f"cannot open warehouse {path}: {exc}. Only one process may write it at a time; "
-            "wait for the other writer (an ingest or transform task) to finish."
-        ) from exc
+    deadline = time.monotonic() + max(cfg.ingest.lock_wait_seconds, 0.0)
+    while True:
+        try:
+            con = duckdb.connect(
+                str(path),
+                read_only=read_only,
+                config={"memory_limit": cfg.ingest.memory_limit, "threads": cfg.ingest.threads},
+            )
+            break
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower() and time.monotonic() < deadline:  # another writer: wait for it
+                time.sleep(0.5)
+                continue
+            raise WarehouseError(
+                f"cannot open warehouse {path}: {exc}. Only one process may write it at a time; "
+                f"waited {cfg.ingest.lock_wait_seconds:g} s (ingest.lock_wait_seconds) for the other writer "
+                "(an ingest, transform or evaluation) to finish."
+            ) from exc
     try:
         con.execute("set TimeZone = 'UTC'")
         if not read_only:

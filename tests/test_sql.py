@@ -186,3 +186,32 @@ def test_checks_detect_a_duplicate(cfg):
 def test_split_statements_ignores_comment_lines():
     sql = "-- a; comment\ndelete from t where x = 1;\ninsert into t values (1);\n"
     assert split_statements(sql) == ["delete from t where x = 1", "insert into t values (1)"]
+
+
+def test_a_locked_warehouse_is_waited_for_then_a_clear_error(tmp_path):
+    """Another process writing the warehouse: connect retries for ingest.lock_wait_seconds (the writer
+    finishes: it opens), and after that gives a WarehouseError naming the setting, not a traceback."""
+    import dataclasses
+    import subprocess
+    import sys
+    import time
+
+    cfg = load_config(overrides={"paths": {"data_dir": str(tmp_path)}}, environ={})
+    with connect(cfg):
+        pass  # create it
+    holder = ("import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+              "time.sleep(float(sys.argv[2])); c.close()")
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(cfg.paths.warehouse_path), "2"], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        quick = dataclasses.replace(cfg, ingest=dataclasses.replace(cfg.ingest, lock_wait_seconds=0.0))
+        with pytest.raises(WarehouseError, match="lock_wait_seconds"):
+            with connect(quick):
+                pass
+        start = time.monotonic()
+        with connect(cfg) as con:  # waits for the holder (2 s), well inside the default wait
+            assert con.execute("select 1").fetchone() == (1,)
+        assert time.monotonic() - start < cfg.ingest.lock_wait_seconds
+    finally:
+        proc.wait(timeout=30)
