@@ -62,4 +62,5 @@ case "$only" in
   rerun-hrnn-ml-100k-loo) rerun_hrnn ml-100k leave_one_out "" "${SEEDS:-0 1 2 3 4}" ;;
   rerun-hrnn-ml-100k-temporal) rerun_hrnn ml-100k temporal "" "${SEEDS:-0 1 2 3 4}" ;;
   rerun-hrnn-ml-latest-small) rerun_hrnn ml-latest-small temporal "" "${SEEDS:-0 1 2}" ;;
+  rerun-hrnn-yoochoose) rerun_hrnn yoochoose temporal '{"exclude_seen": false}' "${SEEDS:-0 1 2}" ;;
 esac
