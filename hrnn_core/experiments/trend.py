@@ -16,8 +16,9 @@ offline model absorbed; see ``HRNNScorer``) are chosen on *validation* frames: t
 before the validation period (``Split.valid_train``), the validation period (the last
 ``valid_fraction`` of pre-T events) is cut into hourly frames, and every grid point is scored
 there; recent_pop's window is chosen the same way. The test frames are scored once, with the
-choice. The trainer does not use ``trend_weight``: the correction is inference-time only (the
-paper also trains with the popularity bias imputed; not implemented here).
+choice. The offline model here is trained with ``trend_weight`` 0, so without the term
+(``model.trend_train``, the default elsewhere, trains with it): this page compares the correction
+added at inference to a model that never saw it, as Figure 5 does.
 """
 
 from __future__ import annotations
@@ -231,7 +232,7 @@ def run_trend(snapshot_dir: Path, *, dataset: str, model_cfg, train_cfg, grid: G
         "n_events": int(len(split.test)), "n_frames": len(split.frames), "frame_seconds": frame_seconds,
         "config": {"model": dataclasses.asdict(model_cfg),
                    "train": {k: v for k, v in dataclasses.asdict(train_cfg).items() if k != "event_type_weights"},
-                   "trend_training": "none: the trainer ignores trend_weight; the trend term is inference-time only",
+                   "trend_training": "none: trained with trend_weight 0; the trend term is inference-time only",
                    "seed": seed},
         "validation": {"n_frames": len(vframes), "n_events": int(len(split.valid)), "origin": v_origin,
                        "grid": dataclasses.asdict(grid), "selection": "max mean-over-frames NDCG@10",
