@@ -298,8 +298,10 @@ def main() -> None:
     print(table(rows))
     m, t = _configs(CHOSEN)
     auto = {"exclude_seen"}  # shipped as None (auto), resolved from the data
+    model_auto = {"trend_train"}  # shipped as None (auto), on with the dense output the candidates train with
     mo, to = GRID[CHOSEN]
-    same = all(getattr(ModelConfig(), k) == getattr(m, k) for k in {**OLD_MODEL, **mo}) and \
+    same = all(getattr(ModelConfig(), k) == getattr(m, k) for k in {**OLD_MODEL, **mo} if k not in model_auto) and \
+        all(bool(ModelConfig().trend_train_active) == getattr(m, k) for k in mo if k in model_auto) and \
         all(getattr(TrainConfig(), k) == getattr(t, k) for k in {**OLD_TRAIN, **to} if k not in auto)
     print(f"chosen: {CHOSEN} = {GRID[CHOSEN]}; equal to the current defaults: {same}")
 
