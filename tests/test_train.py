@@ -437,8 +437,10 @@ def test_auto_inference_mix_is_chosen_on_validation_and_carried_to_inference(sna
     report = json.loads(res.report.read_text())
     assert report["inference_mix"] == best["inference_mix"]
     data = prepare_data(path, auto, FAST)
+    trend = train_mod.training_trend(path, data, auto)  # the default trains, so validates, with the trend term
+    assert trend is not None
     again = evaluate(ck.model, data, data.val_segments, torch.device("cpu"), mix=best["inference_mix"],
-                     exclude_seen=report["exclude_seen"])
+                     exclude_seen=report["exclude_seen"], trend=trend)
     assert again["ndcg@10"] == pytest.approx(best["ndcg@10"])
     longer = train(path, tmp_path / "run", auto, dataclasses.replace(FAST, epochs=3), resume=True)
     assert [h["epoch"] for h in longer.history] == [1, 2, 3]
