@@ -29,15 +29,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from hrnn_core.config import INFERENCE_MIX_FALLBACK, ModelConfig, TrainConfig, load_config
 from hrnn_core.evaluate import score_cases, train_data
 from hrnn_core.hrnn_scorer import HRNNScorer
 from hrnn_core.protocols import SnapshotData, build_split
-from hrnn_core.train import evaluate, prepare_data, resolve_exclude_seen, trend_choices
+from hrnn_core.train import evaluate, prepare_data, resolve_exclude_seen, snapshot_times, trend_choices
 from hrnn_core.trend import WindowedPopularity
 
 
@@ -70,8 +68,7 @@ def run_seed(split, seed: int, fractions: list[float], model_cfg: ModelConfig, t
         cfg = dataclasses.replace(train_cfg, seed=seed)
         td = prepare_data(snap, model_cfg, cfg)  # the trainer's own split: seeded, so the same owners
         exclude_seen, _ = resolve_exclude_seen(cfg, td)
-        seq = pq.read_table(snap / "sequences.parquet", columns=["timestamps"])
-        times = pc.list_flatten(seq["timestamps"]).to_numpy(zero_copy_only=False).astype(np.float64)
+        times = snapshot_times(snap, len(td.events.target))
         model = scorer.model
         mix = INFERENCE_MIX_FALLBACK if model.cfg.inference_item_meta_mix is None else model.cfg.inference_item_meta_mix
         trainer: dict[str, dict[str, float]] = {}

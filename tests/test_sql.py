@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
+import sys
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -191,11 +195,6 @@ def test_split_statements_ignores_comment_lines():
 def test_a_locked_warehouse_is_waited_for_then_a_clear_error(tmp_path):
     """Another process writing the warehouse: connect retries for ingest.lock_wait_seconds (the writer
     finishes: it opens), and after that gives a WarehouseError naming the setting, not a traceback."""
-    import dataclasses
-    import subprocess
-    import sys
-    import time
-
     cfg = load_config(overrides={"paths": {"data_dir": str(tmp_path)}}, environ={})
     with connect(cfg):
         pass  # create it
