@@ -83,6 +83,7 @@ def synthetic_100k(work: Path) -> tuple[Path, Path]:
 def make_store(home: Path, checkpoint: Path, snapshot_id: str) -> str:
     """A private model store holding the checkpoint as the champion (labels only: no warehouse)."""
     import bentoml
+    # Private API on purpose: BentoML 1.4 has no public ModelStore (bentoml.models.* take one only as `_model_store`).
     from bentoml._internal.models.model import ModelStore
 
     (home / "models").mkdir(parents=True, exist_ok=True)

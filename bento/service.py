@@ -51,7 +51,7 @@ from hrnn_core.recommend import (
     Filters, RecommendError, Request, ServingModel, UnknownItemError, copy_state, history_with_log,
     load_serving_model, logged_to_event, states_from_histories,
 )
-from hrnn_core.registry import NAMES
+from hrnn_core.registry import NAMES, champion_from_store
 
 log = logging.getLogger("hrnn.service")
 CONFIG = load_config()  # read once at import: the bind address and thread count are service options
@@ -252,6 +252,7 @@ class ApiKeyMiddleware:
 def model_store():
     """The store to read champions from: ``$BENTOML_HOME/models`` when set (also inside a built
     bento, whose own store holds only the packaged model), else BentoML's current store."""
+    # Private API on purpose: BentoML 1.4 has no public ModelStore (bentoml.models.* take one only as `_model_store`).
     from bentoml._internal.configuration.containers import BentoMLContainer  # noqa: PLC0415
     from bentoml._internal.models.model import ModelStore  # noqa: PLC0415
 
@@ -261,19 +262,9 @@ def model_store():
     return BentoMLContainer.model_store.get()
 
 
-def champion_tag(store=None) -> str | None:
-    """The newest model labelled stage=champion (labels mirror the registry's history)."""
-    kwargs = {"_model_store": store} if store is not None else {}
-    try:
-        found = [m for m in bentoml.models.list(MODEL_NAME, **kwargs) if m.info.labels.get("stage") == "champion"]
-    except bentoml.exceptions.NotFound:
-        return None
-    return str(max(found, key=lambda m: m.info.creation_time).tag) if found else None
-
-
 def _import_time_tag() -> str | None:
     try:
-        tag = os.environ.get("HRNN_MODEL_TAG") or champion_tag()
+        tag = os.environ.get("HRNN_MODEL_TAG") or champion_from_store(MODEL_NAME)
         if tag:
             bentoml.models.get(tag)  # in the current store, or nothing to package
         return tag
@@ -329,7 +320,7 @@ class HRNNService:
         self._cache_lock = threading.Lock()
         self._swap_lock = threading.Lock()
         self._pinned = os.environ.get("HRNN_MODEL_TAG") or None
-        tag = self._pinned or champion_tag(self.store) or (PACKAGED_TAG if hasattr(self, "packaged") else None)
+        tag = self._pinned or champion_from_store(MODEL_NAME, self.store) or (PACKAGED_TAG if hasattr(self, "packaged") else None)
         if tag is None:
             raise ModelUnavailable(f"no {MODEL_NAME} champion in the model store {getattr(self.store, '_path', '')}; "
                                    "promote a model (`hrnn models promote`) or set HRNN_MODEL_TAG")
@@ -382,7 +373,7 @@ class HRNNService:
                 now = time.time()
                 if every and now >= next_check:
                     next_check = now + every
-                    tag = champion_tag(self.store)
+                    tag = champion_from_store(MODEL_NAME, self.store)
                     if not self._pinned and tag and tag not in (self._active.model.tag, failed):
                         log.info("new champion %s", tag)
                         failed = tag
@@ -490,7 +481,7 @@ class HRNNService:
     def admin_reload(self, req: ReloadRequest, /) -> ModelInfo:
         """Load a tag (pinned) or the champion (follow the store again) and swap it in."""
         pin = req.tag or os.environ.get("HRNN_MODEL_TAG") or None
-        tag = pin or champion_tag(self.store)
+        tag = pin or champion_from_store(MODEL_NAME, self.store)
         if tag is None:
             raise ItemNotFound(f"no {MODEL_NAME} champion in the model store")
         try:

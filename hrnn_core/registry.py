@@ -73,6 +73,7 @@ def code_version() -> str:
 def _set_stage(tag: str, stage: str) -> None:
     """Rewrite the ``stage`` label of a stored model (BentoML has no public label update)."""
     import bentoml  # noqa: PLC0415
+    # Private API on purpose: BentoML 1.4 has no public way to change a stored model's labels.
     from bentoml._internal.models.model import ModelInfo  # noqa: PLC0415
 
     model = bentoml.models.get(tag)
@@ -272,12 +273,17 @@ def show(con: duckdb.DuckDBPyConnection, tag: str) -> dict:
     }
 
 
-def champion_from_store(name: str = NAMES["hrnn"]) -> str | None:
-    """The champion's tag from the model store's labels alone (for the service)."""
+def champion_from_store(name: str = NAMES["hrnn"], store=None) -> str | None:
+    """The champion's tag from the model store's labels alone (for the service and the export).
+
+    ``store``: a BentoML model store to read instead of the current one (the service's
+    ``model_store()``); the newest model labelled stage=champion wins.
+    """
     import bentoml  # noqa: PLC0415
 
+    kwargs = {"_model_store": store} if store is not None else {}
     try:
-        models = bentoml.models.list(name)
+        models = bentoml.models.list(name, **kwargs)
     except bentoml.exceptions.NotFound:  # nothing of that name stored yet
         return None
     found = [m for m in models if m.info.labels.get("stage") == "champion"]
