@@ -272,6 +272,8 @@ def in_process(home: Path, data: Path, tag: str, users: list[str], k: int, reps:
 def bench_model(name: str, checkpoint: Path, snap: Path, work: Path, n1: int, n16: int, n_events: int) -> dict:
     import pyarrow.parquet as pq
 
+    from hrnn_core.contract import is_session_owner
+
     home = work / f"store-{name}"
     data = work / f"data-{name}"
     for p in (home, data):
@@ -281,7 +283,7 @@ def bench_model(name: str, checkpoint: Path, snap: Path, work: Path, n1: int, n1
     (data / "snapshots" / snap.name).symlink_to(snap)  # read-only use of the snapshot; own landing folder
     tag = make_store(home, checkpoint, snap.name)
     owners = [o for o in pq.read_table(snap / "sequences.parquet", columns=["owner_id"])["owner_id"].to_pylist()
-              if not o.startswith("~session:")]
+              if not is_session_owner(o)]
     users = owners[:: max(1, len(owners) // 200)][:200]
     k = 25
     server = Server(home, data, work / f"serve-{name}.log")

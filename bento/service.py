@@ -44,12 +44,13 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from starlette.responses import JSONResponse
 
 from hrnn_core.config import load_config
-from hrnn_core.eventlog import EventLog, EventLogError, LoggedEvent, OwnerIndex, owner_id
+from hrnn_core.contract import owner_id
+from hrnn_core.eventlog import EventLog, EventLogError, LoggedEvent, OwnerIndex
 from hrnn_core.inference import UserState
 from hrnn_core.pipeline import landing_dir
 from hrnn_core.recommend import (
     Filters, RecommendError, Request, ServingModel, UnknownItemError, copy_state, history_with_log,
-    load_serving_model, logged_to_event, states_from_histories,
+    load_serving_model, logged_to_event,
 )
 from hrnn_core.registry import NAMES, champion_from_store
 
@@ -399,7 +400,7 @@ class HRNNService:
                 return state
         m = active.model
         events = history_with_log(m.history, owner, self.owner_log.events_of(owner), self.cfg.ingest.default_event_type)
-        state = states_from_histories(m.engine, [(events, m.history.user_features(user_id))])[0]
+        state = m.engine.replay([(events, m.history.user_features(user_id))])[0]
         with self._cache_lock:
             active.states[owner] = state
             while len(active.states) > self.cfg.serve.state_cache_size:

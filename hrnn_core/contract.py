@@ -7,6 +7,8 @@ table. Adapters (``hrnn_core.datasets``) convert other formats into contract fil
 
 from __future__ import annotations
 
+from hrnn_core.errors import HrnnError
+
 TABLES = ("interactions", "users", "items")
 
 # interactions: the columns with a fixed meaning; any other column is request context.
@@ -26,6 +28,30 @@ ITEM_REQUIRED = ("item_id",)
 ITEM_CREATION_COLUMN = "creation_timestamp"
 
 MULTI_VALUE_SEPARATOR = "|"  # separates values of multi-valued categorical columns and impressions
+
+# The sequence owner of an interaction: its user_id, else its session_id behind this prefix (an
+# anonymous session is an owner of its own). The one home of the rule: SQL files get the prefix
+# as the bound parameter $session_prefix (hrnn_core.warehouse.run_sql passes it to every file).
+SESSION_OWNER_PREFIX = "~session:"
+
+
+class MissingOwnerError(HrnnError, ValueError):
+    """An interaction with neither a user_id nor a session_id has no owner."""
+
+
+def owner_id(user_id: str | None, session_id: str | None) -> str:
+    """The sequence owner the warehouse derives: the user, else ``SESSION_OWNER_PREFIX + session``."""
+    if user_id:
+        return user_id
+    if session_id:
+        return SESSION_OWNER_PREFIX + session_id
+    raise MissingOwnerError("an event needs a user_id or a session_id")
+
+
+def is_session_owner(owner: str) -> bool:
+    """True for an anonymous session's owner id (not a user: no user features, no id embedding)."""
+    return owner.startswith(SESSION_OWNER_PREFIX)
+
 
 # The uniqueness key of an interaction (duplicates on it are reported, loaded once).
 INTERACTION_KEY = ("user_id", "session_id", "item_id", "timestamp", "event_type")

@@ -35,27 +35,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hrnn_core.contract import MULTI_VALUE_SEPARATOR
+from hrnn_core.contract import MULTI_VALUE_SEPARATOR, owner_id
+from hrnn_core.contract import SESSION_OWNER_PREFIX  # noqa: F401 - re-export: features.py and export.py import it from here
 from hrnn_core.errors import HrnnError
 
 BASE_COLUMNS = ("user_id", "session_id", "item_id", "timestamp", "event_type", "event_value", "impression")
 OPEN_PREFIX = ".events-"
 OPEN_SUFFIX = ".csv.tmp"
 CLOSED_PREFIX = "interactions_events_"
-SESSION_OWNER_PREFIX = "~session:"  # how sql/sessions.sql names anonymous owners
 
 
 class EventLogError(HrnnError):
     """The event log cannot be written or read (disk full, bad segment, invalid event)."""
-
-
-def owner_id(user_id: str | None, session_id: str | None) -> str:
-    """The sequence owner the warehouse derives (sql/sessions.sql): the user, else the session."""
-    if user_id:
-        return user_id
-    if session_id:
-        return SESSION_OWNER_PREFIX + session_id
-    raise EventLogError("an event needs a user_id or a session_id")
 
 
 @dataclass(frozen=True)

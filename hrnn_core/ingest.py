@@ -268,7 +268,8 @@ def _stage_interactions(con: duckdb.DuckDBPyConnection, cfg: Config, columns: li
     types = _column_types(con)
     value, value_class = _value_class_expr("event_value", types)
     context_cols = [col for col in columns if col not in c.INTERACTION_COLUMNS]
-    params: dict[str, object] = {"default_event_type": cfg.ingest.default_event_type}
+    params: dict[str, object] = {"default_event_type": cfg.ingest.default_event_type,
+                                 "session_prefix": c.SESSION_OWNER_PREFIX}
     if context_cols:
         entries = []
         for i, col in enumerate(context_cols):
@@ -300,7 +301,7 @@ def _stage_interactions(con: duckdb.DuckDBPyConnection, cfg: Config, columns: li
         )
         select
             *,
-            coalesce(user_id, '~session:' || session_id) as owner,
+            coalesce(user_id, $session_prefix || session_id) as owner,
             -- numeric stand-ins for the validator: null exactly when the id is missing
             length(coalesce(user_id, session_id)) as owner_len,
             length(item_id) as item_len,
@@ -408,7 +409,7 @@ def _quarantine(con: duckdb.DuckDBPyConnection, batch_id: int, table: str, sourc
 
 
 def _append_index(con: duckdb.DuckDBPyConnection, index_table: str, id_col: str, idx_col: str,
-                  source_sql: str) -> None:
+                  source_sql: str, params: dict | None = None) -> None:
     """Append new ids after the current maximum, in order of first appearance (never renumber)."""
     con.execute(
         f"""
@@ -422,7 +423,8 @@ def _append_index(con: duckdb.DuckDBPyConnection, index_table: str, id_col: str,
         base as (select coalesce(max({idx_col}), -1) as top from {index_table})
         select (base.top + row_number() over (order by first_seen, id))::integer, id
         from new_ids, base
-        """
+        """,
+        params or {},
     )
 
 
@@ -448,8 +450,9 @@ def _load_interactions(con: duckdb.DuckDBPyConnection, batch_id: int) -> int:
     )
     _append_index(
         con, "user_index", "user_id", "user_idx",
-        f"select coalesce(user_id, '~session:' || session_id) as id, event_id as first_seen "
+        f"select coalesce(user_id, $session_prefix || session_id) as id, event_id as first_seen "
         f"from interactions where batch_id = {int(batch_id)}",
+        {"session_prefix": c.SESSION_OWNER_PREFIX},
     )
     _append_index(
         con, "item_index", "item_id", "item_idx",

@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 
 from hrnn_core.config import Config
+from hrnn_core.contract import SESSION_OWNER_PREFIX
 from hrnn_core.errors import WarehouseError
 from hrnn_core.warehouse import query_sql, read_sql, run_sql, split_statements
 
@@ -141,10 +142,10 @@ def export_snapshot(
     # Users with events before the cut only: feature statistics come from training data only.
     copy("select ux.user_idx, ux.user_id, u.categorical, u.numeric "
          "from user_index as ux left join users as u using (user_id) "
-         "where ux.user_id in (select coalesce(user_id, '~session:' || session_id) from interactions "
+         "where ux.user_id in (select coalesce(user_id, $session_prefix || session_id) from interactions "
          "                     where \"timestamp\" < $as_of) "
          "order by ux.user_idx",
-         "users.parquet", {"as_of": as_of})
+         "users.parquet", {"as_of": as_of, "session_prefix": SESSION_OWNER_PREFIX})
     n_events, n_owners = con.execute(
         f"select coalesce(sum(n_events), 0), count(*) from read_parquet('{tmp / 'sequences.parquet'}')"
     ).fetchall()[0]

@@ -18,9 +18,12 @@ from typing import Any, Iterator
 import duckdb
 
 from hrnn_core.config import Config
+from hrnn_core.contract import SESSION_OWNER_PREFIX
 from hrnn_core.errors import WarehouseError
 
 _STATEMENT_END = re.compile(r";\s*(?:\n|$)")
+# Data-contract constants every SQL file may use as bound parameters (one home: hrnn_core.contract).
+CONTRACT_PARAMS: dict[str, Any] = {"session_prefix": SESSION_OWNER_PREFIX}
 
 
 def quote_ident(name: str) -> str:
@@ -44,7 +47,11 @@ def split_statements(sql: str) -> list[str]:
 
 
 def _params_for(statement: str, params: dict[str, Any]) -> dict[str, Any]:
-    """DuckDB rejects unused named parameters: pass each statement only the ones it uses."""
+    """DuckDB rejects unused named parameters: pass each statement only the ones it uses.
+
+    ``CONTRACT_PARAMS`` (e.g. ``$session_prefix``) are always offered.
+    """
+    params = {**CONTRACT_PARAMS, **params}
     used = set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", statement))
     missing = used - set(params)
     if missing:

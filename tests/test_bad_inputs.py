@@ -204,7 +204,7 @@ def _assert_warehouse_consistent(con, cfg) -> None:
     assert failed == {}
     missing_owner = con.execute(
         "select count(*) from interactions as i anti join user_index as u "
-        "on u.user_id = coalesce(i.user_id, '~session:' || i.session_id)"
+        "on u.user_id = coalesce(i.user_id, $p || i.session_id)", {"p": c.SESSION_OWNER_PREFIX}
     ).fetchall()[0][0]
     missing_item = con.execute(
         "select count(*) from interactions as i anti join item_index as x using (item_id)"

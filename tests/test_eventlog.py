@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hrnn_core.eventlog import (CLOSED_PREFIX, OPEN_PREFIX, EventLog, EventLogError, LoggedEvent, OwnerIndex,
-                                owner_id, read_segment)
+from hrnn_core.contract import MissingOwnerError, owner_id
+from hrnn_core.eventlog import CLOSED_PREFIX, OPEN_PREFIX, EventLog, EventLogError, LoggedEvent, OwnerIndex, read_segment
 from hrnn_core.pipeline import LANDING_SUFFIXES
 
 
@@ -110,7 +110,7 @@ def test_owner_index_and_owner_ids() -> None:
     assert [e.item_id for e in idx.events_of("u1")] == ["i1", "i3"]
     assert [e.item_id for e in idx.events_of(owner_id(None, "s"))] == ["i2"]
     assert owner_id("u", "s") == "u" and idx.n_events == 3 and len(idx) == 2
-    with pytest.raises(EventLogError):
+    with pytest.raises(MissingOwnerError):
         owner_id(None, None)
 
 

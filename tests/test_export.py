@@ -16,6 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from hrnn_core.contract import is_session_owner
 from hrnn_core.export import ExportError, export_all, merge_shards, score_shard
 from tests.champions import promote_tiny_champion
 
@@ -55,7 +56,7 @@ def test_export_files_counts_checksums_and_exclude_seen(champion, tmp_path: Path
     m = export_all(cfg, tag, k=K, n_shards=1, out_dir=tmp_path / "exp")
     out = tmp_path / "exp"
     history = _history(snap)
-    users = sorted(o for o in history if not o.startswith("~session:"))
+    users = sorted(o for o in history if not is_session_owner(o))
     assert m["model_tag"] == tag and m["n_users"] == len(users) and m["k"] == K
     rows = _csv(out / "recommendations.csv")
     assert list(rows[0]) == ["user_id", "rank", "item_id", "score"]

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hrnn_core.config import load_config
+from hrnn_core.contract import owner_id
 from hrnn_core.errors import WarehouseError
 from hrnn_core.transforms import (
     build_sessions,
@@ -40,7 +41,7 @@ def insert_events(con, rows):
             "insert into interactions values ($e, $u, $s, $i, $t, $et, $v, null, null, 1)",
             {"e": event_id, "u": user, "s": session, "i": item, "t": ts, "et": etype, "v": value},
         )
-    for owner in dict.fromkeys((r[1] or f"~session:{r[2]}") for r in rows):
+    for owner in dict.fromkeys(owner_id(r[1], r[2]) for r in rows):
         con.execute("insert into user_index select (select coalesce(max(user_idx), -1) + 1 from user_index), $o "
                     "where not exists (select 1 from user_index where user_id = $o)", {"o": owner})
     for item in dict.fromkeys(r[3] for r in rows):

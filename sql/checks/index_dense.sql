@@ -1,5 +1,5 @@
 -- user_index / item_index: indices are exactly 0..n-1 and every id in interactions has one.
--- Zero rows when good.
+-- Zero rows when good. $session_prefix: hrnn_core.contract.SESSION_OWNER_PREFIX.
 with item_gaps as (
     select 'item_index not dense' as problem, count(*)::varchar as detail
     from item_index
@@ -19,9 +19,9 @@ missing_items as (
 ),
 
 missing_users as (
-    select 'owner without index' as problem, coalesce(i.user_id, '~session:' || i.session_id) as detail
+    select 'owner without index' as problem, coalesce(i.user_id, $session_prefix || i.session_id) as detail
     from interactions as i
-    anti join user_index as ux on ux.user_id = coalesce(i.user_id, '~session:' || i.session_id)
+    anti join user_index as ux on ux.user_id = coalesce(i.user_id, $session_prefix || i.session_id)
 ),
 
 final as (
