@@ -70,15 +70,14 @@ def save_checkpoint(path: Path, model: HRNNMeta, features: FeatureSpace, train_c
     return path
 
 
-def update_model_config(path: Path, **changes: Any) -> Path:
-    """Rewrite a checkpoint's model config fields in place (atomically), weights untouched."""
-    path = Path(path)
-    raw = torch.load(path, map_location="cpu", weights_only=True)
-    raw["model_config"] = dataclasses.asdict(ModelConfig(**{**raw["model_config"], **changes}))  # validated
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(raw, tmp)
-    os.replace(tmp, path)
-    return path
+# Settings older checkpoints carry that the code no longer has (the behaviour they chose is now the code's):
+# dropped on load so a registered champion stays loadable after an upgrade.
+RETIRED_MODEL_FIELDS = ("trend_auto",)
+
+
+def _known(cls: type, values: dict) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in values.items() if k in names or k not in RETIRED_MODEL_FIELDS}
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoint:
@@ -92,8 +91,8 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoin
         raise CheckpointError(f"{path} is not a readable checkpoint: {exc}") from exc
     if raw.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has format {raw.get('format')}, expected {FORMAT_VERSION}; retrain")
-    model_cfg = ModelConfig(**raw["model_config"])
-    train_cfg = TrainConfig(**raw["train_config"])
+    model_cfg = ModelConfig(**_known(ModelConfig, raw["model_config"]))
+    train_cfg = TrainConfig(**_known(TrainConfig, raw["train_config"]))
     fs = FeatureSpace.from_dict(raw["features"])
     state = raw["model_state"]
     model = HRNNMeta(model_cfg, fs, state["item_cat"][:-1], state["item_num"][:-1])

@@ -64,7 +64,6 @@ class IngestConfig:
 # the one used when there is no validation set to choose on.
 INFERENCE_MIX_GRID = (0.0, 0.15, 0.3, 0.5, 0.75, 1.0)
 INFERENCE_MIX_FALLBACK = 0.15
-TREND_WINDOW_GRID = (3600.0, 86_400.0, 7 * 86_400.0, 30 * 86_400.0)  # model.trend_auto's windows: 1 h, 1 day, 7, 30 days
 
 
 @dataclass(frozen=True)
@@ -114,26 +113,25 @@ class ModelConfig:
     # on ml-100k validation (bench/tune_hrnn.py stage 7, 3 seeds) 0.5 with a 30-day window: +0.004 NDCG@10 on
     # temporal, +0.001 on leave_one_out; 1.0: +0.005 / -0.001; a 7-day window or less scored lower
     trend_window_seconds: float = 30 * 86_400.0  # q_j(t) = item j's add-k smoothed share of the events in the
-    # window [t_b - this, t_b), t_b = the request time floored to the hour (serving: to serve.trend_refresh_seconds)
+    # window [t_b - this, t_b), t_b = the request time floored to trend_bucket_seconds
     trend_smoothing: float = 1.0  # add-k smoothing of recent popularity counts before log q_j(t)
-    trend_auto: bool = False  # choose the trend term on the trainer's validation events after training: off, or
-    # trend_weight with each window of TREND_WINDOW_GRID; the checkpoint keeps the choice as fixed values
-    # (hrnn_core.train.choose_trend). Off by default: it picks 1 h on yoochoose (validation 0.2874 vs 0.2815 at
-    # 30 days) but shorter windows than 30 days on ml-100k, which lose there (docs/benchmarks.md stage 8)
+    trend_bucket_seconds: float = 3600.0  # q(t) is recounted once per bucket: t_b = t floored to this (the paper
+    # counts popularity hourly); one value for training, the evaluation, the export and the service
+    cold_item_score: str = "trained"  # how items without training events score (hrnn_core.scoring): "trained" =
+    # eq. (2) at the inference lambda like every item (the dense softmax trains their rows as negatives);
+    # "metadata" = eq. (2) with lambda = 1 (their metadata only; the cold_start_items protocol's setting)
     trend_train: bool | None = None  # train with the eq. (5) term too: every training score gets + trend_weight
     # * log q_j(t) at its target's time (the window of the events before that hour), so the network learns the
     # residual p(a | h) of eq. (5) instead of absorbing popularity, and scoring adds the term back (section 3.2:
     # "we calculate item popularity on an hourly basis and feed it into the model"). True needs the dense output;
-    # None = auto: on with the dense output, off with the sampled one or with trend_auto; with trend_weight 0 (the
+    # None = auto: on with the dense output, off with the sampled one; with trend_weight 0 (the
     # plain GRU) it is off. On ml-100k validation (bench/tune_hrnn.py stage 10, 3 seeds) +0.006 NDCG@10 and
     # +0.015 Recall@10 on leave_one_out, level NDCG@10 and +0.004 Recall@10 on temporal, PPL 30 % lower
 
     @property
     def trend_train_active(self) -> bool:
-        """The trend term may be part of training: True, or auto without trend_auto (which chooses the term
-        after training, so the network must not depend on it); a weight of 0 switches the term off."""
-        wanted = self.trend_train is True or (self.trend_train is None and not self.trend_auto)
-        return wanted and self.trend_weight > 0.0
+        """The trend term may be part of training: True or auto (None); a weight of 0 switches the term off."""
+        return self.trend_train is not False and self.trend_weight > 0.0
 
     @property
     def user_id_active(self) -> bool:
@@ -155,8 +153,8 @@ class ModelConfig:
              "inference_item_meta_mix must be in [0, 1] (or unset: chosen on validation)"),
             (self.trend_weight >= 0.0 and self.trend_smoothing > 0.0 and self.trend_window_seconds > 0.0,
              "trend_weight must be >= 0, trend_smoothing and trend_window_seconds > 0"),
-            (not (self.trend_train is True and self.trend_weight > 0.0 and self.trend_auto),
-             "trend_train and trend_auto exclude each other: a network trained around the term cannot drop it"),
+            (self.trend_bucket_seconds > 0.0, "trend_bucket_seconds must be > 0"),
+            (self.cold_item_score in ("trained", "metadata"), "cold_item_score must be 'trained' or 'metadata'"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -267,11 +265,6 @@ class ServeConfig:
     segment_max_seconds: float = 300.0  # ... or when its first event is this old (also checked in background)
     champion_check_seconds: float = 30.0  # how often the model store is polled for a new champion (0 = never)
     default_num_results: int = 25  # num_results of a request that gives none
-    trend_window_seconds: float | None = None  # recent-popularity window of the eq. (5) trend term; None: the
-    # model's own (model.trend_window_seconds), the window the evaluation scored it with
-    trend_refresh_seconds: float = 60.0  # trend counts are recomputed per time bucket of this length
-    trend_weight: float | None = None  # eq. (5) weight (1 / temperature) for known users; None: the model's
-    cold_start_trend_weight: float = 1.0  # eq. (5) weight for users with no events (trend-aware cold start)
 
     def __post_init__(self) -> None:
         checks = [
@@ -282,10 +275,6 @@ class ServeConfig:
              "segment_max_events must be >= 1 and segment_max_seconds > 0"),
             (self.champion_check_seconds >= 0, "champion_check_seconds must be >= 0 (0 = never)"),
             (1 <= self.default_num_results <= 500, "default_num_results must be in [1, 500]"),
-            ((self.trend_window_seconds is None or self.trend_window_seconds > 0) and self.trend_refresh_seconds > 0,
-             "trend_window_seconds and trend_refresh_seconds must be > 0"),
-            ((self.trend_weight is None or self.trend_weight >= 0) and self.cold_start_trend_weight >= 0,
-             "trend weights must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from hrnn_core.config import Config
 from hrnn_core.errors import HrnnError
 from hrnn_core.eventlog import SESSION_OWNER_PREFIX
-from hrnn_core.recommend import Filters, Request, ServingModel, load_serving_model, states_from_histories
+from hrnn_core.recommend import Filters, Request, ServingModel, load_serving_model
 
 SHARD_SCHEMA = pa.schema([("user_idx", pa.int64()), ("user_id", pa.string()), ("rank", pa.int32()),
                           ("item_id", pa.string()), ("score", pa.float64()), ("reason", pa.string())])
@@ -79,7 +79,7 @@ def score_model_shard(cfg: Config, m: ServingModel, shard: int, n_shards: int, k
     cols: dict[str, list] = {name: [] for name in SHARD_SCHEMA.names}
     for lo in range(0, len(owners), cfg.export.batch_users):
         batch = owners[lo:lo + cfg.export.batch_users]
-        states = states_from_histories(m.engine, [(histories[o], m.history.user_features(o)) for _, o in batch])
+        states = m.engine.replay([(histories[o], m.history.user_features(o)) for _, o in batch])
         recs = m.recommender.recommend_many(
             [Request(s, k, Filters(exclude_seen=True), None, at_time) for s in states])
         for (u, o), items in zip(batch, recs, strict=True):

@@ -10,24 +10,11 @@ previous item and its feedback, the time since it (the control input of section 
 request's context. Otherwise (cold_start_items, where the history holds warm events only) it
 is built from the last readable event and the case's time, with no request context.
 
-Trend correction (section 3.2, eq. 5), on when ``trend_weight`` > 0 (``ModelConfig.trend_weight``, 0.5 by
-default; the plain GRU has none; or set the attribute between scoring runs): ``score += trend_weight *
-log q_j(t)``, with ``q(t)`` the add-k smoothed item popularity in ``[t_b - trend_window_seconds, t_b)``
-(``ModelConfig.trend_window_seconds`` unless given), ``t_b`` = the case's time
-floored to ``trend_bucket_seconds`` from ``trend_origin`` (``hrnn_core.trend``), counted over the
-events of ``ScoreBatch.sequences`` (the protocol's ``full`` table: every owner's events, known to a
-real-time system once they happened). For the rolling protocol pass ``trend_bucket_seconds`` = the
-frame length and ``trend_origin`` = the cut time: ``t_b`` is then the frame start, so a frame's
-trend vector comes only from events before the frame. ``trend_mode="ratio"`` adds
-``trend_weight * log(q~_j(t) / p_j)`` instead, ``p`` = the (add-1 smoothed) training-window
-popularity the model absorbed and ``q~(t) = (r(t) + p) / 2`` the raw recent share ``r(t)`` shrunk
-half-way to ``p`` (so an item with no recent events is not promoted just for being rare in
-training): an inference-time stand-in for training with the popularity bias imputed. The
-trainer uses ``trend_weight`` only with ``model.trend_train``, which trains every score with the same
-term (``hrnn_core.train.training_trend``), so the network learns the residual of eq. (5). With
-``model.trend_auto`` the trainer picks the weight (off or ``trend_weight``) and the window on its
-validation events after training (``hrnn_core.train.choose_trend``), and the scorer takes them from the
-checkpoint (a window given here still wins).
+Scores come from ``hrnn_core.scoring.CatalogueScorer``, the function the batch export and the
+service score with (eq. 2 at the model's lambda, its cold-item policy, eq. 5's trend term), so the
+numbers that promote a model describe the model that is served. ``q(t)`` of the trend term counts
+the events of ``ScoreBatch.sequences`` (the protocol's ``full`` table: every owner's events, known to
+a real-time system once they happened) before the case's bucket; the plain GRU has no term.
 """
 
 from __future__ import annotations
@@ -49,12 +36,13 @@ from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.errors import HrnnError
 from hrnn_core.features import EncodedEvents, encode_events, time_delta_bucket
 from hrnn_core.model import StepInputs
-from hrnn_core.trend import WindowedPopularity, smoothed_log_share
+from hrnn_core.scoring import CatalogueScorer, popularity
+from hrnn_core.trend import WindowedPopularity
 
 PLAIN_GRU = {  # the ablation the paper compares against: items and order only
     "use_time_delta": False, "use_feedback": False, "use_user_features": False, "use_user_id": False,
     "user_id_output": False, "user_id_dropout": 0.0, "use_context": False, "use_item_meta": False, "trend_weight": 0.0,
-    "trend_auto": False, "trend_train": False,
+    "trend_train": False,
 }
 
 
@@ -64,11 +52,7 @@ class HRNNScorer(Scorer):
 
     def __init__(self, model: ModelConfig | dict | None = None, train: TrainConfig | dict | None = None,
                  plain_gru: bool = False, device: str = "auto", checkpoint: Path | None = None,
-                 max_history: int | None = None, batch_size: int = 256, cold_items_use_metadata: bool = False,
-                 trend_window_seconds: float | None = None, trend_bucket_seconds: float = 3600.0,
-                 trend_origin: float = 0.0, trend_mode: str = "add"):
-        if trend_mode not in ("add", "ratio"):
-            raise HrnnError(f"trend_mode must be 'add' or 'ratio', got {trend_mode!r}")
+                 max_history: int | None = None, batch_size: int = 256):
         model_cfg = model if isinstance(model, ModelConfig) else ModelConfig(**(model or {}))
         train_cfg = train if isinstance(train, TrainConfig) else TrainConfig(**(train or {}))
         if plain_gru:
@@ -78,26 +62,12 @@ class HRNNScorer(Scorer):
         self.device = resolve_device(device)
         self.max_history = max_history  # read at most this many latest events per case (None: all)
         self.batch_size = batch_size
-        # cold_items_use_metadata: items with no training events score from metadata alone
-        # (lambda = 1 in eq. 2), as the serving engine does for items added after training. The
-        # cold_start_items protocol needs it (hrnn experiments cold-start turns it on). Off by
-        # default: on the warm protocols it lets never-seen catalogue items compete with a
-        # typical warm item's metadata score, which cost HRNN-meta 0.013 NDCG@10 on ml-100k
-        # temporal (0.1056 -> 0.0929) while the plain GRU (no metadata) was unaffected.
-        self.cold_items_use_metadata = cold_items_use_metadata
         self.checkpoint_path: Path | None = None
         self._encoded: dict[int, tuple[EncodedEvents, np.ndarray, np.ndarray]] = {}
         self._snapshot_dir: Path | None = None
         self.catalog_size: int | None = None  # the evaluated catalogue (may exceed the model's)
         self.history: list[dict] = []
-        # eq. (5) trend term: weight (1 / temperature; 0 = off) and the q(t) window, see the docstring
-        self.trend_weight = model_cfg.trend_weight
-        self.trend_window_seconds = model_cfg.trend_window_seconds if trend_window_seconds is None else trend_window_seconds
-        self._window_given = trend_window_seconds is not None
-        self.trend_bucket_seconds = trend_bucket_seconds
-        self.trend_origin, self.trend_mode = trend_origin, trend_mode
-        self._trend: tuple[tuple, WindowedPopularity] | None = None  # ((table id, window settings), q(t))
-        self._train_log_q: np.ndarray | None = None  # (catalog,) log q_j^train for trend_mode "ratio"
+        self._trend_key: int | None = None  # id of the histories table the scorer's q(t) counts
         self.pretrained = checkpoint is not None
         if checkpoint is not None:
             self._load(Path(checkpoint))
@@ -114,7 +84,6 @@ class HRNNScorer(Scorer):
         es_dir = data.early_stopping_snapshot_dir if self.train_cfg.val_owners > 0 else None
         self._snapshot_dir = Path(es_dir or data.snapshot_dir)
         self.catalog_size = data.n_items
-        self._train_log_q = smoothed_log_share(np.asarray(data.item_frequency), self.model_cfg.trend_smoothing)
         if self.pretrained:
             # A trained model (e.g. the current champion) evaluated on newer data: no training.
             # Items added to the catalogue since it was trained get no score (ranked last).
@@ -137,18 +106,9 @@ class HRNNScorer(Scorer):
         self.model = ck.model.to(self.device).eval()
         self.features = ck.features
         self.n_items = self.features.n_items
-        self._cold = ck.item_freq.to(self.device) == 0  # (n_items,) no training events
-        if self.model_cfg.trend_auto:  # the trainer chose the trend term on validation: the checkpoint has it
-            self.trend_weight = self.model.cfg.trend_weight
-            if not self._window_given:
-                self.trend_window_seconds = self.model.cfg.trend_window_seconds
-        self.set_inference_mix(self.model.cfg.inference_item_meta_mix)
+        self.scorer = CatalogueScorer(self.model, ck.item_freq)  # the serving path's scoring function
+        self._trend_key = None
         self._encoded.clear()
-
-    def set_inference_mix(self, mix: float) -> None:
-        """Score with lambda = ``mix`` of eq. (2) for warm items (cold items: 1 when metadata is used)."""
-        use_meta = self.cold_items_use_metadata and self.model.meta_out is not None and bool(self._cold.any())
-        self.item_mix = torch.where(self._cold, 1.0, mix).float() if use_meta and mix < 1.0 else mix  # lambda per item
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)
@@ -198,31 +158,29 @@ class HRNNScorer(Scorer):
 
     @torch.no_grad()
     def score(self, batch: ScoreBatch) -> torch.Tensor:
-        out = [self._scores(h) for h in self._request_state_blocks(batch)]
-        scores = torch.cat(out) if out else torch.zeros(0, self.n_items)
-        if self.trend_weight:
-            scores = scores + self.trend_weight * self.trend_term(batch)  # eq. (5): + (1 / temperature) log q_j(t)
-        return scores
+        if self.scorer.trend_weight and self._trend_key != id(batch.sequences):
+            self.scorer.trend = self.popularity(batch.sequences)
+            self._trend_key = id(batch.sequences)
+        out = []
+        for lo, h in zip(range(0, len(batch.rows), self.batch_size), self._request_state_blocks(batch)):
+            out.append(self._scores(h, batch.target_timestamp[lo:lo + self.batch_size]))
+        return torch.cat(out) if out else torch.zeros(0, self.catalog_size or self.n_items)
 
-    def trend_term(self, batch: ScoreBatch) -> torch.Tensor:
-        """(B, catalogue) ``log q_j(t_b)`` of each case ("ratio" mode: ``log(q~_j(t_b) / p_j)``).
+    @property
+    def trend_weight(self) -> float:
+        """Eq. (5)'s weight the scorer adds the trend term with (the model's; 0 = none)."""
+        return self.scorer.trend_weight if hasattr(self, "scorer") else self.model_cfg.trend_weight
 
-        Counts come from ``batch.sequences`` events strictly before the case's window end ``t_b``.
-        """
-        width = self.catalog_size or self.n_items
-        key = (id(batch.sequences), self.trend_window_seconds, self.trend_bucket_seconds, self.trend_origin)
-        if self._trend is None or self._trend[0] != key:
-            self._trend = (key, WindowedPopularity.from_sequences(
-                batch.sequences, width, window_seconds=self.trend_window_seconds,
-                bucket_seconds=self.trend_bucket_seconds, origin=self.trend_origin,
-                smoothing=self.model_cfg.trend_smoothing))
-        if self.trend_mode == "add":
-            return self._trend[1].log_q_at(batch.target_timestamp)  # (B, catalogue)
-        if self._train_log_q is None:
-            raise HrnnError("trend_mode 'ratio' needs the training popularity: fit the scorer first")
-        log_p = torch.from_numpy(self._train_log_q.astype(np.float32))[None, :]  # (1, catalogue)
-        recent = self._trend[1].share_at(batch.target_timestamp)  # (B, catalogue) raw r(t)
-        return torch.log(0.5 * (recent + log_p.exp())) - log_p  # log(q~(t) / p), q~ = (r + p) / 2
+    @trend_weight.setter
+    def trend_weight(self, value: float) -> None:  # studies score one trained model with several weights
+        self.scorer.trend_weight = float(value)
+        self._trend_key = None
+
+    def popularity(self, sequences: pa.Table) -> WindowedPopularity:
+        """q(t) of the trend term: every event of the histories table counts (by its time)."""
+        ts = pc.list_flatten(sequences["timestamps"]).to_numpy(zero_copy_only=False)
+        items = pc.list_flatten(sequences["item_idx"]).to_numpy(zero_copy_only=False)
+        return popularity(self.model, ts, items)
 
     @torch.no_grad()
     def request_states(self, batch: ScoreBatch) -> torch.Tensor:
@@ -331,11 +289,11 @@ class HRNNScorer(Scorer):
         h, _ = self.model(x)  # (B, L, H); padding after the request step cannot affect it (causal)
         return h[torch.arange(b), torch.from_numpy(hist_len).to(self.device)]  # (B, H)
 
-    def _scores(self, h_req: torch.Tensor) -> torch.Tensor:
-        """(B, H) request states -> (B, catalogue) logits of eq. (2) on CPU."""
+    def _scores(self, h_req: torch.Tensor, times: np.ndarray) -> torch.Tensor:
+        """(B, H) request states at ``times`` -> (B, catalogue) scores on CPU (``hrnn_core.scoring``)."""
         b = h_req.shape[0]
-        scores = self.model.scores(h_req, mix=self.item_mix).float().cpu()  # (B, n_items) logits, eq. (2)
-        if self.catalog_size and self.catalog_size > self.n_items:  # items newer than the model
+        scores = self.scorer.scores(h_req, times).cpu()  # (B, n_items)
+        if self.catalog_size and self.catalog_size > self.n_items:  # items newer than the model: ranked last
             pad = torch.full((b, self.catalog_size - self.n_items), -1e9)
             scores = torch.cat([scores, pad], dim=1)
         return scores

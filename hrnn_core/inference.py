@@ -12,17 +12,15 @@ last event itself (its item, type, value and time are the *inputs* of the next r
 * a cold user (no events) starts from the learned initial state conditioned on their user
   features and the request context.
 
-Trend correction (section 3.2, eq. 5): ``score += trend_weight * log q_j(t)`` where ``q(t)`` is
-recent item popularity (add-k smoothed; ``set_trend``). ``trend_weight`` is 1 / temperature of
-the paper's Figure 4: 0.0 means temperature = infinity, i.e. no trend term. The engine starts with
-the checkpoint's ``ModelConfig.trend_weight`` and no recent popularity (no term until ``set_trend``);
-``hrnn_core.recommend`` adds the term per user instead, from its ``TrendIndex``.
+Scores come from ``hrnn_core.scoring.CatalogueScorer`` (eq. 2 and the eq. 5 trend term), the function
+the evaluation harness, and so the promotion gate, scores with; ``hrnn_core.recommend`` gives it the
+service's recent popularity and adds filters and reasons.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +29,9 @@ import torch
 
 from hrnn_core.checkpoint import Checkpoint, load_checkpoint, resolve_device
 from hrnn_core.errors import HrnnError
+from hrnn_core.features import time_delta_bucket
 from hrnn_core.model import StepInputs
+from hrnn_core.scoring import CatalogueScorer
 
 
 class InferenceError(HrnnError):
@@ -82,49 +82,25 @@ class UserState:
 
 
 class InferenceEngine:
-    """Scores the catalog for users from a trained HRNN-meta checkpoint."""
+    """User states of a trained HRNN-meta checkpoint: initial state, one-event update, batched
+    replay of histories, and request scores through ``hrnn_core.scoring`` (the evaluation's function)."""
 
-    def __init__(self, ck: Checkpoint, device: str | torch.device = "auto", item_meta_mix: float | None = None,
-                 trend_weight: float | None = None, cold_items_use_metadata: bool = True):
+    def __init__(self, ck: Checkpoint, device: str | torch.device = "auto"):
         self.device = resolve_device(device)
         self.model = ck.model.to(self.device).eval()
-        self.features = fs = ck.features
-        self.item_ids: list[str] = list(fs.item_ids)
+        self.features = ck.features
+        self.item_ids: list[str] = list(self.features.item_ids)
         self.item_index = {item: i for i, item in enumerate(self.item_ids)}
-        self.n_items = len(self.item_ids)
         self.item_freq = ck.item_freq.to(self.device)  # (n_items,) training events per item
-        cfg = ck.model_config
-        self.item_meta_mix = cfg.inference_item_meta_mix if item_meta_mix is None else item_meta_mix
-        self.trend_weight = cfg.trend_weight if trend_weight is None else trend_weight
-        self.trend_smoothing = cfg.trend_smoothing
-        self.trend_window_seconds = cfg.trend_window_seconds  # q(t)'s window (hrnn_core.recommend.TrendIndex)
-        self.cold_items_use_metadata = cold_items_use_metadata and self.model.meta_out is not None
-        h = self.model.cfg.hidden_size
-        self._new_w, self._new_b = torch.zeros(0, h, device=self.device), torch.zeros(0, device=self.device)
-        self.set_trend(None)
-        self._w, self._b = self._catalog_vectors(self.item_meta_mix)
+        self.scorer = CatalogueScorer(self.model, self.item_freq)  # its trend: set by hrnn_core.recommend
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto", **kwargs) -> InferenceEngine:
-        return cls(load_checkpoint(Path(path), resolve_device(device)), device=device, **kwargs)
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto") -> InferenceEngine:
+        return cls(load_checkpoint(Path(path), resolve_device(device)), device=device)
 
-    # ------------------------------------------------------------------ catalog vectors
-
-    @torch.no_grad()
-    def _catalog_vectors(self, mix: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. (2) item vectors of the whole catalog (n_items, H), (n_items,), computed once.
-
-        With ``cold_items_use_metadata`` items never seen in training use lambda = 1.
-        """
-        lam: float | torch.Tensor = mix
-        if self.cold_items_use_metadata and mix < 1.0:
-            cold = self.item_freq == 0
-            if bool(cold.any()):
-                lam = torch.where(cold, 1.0, mix).float()  # (n_items,)
-        chunks = [self.model.item_vectors(items, lam if isinstance(lam, float) else lam[items])
-                  for items in torch.arange(self.model.n_items, device=self.device).split(65_536)]
-        # items added after training (add_items) have metadata only: lambda = 1 whatever ``mix``
-        return (torch.cat([c[0] for c in chunks] + [self._new_w]), torch.cat([c[1] for c in chunks] + [self._new_b]))
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
 
     @torch.no_grad()
     def add_items(self, items: Sequence[Mapping]) -> int:
@@ -138,40 +114,12 @@ class InferenceEngine:
         if not new:
             return 0
         cat, num = self.features.items.encode_rows([it.get("categorical") for it in new], [it.get("numeric") for it in new])
-        w, b = self.model.meta_vectors(cat.to(self.device), num.to(self.device))
-        self._new_w, self._new_b = torch.cat([self._new_w, w]), torch.cat([self._new_b, b])
+        self.scorer.add_items(cat, num)
         for it in new:
             self.item_index[it["item_id"]] = len(self.item_ids)
             self.item_ids.append(it["item_id"])
-        self.n_items = len(self.item_ids)
         self.item_freq = torch.cat([self.item_freq, self.item_freq.new_zeros(len(new))])
-        counts = self._trend_counts
-        if counts is not None and not isinstance(counts, Mapping):  # an array: new items have 0 counts
-            counts = np.concatenate([np.asarray(counts, dtype=np.float64), np.zeros(len(new))])
-        self.set_trend(counts)
-        self._w, self._b = self._catalog_vectors(self.item_meta_mix)
         return len(new)
-
-    def set_trend(self, counts: Mapping[str, float] | np.ndarray | torch.Tensor | None) -> None:
-        """Recent item popularity for the eq. (5) trend term: counts per item id (a mapping, e.g.
-        from ``transforms.popularity_window``) or an (n_items,) array; None: none known, no term
-        (the training-window popularity is already in the model's scores; adding it again would
-        count it twice)."""
-        self._trend_counts = counts
-        if counts is None:
-            self.log_q = torch.zeros(self.n_items, device=self.device)
-            return
-        if isinstance(counts, Mapping):
-            c = torch.zeros(self.n_items, dtype=torch.float64, device=self.device)
-            for item, n in counts.items():
-                if item in self.item_index:
-                    c[self.item_index[item]] = float(n)
-        else:
-            c = torch.as_tensor(np.asarray(counts), dtype=torch.float64, device=self.device)
-            if c.shape != (self.n_items,):
-                raise InferenceError(f"trend counts must have one entry per item ({self.n_items}), got {tuple(c.shape)}")
-        c = c + self.trend_smoothing  # add-k smoothing: no item gets log 0
-        self.log_q = torch.log(c / c.sum()).float()  # (n_items,) log q_j(t) of eq. (5)
 
     # ------------------------------------------------------------------ state
 
@@ -233,83 +181,99 @@ class InferenceEngine:
         return state
 
     @torch.no_grad()
-    def state_from_history(self, events: Sequence[Event], user_features: Mapping | None = None,
-                           context: Mapping[str, str] | None = None) -> UserState:
-        """The state after ``events`` computed in one batched forward pass (same result as
-        ``update`` event by event; used for batch export and as its test reference)."""
-        state = self.init_state(user_features, context)
-        if not events:
-            return state
-        fs, n = self.features, len(events)
-        items = [self.item_index.get(e.item_id, -1) for e in events]
-        none = self.model.n_items
-        prev = [none] + [i if 0 <= i < none else none for i in items[:-1]]
-        ts = [float(e.timestamp) for e in events]
-        ctxs, c = [], dict(context or {})
-        for e in events:
-            c = dict(e.context) if e.context is not None else c
-            ctxs.append(c)
-        dev = self.device
+    def replay(self, histories: Sequence[tuple[Sequence[Event], Mapping | None]]) -> list[UserState]:
+        """The state after each (events, user_features) history in one batched forward pass.
+
+        Histories are left-padded to a common length and each owner's first real event restarts
+        the state (reset flag), so padding never reaches it: the result equals ``update`` event by
+        event (tested). The batch export and the service's cold cache read histories through it.
+        """
+        fs, none, dev = self.features, self.model.n_items, self.device
+        rows = [_split_user_features(f) for _, f in histories]
+        ucat, unum = fs.users.encode_rows([c for c, _ in rows], [n for _, n in rows])  # (B, Wu), (B, 2 Fu)
+        states = [UserState(user_cat=ucat[b:b + 1].to(dev), user_num=unum[b:b + 1].to(dev), context={})
+                  for b in range(len(histories))]
+        busy = [b for b, (events, _) in enumerate(histories) if events]
+        if not busy:
+            return states
+        n_b, t_max = len(busy), max(len(histories[b][0]) for b in busy)
+        prev = np.full((n_b, t_max), none, dtype=np.int64)
+        ptype = np.zeros((n_b, t_max), dtype=np.int64)
+        pval = np.zeros((n_b, t_max, 2), dtype=np.float32)
+        bucket = np.zeros((n_b, t_max), dtype=np.int64)
+        reset = np.zeros((n_b, t_max), dtype=bool)
+        ctx_rows: list[dict] = [{}] * (n_b * t_max)
+        last: list[tuple[list[int], dict]] = []
+        for r, b in enumerate(busy):
+            events = histories[b][0]
+            n, o = len(events), t_max - len(events)  # o: left padding
+            items = [self.item_index.get(e.item_id, -1) for e in events]
+            prev[r, o + 1:] = [i if 0 <= i < none else none for i in items[:-1]]
+            ptype[r, o + 1:] = [fs.event_type_index(e.event_type) for e in events[:-1]]
+            if n > 1:
+                pval[r, o + 1:] = [fs.event_value(e.event_value) for e in events[:-1]]
+                ts = np.array([float(e.timestamp) for e in events])
+                bucket[r, o + 1:] = time_delta_bucket(np.diff(ts), fs.time_delta_buckets, fs.time_delta_log_base)
+            reset[r, o] = True  # the owner starts here: learned initial state from user + context
+            c: dict = {}
+            for j, e in enumerate(events):
+                c = dict(e.context) if e.context is not None else c
+                ctx_rows[r * t_max + o + j] = c
+            last.append((items, c))
+        ctx = fs.context.encode_rows(ctx_rows, [{}] * len(ctx_rows))[0].long().reshape(n_b, t_max, -1)
+        idx = torch.tensor(busy)
         x = StepInputs(
-            prev_item=torch.tensor(prev, device=dev)[None],
-            prev_type=torch.tensor([0] + [fs.event_type_index(e.event_type) for e in events[:-1]], device=dev)[None],
-            prev_value=torch.tensor([(0.0, 0.0)] + [fs.event_value(e.event_value) for e in events[:-1]], device=dev)[None],
-            time_bucket=torch.tensor([0] + [fs.bucket(b - a) for a, b in zip(ts[:-1], ts[1:], strict=True)], device=dev)[None],
-            context=fs.context.encode_rows(ctxs, [{}] * n)[0].long().to(dev)[None],
-            user_cat=state.user_cat[:, None].expand(1, n, -1), user_num=state.user_num[:, None].expand(1, n, -1),
-            reset=torch.zeros(1, n, dtype=torch.bool, device=dev),
-        )
-        _, hidden = self.model(x)  # (L, 1, H)
-        last = events[-1]
-        state.hidden, state.last_item, state.last_time, state.context = hidden, items[-1], ts[-1], ctxs[-1]
-        state.last_type = fs.event_type_index(last.event_type)
-        state.last_value = fs.event_value(last.event_value)
-        state.seen.update(i for i in items if i >= 0)
-        state.n_events = n
-        return state
+            prev_item=torch.from_numpy(prev), prev_type=torch.from_numpy(ptype), prev_value=torch.from_numpy(pval),
+            time_bucket=torch.from_numpy(bucket), context=ctx,
+            user_cat=ucat[idx][:, None].expand(n_b, t_max, -1), user_num=unum[idx][:, None].expand(n_b, t_max, -1),
+            reset=torch.from_numpy(reset),
+        ).to(dev)
+        _, hidden = self.model(x)  # (L, n_b, H)
+        for r, b in enumerate(busy):
+            events, (items, c) = histories[b][0], last[r]
+            s, e = states[b], events[-1]
+            s.hidden = hidden[:, r:r + 1].clone()
+            s.last_item, s.last_time, s.context = items[-1], float(e.timestamp), c
+            s.last_type, s.last_value = fs.event_type_index(e.event_type), fs.event_value(e.event_value)
+            s.seen = {i for i in items if i >= 0}
+            s.n_events = len(events)
+        return states
 
     # ------------------------------------------------------------------ scoring
 
     @torch.no_grad()
-    def score_many(self, states: Sequence[UserState], contexts: Sequence[Mapping[str, str] | None] | None = None,
-                   at_times: Sequence[float | None] | None = None, item_meta_mix: float | None = None) -> torch.Tensor:
-        """(B, n_items) scores for a batch of requests (one per state)."""
+    def request_states(self, states: Sequence[UserState], contexts: Sequence[Mapping[str, str] | None] | None = None,
+                       times: Sequence[float] | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """(B, H) the tentative request step of each state (states unchanged) and the (B,) request times
+        (default: now); a context of None is the state's latest one."""
         now = time.time()
         ctxs = [dict(c) if c is not None else s.context for s, c in zip(states, contexts or [None] * len(states), strict=True)]
-        times = [now if t is None else float(t) for t in (at_times or [None] * len(states))]
-        h, _ = self._step(states, ctxs, times)  # (B, H): tentative step, states unchanged
-        if item_meta_mix is None or item_meta_mix == self.item_meta_mix:
-            w, b = self._w, self._b
-        else:
-            w, b = self._catalog_vectors(item_meta_mix)
-        scores = h @ w.T + b  # eq. (2) for every item: (B, n_items)
-        if self.trend_weight:
-            scores = scores + self.trend_weight * self.log_q  # eq. (5): + (1 / temperature) log q_j(t)
-        return scores
+        at = np.array([now if t is None else float(t) for t in (times or [None] * len(states))], dtype=np.float64)
+        h, _ = self._step(states, ctxs, at.tolist())
+        return h, at
 
-    def score(self, state: UserState, context: Mapping[str, str] | None = None, at_time: float | None = None,
-              item_meta_mix: float | None = None) -> torch.Tensor:
+    @torch.no_grad()
+    def score_many(self, states: Sequence[UserState], contexts: Sequence[Mapping[str, str] | None] | None = None,
+                   at_times: Sequence[float | None] | None = None) -> torch.Tensor:
+        """(B, n_items) scores for a batch of requests (one per state): ``hrnn_core.scoring``'s function."""
+        h, at = self.request_states(states, contexts, at_times)
+        return self.scorer.scores(h, at)
+
+    def score(self, state: UserState, context: Mapping[str, str] | None = None, at_time: float | None = None
+              ) -> torch.Tensor:
         """(n_items,) scores of a request at ``at_time`` (default: now) with ``context``
         (default: the latest known one). Does not change ``state``."""
-        return self.score_many([state], [context], [at_time], item_meta_mix)[0]
+        return self.score_many([state], [context], [at_time])[0]
 
-    def top_k(self, state: UserState, k: int = 10, exclude_seen: bool = True, include: Iterable[str] | None = None,
-              exclude: Iterable[str] | None = None, context: Mapping[str, str] | None = None,
-              at_time: float | None = None, item_meta_mix: float | None = None) -> list[tuple[str, float]]:
-        """The ``k`` best (item_id, score) pairs, best first; ``include`` restricts the candidates,
-        ``exclude`` and (with ``exclude_seen``) the user's past items are removed."""
+    def top_k(self, state: UserState, k: int = 10, exclude_seen: bool = True, context: Mapping[str, str] | None = None,
+              at_time: float | None = None) -> list[tuple[str, float]]:
+        """The ``k`` best (item_id, score) pairs, best first, the user's past items removed with
+        ``exclude_seen`` (filters, reasons and fallbacks: ``hrnn_core.recommend``)."""
         if k < 1:
             raise InferenceError(f"k must be >= 1, got {k}")
-        scores = self.score(state, context, at_time, item_meta_mix).clone()
-        if include is not None:
-            keep = torch.zeros_like(scores, dtype=torch.bool)
-            keep[[self.item_index[i] for i in include if i in self.item_index]] = True
-            scores[~keep] = float("-inf")
-        drop = [self.item_index[i] for i in exclude or () if i in self.item_index]
-        if exclude_seen:
-            drop += list(state.seen)
-        if drop:
-            scores[drop] = float("-inf")
+        scores = self.score(state, context, at_time).clone()
+        if exclude_seen and state.seen:
+            scores[list(state.seen)] = float("-inf")
         val, idx = torch.topk(scores, min(k, self.n_items))
         return [(self.item_ids[i], float(v)) for i, v in zip(idx.tolist(), val.tolist(), strict=True)
                 if v != float("-inf")]

@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,9 +45,9 @@ import torch
 
 from hrnn_core.contract import MULTI_VALUE_SEPARATOR
 from hrnn_core.eventlog import LoggedEvent
-from hrnn_core.features import USER_ID_FIELD, time_delta_bucket
+from hrnn_core.features import USER_ID_FIELD
 from hrnn_core.inference import Event, InferenceEngine, InferenceError, UserState
-from hrnn_core.model import StepInputs
+from hrnn_core.scoring import popularity
 
 log = logging.getLogger(__name__)
 
@@ -92,73 +91,6 @@ class Request:
 
 
 # --------------------------------------------------------------------------- user history
-
-
-def _user_rows(features: Mapping | None) -> tuple[dict, dict]:
-    if not features:
-        return {}, {}
-    return dict(features.get("categorical") or {}), dict(features.get("numeric") or {})
-
-
-@torch.no_grad()
-def states_from_histories(engine: InferenceEngine, histories: Sequence[tuple[Sequence[Event], Mapping | None]]
-                          ) -> list[UserState]:
-    """The state after each (events, user_features) history in one batched forward pass.
-
-    Histories are left-padded to a common length and each owner's first real event restarts
-    the state (reset flag), so padding never reaches it: the result equals
-    ``engine.state_from_history`` per owner (the same steps, batched).
-    """
-    fs, none, dev = engine.features, engine.model.n_items, engine.device
-    rows = [_user_rows(f) for _, f in histories]
-    ucat, unum = fs.users.encode_rows([c for c, _ in rows], [n for _, n in rows])  # (B, Wu), (B, 2 Fu)
-    states = [UserState(user_cat=ucat[b:b + 1].to(dev), user_num=unum[b:b + 1].to(dev), context={})
-              for b in range(len(histories))]
-    busy = [b for b, (events, _) in enumerate(histories) if events]
-    if not busy:
-        return states
-    n_b, t_max = len(busy), max(len(histories[b][0]) for b in busy)
-    prev = np.full((n_b, t_max), none, dtype=np.int64)
-    ptype = np.zeros((n_b, t_max), dtype=np.int64)
-    pval = np.zeros((n_b, t_max, 2), dtype=np.float32)
-    bucket = np.zeros((n_b, t_max), dtype=np.int64)
-    reset = np.zeros((n_b, t_max), dtype=bool)
-    ctx_rows: list[dict] = [{}] * (n_b * t_max)
-    last: list[tuple[list[int], dict]] = []
-    for r, b in enumerate(busy):
-        events = histories[b][0]
-        n, o = len(events), t_max - len(events)  # o: left padding
-        items = [engine.item_index.get(e.item_id, -1) for e in events]
-        prev[r, o + 1:] = [i if 0 <= i < none else none for i in items[:-1]]
-        ptype[r, o + 1:] = [fs.event_type_index(e.event_type) for e in events[:-1]]
-        if n > 1:
-            pval[r, o + 1:] = [fs.event_value(e.event_value) for e in events[:-1]]
-            ts = np.array([float(e.timestamp) for e in events])
-            bucket[r, o + 1:] = time_delta_bucket(np.diff(ts), fs.time_delta_buckets, fs.time_delta_log_base)
-        reset[r, o] = True  # the owner starts here: learned initial state from user + context
-        c: dict = {}
-        for j, e in enumerate(events):
-            c = dict(e.context) if e.context is not None else c
-            ctx_rows[r * t_max + o + j] = c
-        last.append((items, c))
-    ctx = fs.context.encode_rows(ctx_rows, [{}] * len(ctx_rows))[0].long().reshape(n_b, t_max, -1)
-    idx = torch.tensor(busy)
-    x = StepInputs(
-        prev_item=torch.from_numpy(prev), prev_type=torch.from_numpy(ptype), prev_value=torch.from_numpy(pval),
-        time_bucket=torch.from_numpy(bucket), context=ctx,
-        user_cat=ucat[idx][:, None].expand(n_b, t_max, -1), user_num=unum[idx][:, None].expand(n_b, t_max, -1),
-        reset=torch.from_numpy(reset),
-    ).to(dev)
-    _, hidden = engine.model(x)  # (L, n_b, H)
-    for r, b in enumerate(busy):
-        events, (items, c) = histories[b][0], last[r]
-        s, e = states[b], events[-1]
-        s.hidden = hidden[:, r:r + 1].clone()
-        s.last_item, s.last_time, s.context = items[-1], float(e.timestamp), c
-        s.last_type, s.last_value = fs.event_type_index(e.event_type), fs.event_value(e.event_value)
-        s.seen = {i for i in items if i >= 0}
-        s.n_events = len(events)
-    return states
 
 
 class SnapshotHistory:
@@ -245,8 +177,7 @@ class Catalog:
         self.n = n = engine.n_items
         self.categorical: dict[str, dict[str, list[int]]] = {}  # field -> value -> item indices
         self.numeric: dict[str, np.ndarray] = {}  # field -> (n,) values, NaN = missing
-        freq = engine.item_freq.cpu()
-        self.cold = (freq[:n] == 0) if engine.cold_items_use_metadata else torch.zeros(n, dtype=torch.bool)
+        self.cold = engine.scorer.cold[:n].cpu()  # (n,) no training events (model.cold_item_score says how they score)
         self._masks: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
         if snapshot_dir is None:
@@ -322,70 +253,46 @@ class Catalog:
         return mask
 
 
-class TrendIndex:
-    """Item popularity in recent windows (eq. 5's q(t)): snapshot events + live logged events.
+class LiveTrend:
+    """The service's eq. (5) popularity: the snapshot's events plus the events it logs, counted by the
+    model's ``q(t)`` (``hrnn_core.scoring.popularity``: the evaluation's window, bucket and smoothing).
 
-    Live events count only from the snapshot's cut time on (earlier ones are in the snapshot or
-    are late arrivals), so an event is never counted twice. Results are cached per window.
+    Live events count only from the snapshot's cut time on (earlier ones are in the snapshot or are
+    late arrivals), so an event is never counted twice. Items the model cannot score are counted by id
+    for the popular fallback.
     """
 
-    def __init__(self, engine: InferenceEngine, history: SnapshotHistory, window: float, bucket: float):
-        self.engine, self.n = engine, engine.n_items
-        self.window, self.bucket = window, bucket
-        self.as_of = history.as_of
-        order = np.argsort(history.times, kind="stable")
-        self._times, self._items = history.times[order], history.items[order]
-        self._live: list[tuple[float, int, str]] = []  # (timestamp, engine idx or -1, item_id)
-        self._cache: OrderedDict[float, tuple[torch.Tensor, list[tuple[str, int]]]] = OrderedDict()
+    def __init__(self, engine: InferenceEngine, history: SnapshotHistory):
+        self.engine, self.as_of = engine, history.as_of
+        self.popularity = popularity(engine.model, history.times, history.items, engine.n_items)
+        self._unknown: list[tuple[float, str]] = []  # (timestamp, item_id) of live events outside the catalog
         self._lock = threading.Lock()
 
-    def window_end(self, t: float) -> float:
-        return math.floor(t / self.bucket) * self.bucket
-
     def add_live(self, events: Iterable[LoggedEvent]) -> None:
-        new = [(float(e.timestamp), self.engine.item_index.get(e.item_id, -1), e.item_id)
-               for e in events if e.timestamp >= self.as_of]
+        new = [e for e in events if e.timestamp >= self.as_of]
         if not new:
             return
+        idx = np.array([self.engine.item_index.get(e.item_id, -1) for e in new], dtype=np.int64)
+        self.popularity.add(np.array([float(e.timestamp) for e in new]), idx)
         with self._lock:
-            self._live.extend(new)
-            for end in [end for end in self._cache if any(end - self.window <= t < end for t, _, _ in new)]:
-                del self._cache[end]  # a window these events fall in: recount
+            self._unknown.extend((float(e.timestamp), e.item_id) for e, i in zip(new, idx, strict=True) if i < 0)
 
     def prune(self, now: float) -> None:
         """Forget live events too old for any window ending at ``now`` or later."""
+        oldest = now - 2 * self.popularity.window
+        self.popularity.forget_before(oldest)
         with self._lock:
-            self._live = [ev for ev in self._live if ev[0] >= now - 2 * self.window]
+            self._unknown = [ev for ev in self._unknown if ev[0] >= oldest]
 
-    def _compute(self, end: float) -> tuple[torch.Tensor, list[tuple[str, int]]]:
-        start = end - self.window
-        lo, hi = np.searchsorted(self._times, [start, end], side="left")
-        snap = self._items[lo:hi]
-        counts = np.bincount(snap[snap >= 0], minlength=self.n).astype(np.float64)[: self.n]
-        others: dict[str, int] = {}
+    def popular_unknown(self, t: float) -> list[tuple[str, int]]:
+        """[(item outside the catalog, count)] in the window of ``t``, most popular first."""
+        end = float(self.popularity.window_end(t))
+        counts: dict[str, int] = {}
         with self._lock:
-            live = [(i, item) for t, i, item in self._live if start <= t < end]
-        for i, item in live:
-            if i >= 0:
-                counts[i] += 1
-            else:
-                others[item] = others.get(item, 0) + 1
-        c = torch.from_numpy(counts) + self.engine.trend_smoothing  # add-k: no item gets log 0
-        log_q = torch.log(c / c.sum()).float().to(self.engine.device)  # (n,) log q_j(t) of eq. (5)
-        return log_q, sorted(others.items(), key=lambda kv: (-kv[1], kv[0]))
-
-    def get(self, t: float) -> tuple[torch.Tensor, list[tuple[str, int]]]:
-        """(log q(t) over the catalog, [(item outside the catalog, count)] most popular first)."""
-        end = self.window_end(t)
-        with self._lock:
-            hit = self._cache.get(end)
-        if hit is None:
-            hit = self._compute(end)
-            with self._lock:
-                self._cache[end] = hit
-                while len(self._cache) > 16:
-                    self._cache.popitem(last=False)
-        return hit
+            for ts, item in self._unknown:
+                if end - self.popularity.window <= ts < end:
+                    counts[item] = counts.get(item, 0) + 1
+        return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
 # --------------------------------------------------------------------------- the recommender
@@ -394,17 +301,15 @@ class TrendIndex:
 class Recommender:
     """Ranks items for user states; the service and the batch export both call this."""
 
-    def __init__(self, engine: InferenceEngine, catalog: Catalog, trend: TrendIndex,
-                 trend_weight: float | None = None, cold_start_trend_weight: float = 0.0):
+    def __init__(self, engine: InferenceEngine, catalog: Catalog, trend: LiveTrend):
         self.engine, self.catalog, self.trend = engine, catalog, trend
-        self.trend_weight = engine.trend_weight if trend_weight is None else trend_weight
-        self.cold_start_trend_weight = cold_start_trend_weight
-        engine.trend_weight = 0.0  # the engine returns eq. (2) alone; eq. (5) is added here, per user
-        w = engine._w  # eq. (2) decoder vectors of the catalog (cold items: metadata), computed once
+        engine.scorer.trend = trend.popularity  # eq. (5)'s q(t): the snapshot's events and the live ones
+        w, _ = engine.scorer.vectors()  # eq. (2) decoder vectors of the catalog, computed once
         self._unit = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (n, H) for cosine similarity
 
-    def weight_for(self, state: UserState) -> float:
-        return self.cold_start_trend_weight if state.n_events == 0 else self.trend_weight
+    @property
+    def trend_weight(self) -> float:
+        return self.engine.scorer.trend_weight
 
     @torch.no_grad()
     def recommend_many(self, requests: Sequence[Request]) -> list[list[Recommendation]]:
@@ -414,16 +319,20 @@ class Recommender:
             if r.k < 1:
                 raise RecommendError(f"k must be >= 1, got {r.k}")
             self.catalog.check(r.filters)
-        now = time.time()
-        times = [now if r.at_time is None else float(r.at_time) for r in requests]
-        base = self.engine.score_many([r.state for r in requests], [r.context for r in requests], times)  # (B, n)
-        return [self._rank(row, r, t) for row, r, t in zip(base, requests, times, strict=True)]
+        h, times = self.engine.request_states([r.state for r in requests], [r.context for r in requests],
+                                              [r.at_time for r in requests])
+        scorer = self.engine.scorer
+        scores = scorer.scores(h, times)  # (B, n): eq. (2) + eq. (5), the evaluation's function
+        base = scorer.scores(h, times, trend_weight=0.0) if scorer.uses_trend() else None  # eq. (2) alone
+        return [self._rank(scores[i], None if base is None else base[i], r, float(times[i]))
+                for i, r in enumerate(requests)]
 
     def recommend(self, request: Request) -> list[Recommendation]:
         return self.recommend_many([request])[0]
 
-    def _rank(self, base: torch.Tensor, req: Request, t: float) -> list[Recommendation]:
-        """Top k of one request; ``base`` (its eq. 2 scores, owned by the caller) is modified."""
+    def _rank(self, scores: torch.Tensor, base: torch.Tensor | None, req: Request, t: float) -> list[Recommendation]:
+        """Top k of one request; ``scores`` and ``base`` (eq. 2 alone, for the trending reason) are
+        fresh rows owned by the caller and are modified."""
         eng, st, f = self.engine, req.state, req.filters
         keep = self.catalog.allowed(dataclasses.replace(f, exclude_items=()), eng.item_index) \
             if (f.include_items is not None or f.metadata or f.numeric) else None  # (n,) bool or None
@@ -438,13 +347,11 @@ class Recommender:
                 x[drop] = NEG_INF
             return x
 
-        w = self.weight_for(st)
         k = min(req.k, eng.n_items)
-        scores = base + w * self.trend.get(t)[0] if w else base  # eq. (5): + (1 / temperature) log q_j(t)
         val, idx = torch.topk(mask(scores), k)
         picked = [(i, v) for i, v in zip(idx.tolist(), val.tolist(), strict=True) if v != NEG_INF]
         trending: set[int] = set()
-        if w and picked:  # items the trend term brought into the top k
+        if base is not None and picked:  # items the trend term brought into the top k
             trending = {i for i, _ in picked} - set(torch.topk(mask(base), k).indices.tolist())
         cold_user = st.n_events == 0
         out = []
@@ -453,7 +360,7 @@ class Recommender:
                 else PERSONALIZED
             out.append(Recommendation(eng.item_ids[i], v, reason))
         if len(out) < req.k:
-            out += self._fallback(req, self.trend.get(t)[1], req.k - len(out))
+            out += self._fallback(req, self.trend.popular_unknown(t), req.k - len(out))
         return out
 
     def _fallback(self, req: Request, popular: list[tuple[str, int]], n: int) -> list[Recommendation]:
@@ -499,7 +406,7 @@ class ServingModel:
     engine: InferenceEngine
     history: SnapshotHistory
     catalog: Catalog
-    trend: TrendIndex
+    trend: LiveTrend
     recommender: Recommender
     info: dict  # tag, snapshot, training interval, metrics, labels (GET /model)
 
@@ -535,17 +442,16 @@ def load_serving_model(cfg, tag: str, model_store=None, device: str = "cpu") -> 
     snapshot = find_snapshot(Path(cfg.paths.snapshots_dir), meta.get("snapshot_id") or engine.features.snapshot_id)
     history = SnapshotHistory(engine, snapshot)
     catalog = Catalog(engine, snapshot)
-    window = cfg.serve.trend_window_seconds or engine.trend_window_seconds  # default: the model's own window
-    trend = TrendIndex(engine, history, window, cfg.serve.trend_refresh_seconds)
-    rec = Recommender(engine, catalog, trend, cfg.serve.trend_weight, cfg.serve.cold_start_trend_weight)
+    trend = LiveTrend(engine, history)
+    rec = Recommender(engine, catalog, trend)
     info = {
         "tag": str(model.tag), "snapshot_id": history.snapshot_id or None, "snapshot_as_of": history.as_of
         if history.snapshot_id else None,
         "training_interval": {"start": meta.get("data_interval_start"), "end": meta.get("data_interval_end")},
         "metrics": dict(meta.get("metrics") or {}), "labels": labels, "code_version": meta.get("code_version"),
         "created_at": model.info.creation_time.isoformat(), "n_items": engine.n_items,
-        "trend_weight": rec.trend_weight, "cold_start_trend_weight": rec.cold_start_trend_weight,
-        "trend_window_seconds": window,
+        "trend_weight": rec.trend_weight, "trend_window_seconds": trend.popularity.window,
+        "trend_bucket_seconds": trend.popularity.bucket,
     }
     return ServingModel(str(model.tag), engine, history, catalog, trend, rec, info)
 

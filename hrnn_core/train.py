@@ -37,15 +37,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hrnn_core.checkpoint import (CheckpointError, load_checkpoint, resolve_device, save_checkpoint,
-                                  update_model_config)
-from hrnn_core.config import INFERENCE_MIX_FALLBACK, INFERENCE_MIX_GRID, TREND_WINDOW_GRID, ModelConfig, TrainConfig
+from hrnn_core.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
+from hrnn_core.config import INFERENCE_MIX_FALLBACK, INFERENCE_MIX_GRID, ModelConfig, TrainConfig
 from hrnn_core.errors import HrnnError
 from hrnn_core.features import EncodedEvents, FeatureSpace, encode_events, synthetic_snapshot
 from hrnn_core.losses import dense_softmax_loss, reward_weights, sampled_softmax_loss
 from hrnn_core.model import FieldBags, HRNNMeta, StepInputs
 from hrnn_core.protocols import HOLDOUT_FILE
 from hrnn_core.sampler import AliasSampler
+from hrnn_core.scoring import CatalogueScorer
 from hrnn_core.trend import WindowedPopularity
 
 RANK_SEED_STRIDE = 1_000_003  # hrnn_core.distributed: rank r's random streams are seeded + r * this
@@ -221,19 +221,20 @@ def _autocast(device: torch.device):
 
 @torch.no_grad()
 def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: torch.device,
-             mix: float = 0.0, k: int = 10, batch_size: int = 64, item_chunk: int = 65_536,
-             exclude_seen: bool = False, trend: tuple[float, WindowedPopularity, np.ndarray] | None = None
-             ) -> dict[str, float]:
+             scorer: CatalogueScorer | None = None, times: np.ndarray | None = None, k: int = 10,
+             batch_size: int = 64, item_chunk: int = 65_536, exclude_seen: bool = False) -> dict[str, float]:
     """Validation on each segment's last event given the rest: loss (mean CE), PPL, NDCG@k, Hit@k.
 
-    Scores the full catalog in chunks (never a rows x all-items matrix larger than a chunk).
-    ``exclude_seen``: the owner's earlier items (never the target) leave the ranking and the
-    softmax, as in training with ``train.exclude_seen``. ``trend`` = (weight, popularity, each
-    event's timestamp): scores get eq. (5)'s ``weight * log q_j(t)`` at the target's time.
+    Scores come from ``scorer`` (``hrnn_core.scoring``: the evaluation's and the service's scoring
+    function; default: the model's own settings without a trend term), at each target's time
+    (``times``: each event's timestamp), over the full catalogue in chunks (never a rows x all-items
+    matrix larger than a chunk). ``exclude_seen``: the owner's earlier items (never the target) leave
+    the ranking and the softmax, as in training with ``train.exclude_seen``.
     """
     if len(segments) == 0:
         return {}
     model.eval()
+    scorer = scorer or CatalogueScorer(model, data.events.item_freq)
     order = np.argsort(segments[:, 1] - segments[:, 0], kind="stable")  # similar lengths together
     ce_sum = ndcg = hits = 0.0
     for lo in range(0, len(order), batch_size):
@@ -247,6 +248,7 @@ def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: tor
             out, _ = model(x)  # (b, t, H)
         h = out[torch.arange(len(seg)), torch.from_numpy(lengths - 1)].float()  # (b, H)
         target = data.events.target[torch.from_numpy(seg[:, 1] - 1)].to(device)  # (b,)
+        at = None if times is None else times[seg[:, 1] - 1]  # (b,) request times
         seen = None
         if exclude_seen:  # (b, n_items): items of the events before the target
             hist = data.events.target[torch.from_numpy(np.maximum(idx, 0))].to(device)  # (b, t)
@@ -254,20 +256,12 @@ def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: tor
             seen = torch.zeros(len(seg), model.n_items, dtype=torch.bool, device=device)
             seen[torch.arange(len(seg), device=device)[:, None].expand_as(hist)[before], hist[before]] = True
             seen[torch.arange(len(seg), device=device), target] = False
-        w_t, b_t = model.item_vectors(target, mix)
-        pos = (h * w_t.float()).sum(-1) + b_t.float()  # (b,) target scores
-        shift = None
-        if trend is not None:  # (b, n_items) eq. (5) term at each target's time
-            weight, pop, times = trend
-            shift = weight * pop.log_q_at(times[seg[:, 1] - 1]).to(device)
-            pos = pos + shift.gather(1, target[:, None]).squeeze(1)
+        pos = scorer.target_scores(h, target, at)  # (b,)
         lse = torch.full_like(pos, float("-inf"))
         rank = torch.zeros_like(pos)
         for a in range(0, model.n_items, item_chunk):
             items = torch.arange(a, min(a + item_chunk, model.n_items), device=device)
-            s = model.scores(h, items, mix).float()  # (b, chunk)
-            if shift is not None:
-                s = s + shift[:, a:a + len(items)]
+            s = scorer.scores(h, at, items)  # (b, chunk)
             if seen is not None:
                 s = s.masked_fill(seen[:, a:a + len(items)], float("-inf"))
             lse = torch.logaddexp(lse, torch.logsumexp(s, dim=1))
@@ -282,7 +276,7 @@ def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: tor
 
 
 def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: torch.device, cfg: TrainConfig,
-             exclude_seen: bool, trend: tuple[float, WindowedPopularity, np.ndarray] | None = None) -> dict:
+             exclude_seen: bool, trend: TrainTrend | None = None) -> dict:
     """One epoch's validation metrics at the inference lambda of eq. (2).
 
     With ``model_cfg.inference_item_meta_mix`` unset (auto) every lambda of INFERENCE_MIX_GRID is
@@ -291,13 +285,17 @@ def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: t
     carries it to inference. A model without metadata has no lambda to choose (0). ``trend``: the eq. (5)
     term a model trained with it (``model.trend_train``) is scored with.
     """
+    def run(mix: float) -> dict:
+        scorer = CatalogueScorer(model, data.events.item_freq, mix, trend.popularity if trend else None,
+                                 trend.weight if trend else 0.0)
+        return evaluate(model, data, data.val_segments, device, scorer, trend.times if trend else None,
+                        exclude_seen=exclude_seen)
+
     fixed = model_cfg.inference_item_meta_mix
     if fixed is not None:
-        return {**evaluate(model, data, data.val_segments, device, mix=fixed, exclude_seen=exclude_seen, trend=trend),
-                "inference_mix": fixed}
+        return {**run(fixed), "inference_mix": fixed}
     mixes = INFERENCE_MIX_GRID if model.meta_out is not None else (0.0,)
-    runs = {m: evaluate(model, data, data.val_segments, device, mix=m, exclude_seen=exclude_seen, trend=trend)
-            for m in mixes}
+    runs = {m: run(m) for m in mixes}
     key = cfg.early_stopping_metric
     if key not in runs[mixes[0]]:  # no validation events to choose on
         chosen, out = INFERENCE_MIX_FALLBACK, {}
@@ -318,12 +316,20 @@ def snapshot_times(snapshot_dir: Path, n_events: int) -> np.ndarray:
     return times
 
 
+@dataclass
+class TrainTrend:
+    """The eq. (5) term training adds to every dense score (``model.trend_train``)."""
+
+    weight: float
+    popularity: WindowedPopularity  # q(t) over the snapshot's events (hrnn_core.scoring.popularity)
+    times: np.ndarray  # (E,) each encoded event's timestamp: a target's request time
+
+
 def training_trend(snapshot_dir: Path, data: TrainData, model_cfg: ModelConfig, output: str = "dense"
-                   ) -> tuple[float, WindowedPopularity, np.ndarray] | None:
-    """``model.trend_train``: (weight, q(t), each event's time) of the eq. (5) term training adds to every
-    score, or None when it is off (auto with the sampled ``output`` is off). ``q(t)`` counts the snapshot's
-    events before the target's hour (hourly buckets, as the scorer's), never the target itself or anything
-    later."""
+                   ) -> TrainTrend | None:
+    """``model.trend_train``: the eq. (5) term training adds to every score, or None when it is off (auto
+    with the sampled ``output`` is off). ``q(t)`` counts the snapshot's events before the target's bucket
+    (``model.trend_bucket_seconds``, as every scoring path), never the target itself or anything later."""
     if not model_cfg.trend_train_active or (model_cfg.trend_train is None and output != "dense"):
         return None
     if output != "dense":
@@ -331,51 +337,9 @@ def training_trend(snapshot_dir: Path, data: TrainData, model_cfg: ModelConfig, 
                          "score); leave it unset (auto: off with the sampled output) or set it false")
     times = snapshot_times(snapshot_dir, len(data.events.target))
     pop = WindowedPopularity(times, data.events.target.numpy(), data.features.n_items,
-                             window_seconds=model_cfg.trend_window_seconds, bucket_seconds=3600.0,
-                             smoothing=model_cfg.trend_smoothing)
-    return model_cfg.trend_weight, pop, times
-
-
-def trend_choices(weight: float, window_seconds: float) -> list[tuple[float, float]]:
-    """The (weight, window seconds) pairs ``choose_trend`` tries, in order: off first (it wins ties),
-    then ``weight`` with each window of TREND_WINDOW_GRID."""
-    return [(0.0, window_seconds)] + [(weight, win) for win in TREND_WINDOW_GRID]
-
-
-def choose_trend(checkpoint: Path, snapshot_dir: Path, data: TrainData, device: torch.device, cfg: TrainConfig,
-                 exclude_seen: bool, weight: float) -> dict:
-    """``model.trend_auto``: score the validation events of the checkpoint's model without the eq. (5) trend
-    term and with ``weight`` (the run's ``trend_weight``) and each window of TREND_WINDOW_GRID, keep the best by
-    ``cfg.early_stopping_metric`` (equal values: the first, so "off" wins ties) and write it into the
-    checkpoint as fixed values (``trend_auto`` off there), so scoring and serving use it as it is.
-    The weight comes from the run, not the checkpoint: after a resume the best checkpoint may hold an
-    earlier choice of "off".
-
-    ``q(t)`` counts every event of the snapshot before the target's hour, as the scorer does at test
-    time (never the target itself or anything later). No validation events: nothing changes.
-    """
-    ck = load_checkpoint(checkpoint, device)
-    model, mcfg = ck.model, ck.model_config
-    times = snapshot_times(snapshot_dir, len(data.events.target))
-    mix = INFERENCE_MIX_FALLBACK if mcfg.inference_item_meta_mix is None else mcfg.inference_item_meta_mix
-    choices = trend_choices(weight, mcfg.trend_window_seconds)
-    values = []
-    for w, win in choices:
-        trend = None
-        if w > 0:
-            pop = WindowedPopularity(times, data.events.target.numpy(), model.n_items, window_seconds=win,
-                                     bucket_seconds=3600.0, smoothing=mcfg.trend_smoothing)
-            trend = (w, pop, times)
-        run = evaluate(model, data, data.val_segments, device, mix=mix, exclude_seen=exclude_seen, trend=trend)
-        if cfg.early_stopping_metric not in run:  # no validation events to choose on
-            return {}
-        values.append(run[cfg.early_stopping_metric])
-    pick = np.argmin if cfg.early_stopping_metric == "val_loss" else np.argmax  # the first of equal values
-    chosen_weight, chosen_window = choices[int(pick(values))]
-    update_model_config(checkpoint, trend_weight=chosen_weight, trend_window_seconds=chosen_window, trend_auto=False)
-    return {"trend_weight": chosen_weight, "trend_window_seconds": chosen_window,
-            "by_trend": {("off" if w == 0 else f"{w:g}x{win / 3600:g}h"): round(v, 6)
-                         for (w, win), v in zip(choices, values)}}
+                             window_seconds=model_cfg.trend_window_seconds,
+                             bucket_seconds=model_cfg.trend_bucket_seconds, smoothing=model_cfg.trend_smoothing)
+    return TrainTrend(model_cfg.trend_weight, pop, times)
 
 
 def _optimizers(model: HRNNMeta, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
@@ -555,7 +519,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
                 if cfg.output == "dense":
                     logits = model.scores(h, None, mix)  # (N, n_items)
                     if trend is not None:  # eq. (5) at each target's time: the network learns the residual
-                        logits = logits + trend[0] * trend[1].log_q_at(trend[2][flat.numpy()]).to(device)
+                        logits = logits + trend.weight * trend.popularity.log_q_at(trend.times[flat.numpy()]).to(device)
                     if exclude_seen:
                         if seen_items is None:
                             seen_items = torch.zeros(len(idx), n_items, dtype=torch.bool, device=device)
@@ -648,17 +612,10 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
         return TrainResult(run_dir, best_path, last_path, run_dir / "report.json", history, stopped)
     if not last_path.exists():
         raise CheckpointError(f"{run_dir}: no epoch finished, nothing to report")
-    trend = {}
-    if model_cfg.trend_auto and model_cfg.trend_weight > 0 and best_path.exists():  # weight 0: the term is off
-        trend = choose_trend(best_path, snapshot_dir, data, device, cfg, exclude_seen, model_cfg.trend_weight)
-        if cfg.progress and trend:
-            tqdm.write(f"trend term: {trend['by_trend']} -> weight {trend['trend_weight']:g}, "
-                       f"window {trend['trend_window_seconds'] / 3600:g} h")
     report = write_report(run_dir, history, curve, model_cfg, cfg, data, stopped,
                           world=dist_ctx.world if dist_ctx is not None else 1,
                           extra={"exclude_seen": exclude_seen, "repeat_share": round(repeats, 6),
-                                 "inference_mix": history[best_epoch(history, cfg) - 1].get("inference_mix"),
-                                 **({"trend": trend} if trend else {})})
+                                 "inference_mix": history[best_epoch(history, cfg) - 1].get("inference_mix")})
     return TrainResult(run_dir, best_path, last_path, report, history, stopped)
 
 

@@ -13,13 +13,19 @@ the request leaks in. Two settings matter:
   protocol's cut time): ``t_b`` is the start of the request's frame, so every request of a frame
   sees the same ``q``, computed from the events before that frame only -- the paper's Figure 5
   ("we calculate item popularity on an hourly basis and feed it into the model").
-* ``origin`` = 0 with a short bucket: the serving path's ``recommend.TrendIndex`` semantics
-  (``trend_refresh_seconds``), where ``q`` is refreshed every bucket.
+* ``origin`` = 0 with ``model.trend_bucket_seconds`` (an hour): the product's setting, used alike by
+  training (``model.trend_train``), training-time validation, the evaluation harness (and so the gate),
+  the batch export and the service (``hrnn_core.scoring``). The service adds the events it logs after
+  the snapshot (``add``), so ``q(t)`` is the same function of the events known before ``t_b`` everywhere.
+
+This class is the one popularity window of the project: the eq. (5) term, the ``recent_pop``
+baseline and the serving path all count with it.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -58,6 +64,9 @@ class WindowedPopularity:
         self.smoothing = float(smoothing)
         self._cache: dict[tuple[str, float], np.ndarray] = {}
         self._slide: tuple[int, int, np.ndarray] | None = None  # (lo, hi, counts) of the last window counted
+        self._live_t: list[float] = []  # events added after construction (the service's log), in arrival order
+        self._live_i: list[int] = []
+        self._lock = threading.Lock()  # the service scores and adds events from several threads
 
     @classmethod
     def from_sequences(cls, sequences: pa.Table, n_items: int, **kwargs) -> WindowedPopularity:
@@ -65,6 +74,29 @@ class WindowedPopularity:
         ts = pc.list_flatten(sequences["timestamps"]).to_numpy(zero_copy_only=False)
         items = pc.list_flatten(sequences["item_idx"]).to_numpy(zero_copy_only=False)
         return cls(ts, items, n_items, **kwargs)
+
+    def add(self, timestamps: np.ndarray, items: np.ndarray) -> None:
+        """Count more events (the service's live events); cached windows they fall in are recounted."""
+        t = np.asarray(timestamps, dtype=np.float64)
+        it = np.asarray(items, dtype=np.int64)
+        keep = (it >= 0) & (it < self.n_items)
+        if not keep.any():
+            return
+        with self._lock:
+            self._add(t[keep], it[keep])
+
+    def _add(self, t: np.ndarray, it: np.ndarray) -> None:
+        self._live_t.extend(t.tolist())
+        self._live_i.extend(it.tolist())
+        lo, hi = float(t.min()), float(t.max())
+        self._cache = {k: v for k, v in self._cache.items() if not (k[1] - self.window <= hi and lo < k[1])}
+
+    def forget_before(self, t: float) -> None:
+        """Drop added events older than ``t`` (no window ending at ``t + window`` or later reads them)."""
+        with self._lock:
+            keep = [j for j, x in enumerate(self._live_t) if x >= t]
+            self._live_t = [self._live_t[j] for j in keep]
+            self._live_i = [self._live_i[j] for j in keep]
 
     def window_end(self, t: np.ndarray | float) -> np.ndarray:
         """``t_b``: ``t`` floored to the bucket grid that starts at ``origin`` (``t_b <= t``)."""
@@ -83,7 +115,12 @@ class WindowedPopularity:
         else:
             c = np.bincount(self._items[lo:hi], minlength=self.n_items)
         self._slide = (lo, hi, c)
-        return c.astype(np.float64)
+        out = c.astype(np.float64)
+        if self._live_t:
+            lt = np.asarray(self._live_t)
+            inside = (lt >= end - self.window) & (lt < end)
+            out += np.bincount(np.asarray(self._live_i)[inside], minlength=self.n_items)
+        return out
 
     def log_q(self, end: float) -> np.ndarray:
         """(n_items,) add-k smoothed log q_j for the window ending at ``end`` (cached per window)."""
@@ -95,6 +132,10 @@ class WindowedPopularity:
 
     def _cached(self, kind: str, end: float, fn) -> np.ndarray:
         key = (kind, float(end))
+        with self._lock:
+            return self._cached_locked(key, end, fn)
+
+    def _cached_locked(self, key: tuple[str, float], end: float, fn) -> np.ndarray:
         if key not in self._cache:
             if len(self._cache) > 256:  # bounded: a rolling evaluation moves forward frame by frame
                 self._cache.clear()

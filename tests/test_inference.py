@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -15,6 +16,7 @@ from hrnn_core.checkpoint import load_checkpoint
 from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.features import USER_ID_FIELD
 from hrnn_core.inference import Event, InferenceEngine, InferenceError, UserState
+from hrnn_core.scoring import CatalogueScorer, popularity
 from hrnn_core.train import gather_inputs, prepare_data, synthetic_snapshot, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -48,7 +50,7 @@ def _events(engine: InferenceEngine, row: dict) -> list[Event]:
 
 def test_update_event_by_event_equals_the_batched_training_forward(trained) -> None:
     snap, ckpt = trained
-    engine = InferenceEngine.from_checkpoint(ckpt, device="cpu", cold_items_use_metadata=False)
+    engine = InferenceEngine.from_checkpoint(ckpt, device="cpu")
     data = prepare_data(snap, MODEL, TRAIN)  # the training path's encoding of the same events
     seq, users = _rows(snap, 6)
     for o, row in enumerate(seq):
@@ -58,7 +60,7 @@ def test_update_event_by_event_equals_the_batched_training_forward(trained) -> N
         for e in events:
             request_scores.append(engine.score(state, e.context, e.timestamp))  # the request of e
             engine.update(state, e)
-        batched = engine.state_from_history(events, users[row["owner_id"]])
+        batched = engine.replay([(events, users[row["owner_id"]])])[0]
         torch.testing.assert_close(state.hidden, batched.hidden, atol=1e-5, rtol=0)
         assert state.seen == batched.seen and state.n_events == batched.n_events == len(events)
 
@@ -66,7 +68,7 @@ def test_update_event_by_event_equals_the_batched_training_forward(trained) -> N
         x = gather_inputs(data, torch.arange(s, e)[None], torch.zeros(1, e - s, dtype=torch.bool))
         with torch.no_grad():
             out, hidden = engine.model(x)
-            ref = engine.model.scores(out[0], None, engine.item_meta_mix)
+            ref = engine.model.scores(out[0], None, engine.model.cfg.inference_item_meta_mix)
         torch.testing.assert_close(state.hidden, hidden, atol=1e-5, rtol=0)
         torch.testing.assert_close(torch.stack(request_scores), ref, atol=1e-4, rtol=0)
 
@@ -75,7 +77,7 @@ def test_score_does_not_change_the_state_and_depends_on_the_gap(trained) -> None
     snap, ckpt = trained
     engine = InferenceEngine.from_checkpoint(ckpt, device="cpu")
     seq, users = _rows(snap, 1)
-    state = engine.state_from_history(_events(engine, seq[0]))
+    state = engine.replay([(_events(engine, seq[0]), None)])[0]
     before = state.hidden.clone()
     t = state.last_time
     copy = UserState.from_dict(json.loads(json.dumps(state.to_dict())))  # e.g. through a cache
@@ -92,7 +94,7 @@ def test_top_k_filters_and_orders(trained) -> None:
     snap, ckpt = trained
     engine = InferenceEngine.from_checkpoint(ckpt, device="cpu")
     seq, _ = _rows(snap, 1)
-    state = engine.state_from_history(_events(engine, seq[0])[:5])
+    state = engine.replay([(_events(engine, seq[0])[:5], None)])[0]
     seen_ids = {engine.item_ids[i] for i in state.seen}
     t = state.last_time + 60
     top = engine.top_k(state, 10, at_time=t)
@@ -101,9 +103,6 @@ def test_top_k_filters_and_orders(trained) -> None:
     assert not seen_ids & {i for i, _ in top}
     with_seen = engine.top_k(state, engine.n_items, exclude_seen=False, at_time=t)
     assert len(with_seen) == engine.n_items
-    include = [engine.item_ids[j] for j in (1, 2, 3)] + ["not-an-item"]
-    got = engine.top_k(state, 10, exclude_seen=False, include=include, exclude=[include[0]], at_time=t)
-    assert {i for i, _ in got} == set(include[1:3])
     with pytest.raises(InferenceError):
         engine.top_k(state, 0)
 
@@ -121,7 +120,12 @@ def test_cold_users_start_from_features_and_context(trained) -> None:
     assert len(engine.top_k(engine.init_state(), 5, at_time=1e9)) == 5  # no features at all
     first = Event(engine.item_ids[0], 1e9, "view", 3.0, {"device": "mobile"})
     one = engine.update(engine.init_state({"segment": "s0", "age": 20}), first)
-    torch.testing.assert_close(one.hidden, engine.state_from_history([first], {"segment": "s0", "age": 20}).hidden)
+    torch.testing.assert_close(one.hidden, engine.replay([([first], {"segment": "s0", "age": 20})])[0].hidden)
+
+
+def _with(ck, **changes):
+    ck.model.cfg = dataclasses.replace(ck.model.cfg, **changes)
+    return ck
 
 
 def test_lambda_one_scores_without_id_embeddings(trained) -> None:
@@ -130,49 +134,50 @@ def test_lambda_one_scores_without_id_embeddings(trained) -> None:
     with torch.no_grad():
         ck.model.item_w.weight.fill_(float("nan"))
         ck.model.item_b.weight.fill_(float("nan"))
-    engine = InferenceEngine(ck, device="cpu", item_meta_mix=1.0)
+    engine = InferenceEngine(_with(ck, inference_item_meta_mix=1.0), device="cpu")
     state = engine.init_state({"segment": "s1"})
     assert torch.isfinite(engine.score(state, at_time=1e9)).all()
-    assert torch.isnan(engine.score(state, at_time=1e9, item_meta_mix=0.0)).all()
+    engine.scorer = CatalogueScorer(ck.model, ck.item_freq, mix=0.0)
+    assert torch.isnan(engine.score(state, at_time=1e9)).all()
 
 
-def test_cold_items_are_scored_from_metadata(trained) -> None:
+def test_the_cold_item_policy_is_the_models(trained) -> None:
+    """model.cold_item_score: "trained" scores items without training events like every item (their rows
+    were trained as negatives), "metadata" from their metadata alone (lambda = 1); the one policy of
+    every scoring path (hrnn_core.scoring)."""
     _, ckpt = trained
     ck = load_checkpoint(ckpt)
     ck.item_freq[:3] = 0  # pretend items 0-2 never occurred in training
-    engine = InferenceEngine(ck, device="cpu", item_meta_mix=0.0)
     with torch.no_grad():
-        wm, bm = ck.model.item_vectors(torch.arange(engine.n_items), 1.0)
-        wi, bi = ck.model.item_vectors(torch.arange(engine.n_items), 0.0)
-    # Items with no training events (0-2, and catalog items nobody interacted with) use metadata.
+        wm, _ = ck.model.item_vectors(torch.arange(ck.model.n_items), 1.0)
+        wi, _ = ck.model.item_vectors(torch.arange(ck.model.n_items), 0.0)
     cold = torch.as_tensor(np.asarray(ck.item_freq) == 0)
     assert cold[:3].all()
-    torch.testing.assert_close(engine._w[cold], wm[cold])
-    torch.testing.assert_close(engine._w[~cold], wi[~cold])
-    plain = InferenceEngine(ck, device="cpu", item_meta_mix=0.0, cold_items_use_metadata=False)
-    torch.testing.assert_close(plain._w, wi)
+    plain = InferenceEngine(_with(ck, inference_item_meta_mix=0.0), device="cpu")
+    torch.testing.assert_close(plain.scorer.vectors()[0], wi)
+    meta = InferenceEngine(_with(ck, cold_item_score="metadata"), device="cpu")
+    torch.testing.assert_close(meta.scorer.vectors()[0][cold], wm[cold])
+    torch.testing.assert_close(meta.scorer.vectors()[0][~cold], wi[~cold])
 
 
 def test_trend_term_of_eq5(trained) -> None:
+    """The engine adds eq. (5) once it has a popularity (hrnn_core.recommend gives it the service's):
+    + trend_weight * log q_j(t), q = the add-k smoothed shares of the window before t's bucket."""
     _, ckpt = trained
     engine = InferenceEngine.from_checkpoint(ckpt, device="cpu")
-    assert engine.trend_weight == MODEL.trend_weight == 0.5  # the model's default weight ...
+    assert engine.scorer.trend_weight == MODEL.trend_weight == 0.5  # the model's weight ...
     state = engine.init_state()
-    base = engine.score(state, at_time=1e9)
-    no_trend = InferenceEngine.from_checkpoint(ckpt, device="cpu", trend_weight=0.0)
-    torch.testing.assert_close(no_trend.score(no_trend.init_state(), at_time=1e9), base)  # ... no term until set
-    engine.set_trend({engine.item_ids[0]: 100, engine.item_ids[1]: 10, "not-an-item": 5})
-    engine.trend_weight = 0.0
-    torch.testing.assert_close(engine.score(state, at_time=1e9), base)  # trend_weight 0: off
-    engine.trend_weight = 0.5
+    base = engine.score(state, at_time=1e9)  # ... and no term without a popularity
+    t = np.array([1e9 - 7200.0] * 100 + [1e9 - 5000.0] * 10 + [1e9 + 10.0] * 50)  # the last: after t_b
+    items = np.array([0] * 100 + [1] * 10 + [2] * 50)
+    engine.scorer.trend = popularity(engine.model, t, items)
     counts = np.zeros(engine.n_items)
     counts[:2] = [100, 10]
     q = (counts + 1.0) / (counts + 1.0).sum()
     diff = engine.score(state, at_time=1e9) - base
     torch.testing.assert_close(diff, torch.tensor(0.5 * np.log(q), dtype=torch.float32), atol=1e-5, rtol=0)
-    assert engine.top_k(state, 1, at_time=1e9)[0][0] in engine.item_ids
-    with pytest.raises(InferenceError):
-        engine.set_trend(np.ones(3))
+    engine.scorer.trend_weight = 0.0
+    torch.testing.assert_close(engine.score(state, at_time=1e9), base)  # trend_weight 0: off
 
 
 def test_unknown_items_and_bad_events(trained) -> None:
@@ -192,7 +197,7 @@ def test_new_items_are_added_and_scored_from_metadata_only(trained) -> None:
     with torch.no_grad():
         ck.model.item_w.weight.fill_(float("nan"))  # the new items must not need id embeddings
         ck.model.item_b.weight.fill_(float("nan"))
-    engine = InferenceEngine(ck, device="cpu", item_meta_mix=1.0)
+    engine = InferenceEngine(_with(ck, inference_item_meta_mix=1.0), device="cpu")
     n = engine.n_items
     twin = pq.read_table(snap / "items.parquet").slice(3, 1).to_pylist()[0]  # copy item 3's metadata
     new = [{"item_id": "brand-new", "categorical": dict(twin["categorical"]), "numeric": dict(twin["numeric"])},
