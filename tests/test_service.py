@@ -3,7 +3,6 @@ real `bentoml serve` over HTTP on 127.0.0.1 (events, restart after SIGKILL, bad 
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import os
@@ -103,7 +102,7 @@ def reference_top_k(world: World, user: str, new: list[Event], k: int, at: float
     feats = pq.read_table(world.snap / "users.parquet").to_pylist()
     f = next(({"categorical": {**dict(u["categorical"] or []), USER_ID_FIELD: user},  # + its id, as served
                "numeric": dict(u["numeric"] or [])} for u in feats if u["user_id"] == user), None)
-    state = eng.state_from_history(user_history(world, user), f)
+    state = eng.replay([(user_history(world, user), f)])[0]
     for e in new:
         eng.update(state, e)
     return eng.top_k(state, k, exclude_seen=True, at_time=at)
@@ -150,16 +149,14 @@ def test_class_recommend_events_follow_the_engine(svc, svcmod, world: World) -> 
     assert len(cold["items"]) == 5 and {i["reason"] for i in cold["items"]} <= {"cold_start_metadata", "trending"}
 
 
-def test_trend_window_and_weight_default_to_the_models(world: World) -> None:
-    """The service adds eq. (5) with the model's own weight and window (what the evaluation scored),
-    unless serve.trend_weight / serve.trend_window_seconds say otherwise."""
+def test_trend_settings_are_the_models(world: World) -> None:
+    """The service adds eq. (5) with the model's own weight, window and bucket: what the evaluation
+    scored it with (there is no serving-side override)."""
     model_cfg = load_checkpoint(world.checkpoint).model_config
     info = load_serving_model(world.cfg, world.tag).info
     assert info["trend_weight"] == model_cfg.trend_weight
     assert info["trend_window_seconds"] == model_cfg.trend_window_seconds == ModelConfig().trend_window_seconds
-    serve = dataclasses.replace(world.cfg.serve, trend_window_seconds=3600.0, trend_weight=0.25)
-    info = load_serving_model(dataclasses.replace(world.cfg, serve=serve), world.tag).info
-    assert (info["trend_window_seconds"], info["trend_weight"]) == (3600.0, 0.25)
+    assert info["trend_bucket_seconds"] == model_cfg.trend_bucket_seconds
 
 
 def test_class_filters_reasons_and_similar_items(svc, svcmod, world: World) -> None:
@@ -176,19 +173,25 @@ def test_class_filters_reasons_and_similar_items(svc, svcmod, world: World) -> N
     with pytest.raises(InvalidArgument, match="unknown categorical item field 'genre'"):
         svc.recommend(m.RecommendRequest(user_id="u2", filters={"metadata": {"genre": ["g1"]}}))
 
-    # live events on an item the model has never seen: a placeholder once the catalog runs out
+    # live events on an item the model has never seen: a placeholder once the catalog runs out (q(t) is
+    # recounted per model.trend_bucket_seconds, an hour: the events count from the next bucket on)
     svc.events(m.EventsRequest(**new_events("u3", ["brand-new-item"], NOW - 30)))
-    got = dump(svc.recommend(m.RecommendRequest(user_id="u4", num_results=2, at_time=NOW + 120, filters={
+    got = dump(svc.recommend(m.RecommendRequest(user_id="u4", num_results=2, at_time=NOW + 3600, filters={
         "include_items": ["i5", "brand-new-item"], "exclude_seen": False})))["items"]
     assert [(i["item_id"], i["reason"]) for i in got][1] == ("brand-new-item", "popular_fallback")
     assert got[1]["score"] is None and got[0]["item_id"] == "i5"
 
-    # trending: many recent events on the item a cold user ranks last
-    last = dump(svc.recommend(m.RecommendRequest(user_id="cold-a", num_results=150)))["items"][-1]["item_id"]
-    for u in range(20):
-        svc.events(m.EventsRequest(**new_events(f"fan{u}", [last], NOW - 120)))
-    top = dump(svc.recommend(m.RecommendRequest(user_id="cold-b", num_results=3, at_time=NOW + 60)))["items"]
-    assert (last, "trending") in [(i["item_id"], i["reason"]) for i in top]
+    # trending: many recent events on the item a cold user ranks last (with a model that has the term)
+    scorer = svc._active.model.engine.scorer
+    scorer.trend_weight = 1.0
+    try:
+        last = dump(svc.recommend(m.RecommendRequest(user_id="cold-a", num_results=150)))["items"][-1]["item_id"]
+        for u in range(20):
+            svc.events(m.EventsRequest(**new_events(f"fan{u}", [last], NOW - 120)))
+        top = dump(svc.recommend(m.RecommendRequest(user_id="cold-b", num_results=3, at_time=NOW + 3600)))["items"]
+        assert (last, "trending") in [(i["item_id"], i["reason"]) for i in top]
+    finally:
+        scorer.trend_weight = 0.0
 
     sim = dump(svc.similar_items(m.SimilarItemsRequest(item_id="i5", num_results=4)))["items"]
     assert len(sim) == 4 and "i5" not in {i["item_id"] for i in sim}
