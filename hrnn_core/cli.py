@@ -6,16 +6,15 @@ unless ``HRNN_DEBUG=1``.
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import sys
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from hrnn_core.cli_options import ConfigOpt, DataDirOpt, WarehouseOpt
+from hrnn_core.cli_models import models_app
+from hrnn_core.cli_options import ConfigOpt, DataDirOpt, WarehouseOpt, cli_config, guard
 from hrnn_core.errors import HrnnError
 
 app = typer.Typer(
@@ -26,67 +25,14 @@ app = typer.Typer(
 )
 datasets_app = typer.Typer(help="Fetch, convert and generate datasets.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
-
-
-def _add_models_app() -> None:
-    from hrnn_core.cli_models import models_app  # noqa: PLC0415 - light module (typer only)
-
-    app.add_typer(models_app, name="models")
-
-
-def _add_experiments_app() -> None:
-    from hrnn_core.cli_experiments import experiments_app  # noqa: PLC0415 - commands import heavy parts lazily
-
-    app.add_typer(experiments_app, name="experiments")
-
-
-_add_models_app()
-_add_experiments_app()
-
-
-def _cfg(config: Path | None, warehouse: Path | None = None, data_dir: Path | None = None):
-    from hrnn_core.config import load_config  # noqa: PLC0415
-
-    paths: dict = {}
-    if warehouse:
-        paths["warehouse"] = str(warehouse)
-    if data_dir:
-        paths["data_dir"] = str(data_dir)
-    return load_config(config, overrides={"paths": paths} if paths else None)
-
-
-def _guard(fn: Callable) -> Callable:
-    """Turn errors into one clear line and an exit code (never a traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except HrnnError as exc:
-            if os.environ.get("HRNN_DEBUG"):
-                raise
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
-        except Exception as exc:  # noqa: BLE001 - last resort: a message, not a traceback
-            if os.environ.get("HRNN_DEBUG"):
-                raise
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            typer.echo(f"error: {type(exc).__name__}: {first} (set HRNN_DEBUG=1 for details)", err=True)
-            raise typer.Exit(1) from None
-
-    return wrapper
+app.add_typer(models_app, name="models")  # `hrnn models ...`: the registry (hrnn_core.cli_models)
 
 
 # --------------------------------------------------------------------------- datasets
 
 
 @datasets_app.command("list")
-@_guard
+@guard
 def datasets_list() -> None:
     """List the dataset adapters usable with `hrnn ingest --dataset NAME`."""
     from hrnn_core.datasets import registry  # noqa: PLC0415
@@ -96,38 +42,22 @@ def datasets_list() -> None:
 
 
 @datasets_app.command("fetch")
-@_guard
+@guard
 def datasets_fetch(
     name: Annotated[str, typer.Argument(help="Dataset to fetch: ml-100k.")],
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Fetch a dataset into the data dir and convert it to contract files (checksums verified)."""
-    paths = fetch_dataset(_cfg(config, data_dir=data_dir), name)
+    from hrnn_core.datasets.load import fetch_dataset  # noqa: PLC0415
+
+    paths = fetch_dataset(cli_config(config, data_dir=data_dir), name)
     for table, path in paths.items():
         typer.echo(f"{table}: {path}")
 
 
-def fetch_dataset(cfg, name: str) -> dict[str, Path]:
-    """Fetch ``name`` (only ml-100k is downloadable) and convert it; returns contract files."""
-    from hrnn_core.datasets import convert  # noqa: PLC0415
-    from hrnn_core.datasets.ml100k import fetch_ml100k  # noqa: PLC0415
-    from hrnn_core.errors import DatasetError  # noqa: PLC0415
-
-    if name != "ml-100k":
-        raise DatasetError(
-            f"only ml-100k can be fetched; for {name!r} use `hrnn ingest --dataset {name} --path DIR`"
-        )
-    cache = cfg.paths.datasets_dir
-    raw = fetch_ml100k(cache)
-    out = cache / name / "contract"
-    if (out / "interactions.parquet").exists() and (out / "conversion_report.json").exists():
-        return {t: out / f"{t}.parquet" for t in ("interactions", "users", "items") if (out / f"{t}.parquet").exists()}
-    return convert(name, raw, out)
-
-
 @datasets_app.command("synth")
-@_guard
+@guard
 def datasets_synth(
     out: Annotated[Path, typer.Option(help="Output folder for the contract files.")],
     users: Annotated[int, typer.Option(help="Number of users.")] = 1000,
@@ -174,49 +104,8 @@ def _print_reports(reports, as_json: bool) -> None:
             typer.echo(f"    quarantined: {reason}: {n:,}")
 
 
-def ingest_dataset(cfg, dataset: str, path: Path | None = None, own_warehouse: bool = True):
-    """Convert and ingest ``dataset`` for an evaluation; returns the config whose warehouse holds it.
-
-    ml-100k is fetched; another dataset is converted from ``path``, by default the development
-    copy beside the checkout (``hrnn_core.datasets.shared_raw_dir``). ``own_warehouse``: one warehouse per
-    dataset (``<data_dir>/eval-<dataset>.duckdb``), so datasets never mix. Re-ingesting the same
-    files is a no-op (ingest is idempotent).
-    """
-    from hrnn_core.config import replace  # noqa: PLC0415
-    from hrnn_core.datasets import convert, shared_raw_dir  # noqa: PLC0415
-    from hrnn_core.errors import DatasetError  # noqa: PLC0415
-    from hrnn_core.ingest import ingest_path  # noqa: PLC0415
-    from hrnn_core.warehouse import connect  # noqa: PLC0415
-
-    if own_warehouse:
-        cfg = replace(cfg, paths={"warehouse": Path(cfg.paths.data_dir) / f"eval-{dataset}.duckdb"})
-    if path is None and dataset != "ml-100k":
-        path = shared_raw_dir(dataset)
-        if not path.is_dir():
-            raise DatasetError(f"{dataset}: no raw folder at {path}; give --path DIR (see `hrnn datasets list`)")
-    files = fetch_dataset(cfg, dataset) if path is None else convert(
-        dataset, path, cfg.paths.datasets_dir / dataset / "contract")
-    src = Path(next(iter(files.values()))).parent
-    with connect(cfg) as con:
-        ingest_path(_dataset_time_range(cfg, src), src, None, con)
-    return cfg
-
-
-def _dataset_time_range(cfg, contract_dir: Path):
-    """Apply the dataset's documented collection window (conversion report) to validation."""
-    from hrnn_core.config import replace  # noqa: PLC0415
-
-    report = contract_dir / "conversion_report.json"
-    if not report.exists():
-        return cfg
-    window = json.loads(report.read_text()).get("notes", {}).get("valid_time_range")
-    if not window:
-        return cfg
-    return replace(cfg, ingest={"min_timestamp": float(window[0]), "max_timestamp": float(window[1])})
-
-
 @app.command("ingest")
-@_guard
+@guard
 def ingest(
     path: Annotated[Optional[Path], typer.Option("--path", help="Contract file or folder; with --dataset: the raw dataset folder.")] = None,
     table: Annotated[Optional[str], typer.Option("--table", help="interactions | users | items (default: from file name, else interactions).")] = None,
@@ -228,10 +117,11 @@ def ingest(
 ) -> None:
     """Validate contract files (Great Expectations), quarantine bad rows, load into DuckDB."""
     from hrnn_core.datasets import convert  # noqa: PLC0415
+    from hrnn_core.datasets.load import dataset_time_range, fetch_dataset  # noqa: PLC0415
     from hrnn_core.errors import ContractError  # noqa: PLC0415
     from hrnn_core.ingest import ingest_path  # noqa: PLC0415
 
-    cfg = _cfg(config, warehouse, data_dir)
+    cfg = cli_config(config, warehouse, data_dir)
     if dataset:
         if path is None:
             if dataset != "ml-100k":
@@ -240,7 +130,7 @@ def ingest(
         else:
             files = convert(dataset, path, cfg.paths.datasets_dir / dataset / "contract")
         src = Path(next(iter(files.values()))).parent
-        cfg = _dataset_time_range(cfg, src)
+        cfg = dataset_time_range(cfg, src)
         reports = ingest_path(cfg, src, None)
     else:
         if path is None:
@@ -253,7 +143,7 @@ def ingest(
 
 
 @app.command("transform")
-@_guard
+@guard
 def transform(
     start: Annotated[Optional[float], typer.Option(help="Data interval start (epoch s); default: all data.")] = None,
     end: Annotated[Optional[float], typer.Option(help="Data interval end (epoch s, exclusive).")] = None,
@@ -266,7 +156,7 @@ def transform(
     from hrnn_core.transforms import build_sessions, update_hourly_popularity  # noqa: PLC0415
     from hrnn_core.warehouse import connect, run_checks  # noqa: PLC0415
 
-    cfg = _cfg(config, warehouse, data_dir)
+    cfg = cli_config(config, warehouse, data_dir)
     with connect(cfg) as con:
         n_sessions = build_sessions(con, cfg, gap)
         lo, hi, n_rows = update_hourly_popularity(con, cfg, start, end)
@@ -279,7 +169,7 @@ def transform(
 
 
 @app.command("snapshot")
-@_guard
+@guard
 def snapshot(
     as_of: Annotated[Optional[float], typer.Option("--as-of", help="Cut time (epoch s); default: after the last event.")] = None,
     warehouse: WarehouseOpt = None,
@@ -290,7 +180,7 @@ def snapshot(
     from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
     from hrnn_core.warehouse import connect  # noqa: PLC0415
 
-    cfg = _cfg(config, warehouse, data_dir)
+    cfg = cli_config(config, warehouse, data_dir)
     with connect(cfg) as con:
         snap = export_snapshot(con, cfg, as_of)
     typer.echo(f"snapshot {snap.snapshot_id}: {snap.n_events:,} events, {snap.n_owners:,} sequences, "
@@ -298,12 +188,12 @@ def snapshot(
 
 
 @app.command("checks")
-@_guard
+@guard
 def checks(warehouse: WarehouseOpt = None, data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     """Run the warehouse's data checks (sql/checks); exit 1 if any returns rows."""
     from hrnn_core.warehouse import connect, run_checks  # noqa: PLC0415
 
-    cfg = _cfg(config, warehouse, data_dir)
+    cfg = cli_config(config, warehouse, data_dir)
     with connect(cfg, read_only=True) as con:
         results = run_checks(con, cfg)
     bad = False
@@ -315,16 +205,16 @@ def checks(warehouse: WarehouseOpt = None, data_dir: DataDirOpt = None, config: 
 
 
 @app.command("demo")
-@_guard
+@guard
 def demo(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     """The main job on MovieLens-100k through Airflow: ingest, retrain + gate, batch export."""
     from hrnn_core.demo import run_demo  # noqa: PLC0415
 
-    run_demo(_cfg(config, data_dir=data_dir), say=typer.echo)
+    run_demo(cli_config(config, data_dir=data_dir), say=typer.echo)
 
 
 @app.command("airflow")
-@_guard
+@guard
 def airflow_ui(
     port: Annotated[int, typer.Option(help="Port of the UI/API server (bound to 127.0.0.1).")] = 8080,
     data_dir: DataDirOpt = None,
@@ -333,14 +223,14 @@ def airflow_ui(
     """Start the Airflow UI with these DAGs (api-server, scheduler, dag-processor, triggerer)."""
     from hrnn_core.local_airflow import serve_ui  # noqa: PLC0415
 
-    serve_ui(_cfg(config, data_dir=data_dir), port)
+    serve_ui(cli_config(config, data_dir=data_dir), port)
 
 
 # --------------------------------------------------------------------------- train
 
 
 @app.command("train")
-@_guard
+@guard
 def train_command(
     as_of: Annotated[Optional[float], typer.Option("--as-of", help="Snapshot cut time (epoch s); default: after the last event.")] = None,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Run folder name under <data_dir>/models (default: snapshot id + config hash).")] = None,
@@ -364,7 +254,7 @@ def train_command(
     from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
     from hrnn_core.warehouse import connect  # noqa: PLC0415
 
-    cfg = _cfg(config, warehouse, data_dir)
+    cfg = cli_config(config, warehouse, data_dir)
     train_cfg = dataclasses.replace(cfg.train, device=device) if device else cfg.train
     if processes:
         train_cfg = dataclasses.replace(train_cfg, processes=processes)
@@ -396,7 +286,7 @@ def train_command(
 
 
 @app.command("evaluate")
-@_guard
+@guard
 def evaluate_command(
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="ml-100k (fetched), or a shared dataset name with --path.")] = None,
     path: Annotated[Optional[Path], typer.Option("--path", help="Raw dataset folder for --dataset (see `hrnn datasets list`).")] = None,
@@ -411,11 +301,12 @@ def evaluate_command(
     config: ConfigOpt = None,
 ) -> None:
     """Evaluate models on a fixed protocol (full ranking): leaderboard, PNG chart, JSON."""
+    from hrnn_core.datasets.load import ingest_dataset  # noqa: PLC0415
     from hrnn_core.evaluate import leaderboard, run_evaluation  # noqa: PLC0415
     from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
     from hrnn_core.warehouse import connect  # noqa: PLC0415
 
-    cfg = _cfg(config, warehouse, data_dir)
+    cfg = cli_config(config, warehouse, data_dir)
     if dataset:
         cfg = ingest_dataset(cfg, dataset, path, own_warehouse=warehouse is None and data_dir is None)
     with connect(cfg) as con:
@@ -442,7 +333,7 @@ def evaluate_command(
 
 
 @app.command("export")
-@_guard
+@guard
 def export_command(
     model: Annotated[Optional[str], typer.Option("--model", help="Model tag (default: the champion in the model store).")] = None,
     k: Annotated[Optional[int], typer.Option("--k", help="Recommendations per user (default: export.k, 25).")] = None,
@@ -454,7 +345,7 @@ def export_command(
     """Batch recommendations for every user: recommendations.csv, .jsonl (Personalize shape), manifest."""
     from hrnn_core.export import export_all  # noqa: PLC0415
 
-    cfg = _cfg(config, data_dir=data_dir)
+    cfg = cli_config(config, data_dir=data_dir)
     m = export_all(cfg, model, k, shards, out)
     typer.echo(f"model {m['model_tag']}: {m['n_users']:,} users x k={m['k']} -> "
                f"{m['files']['recommendations.csv']['rows']:,} rows in {m['seconds']:.1f} s")

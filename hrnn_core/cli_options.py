@@ -1,4 +1,7 @@
-"""Typer option declarations shared by the ``hrnn`` commands (typer and typing only).
+"""What the ``hrnn`` commands share: typer option declarations, the config they load, the error guard.
+
+Kept out of ``cli.py`` so that command groups living elsewhere (``cli_models``, the
+``hrnn-research`` commands) can use them without importing the CLI module itself.
 
 Each ``*Opt`` is an ``Annotated`` type to put on a command parameter, defaulting to ``None``::
 
@@ -11,10 +14,14 @@ from it). Same flag, type and default either way.
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
+
+from hrnn_core.errors import HrnnError
 
 CONFIG_HELP = "TOML config file (else $HRNN_CONFIG)."
 OUTPUT_HELP = "Write the report as JSON here."
@@ -47,3 +54,46 @@ DataDirOpt = _path_option("--data-dir", "Project data dir (else $HRNN_DATA_DIR).
 SnapshotOpt = _path_option("--snapshot", SNAPSHOT_HELP)
 OutputOpt = output_opt()
 RawPathOpt = raw_path_opt()
+
+
+def cli_config(config: Path | None, warehouse: Path | None = None, data_dir: Path | None = None):
+    """The ``Config`` of a command: ``--config`` (else ``$HRNN_CONFIG``), with ``--warehouse`` and
+    ``--data-dir`` overriding its paths when given."""
+    from hrnn_core.config import load_config  # noqa: PLC0415 - keeps `--help` fast
+
+    paths: dict = {}
+    if warehouse:
+        paths["warehouse"] = str(warehouse)
+    if data_dir:
+        paths["data_dir"] = str(data_dir)
+    return load_config(config, overrides={"paths": paths} if paths else None)
+
+
+def guard(fn: Callable) -> Callable:
+    """Turn errors into one clear line and an exit code (never a traceback unless ``HRNN_DEBUG=1``).
+
+    ``HrnnError`` (the user can act on it): exit 2; Ctrl-C: 130; anything else: exit 1.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except HrnnError as exc:
+            if os.environ.get("HRNN_DEBUG"):
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - last resort: a message, not a traceback
+            if os.environ.get("HRNN_DEBUG"):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            typer.echo(f"error: {type(exc).__name__}: {first} (set HRNN_DEBUG=1 for details)", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper

@@ -27,7 +27,7 @@ from hrnn_core.config import Config
 
 def run_demo(cfg: Config, say: Callable[[str], None] = print) -> dict:
     started = time.time()
-    from hrnn_core.cli import fetch_dataset  # noqa: PLC0415
+    from hrnn_core.datasets.load import fetch_dataset  # noqa: PLC0415
 
     data_dir = Path(cfg.paths.data_dir)
     # The demo's model store lives in the data dir too (unless the user chose one).

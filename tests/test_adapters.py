@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hrnn_core.datasets.adapters import ADAPTERS, REPORT_NAME
+from hrnn_core.datasets.adapters import ADAPTERS
+from hrnn_core.datasets.contract_files import REPORT_NAME
 from hrnn_core.datasets.ml100k import (
     MEMBER_DIR,
     RAW_FILES,

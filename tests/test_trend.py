@@ -1,5 +1,5 @@
 """Trend correction (eq. 5, Figure 5) on a tiny drifting synthetic stream: no leakage into a frame's
-trend vector, a large weight reproduces recent popularity, and ``hrnn experiments trend`` writes
+trend vector, a large weight reproduces recent popularity, and ``hrnn-research trend`` writes
 a report of the right shape."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from hrnn_core.baselines.base import ScoreBatch
 from hrnn_core.baselines.popularity import RecentPopularityScorer
 from hrnn_core.config import ModelConfig, TrainConfig, load_config
 from hrnn_core.evaluate import train_data
-from hrnn_core.experiments.trend import METRICS, trend_snapshot
+from research.experiments.trend import METRICS, trend_snapshot
 from hrnn_core.hrnn_scorer import HRNNScorer
 from hrnn_core.protocols import rolling
 from hrnn_core.trend import WindowedPopularity
@@ -170,11 +170,11 @@ def test_windowed_popularity_floors_to_the_bucket_grid():
 
 
 def test_command_writes_report_json_of_the_right_shape(data_dir: Path, tmp_path: Path):
-    from hrnn_core.cli import app
+    from research.cli import app
 
     out = tmp_path / "trend.json"
     result = CliRunner().invoke(app, [
-        "experiments", "trend", "--dataset", "synth-drift", "--synth", json.dumps(TINY), "--epochs", "1",
+        "trend", "--dataset", "synth-drift", "--synth", json.dumps(TINY), "--epochs", "1",
         "--hidden", "8", "--weights", "0,1", "--windows", "1,2", "--modes", "add", "--output", str(out),
         "--data-dir", str(data_dir)])
     assert result.exit_code == 0, result.output
@@ -201,12 +201,12 @@ def test_command_writes_report_json_of_the_right_shape(data_dir: Path, tmp_path:
 
 
 def test_command_rejects_unknown_dataset_and_bad_grid(data_dir: Path):
-    from hrnn_core.cli import app
+    from research.cli import app
 
     runner = CliRunner()
-    bad = runner.invoke(app, ["experiments", "trend", "--dataset", "nope", "--data-dir", str(data_dir)])
+    bad = runner.invoke(app, ["trend", "--dataset", "nope", "--data-dir", str(data_dir)])
     assert bad.exit_code == 2 and "synth-drift" in bad.output
-    bad = runner.invoke(app, ["experiments", "trend", "--dataset", "synth-drift", "--weights", "a,b",
+    bad = runner.invoke(app, ["trend", "--dataset", "synth-drift", "--weights", "a,b",
                               "--data-dir", str(data_dir)])
     assert bad.exit_code == 2 and "--weights" in bad.output
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from hrnn_core.datasets.adapters import finish, numeric_or_raw, read_text_table, strings, year_from_title
+from hrnn_core.datasets.contract_files import finish, numeric_or_raw, read_text_table, strings, year_from_title
 from hrnn_core.errors import DatasetError
 
 RECBOLE_REQUIREMENT = "recbole==1.2.1"

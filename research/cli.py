@@ -1,0 +1,29 @@
+"""``hrnn-research``: the paper's tables and figures, reproduced by commands.
+
+Research, not the product: the ``hrnn`` command line does not know these commands. Each one is
+a module of ``research.experiments`` that registers itself here; errors print one line, as in
+``hrnn`` (``hrnn_core.cli_options.guard``).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from research.experiments import EXPERIMENTS
+
+app = typer.Typer(
+    help="hrnn-research: reproduce the paper's tables and figures (ablation, time deltas, cold start, "
+         "rating prediction, trend correction). Results: docs/evaluation/.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+for _name in EXPERIMENTS:
+    importlib.import_module(f"research.experiments.{_name}").register(app)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

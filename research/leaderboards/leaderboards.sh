@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Test leaderboards of every model on the fixed protocols (issue #4), one `hrnn evaluate` each.
+# Default configs (HRNN-meta tuned on ml-100k validation only); torch on one thread.
+# Results: bench/results/leaderboard_<dataset>_<protocol>.json (+ .per_event.npz, .png);
+# the tables in docs/evaluation/leaderboards.md come from research/leaderboards/leaderboard_table.py.
+set -euo pipefail
+cd "$(dirname "$0")/../.."  # the repo root
+export HRNN__TRAIN__THREADS="${HRNN__TRAIN__THREADS:-1}" HRNN__TRAIN__PROGRESS=false
+HRNN=.venv/bin/hrnn
+MODELS=hrnn,pop,recent_pop,bpr,fm,gru
+run() {  # dataset protocol [params-json]; raw data: ../shared/data (hrnn_core.datasets.shared_raw_dir)
+  local out="bench/results/leaderboard_$1_$2.json" extra=()
+  [ -n "${3:-}" ] && extra+=(--params "$3")
+  echo "== $1 / $2 ${3:-}"
+  $HRNN evaluate --dataset "$1" --protocol "$2" --models "$MODELS" --output "$out" "${extra[@]}"
+}
+seeds() {  # dataset protocol params-json "seeds": those seeds of hrnn, gru, fm, then the seed-mean paired tests
+  local base="bench/results/leaderboard_$1_$2" extra=() files=()
+  [ -n "${3:-}" ] && extra+=(--params "$3")
+  for seed in $4; do
+    echo "== $1 / $2, seed $seed ${3:-}"
+    $HRNN evaluate --dataset "$1" --protocol "$2" --models hrnn,gru,fm --seed "$seed" \
+      --output "$base.seed$seed.json" "${extra[@]}"
+  done
+  for seed in $4; do files+=("$base.seed$seed.json"); done
+  # --by-owner: the same tests with whole users resampled too (temporal scores many events per user)
+  .venv/bin/python research/leaderboards/seed_mean_test.py "$base.json" "${files[@]}" --output "$base.seed_mean.json" \
+    --by-owner --params "${3:-"{}"}"
+}
+rerun_hrnn() {  # dataset protocol params-json "seeds": HRNN-meta alone re-run on each seed (a new default),
+  # merged into the existing reports (merge_leaderboard.py: the other models untouched, paired tests
+  # recomputed), then the seed-mean tests again; run it after the seeds above exist
+  local base="bench/results/leaderboard_$1_$2" extra=() files=() tmp
+  [ -n "${3:-}" ] && extra+=(--params "$3")
+  tmp=$(mktemp -d)
+  for seed in $4; do
+    local sfx=""; [ "$seed" = 0 ] || sfx=".seed$seed"
+    echo "== $1 / $2, hrnn only, seed $seed ${3:-}"
+    $HRNN evaluate --dataset "$1" --protocol "$2" --models hrnn --seed "$seed" --output "$tmp/run$sfx.json" "${extra[@]}"
+    .venv/bin/python research/leaderboards/merge_leaderboard.py "$base$sfx.json" "$tmp/run$sfx.json" --models hrnn
+  done
+  rm -rf "$tmp"
+  for f in "$base".seed[0-9]*.json; do files+=("$f"); done  # every seed's report, re-run or not
+  .venv/bin/python research/leaderboards/seed_mean_test.py "$base.json" "${files[@]}" --output "$base.seed_mean.json" \
+    --by-owner --params "${3:-"{}"}"
+}
+only="${1:-all}"
+case "$only" in
+  all|ml-100k) run ml-100k leave_one_out; run ml-100k temporal ;;&
+  all|ml-latest-small) run ml-latest-small temporal ;;&
+  # yoochoose: anonymous sessions that repeat items, so seen items stay rankable (PROTOCOLS.md)
+  all|yoochoose) run yoochoose temporal '{"exclude_seen": false}' ;;&
+  # more training seeds of the close models (hrnn, gru, fm), then paired tests on the per-event
+  # metrics averaged over the seeds (seed 0 = the run above; seed_mean_test.py): five seeds in
+  # all on ml-100k (the issue's two protocols), three on the other datasets
+  all|ml-100k-seeds) seeds ml-100k leave_one_out "" "1 2 3 4" ;;&
+  all|ml-100k-temporal-seeds) seeds ml-100k temporal "" "1 2 3 4" ;;&
+  all|ml-latest-small-seeds) seeds ml-latest-small temporal "" "1 2" ;;&
+  all|yoochoose-seeds) seeds yoochoose temporal '{"exclude_seen": false}' "1 2" ;;&
+  # not part of "all": a new HRNN-meta default re-run alone on the seeds above (seed 0 = the base report)
+  rerun-hrnn-ml-100k) rerun_hrnn ml-100k leave_one_out "" "0 1 2 3 4"; rerun_hrnn ml-100k temporal "" "0 1 2 3 4" ;;
+  rerun-hrnn-ml-100k-loo) rerun_hrnn ml-100k leave_one_out "" "${SEEDS:-0 1 2 3 4}" ;;
+  rerun-hrnn-ml-100k-temporal) rerun_hrnn ml-100k temporal "" "${SEEDS:-0 1 2 3 4}" ;;
+  rerun-hrnn-ml-latest-small) rerun_hrnn ml-latest-small temporal "" "${SEEDS:-0 1 2}" ;;
+  rerun-hrnn-yoochoose) rerun_hrnn yoochoose temporal '{"exclude_seen": false}' "${SEEDS:-0 1 2}" ;;
+esac

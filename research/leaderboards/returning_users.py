@@ -1,0 +1,65 @@
+"""Per-event metrics of a leaderboard split by test user: returning (events in training) or new.
+
+Reads the seed reports' ``.per_event.npz`` (cases in the same order in every run), averages each
+model's per-event metric over the seeds and prints the mean over the test events of returning users
+(the user owns training events, so models with ``model.use_user_id`` know their id) and of new users.
+``--before`` names the same reports at an earlier git commit, for the HRNN-meta rows of then.
+
+    .venv/bin/python research/leaderboards/returning_users.py data/snapshots/a6e23c1cae551bc8 --protocol temporal \\
+        bench/results/leaderboard_ml-100k_temporal{,.seed1,.seed2,.seed3,.seed4}.json --before b28e1f1
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from hrnn_core.protocols import SnapshotData, build_split
+
+
+def per_event(paths: list[Path], model: str, metric: str, commit: str | None = None) -> np.ndarray:
+    runs = []
+    for p in paths:
+        npz = p.with_suffix(".per_event.npz")
+        if commit:
+            blob = subprocess.run(["git", "show", f"{commit}:{npz}"], check=True, capture_output=True).stdout
+            z = np.load(io.BytesIO(blob))
+        else:
+            z = np.load(npz)
+        runs.append(z[f"{model}__{metric}"])
+    return np.mean(runs, axis=0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("snapshot", type=Path)
+    ap.add_argument("reports", type=Path, nargs="+", help="seed reports of one dataset/protocol")
+    ap.add_argument("--protocol", default="temporal")
+    ap.add_argument("--params", default="{}")
+    ap.add_argument("--models", default="hrnn,gru")
+    ap.add_argument("--before", default=None, help="git commit of earlier reports (HRNN-meta rows of then)")
+    args = ap.parse_args()
+    split = build_split(args.protocol, SnapshotData.load(args.snapshot), **json.loads(args.params))
+    known_users = set(split.train["user_idx"].to_pylist())
+    returning = np.array([u in known_users for u in split.test.owner])
+    groups = {"returning": returning, "new": ~returning}
+    print(f"{args.protocol}: {len(returning):,} test events; returning users "
+          f"{len(set(split.test.owner[returning].tolist()))} ({int(returning.sum()):,} events), new users "
+          f"{len(set(split.test.owner[~returning].tolist()))} ({int((~returning).sum()):,} events); "
+          f"means over {len(args.reports)} seeds")
+    for metric in ("ndcg@10", "recall@10"):
+        cols = {m: per_event(args.reports, m, metric) for m in args.models.split(",")}
+        if args.before:
+            cols[f"hrnn@{args.before[:7]}"] = per_event(args.reports, "hrnn", metric, args.before)
+        print(f"{metric:<10}{'users':<11}" + "".join(f"{c:>16}" for c in cols))
+        for name, mask in groups.items():
+            print(f"{'':<10}{name:<11}" + "".join(f"{v[mask].mean():>16.4f}" for v in cols.values()))
+
+
+if __name__ == "__main__":
+    main()
