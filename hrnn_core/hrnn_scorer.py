@@ -176,6 +176,10 @@ class HRNNScorer(Scorer):
         self.scorer.trend_weight = float(value)
         self._trend_key = None
 
+    @property
+    def trend_window_seconds(self) -> float:
+        return self.model.cfg.trend_window_seconds if hasattr(self, "model") else self.model_cfg.trend_window_seconds
+
     def popularity(self, sequences: pa.Table) -> WindowedPopularity:
         """q(t) of the trend term: every event of the histories table counts (by its time)."""
         ts = pc.list_flatten(sequences["timestamps"]).to_numpy(zero_copy_only=False)

@@ -340,7 +340,7 @@ def test_time_delta_input_lowers_ppl_and_moves_top1(tmp_path_factory) -> None:
     changed, short_mass, long_mass = 0, [], []
     for row in seq:
         events = [train_mod_event(engine, row, k) for k in range(min(row["n_events"], 20))]
-        state = engine.state_from_history(events)
+        state = engine.replay([(events, None)])[0]
         last = events[-1]
         same = torch.tensor([bool(genres[i] & genres[last.item_id]) for i in engine.item_ids])
         p_short = torch.softmax(engine.score(state, at_time=last.timestamp + 30), 0)
@@ -351,6 +351,16 @@ def test_time_delta_input_lowers_ppl_and_moves_top1(tmp_path_factory) -> None:
         changed += top[0] != top[1]
     assert np.mean(short_mass) > np.mean(long_mass) + 0.15, (np.mean(short_mass), np.mean(long_mass))
     assert changed >= 5, changed
+
+
+def scored(model, data, mix: float, trend, exclude_seen: bool = False) -> dict:
+    """``train.evaluate`` through the one scoring function at lambda ``mix`` with ``trend`` (a TrainTrend)."""
+    from hrnn_core.scoring import CatalogueScorer
+
+    scorer = CatalogueScorer(model, data.events.item_freq, mix, trend.popularity if trend else None,
+                             trend.weight if trend else 0.0)
+    return train_mod.evaluate(model, data, data.val_segments, torch.device("cpu"), scorer,
+                              trend.times if trend else None, exclude_seen=exclude_seen)
 
 
 def train_mod_event(engine, row: dict, k: int):
@@ -422,7 +432,6 @@ def test_auto_inference_mix_is_chosen_on_validation_and_carried_to_inference(sna
     events; the checkpoint (and so inference) carries the best one; resuming keeps working."""
     from hrnn_core.checkpoint import load_checkpoint
     from hrnn_core.config import INFERENCE_MIX_GRID
-    from hrnn_core.train import evaluate
 
     _, path = snap
     auto = dataclasses.replace(SMALL, inference_item_meta_mix=None)
@@ -439,8 +448,7 @@ def test_auto_inference_mix_is_chosen_on_validation_and_carried_to_inference(sna
     data = prepare_data(path, auto, FAST)
     trend = train_mod.training_trend(path, data, auto)  # the default trains, so validates, with the trend term
     assert trend is not None
-    again = evaluate(ck.model, data, data.val_segments, torch.device("cpu"), mix=best["inference_mix"],
-                     exclude_seen=report["exclude_seen"], trend=trend)
+    again = scored(ck.model, data, best["inference_mix"], trend, report["exclude_seen"])
     assert again["ndcg@10"] == pytest.approx(best["ndcg@10"])
     longer = train(path, tmp_path / "run", auto, dataclasses.replace(FAST, epochs=3), resume=True)
     assert [h["epoch"] for h in longer.history] == [1, 2, 3]
@@ -463,7 +471,7 @@ def test_evaluate_trend_term_is_an_item_bias_when_the_window_holds_everything(sn
     pop = WindowedPopularity(np.zeros(len(items)), items, model.n_items, window_seconds=1e9, bucket_seconds=3600.0)
     times = np.full(len(items), 10 * 3600.0)
     cpu = torch.device("cpu")
-    with_trend = evaluate(model, data, data.val_segments, cpu, trend=(0.7, pop, times))
+    with_trend = scored(model, data, 0.0, train_mod.TrainTrend(0.7, pop, times))
     assert with_trend["val_loss"] != pytest.approx(evaluate(model, data, data.val_segments, cpu)["val_loss"])
     with torch.no_grad():
         model.item_b.weight[: model.n_items, 0] += torch.from_numpy(0.7 * pop.log_q(10 * 3600.0)).float()
@@ -472,62 +480,11 @@ def test_evaluate_trend_term_is_an_item_bias_when_the_window_holds_everything(sn
         assert with_trend[key] == pytest.approx(as_bias[key], rel=1e-5, abs=1e-6)
 
 
-def test_trend_auto_chooses_on_validation_and_the_checkpoint_carries_the_choice(snap, tmp_path, monkeypatch) -> None:
-    """model.trend_auto: after training the validation events are scored without the trend term and
-    with each window of TREND_WINDOW_GRID; the best (first of equals) is written into the best
-    checkpoint as fixed values, the report lists every score, and HRNNScorer takes the choice."""
-    from hrnn_core.config import TREND_WINDOW_GRID
-    from hrnn_core.hrnn_scorer import HRNNScorer
-
-    _, path = snap
-    auto = dataclasses.replace(SMALL, trend_auto=True, trend_weight=0.5)
-    res = train(path, tmp_path / "run", auto, FAST)
-    trend = json.loads(res.report.read_text())["trend"]
-    labels = ["off"] + [f"0.5x{w / 3600:g}h" for w in TREND_WINDOW_GRID]
-    assert list(trend["by_trend"]) == labels
-    values = list(trend["by_trend"].values())
-    chosen = labels[values.index(max(values))]
-    ck = load_checkpoint(res.best_checkpoint)
-    assert ck.model_config.trend_auto is False
-    if chosen == "off":
-        assert ck.model_config.trend_weight == trend["trend_weight"] == 0.0
-    else:
-        assert ck.model_config.trend_weight == 0.5
-        assert f"0.5x{ck.model_config.trend_window_seconds / 3600:g}h" == chosen
-    scorer = HRNNScorer(auto, FAST, device="cpu", checkpoint=res.best_checkpoint)
-    assert (scorer.trend_weight, scorer.trend_window_seconds) == (ck.model_config.trend_weight,
-                                                                  ck.model_config.trend_window_seconds)
-    assert HRNNScorer(auto, FAST, device="cpu", checkpoint=res.best_checkpoint,
-                      trend_window_seconds=60.0).trend_window_seconds == 60.0  # a window given still wins
-
-    # the choice follows the metric: make the 1-day window score best, then "off" (ties go to "off")
-    def fake(model, data, segments, device, mix=0.0, exclude_seen=False, trend=None, **_):
-        day = trend is not None and trend[1].window == 86_400.0
-        return {"val_loss": 1.0, "ndcg@10": 0.5 if day else 0.1, "hit@10": 0.0}
-    monkeypatch.setattr(train_mod, "evaluate", fake)
-    data = prepare_data(path, auto, FAST)
-    out = train_mod.choose_trend(res.best_checkpoint, path, data, torch.device("cpu"), FAST, False, 0.5)
-    assert (out["trend_weight"], out["trend_window_seconds"]) == (0.5, 86_400.0)
-    assert load_checkpoint(res.best_checkpoint).model_config.trend_window_seconds == 86_400.0
-    monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: {"val_loss": 1.0, "ndcg@10": 0.2})
-    assert train_mod.choose_trend(res.best_checkpoint, path, data, torch.device("cpu"), FAST, False, 0.5)["trend_weight"] == 0.0
-    # after a resume the best checkpoint may hold "off" (weight 0): the run's weight is tried again
-    monkeypatch.setattr(train_mod, "evaluate", fake)
-    again = train_mod.choose_trend(res.best_checkpoint, path, data, torch.device("cpu"), FAST, False, 0.5)
-    assert (again["trend_weight"], again["trend_window_seconds"]) == (0.5, 86_400.0)
-    # trend_weight 0 turns the term off: nothing to choose, the checkpoint keeps 0
-    off = train(path, tmp_path / "off", dataclasses.replace(auto, trend_weight=0.0), FAST)
-    assert "trend" not in json.loads(off.report.read_text())
-    assert HRNNScorer(auto, FAST, device="cpu", checkpoint=off.best_checkpoint).trend_weight == 0.0
-
-
 def test_trend_train_adds_the_trend_term_to_every_training_score_and_to_validation(snap, tmp_path, monkeypatch) -> None:
     """model.trend_train: each dense training score gets + w log q_j(t) at its target's time, so the
     first step's logits differ from the same run without it by exactly that term; the per-epoch
-    validation scores with the term; true needs the dense output and excludes trend_auto; auto (the
-    default) is on with the dense output only and yields to trend_auto; a trend weight of 0 (the plain
-    GRU) switches it off."""
-    from hrnn_core.train import evaluate
+    validation scores with the term; true needs the dense output; auto (the default) is on with the
+    dense output only; a trend weight of 0 (the plain GRU) switches it off."""
 
     _, path = snap
     cfg = dataclasses.replace(SMALL, trend_weight=0.5, trend_window_seconds=7 * 86_400.0, trend_train=False)
@@ -549,7 +506,7 @@ def test_trend_train_adds_the_trend_term_to_every_training_score_and_to_validati
 
     def spy_trend(snapshot_dir, data, model_cfg, output="dense"):
         out = real_trend(snapshot_dir, data, model_cfg, output)
-        return None if out is None else (out[0], SpyPop(out[1]), out[2])
+        return None if out is None else train_mod.TrainTrend(out.weight, SpyPop(out.popularity), out.times)
 
     monkeypatch.setattr(train_mod, "dense_softmax_loss", spy_loss)
     monkeypatch.setattr(train_mod, "training_trend", spy_trend)
@@ -560,7 +517,8 @@ def test_trend_train_adds_the_trend_term_to_every_training_score_and_to_validati
     res = train(path, tmp_path / "trend", dataclasses.replace(cfg, trend_train=True), one)
     assert calls["times"]
     data = prepare_data(path, cfg, one)
-    w, pop, times = real_trend(path, data, dataclasses.replace(cfg, trend_train=True))
+    trend = real_trend(path, data, dataclasses.replace(cfg, trend_train=True))
+    w, pop, times = trend.weight, trend.popularity, trend.times
     assert w == 0.5 and pop.window == 7 * 86_400.0
     assert set(calls["times"][0].tolist()) <= set(times.tolist())  # targets' own timestamps
     expected = 0.5 * pop.log_q_at(calls["times"][0])
@@ -571,15 +529,11 @@ def test_trend_train_adds_the_trend_term_to_every_training_score_and_to_validati
     model = load_checkpoint(res.best_checkpoint).model
     report = json.loads(res.report.read_text())
     assert report["model_config"]["trend_train"] is True
-    cpu = torch.device("cpu")
     mix = report["epochs"][0]["inference_mix"]
-    with_term = evaluate(model, data, data.val_segments, cpu, mix=mix, exclude_seen=report["exclude_seen"],
-                         trend=(w, pop, times))
+    with_term = scored(model, data, mix, trend, report["exclude_seen"])
     assert report["epochs"][0]["ndcg@10"] == pytest.approx(with_term["ndcg@10"])
     assert report["epochs"][0]["val_loss"] == pytest.approx(with_term["val_loss"], rel=1e-5)
 
-    with pytest.raises(ConfigError, match="trend_train and trend_auto"):
-        dataclasses.replace(cfg, trend_train=True, trend_auto=True)
     with pytest.raises(TrainError, match="needs train.output = 'dense'"):
         train(path, tmp_path / "sampled", dataclasses.replace(cfg, trend_train=True),
               dataclasses.replace(one, output="sampled", n_negatives=16))
@@ -587,6 +541,5 @@ def test_trend_train_adds_the_trend_term_to_every_training_score_and_to_validati
     assert train_mod.training_trend(path, data, auto, "dense") is not None
     assert train_mod.training_trend(path, data, auto, "sampled") is None
     assert ModelConfig().trend_train is None and ModelConfig().trend_train_active  # the default: auto
-    assert not dataclasses.replace(auto, trend_auto=True).trend_train_active
     off = dataclasses.replace(cfg, trend_train=True, trend_weight=0.0)
     assert not off.trend_train_active and train_mod.training_trend(path, data, off) is None
