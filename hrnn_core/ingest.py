@@ -1,4 +1,4 @@
-"""Ingest contract files into the warehouse: read -> parse -> deduplicate -> validate -> load.
+"""Ingest contract files into the warehouse: read -> parse -> validate -> dedupe -> quarantine -> load.
 
 One file is one ingestion batch, loaded in one transaction: a failure anywhere leaves the
 warehouse as it was. Every row read ends up counted in exactly one of ``accepted``,
@@ -6,15 +6,18 @@ warehouse as it was. Every row read ends up counted in exactly one of ``accepted
 quarantined``. A file already ingested (same sha256 into the same table) is skipped, so ingesting
 it again leaves every table identical.
 
-Steps (all values through bound parameters; column names from the file are quoted identifiers):
-1. contract check of the header/schema (a whole-file break raises ``ContractError``);
-2. DuckDB reads the file; rows the CSV parser cannot split (ragged, bad quotes, invalid UTF-8)
-   become quarantine rows ("malformed row: ...");
-3. SQL parses ids, timestamps (epoch int/float or ISO-8601, mixed per row), values;
-4. SQL removes duplicates (within the file, and of rows already in the warehouse);
-5. Great Expectations validates the typed rows in chunks (``hrnn_core.validation``); failing
-   rows go to quarantine with the expectation's reason;
-6. accepted rows are inserted; new users/items get appended stable indices.
+Phases (``ingest_file``; the SQL of each is a file of ``sql/ingest/``, values through bound
+parameters; only the parse and the raw-row JSON are composed here, from the file's columns,
+which are quoted identifiers):
+0. contract check of the header/schema (a whole-file break raises ``ContractError``);
+1. read: DuckDB reads the file into ``raw_rows``; rows the CSV parser cannot split (ragged,
+   bad quotes, invalid UTF-8) go to ``raw_rejects`` and become "malformed row: ..." quarantine rows;
+2. parse: SQL types ids, timestamps (epoch int/float or ISO-8601, mixed per row), values;
+3. validate: Great Expectations checks the typed rows in chunks (``hrnn_core.validation``);
+   failing rows get the expectation's reason;
+4. dedupe: SQL marks duplicates (within the file, and of rows already in the warehouse);
+5. quarantine: rejected lines, repeated headers and failing rows go to ``quarantine``;
+6. load: accepted rows are inserted; new users/items get appended stable indices.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from hrnn_core import contract as c
 from hrnn_core import validation
 from hrnn_core.config import Config
 from hrnn_core.errors import ContractError
-from hrnn_core.warehouse import connect, quote_ident
+from hrnn_core.warehouse import connect, quote_ident, run_sql
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 PARQUET_SUFFIXES = (".parquet", ".pq", ".snappy")
@@ -154,54 +157,27 @@ def _check_required(path: Path, table: str, columns: list[str]) -> None:
         raise ContractError(path, f"unknown table {table!r}; use one of {', '.join(c.TABLES)}")
 
 
+def _read_header(path: Path, table: str) -> tuple[str, list[str]]:
+    """Phase 0: the file's kind ("csv"/"parquet") and columns, checked against the contract."""
+    kind = _file_kind(path)
+    columns = _csv_header(path) if kind == "csv" else _parquet_columns(path)
+    _check_required(path, table, columns)
+    return kind, columns
+
+
 # --------------------------------------------------------------------------- reading
 
 
-def _load_raw(con: duckdb.DuckDBPyConnection, path: Path, kind: str, columns: list[str]) -> None:
-    """Create temp table ``raw_rows`` (__row = data row ordinal) and ``raw_rejects`` (CSV lines)."""
-    if kind == "csv":
-        # Note: keep DuckDB's parallel CSV reader: the serial one (parallel = false) stops
-        # silently at an unterminated quote, losing the rest of the file without a reject.
-        con.execute(
-            "create temp table raw_parse as select * from read_csv($path, header = true, "
-            "delim = ',', quote = '\"', escape = '\"', all_varchar = true, auto_detect = false, "
-            "strict_mode = true, store_rejects = true, rejects_table = 'hrnn_rejects', "
-            "rejects_scan = 'hrnn_reject_scans', columns = $columns)",
-            {"path": str(path), "columns": {col: "VARCHAR" for col in columns}},
-        )
-        con.execute(
-            # One line can produce several reject entries (e.g. one per missing column):
-            # it is one bad row.
-            "create temp table raw_rejects as select line - 1 as row_number, "
-            "string_agg(distinct error_type || ': ' || error_message, '; ') as detail, "
-            "any_value(csv_line) as csv_line from hrnn_rejects group by line"
-        )
-        # A repeated header row parses as data; it is quarantined, not loaded.
-        cond = " and ".join(f"{quote_ident(col)} is not distinct from $h{i}" for i, col in enumerate(columns))
-        header_params = {f"h{i}": col for i, col in enumerate(columns)}
-        # __row is the data row number (1 = first line after the header). The parser skips
-        # rejected lines, so a parsed row's number is its ordinal k plus the rejected lines
-        # before it: reject j (1-based, sorted) precedes ordinals k >= row_j - j + 1.
-        con.execute(
-            f"""create temp table raw_rows as
-            with parsed as (select row_number() over () as k, * from raw_parse),
-            thresholds as (
-                select row_number - row_number() over (order by row_number) + 1 as first_k
-                from raw_rejects
-            )
-            select k + (select count(*) from thresholds where first_k <= k) as __row,
-                   * exclude (k), ({cond}) as __is_header
-            from parsed""",
-            header_params,
-        )
-        con.execute("drop table raw_parse")
-    else:
-        con.execute(
-            "create temp table raw_rows as select row_number() over () as __row, *, "
-            "false as __is_header from read_parquet($path)",
-            {"path": str(path)},
-        )
-        con.execute("create temp table raw_rejects (row_number bigint, detail varchar, csv_line varchar)")
+def _read(con: duckdb.DuckDBPyConnection, cfg: Config, path: Path, kind: str, columns: list[str]) -> None:
+    """Phase 1: temp tables ``raw_rows`` (__row = data row ordinal) and ``raw_rejects`` (CSV lines)."""
+    try:
+        run_sql(con, cfg, f"ingest/read_{kind}", path=str(path), header=columns,
+                columns={col: "VARCHAR" for col in columns})
+    except duckdb.Error as exc:
+        raise ContractError(path, f"cannot be read as {kind.upper()} ({str(exc).splitlines()[0]})") from None
+
+
+# --------------------------------------------------------------------------- parse
 
 
 def _column_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
@@ -260,11 +236,9 @@ def _present_expr(col: str, types: dict[str, str]) -> str:
     return f"case when {_text(col)} is not null then 1 end"
 
 
-# --------------------------------------------------------------------------- tables
-
-
 def _stage_interactions(con: duckdb.DuckDBPyConnection, cfg: Config, columns: list[str]) -> None:
-    """typed_rows: parsed interactions (+ owner, value_class) for every non-header raw row."""
+    """Phase 2: typed_rows, parsed interactions (+ owner, value_class) for every non-header raw row."""
+    # Composed here, not in sql/ingest/: each expression depends on the file's columns and types.
     types = _column_types(con)
     value, value_class = _value_class_expr("event_value", types)
     context_cols = [col for col in columns if col not in c.INTERACTION_COLUMNS]
@@ -312,157 +286,9 @@ def _stage_interactions(con: duckdb.DuckDBPyConnection, cfg: Config, columns: li
     )
 
 
-def _dedupe_interactions(con: duckdb.DuckDBPyConnection) -> None:
-    """Mark valid rows whose key repeats an earlier valid row of the file or a loaded row.
-
-    Runs after validation, so a bad row never makes a good row with the same key a
-    "duplicate", and bad rows are each quarantined rather than deduplicated.
-    """
-    con.execute(
-        """
-        create temp table dup_rows as
-        with valid as (
-            select t.__row, t.user_id, t.session_id, t.item_id, t.ts, t.event_type
-            from typed_rows as t
-            anti join bad_rows as b using (__row)
-        ),
-        keyed as (
-            select *,
-                row_number() over (
-                    partition by user_id, session_id, item_id, ts, event_type order by __row
-                ) as nth
-            from valid
-        ),
-        in_file as (
-            select __row from keyed where nth > 1
-        ),
-        in_warehouse as (
-            select k.__row
-            from keyed as k
-            join interactions as i
-              on i.item_id = k.item_id
-             and i."timestamp" = k.ts
-             and i.event_type = k.event_type
-             and i.user_id is not distinct from k.user_id
-             and i.session_id is not distinct from k.session_id
-            where k.nth = 1
-        ),
-        final as (
-            select __row from in_file
-            union
-            select __row from in_warehouse
-        )
-        select * from final
-        """
-    )
-
-
-def _validate_chunks(
-    con: duckdb.DuckDBPyConnection, cfg: Config, table: str, select_sql: str, rules,
-    target: str = "bad_rows",
-) -> None:
-    """Run the GX suite over ``select_sql`` (``__row`` + the suite's columns) in chunks.
-
-    Failing rows are added to ``target`` (__row, reason).
-    """
-    con.execute(f"create temp table if not exists {target} (__row bigint, reason varchar)")
-    n = con.execute(f"select count(*) from ({select_sql})").fetchall()[0][0]
-    step = max(1, cfg.ingest.chunk_rows)
-    for lo in range(0, n, step):
-        df = con.execute(f"select * from ({select_sql}) order by __row limit {step} offset {lo}").df()
-        df = df.set_index("__row")
-        df.index = df.index.astype("int64")
-        failures = validation.failing_rows(table, df, rules)
-        if failures:
-            bad = pd.DataFrame({"__row": list(failures), "reason": list(failures.values())})  # noqa: F841 (read by the SQL below)
-            con.execute(f"insert into {target} select * from bad")
-
-
-def _raw_json(con: duckdb.DuckDBPyConnection) -> tuple[str, dict]:
-    """SQL (and params) for the raw row as a JSON object of text values (strict JSON: a NaN
-    or infinite number is kept as the string "nan"/"inf", never as bare NaN)."""
-    cols = [name for name in _column_types(con) if name not in ("__row", "__is_header")]
-    params = {f"j{i}": col for i, col in enumerate(cols)}
-    pairs = ", ".join(f"$j{i}, cast(r.{quote_ident(col)} as varchar)" for i, col in enumerate(cols))
-    return f"json_object({pairs})::varchar", params
-
-
-def _quarantine(con: duckdb.DuckDBPyConnection, batch_id: int, table: str, source: str) -> None:
-    """Move rejected CSV lines, repeated headers and GX failures into the quarantine table."""
-    raw_json, json_params = _raw_json(con)
-    params = {"batch": batch_id, "table": table, "source": source}
-    con.execute(
-        "insert into quarantine select $batch, $table, $source, row_number, "
-        "'malformed row: ' || detail, csv_line from raw_rejects",
-        params,
-    )
-    con.execute(
-        "insert into quarantine select $batch, $table, $source, r.__row, 'repeated header row', "
-        f"{raw_json} from raw_rows as r where r.__is_header",
-        {**params, **json_params},
-    )
-    con.execute(
-        "insert into quarantine select $batch, $table, $source, r.__row, b.reason, "
-        f"{raw_json} from raw_rows as r join bad_rows as b using (__row)",
-        {**params, **json_params},
-    )
-
-
-def _append_index(con: duckdb.DuckDBPyConnection, index_table: str, id_col: str, idx_col: str,
-                  source_sql: str, params: dict | None = None) -> None:
-    """Append new ids after the current maximum, in order of first appearance (never renumber)."""
-    con.execute(
-        f"""
-        insert into {index_table}
-        with new_ids as (
-            select s.id, min(s.first_seen) as first_seen
-            from ({source_sql}) as s
-            anti join {index_table} as x on x.{id_col} = s.id
-            group by s.id
-        ),
-        base as (select coalesce(max({idx_col}), -1) as top from {index_table})
-        select (base.top + row_number() over (order by first_seen, id))::integer, id
-        from new_ids, base
-        """,
-        params or {},
-    )
-
-
-def _load_interactions(con: duckdb.DuckDBPyConnection, batch_id: int) -> int:
-    con.execute(
-        """
-        insert into interactions
-        with accepted as (
-            select t.*
-            from typed_rows as t
-            anti join dup_rows as d using (__row)
-            anti join bad_rows as b using (__row)
-        ),
-        base as (select coalesce(max(event_id), 0) as top from interactions)
-        select
-            -- unique and in file order (gaps where rows were rejected): no sort needed
-            base.top + a.__row as event_id,
-            a.user_id, a.session_id, a.item_id, a.ts, a.event_type, a.event_value,
-            a.impression, a.context, $batch
-        from accepted as a, base
-        """,
-        {"batch": batch_id},
-    )
-    _append_index(
-        con, "user_index", "user_id", "user_idx",
-        f"select coalesce(user_id, $session_prefix || session_id) as id, event_id as first_seen "
-        f"from interactions where batch_id = {int(batch_id)}",
-        {"session_prefix": c.SESSION_OWNER_PREFIX},
-    )
-    _append_index(
-        con, "item_index", "item_id", "item_idx",
-        f"select item_id as id, event_id as first_seen from interactions where batch_id = {int(batch_id)}",
-    )
-    return con.execute("select count(*) from interactions where batch_id = $b", {"b": batch_id}).fetchall()[0][0]
-
-
 def _stage_entities(con: duckdb.DuckDBPyConnection, cfg: Config, table: str, columns: list[str]) -> tuple[list[str], list[str]]:
-    """typed_rows for users/items; returns (numeric columns, categorical columns)."""
+    """Phase 2: typed_rows for users/items; returns (numeric columns, categorical columns)."""
+    # Composed here, not in sql/ingest/: each expression depends on the file's columns and types.
     types = _column_types(con)
     id_col = "user_id" if table == "users" else "item_id"
     attrs = [
@@ -520,53 +346,152 @@ def _stage_entities(con: duckdb.DuckDBPyConnection, cfg: Config, table: str, col
     return numeric, categorical
 
 
-def _dedupe_entities(con: duckdb.DuckDBPyConnection) -> None:
-    """Same id twice among a file's valid rows: identical rows are duplicates; rows that
-    differ from the first are quarantined (which attributes are right is not ours to guess)."""
+# --------------------------------------------------------------------------- validate, quarantine, load
+
+
+def _validate_chunks(
+    con: duckdb.DuckDBPyConnection, cfg: Config, table: str, select_sql: str, rules,
+    target: str = "bad_rows",
+) -> None:
+    """Run the GX suite over ``select_sql`` (``__row`` + the suite's columns) in chunks.
+
+    Failing rows are added to ``target`` (__row, reason). ``select_sql`` names the suite's
+    columns (for users/items they come from the file's header), so it is composed by the caller.
+    """
+    con.execute(f"create temp table if not exists {target} (__row bigint, reason varchar)")
+    n = con.execute(f"select count(*) from ({select_sql})").fetchall()[0][0]
+    step = max(1, cfg.ingest.chunk_rows)
+    for lo in range(0, n, step):
+        df = con.execute(f"select * from ({select_sql}) order by __row limit $n offset $lo", {"n": step, "lo": lo}).df()
+        df = df.set_index("__row")
+        df.index = df.index.astype("int64")
+        failures = validation.failing_rows(table, df, rules)
+        if failures:
+            bad = pd.DataFrame({"__row": list(failures), "reason": list(failures.values())})  # noqa: F841 (read by the SQL below)
+            con.execute(f"insert into {target} select * from bad")
+
+
+def _quarantine(con: duckdb.DuckDBPyConnection, cfg: Config, batch_id: int, table: str, source: str) -> None:
+    """Phase 5: rejected CSV lines, repeated headers and failing rows into ``quarantine``
+    (sql/ingest/quarantine.sql), each with the row as read: a JSON object of text values (strict
+    JSON: a NaN or infinite number is kept as the string "nan"/"inf", never as bare NaN)."""
+    cols = [name for name in _column_types(con) if name not in ("__row", "__is_header")]
+    params = {f"j{i}": col for i, col in enumerate(cols)}
+    pairs = ", ".join(f"$j{i}, cast(r.{quote_ident(col)} as varchar)" for i, col in enumerate(cols))
+    # Composed here: the column list comes from the file's header (keys bound, names quoted).
     con.execute(
-        """
-        create temp table dup_rows as
-        with ranked as (
-            select __row, entity_id, attr_hash,
-                first_value(attr_hash) over (partition by entity_id order by __row) as first_hash,
-                row_number() over (partition by entity_id order by __row) as nth
-            from typed_rows as t
-            anti join bad_rows as b using (__row)  -- valid rows only (validated first)
-        )
-        select __row, attr_hash = first_hash as identical from ranked where nth > 1
-        """
+        f"create temp table raw_json as select r.__row, json_object({pairs})::varchar as raw from raw_rows as r "
+        "where r.__is_header or r.__row in (select __row from bad_rows)",
+        params,
     )
+    run_sql(con, cfg, "ingest/quarantine", batch_id=batch_id, table=table, source=source)
 
 
-def _load_entities(con: duckdb.DuckDBPyConnection, table: str, batch_id: int) -> int:
+def _load_interactions(con: duckdb.DuckDBPyConnection, cfg: Config, batch_id: int) -> int:
+    """Phase 6: accepted rows into ``interactions``, new owners and items indexed; rows loaded."""
+    return run_sql(con, cfg, "ingest/load_interactions", batch_id=batch_id)[0][0]
+
+
+def _load_entities(con: duckdb.DuckDBPyConnection, cfg: Config, table: str, batch_id: int) -> int:
+    """Phase 6: accepted rows into ``users``/``items`` (catalog items indexed); rows loaded."""
+    return run_sql(con, cfg, f"ingest/load_{table}", batch_id=batch_id)[0][0]
+
+
+# --------------------------------------------------------------------------- one file
+
+
+def _timestamp_bounds(cfg: Config) -> tuple[float, float]:
+    """The accepted timestamp range: ``[ingest.min_timestamp, now + max_future_seconds]``,
+    capped by ``ingest.max_timestamp``."""
+    max_ts = datetime.now(timezone.utc).timestamp() + cfg.ingest.max_future_seconds
+    if cfg.ingest.max_timestamp is not None:
+        max_ts = min(max_ts, cfg.ingest.max_timestamp)
+    return cfg.ingest.min_timestamp, max_ts
+
+
+def _ingest_interactions(con: duckdb.DuckDBPyConnection, cfg: Config, report: IngestReport,
+                         columns: list[str], batch_id: int) -> None:
+    """Phases 2-6 for an interactions file read into ``raw_rows``."""
+    min_ts, max_ts = _timestamp_bounds(cfg)
+    with report.phase("parse"):
+        _stage_interactions(con, cfg, columns)
+    rules = validation.interaction_rules(min_ts, max_ts, cfg.ingest.max_id_length)
+    with report.phase("validate"):
+        _validate_chunks(con, cfg, report.table,
+                         "select __row, owner_len, item_len, ts_given, ts, value_class from typed_rows", rules)
+    with report.phase("dedupe"):
+        run_sql(con, cfg, "ingest/dedupe_interactions")
+        # Guard of the step above (the key spans chunks and the warehouse, so SQL does the
+        # deduplication): GX checks the accepted keys are unique; any flag raises.
+        _validate_chunks(
+            con, cfg, report.table,
+            "select t.__row, t.key_hash from typed_rows as t "
+            "anti join bad_rows as b using (__row) anti join dup_rows as d using (__row)",
+            validation.accepted_key_rules(), target="guard_rows",
+        )
+    with report.phase("quarantine"):
+        _quarantine(con, cfg, batch_id, report.table, report.source_file)
+    with report.phase("load"):
+        report.accepted = _load_interactions(con, cfg, batch_id)
+
+
+def _ingest_entities(con: duckdb.DuckDBPyConnection, cfg: Config, report: IngestReport,
+                     columns: list[str], batch_id: int) -> None:
+    """Phases 2-6 for a users or items file read into ``raw_rows``."""
+    table = report.table
+    min_ts, max_ts = _timestamp_bounds(cfg)
+    with report.phase("parse"):
+        numeric, _ = _stage_entities(con, cfg, table, columns)
     id_col = "user_id" if table == "users" else "item_id"
-    cts = ", cts" if table == "items" else ""
-    con.execute(
-        f"""
-        insert or replace into {table}
-        select entity_id as {id_col}, categorical, numeric {cts}, $batch
-        from typed_rows as t
-        anti join dup_rows as d using (__row)
-        anti join bad_rows as b using (__row)
-        """,
-        {"batch": batch_id},
+    ts_col = "cts" if table == "items" and c.ITEM_CREATION_COLUMN in columns else None
+    rules = validation.entity_rules(
+        id_col, cfg.ingest.max_id_length, [(f"num_{col}", col) for col in numeric], ts_col, min_ts, max_ts
     )
-    if table == "items":
-        # Catalog items get their stable index when they enter the catalog, so items nobody
-        # interacted with yet can be recommended from their metadata (cold start).
-        _append_index(
-            con, "item_index", "item_id", "item_idx",
-            f"select item_id as id, 0 as first_seen from items where batch_id = {int(batch_id)}",
+    # The suite's columns include one per numeric column of the file: composed here.
+    select_cols = ", ".join(
+        [f"entity_id as {id_col}"] + [quote_ident(f"num_{col}") for col in numeric]
+        + (["cts", "ts_status"] if ts_col else [])
+    )
+    with report.phase("validate"):
+        _validate_chunks(con, cfg, table, f"select t.__row, {select_cols} from typed_rows as t", rules)
+    with report.phase("dedupe"):
+        run_sql(con, cfg, "ingest/dedupe_entities", reason=c.REASON_DUPLICATE_KEY)
+        _validate_chunks(  # guard: the ids about to load are unique
+            con, cfg, table,
+            f"select t.__row, t.entity_id as {id_col} from typed_rows as t "
+            "anti join bad_rows as b using (__row) anti join dup_rows as d using (__row)",
+            validation.accepted_id_rules(id_col), target="guard_rows",
         )
-    return con.execute(f"select count(*) from {table} where batch_id = $b", {"b": batch_id}).fetchall()[0][0]
+    with report.phase("quarantine"):
+        _quarantine(con, cfg, batch_id, table, report.source_file)
+    with report.phase("load"):
+        report.accepted = _load_entities(con, cfg, table, batch_id)
 
 
-# --------------------------------------------------------------------------- entry points
+def _account(con: duckdb.DuckDBPyConnection, cfg: Config, report: IngestReport, batch_id: int) -> None:
+    """Fill the report's counts; raise when ``rows_in != accepted + duplicates + quarantined``."""
+    report.rows_in, report.duplicates = run_sql(con, cfg, "ingest/batch_counts")[0]
+    report.quarantine_reasons = dict(run_sql(con, cfg, "ingest/batch_reasons", batch_id=batch_id))
+    report.quarantined = sum(report.quarantine_reasons.values())
+    if report.rows_in != report.accepted + report.duplicates + report.quarantined:
+        raise RuntimeError(
+            f"{report.source_file}: row accounting does not add up ({report.rows_in} in, {report.accepted} "
+            f"accepted, {report.duplicates} duplicates, {report.quarantined} quarantined)"
+        )
+    report.batch_id = batch_id
+
+
+def _record_batch(con: duckdb.DuckDBPyConnection, cfg: Config, report: IngestReport, started: float) -> None:
+    """One ``ingestion_batches`` row for the file (what makes a second ingest of it a no-op)."""
+    run_sql(con, cfg, "ingest/batch_record", batch_id=report.batch_id, table=report.table,
+            source=report.source_file, checksum=report.checksum, rows_in=report.rows_in,
+            accepted=report.accepted, duplicates=report.duplicates, quarantined=report.quarantined,
+            started=started)
 
 
 def ingest_file(cfg: Config, path: str | Path, table: str = "interactions",
                 con: duckdb.DuckDBPyConnection | None = None) -> IngestReport:
-    """Ingest one contract file into ``table``; see the module docstring for the steps."""
+    """Ingest one contract file into ``table``; see the module docstring for the phases."""
     path = Path(path)
     if not path.is_file():
         raise ContractError(path, "no such file")
@@ -577,128 +502,29 @@ def ingest_file(cfg: Config, path: str | Path, table: str = "interactions",
             return ingest_file(cfg, path, table, own)
 
     started = time.time()
-    kind = _file_kind(path)
-    columns = _csv_header(path) if kind == "csv" else _parquet_columns(path)
-    _check_required(path, table, columns)
-    checksum = file_checksum(path)
-    report = IngestReport(table=table, source_file=str(path.resolve()), checksum=checksum)
-
-    previous = con.execute(
-        "select batch_id, rows_in from ingestion_batches where checksum = $c and table_name = $t",
-        {"c": checksum, "t": table},
-    ).fetchall()
-    if previous:
+    kind, columns = _read_header(path, table)
+    report = IngestReport(table=table, source_file=str(path.resolve()), checksum=file_checksum(path))
+    previous = run_sql(con, cfg, "ingest/batch_previous", checksum=report.checksum, table=table)
+    if previous:  # the same file was loaded before: nothing changes
         report.batch_id, report.rows_in = previous[0]
         report.duplicates = report.rows_in
         report.already_ingested = True
         report.seconds = time.time() - started
         return report
 
-    now = datetime.now(timezone.utc).timestamp()
-    min_ts = cfg.ingest.min_timestamp
-    max_ts = now + cfg.ingest.max_future_seconds
-    if cfg.ingest.max_timestamp is not None:
-        max_ts = min(max_ts, cfg.ingest.max_timestamp)
     con.execute("begin transaction")
     try:
-        batch_id = con.execute("select coalesce(max(batch_id), 0) + 1 from ingestion_batches").fetchall()[0][0]
-        try:
-            with report.phase("read"):
-                _load_raw(con, path, kind, columns)
-        except duckdb.Error as exc:
-            raise ContractError(path, f"cannot be read as {kind.upper()} ({str(exc).splitlines()[0]})") from None
-
+        batch_id = run_sql(con, cfg, "ingest/batch_next_id")[0][0]
+        with report.phase("read"):
+            _read(con, cfg, path, kind, columns)
         if table == "interactions":
-            with report.phase("parse"):
-                _stage_interactions(con, cfg, columns)
-            rules = validation.interaction_rules(min_ts, max_ts, cfg.ingest.max_id_length)
-            with report.phase("validate"):
-                _validate_chunks(
-                    con, cfg, table,
-                    "select __row, owner_len, item_len, ts_given, ts, value_class from typed_rows",
-                    rules,
-                )
-            with report.phase("dedupe"):
-                _dedupe_interactions(con)
-                # Guard of the step above (the key spans chunks and the warehouse, so SQL does
-                # the deduplication): GX checks the accepted keys are unique; any flag raises.
-                _validate_chunks(
-                    con, cfg, table,
-                    "select t.__row, t.key_hash from typed_rows as t "
-                    "anti join bad_rows as b using (__row) anti join dup_rows as d using (__row)",
-                    validation.accepted_key_rules(),
-                    target="guard_rows",
-                )
-            with report.phase("quarantine"):
-                _quarantine(con, batch_id, table, report.source_file)
-            with report.phase("load"):
-                report.accepted = _load_interactions(con, batch_id)
+            _ingest_interactions(con, cfg, report, columns, batch_id)
         else:
-            with report.phase("parse"):
-                numeric, _ = _stage_entities(con, cfg, table, columns)
-            id_col = "user_id" if table == "users" else "item_id"
-            ts_col = "cts" if table == "items" and c.ITEM_CREATION_COLUMN in columns else None
-            rules = validation.entity_rules(
-                id_col, cfg.ingest.max_id_length, [(f"num_{col}", col) for col in numeric], ts_col, min_ts, max_ts
-            )
-            select_cols = ", ".join(
-                [f"entity_id as {id_col}"] + [quote_ident(f"num_{col}") for col in numeric]
-                + (["cts", "ts_status"] if ts_col else [])
-            )
-            with report.phase("validate"):
-                _validate_chunks(
-                    con, cfg, table,
-                    f"select t.__row, {select_cols} from typed_rows as t",
-                    rules,
-                )
-            with report.phase("dedupe"):
-                _dedupe_entities(con)
-            con.execute(
-                "insert into bad_rows select __row, $reason from dup_rows where not identical",
-                {"reason": c.REASON_DUPLICATE_KEY},
-            )
-            con.execute("delete from dup_rows where not identical")
-            with report.phase("dedupe"):
-                _validate_chunks(  # guard: the ids about to load are unique
-                    con, cfg, table,
-                    f"select t.__row, t.entity_id as {id_col} from typed_rows as t "
-                    "anti join bad_rows as b using (__row) anti join dup_rows as d using (__row)",
-                    validation.accepted_id_rules(id_col),
-                    target="guard_rows",
-                )
-            with report.phase("quarantine"):
-                _quarantine(con, batch_id, table, report.source_file)
-            with report.phase("load"):
-                report.accepted = _load_entities(con, table, batch_id)
-
-        n_raw, n_dups = con.execute(
-            "select (select count(*) from raw_rows), (select count(*) from dup_rows)"
-        ).fetchall()[0]
-        n_rejects = con.execute("select count(*) from raw_rejects").fetchall()[0][0]
-        report.rows_in = n_raw + n_rejects
-        report.duplicates = n_dups
-        reasons = con.execute(
-            "select case when reason like 'malformed row:%' then 'malformed row' else reason end as r, "
-            "count(*) from quarantine where batch_id = $b group by r order by r",
-            {"b": batch_id},
-        ).fetchall()
-        report.quarantine_reasons = {r: n for r, n in reasons}
-        report.quarantined = sum(report.quarantine_reasons.values())
-        if report.rows_in != report.accepted + report.duplicates + report.quarantined:
-            raise RuntimeError(
-                f"{path}: row accounting does not add up ({report.rows_in} in, {report.accepted} "
-                f"accepted, {report.duplicates} duplicates, {report.quarantined} quarantined)"
-            )
-        report.batch_id = batch_id
+            _ingest_entities(con, cfg, report, columns, batch_id)
+        _account(con, cfg, report, batch_id)
         report.seconds = time.time() - started
-        con.execute(
-            "insert into ingestion_batches values ($b, $t, $s, $c, $n, $a, $d, $q, to_timestamp($start), now())",
-            {"b": batch_id, "t": table, "s": report.source_file, "c": checksum, "n": report.rows_in,
-             "a": report.accepted, "d": report.duplicates, "q": report.quarantined, "start": started},
-        )
-        for tmp in ("raw_rows", "raw_rejects", "typed_rows", "dup_rows", "bad_rows", "guard_rows",
-                    "hrnn_rejects", "hrnn_reject_scans"):
-            con.execute(f"drop table if exists {tmp}")
+        _record_batch(con, cfg, report, started)
+        run_sql(con, cfg, "ingest/cleanup")
         con.execute("commit")
     except BaseException:
         con.execute("rollback")

@@ -183,7 +183,7 @@ def _raise(*args, **kwargs):
     [
         ("interactions", "validation.failing_rows"),
         ("interactions", "ingest._load_interactions"),
-        ("interactions", "ingest._append_index"),  # after the rows and the user index are in
+        ("interactions", "ingest._record_batch"),  # after the rows, the indices and the batch row are in
         ("users", "ingest._load_entities"),
         ("items", "validation.failing_rows"),
     ],
@@ -207,7 +207,7 @@ def test_failure_mid_ingest_leaves_warehouse_as_it_was(
     path = _write(tmp_path, f"{second[0]}_2.csv", second[1])
     module, name = target.split(".")
     owner = {"validation": validation, "ingest": ingest}[module]
-    if name.startswith(("_load", "_append")):
+    if name.startswith(("_load", "_record")):
         monkeypatch.setattr(owner, name, _fail_after(getattr(owner, name)))
     else:
         monkeypatch.setattr(owner, name, _raise)
