@@ -1,4 +1,4 @@
-"""Benchmark: ingest + validate + sessions + hourly popularity on a synthetic log.
+"""Benchmark: ingest + validate + sessions on a synthetic log.
 
 Usage:
     .venv/bin/python bench/bench_ingest.py [--events 10000000] [--items 1000000] [--users 100000]
@@ -9,7 +9,7 @@ Steps, each measured in a fresh child process so peak RSS is the pipeline's own:
   1. baseline: a plain DuckDB load of the same Parquet file (no parsing, validation, dedupe):
      the floor any ingest pays on this machine, measured in the same run;
   2. the pass: `hrnn ingest` of users, items, interactions (parse, dedupe, Great Expectations
-     validation, quarantine, load, id maps), then sessions and hourly popularity.
+     validation, quarantine, load, id maps), then sessions.
 Prints a table and writes JSON with events/s, seconds per stage, peak RSS and the ratio of the
 pass to the baseline. Targets (issue 2): the pass under 60 s and under 4 GB RSS on 2 cores.
 """
@@ -32,7 +32,7 @@ import json, sys, time
 from pathlib import Path
 from hrnn_core.config import load_config
 from hrnn_core.ingest import ingest_file
-from hrnn_core.transforms import build_sessions, update_hourly_popularity
+from hrnn_core.transforms import build_sessions
 from hrnn_core.warehouse import connect
 data, wh = Path(sys.argv[1]), sys.argv[2]
 cfg = load_config(overrides={"paths": {"warehouse": wh, "data_dir": str(Path(wh).parent)}})
@@ -47,9 +47,6 @@ with connect(cfg) as con:
     t = time.perf_counter()
     out["sessions"] = build_sessions(con, cfg)
     out["stages"]["sessions"] = time.perf_counter() - t
-    t = time.perf_counter()
-    out["hourly_rows"] = update_hourly_popularity(con, cfg)[2]
-    out["stages"]["hourly popularity"] = time.perf_counter() - t
 out["total_s"] = time.perf_counter() - t_all
 print(json.dumps(out))
 """
@@ -109,7 +106,7 @@ def main() -> None:
 
     events = res["interactions_report"]["accepted"]
     result = {
-        "benchmark": "ingest + validate + sessions + hourly popularity",
+        "benchmark": "ingest + validate + sessions",
         "command": "make bench  # = .venv/bin/python bench/bench_ingest.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "data": {"generator": "hrnn_core.datasets.synth", "events": args.events, "items": args.items,
@@ -124,7 +121,6 @@ def main() -> None:
         "stages_s": {k: round(v, 2) for k, v in res["stages"].items()},
         "interactions_phases_s": res["interactions_report"]["phase_seconds"],
         "sessions": res["sessions"],
-        "hourly_rows": res["hourly_rows"],
         "targets": {"pass_s": 60, "peak_rss_mb": 4096},
         "date": time.strftime("%Y-%m-%d"),
     }

@@ -2,7 +2,7 @@
 
 New files (uploads, the service's closed event logs) are validated with Great Expectations and
 loaded one per mapped task; bad rows are quarantined, a file that breaks the contract fails its
-task with the reason. Then sessions and the interval's hourly popularity are rebuilt. Tasks that
+task with the reason. Then sessions are rebuilt and the data checks run. Tasks that
 write the DuckDB file run in the `hrnn_warehouse` pool (1 slot): a single writer.
 Heavy imports stay inside the tasks (this file is parsed every ~30 s).
 """
@@ -45,15 +45,12 @@ def hrnn_ingest():
         return ingest_one(load_config(), path)
 
     @task(pool=POOL, outlets=[WAREHOUSE], trigger_rule="none_failed")
-    def transform(reports: list[dict], data_interval_start=None, data_interval_end=None) -> dict:
-        """Sessions + hourly popularity of this interval and of the new files' hours + checks."""
+    def transform(reports: list[dict]) -> dict:
+        """Rebuild sessions from everything loaded (after this run's files) and run the checks."""
         from hrnn_core.config import load_config
-        from hrnn_core.pipeline import transform_interval
+        from hrnn_core.pipeline import transform_warehouse
 
-        batches = [r["batch_id"] for r in reports or [] if r and not r.get("already_ingested")]
-        return transform_interval(
-            load_config(), data_interval_start.timestamp(), data_interval_end.timestamp(), batches
-        )
+        return transform_warehouse(load_config())
 
     transform(ingest.expand(path=find_new_files()))
 

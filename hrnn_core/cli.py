@@ -145,24 +145,20 @@ def ingest(
 @app.command("transform")
 @guard
 def transform(
-    start: Annotated[Optional[float], typer.Option(help="Data interval start (epoch s); default: all data.")] = None,
-    end: Annotated[Optional[float], typer.Option(help="Data interval end (epoch s, exclusive).")] = None,
     gap: Annotated[Optional[float], typer.Option(help="Session inactivity gap in seconds.")] = None,
     warehouse: WarehouseOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Rebuild sessions and time deltas, and the interval's hourly item popularity; run checks."""
-    from hrnn_core.transforms import build_sessions, update_hourly_popularity  # noqa: PLC0415
+    """Rebuild sessions and time deltas; run the data checks."""
+    from hrnn_core.transforms import build_sessions  # noqa: PLC0415
     from hrnn_core.warehouse import connect, run_checks  # noqa: PLC0415
 
     cfg = cli_config(config, warehouse, data_dir)
     with connect(cfg) as con:
         n_sessions = build_sessions(con, cfg, gap)
-        lo, hi, n_rows = update_hourly_popularity(con, cfg, start, end)
         failed = {k: v[:3] for k, v in run_checks(con, cfg).items() if v}
     typer.echo(f"sessions: {n_sessions:,}")
-    typer.echo(f"hourly popularity: {n_rows:,} item-hours in [{lo}, {hi})")
     if failed:
         raise HrnnError(f"warehouse checks failed: {failed}")
     typer.echo("checks: all passed")

@@ -1,7 +1,7 @@
 """Pipeline steps as plain functions: what each Airflow task (and CLI command) calls.
 
 Each function takes the config explicitly, does one thing, is idempotent on its inputs (a file
-is ingested once by checksum; a data interval's derived rows are deleted and re-inserted) and
+is ingested once by checksum; derived tables are rebuilt from what is loaded) and
 returns a small JSON-able dict for XCom and logs.
 """
 
@@ -66,37 +66,16 @@ def ingest_one(cfg: Config, path: str | Path) -> dict:
     return report.to_dict()
 
 
-def transform_interval(cfg: Config, start: float, end: float, batch_ids: list[int] | None = None) -> dict:
-    """Rebuild sessions, recompute hourly popularity, run the data checks.
-
-    The popularity is recomputed for the run's data interval ``[start, end)`` and for every
-    hour touched by the given ingestion batches (files can hold events of any time, e.g. a
-    late upload), so a re-run of the same interval gives the same rows. A manual run has an
-    empty interval (start == end): then only the batches' hours are recomputed.
-    """
+def transform_warehouse(cfg: Config) -> dict:
+    """Rebuild sessions (a pure function of interactions: a re-run gives the same rows) and run
+    the data checks; a failing check raises ``WarehouseError``."""
     from hrnn_core.errors import WarehouseError  # noqa: PLC0415
-    from hrnn_core.transforms import build_sessions, update_hourly_popularity  # noqa: PLC0415
+    from hrnn_core.transforms import build_sessions  # noqa: PLC0415
     from hrnn_core.warehouse import connect, run_checks  # noqa: PLC0415
 
-    intervals: list[tuple[float, float]] = []
-    if end > start:
-        intervals.append((start, end))
     with connect(cfg) as con:
-        for batch in batch_ids or []:
-            lo, hi = con.execute(
-                'select min("timestamp"), max("timestamp") from interactions where batch_id = $b',
-                {"b": int(batch)},
-            ).fetchall()[0]
-            if lo is not None:
-                intervals.append((lo, hi + 1))
         n_sessions = build_sessions(con, cfg)
-        rows = 0
-        done = []
-        for lo, hi in intervals:
-            a, b, n = update_hourly_popularity(con, cfg, lo, hi)
-            rows += n
-            done.append([a, b])
         failed = {k: [list(map(str, r)) for r in v[:5]] for k, v in run_checks(con, cfg).items() if v}
     if failed:
         raise WarehouseError(f"warehouse checks failed after the transform: {failed}")
-    return {"sessions": n_sessions, "intervals": done, "hourly_rows": rows}
+    return {"sessions": n_sessions}

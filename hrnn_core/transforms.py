@@ -18,10 +18,7 @@ import duckdb
 from hrnn_core.config import Config
 from hrnn_core.contract import SESSION_OWNER_PREFIX
 from hrnn_core.errors import WarehouseError
-from hrnn_core.warehouse import query_sql, read_sql, run_sql, split_statements
-
-HOUR = 3600
-
+from hrnn_core.warehouse import read_sql, run_sql, split_statements
 
 def build_sessions(con: duckdb.DuckDBPyConnection, cfg: Config, gap_seconds: float | None = None) -> int:
     """Rebuild ``sessions`` (sql/sessions.sql); returns the number of sessions."""
@@ -30,48 +27,6 @@ def build_sessions(con: duckdb.DuckDBPyConnection, cfg: Config, gap_seconds: flo
         raise WarehouseError(f"session gap must be a positive number of seconds, got {gap}")
     run_sql(con, cfg, "sessions", gap_seconds=float(gap))
     return con.execute("select count(*) from sessions where is_session_start").fetchall()[0][0]
-
-
-def hour_interval(start: float, end: float) -> tuple[int, int]:
-    """Align a data interval to whole hours: start floored, end ceiled."""
-    if not (math.isfinite(start) and math.isfinite(end)) or end <= start:
-        raise WarehouseError(f"invalid data interval [{start}, {end}): end must be after start")
-    return int(math.floor(start / HOUR) * HOUR), int(math.ceil(end / HOUR) * HOUR)
-
-
-def update_hourly_popularity(
-    con: duckdb.DuckDBPyConnection, cfg: Config, start: float | None = None, end: float | None = None
-) -> tuple[int, int, int]:
-    """Delete-and-insert the hourly popularity of ``[start, end)`` in one transaction.
-
-    Without an interval, covers all interactions. Returns (interval_start, interval_end, rows).
-    """
-    if start is None or end is None:
-        lo, hi = con.execute('select min("timestamp"), max("timestamp") from interactions').fetchall()[0]
-        if lo is None:
-            return 0, 0, 0
-        start = lo if start is None else start
-        end = hi + 1 if end is None else end
-    lo, hi = hour_interval(start, end)
-    statements = split_statements(read_sql(cfg, "hourly_item_popularity"))
-    con.execute("begin transaction")
-    try:
-        for st in statements:
-            con.execute(st, {"interval_start": lo, "interval_end": hi})
-        con.execute("commit")
-    except BaseException:
-        con.execute("rollback")
-        raise
-    n = con.execute(
-        "select count(*) from hourly_item_popularity where hour_start >= $a and hour_start < $b",
-        {"a": lo, "b": hi},
-    ).fetchall()[0][0]
-    return lo, hi, n
-
-
-def popularity_window(con: duckdb.DuckDBPyConnection, cfg: Config, at_time: float, window_seconds: float):
-    """Item event counts in ``[at_time - window, at_time)`` as a pandas DataFrame (item_id, events)."""
-    return query_sql(con, cfg, "popularity_window", at_time=float(at_time), window_seconds=float(window_seconds)).df()
 
 
 @dataclass(frozen=True)

@@ -68,16 +68,6 @@ create table if not exists item_index (
     item_id      varchar not null unique
 );
 
--- Hourly item popularity (built by hourly_item_popularity.sql, one data interval at a time).
-create table if not exists hourly_item_popularity (
-    item_id      varchar not null,
-    hour_start   bigint not null,      -- epoch seconds, multiple of 3600
-    events       bigint not null
-    -- (item_id, hour_start) is unique by construction (delete-and-insert per interval); no
-    -- index: an ART index on millions of item-hours costs more than the whole aggregation.
-    -- checks/hourly_popularity_matches.sql verifies every bucket against a recount.
-);
-
 -- Model registry history. Artifacts live in the BentoML model store (tag = name:version);
 -- these tables record what was registered and every change of champion, for queries and
 -- plots. The champion is the tag of the latest 'promote' or 'rollback' event.

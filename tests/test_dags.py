@@ -81,12 +81,12 @@ def test_ingest_dag_end_to_end_and_idempotent(airflow_home, tmp_path):
     proc = run_dag(airflow_home, data, "hrnn_ingest", "2026-11-27T08:00:00+00:00")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     cfg = load_config(overrides={"paths": {"data_dir": str(data)}}, environ={})
-    tables = ("interactions", "items", "quarantine", "hourly_item_popularity", "ingestion_batches")
+    tables = ("interactions", "items", "quarantine", "sessions", "ingestion_batches")
     with connect(cfg, read_only=True) as con:
         assert con.execute("select count(*) from interactions").fetchall()[0][0] == 2
         assert con.execute("select count(*) from items").fetchall()[0][0] == 2
         assert con.execute("select reason from quarantine").fetchall() == [("missing item_id",)]
-        assert con.execute("select sum(events) from hourly_item_popularity").fetchall()[0][0] == 2
+        assert con.execute("select count(*) from sessions").fetchall()[0][0] == 2
         before = {t: table_checksum(con, t, "all") for t in tables}
     # The same interval again: nothing new to load, identical tables.
     proc = run_dag(airflow_home, data, "hrnn_ingest", "2026-11-27T08:00:00+00:00")

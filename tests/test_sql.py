@@ -14,16 +14,8 @@ import pytest
 from hrnn_core.config import load_config
 from hrnn_core.contract import owner_id
 from hrnn_core.errors import WarehouseError
-from hrnn_core.transforms import (
-    build_sessions,
-    export_snapshot,
-    hour_interval,
-    popularity_window,
-    update_hourly_popularity,
-)
-from hrnn_core.warehouse import connect, run_checks, split_statements, table_checksum
-
-H = 3600
+from hrnn_core.transforms import build_sessions, export_snapshot
+from hrnn_core.warehouse import connect, run_checks, split_statements
 
 
 @pytest.fixture()
@@ -104,58 +96,6 @@ def test_ties_keep_file_order(cfg):
         build_sessions(con, cfg)
         order = con.execute("select event_id from sessions order by owner_position").fetchall()
     assert [r[0] for r in order] == [3, 1, 2]
-
-
-def test_hourly_popularity_interval_edges_and_rerun(cfg):
-    t0 = 1_700_000_000 // H * H  # an hour boundary
-    with connect(cfg) as con:
-        insert_events(con, [
-            (1, "u", None, "a", t0 - 1),          # last second of the previous hour
-            (2, "u", None, "a", t0),              # first second of hour t0
-            (3, "v", None, "a", t0 + H - 0.5),    # still hour t0
-            (4, "v", None, "b", t0 + H),          # next hour
-            (5, "w", None, "a", t0 + 2 * H),      # outside [t0, t0 + 2h)
-        ])
-        lo, hi, n = update_hourly_popularity(con, cfg, t0, t0 + 2 * H)
-        assert (lo, hi, n) == (t0, t0 + 2 * H, 2)
-        rows = con.execute("select item_id, hour_start, events from hourly_item_popularity order by all").fetchall()
-        assert rows == [("a", t0, 2), ("b", t0 + H, 1)]
-        before = table_checksum(con, "hourly_item_popularity", "item_id, hour_start")
-        update_hourly_popularity(con, cfg, t0, t0 + 2 * H)  # re-run: identical
-        assert table_checksum(con, "hourly_item_popularity", "item_id, hour_start") == before
-        # a late event arrives in the interval: the re-run replaces exactly that interval
-        insert_events(con, [(6, "z", None, "b", t0 + H + 5)])
-        update_hourly_popularity(con, cfg, t0 + 1, t0 + 2 * H - 1)  # aligned to the same hours
-        rows = con.execute("select item_id, hour_start, events from hourly_item_popularity order by all").fetchall()
-        assert rows == [("a", t0, 2), ("b", t0 + H, 2)]
-        # a neighbouring interval leaves this one untouched
-        update_hourly_popularity(con, cfg, t0 - H, t0)
-        rows = con.execute("select item_id, hour_start, events from hourly_item_popularity order by all").fetchall()
-        assert rows == [("a", t0 - H, 1), ("a", t0, 2), ("b", t0 + H, 2)]
-        build_sessions(con, cfg)
-        assert all(not v for v in run_checks(con, cfg).values())
-
-
-def test_popularity_window_uses_whole_hours_before_t(cfg):
-    t0 = 1_700_000_000 // H * H
-    with connect(cfg) as con:
-        insert_events(con, [
-            (1, "u", None, "a", t0 - 2 * H + 1),
-            (2, "u", None, "a", t0 - H + 1),
-            (3, "u", None, "b", t0 - 1),
-            (4, "u", None, "b", t0 + 1),          # at/after t: excluded
-        ])
-        update_hourly_popularity(con, cfg)
-        df = popularity_window(con, cfg, at_time=t0, window_seconds=H)
-        assert list(zip(df.item_id, df.events)) == [("a", 1), ("b", 1)]
-        df = popularity_window(con, cfg, at_time=t0, window_seconds=2 * H)
-        assert list(zip(df.item_id, df.events)) == [("a", 2), ("b", 1)]
-
-
-def test_hour_interval_validation():
-    assert hour_interval(3601, 7201) == (3600, 10800)
-    with pytest.raises(WarehouseError):
-        hour_interval(10, 10)
 
 
 def test_snapshot_respects_cut_and_is_reused(cfg):

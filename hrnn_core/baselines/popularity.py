@@ -27,10 +27,8 @@ RecentPopularityScorer ("recent_pop")
     ``bucket_origin`` instead of at t: ``[t_b - w, t_b)``. With the rolling protocol's frame length
     and cut time that is the frame start, the paper's Figure 5 baseline ("calculates item
     popularity for each hour and uses it to predict over the next hour").
-    The serving path does not use this class's event scan: the warehouse keeps hourly counts
-    (``sql/hourly_item_popularity.sql``) and ``sql/popularity_window.sql`` sums the hours inside the
-    window (exact on hour boundaries); this class is the exact, per-request-time version for
-    offline evaluation.
+    This class is the exact, per-request-time version for offline evaluation; the model's trend
+    term counts its q(t) from snapshot events (``hrnn_core.trend``).
 """
 
 from __future__ import annotations
