@@ -23,7 +23,6 @@ which are quoted identifiers):
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import time
 from contextlib import contextmanager
@@ -39,6 +38,7 @@ from hrnn_core import contract as c
 from hrnn_core import validation
 from hrnn_core.config import Config
 from hrnn_core.errors import ContractError
+from hrnn_core.hashing import file_sha256
 from hrnn_core.warehouse import connect, quote_ident, run_sql
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
@@ -77,14 +77,6 @@ class IngestReport:
 
 
 # --------------------------------------------------------------------------- file level
-
-
-def file_checksum(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _file_kind(path: Path) -> str:
@@ -503,7 +495,7 @@ def ingest_file(cfg: Config, path: str | Path, table: str = "interactions",
 
     started = time.time()
     kind, columns = _read_header(path, table)
-    report = IngestReport(table=table, source_file=str(path.resolve()), checksum=file_checksum(path))
+    report = IngestReport(table=table, source_file=str(path.resolve()), checksum=file_sha256(path))
     previous = run_sql(con, cfg, "ingest/batch_previous", checksum=report.checksum, table=table)
     if previous:  # the same file was loaded before: nothing changes
         report.batch_id, report.rows_in = previous[0]

@@ -26,7 +26,7 @@ def find_new_files(cfg: Config) -> list[str]:
     skipped: writers publish a file by renaming it into the folder (names starting with '.'
     or ending in '.tmp' are ignored).
     """
-    from hrnn_core.ingest import file_checksum  # noqa: PLC0415
+    from hrnn_core.hashing import file_sha256  # noqa: PLC0415
     from hrnn_core.warehouse import connect, table_exists  # noqa: PLC0415
 
     folder = landing_dir(cfg)
@@ -44,7 +44,7 @@ def find_new_files(cfg: Config) -> list[str]:
             if table_exists(con, "ingestion_batches"):
                 done = {r[0] for r in con.execute("select checksum from ingestion_batches").fetchall()}
     order = {"users": 0, "items": 1}
-    new = [p for p in candidates if file_checksum(p) not in done]
+    new = [p for p in candidates if file_sha256(p) not in done]
     new.sort(key=lambda p: (next((v for k, v in order.items() if p.name.startswith(k)), 2), str(p)))
     return [str(p) for p in new]
 

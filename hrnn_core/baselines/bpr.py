@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from hrnn_core.baselines.base import ScoreBatch, Scorer, TrainData
-from hrnn_core.baselines.features import (BaselineError, flat_events, last_items, load_files, optimizer_step,
-                                          resolve_device, save_files)
+from hrnn_core.baselines.features import BaselineError, flat_events, last_items, load_files, optimizer_step, save_files
+from hrnn_core.checkpoint import resolve_device
 from hrnn_core.sampler import AliasSampler
 
 

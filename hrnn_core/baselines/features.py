@@ -300,10 +300,3 @@ def load_files(folder, scorer_name: str, map_location="cpu") -> tuple[dict, dict
     if meta.get("scorer") != scorer_name:
         raise BaselineError(f"{folder} holds a {meta.get('scorer')!r} scorer, not {scorer_name!r}")
     return meta, torch.load(folder / STATE_FILE, map_location=map_location, weights_only=True)
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> cuda when available, else cpu; anything else as given."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device

