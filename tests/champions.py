@@ -27,11 +27,11 @@ class Champion:
 
 
 def promote_tiny_champion(root: Path, *, n_users: int, n_items: int, n_events: int, seed: int,
-                          metrics: dict | None = None) -> Champion:
+                          metrics: dict | None = None, model: ModelConfig = TINY_MODEL) -> Champion:
     """Train a tiny HRNN-meta for one epoch on a synthetic snapshot, register it and promote it."""
     snap = synthetic_snapshot(root / "data", n_users=n_users, n_items=n_items, n_events=n_events, n_genres=5,
                               seed=seed)
-    run = train(snap, root / "run", TINY_MODEL, ONE_EPOCH)
+    run = train(snap, root / "run", model, ONE_EPOCH)
     art = root / "artifact"
     art.mkdir()
     shutil.copy(run.last_checkpoint, art / "model.pt")
