@@ -35,6 +35,8 @@ from hrnn_core.contract import MULTI_VALUE_SEPARATOR
 from hrnn_core.eventlog import SESSION_OWNER_PREFIX
 from hrnn_core.errors import HrnnError
 
+HOLDOUT_FILE = "holdout.parquet"  # a snapshot's validation targets (protocols.Split.write_snapshot, train.prepare_data)
+
 USER_ID_FIELD = "_user_id"  # the user field holding the user's own id (ModelConfig.use_user_id)
 
 
@@ -430,25 +432,3 @@ def _encode_impressions(col: pa.Array, item_ids: list[str], k: int) -> torch.Ten
     keep = (slot < k) & (idx >= 0)
     out[rows[keep], slot[keep]] = idx[keep]
     return torch.from_numpy(out)
-
-
-def synthetic_snapshot(data_dir: Path, **synth_options) -> Path:
-    """Generate a synthetic log (``hrnn_core.datasets.synth``), ingest it into a warehouse under
-    ``data_dir`` and export a snapshot; returns the snapshot folder (reused when it exists)."""
-    from hrnn_core.config import load_config  # noqa: PLC0415 - heavy imports only when used
-    from hrnn_core.datasets import synth  # noqa: PLC0415
-    from hrnn_core.ingest import ingest_path  # noqa: PLC0415
-    from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
-    from hrnn_core.warehouse import connect  # noqa: PLC0415
-
-    data_dir = Path(data_dir)
-    done = data_dir / "snapshot_path.txt"
-    if done.exists():
-        return Path(done.read_text().strip())
-    cfg = load_config(overrides={"paths": {"data_dir": str(data_dir)}}, environ={})
-    synth.generate(data_dir / "raw", **synth_options)
-    with connect(cfg) as con:
-        ingest_path(cfg, data_dir / "raw", None, con)
-        snap = export_snapshot(con, cfg)
-    done.write_text(str(snap.path))
-    return snap.path

@@ -53,8 +53,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hrnn_core.errors import HrnnError
+from hrnn_core.features import HOLDOUT_FILE  # rows whose last event is validation (train_valid)
 
-HOLDOUT_FILE = "holdout.parquet"  # Split.write_snapshot(part="train_valid"): rows whose last event is validation
 SESSION_GAP_SECONDS = 1800.0  # only for SnapshotData.from_events (the warehouse infers its own)
 
 

@@ -40,17 +40,16 @@ from tqdm.auto import tqdm
 from hrnn_core.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
 from hrnn_core.config import INFERENCE_MIX_FALLBACK, INFERENCE_MIX_GRID, ModelConfig, TrainConfig
 from hrnn_core.errors import HrnnError
-from hrnn_core.features import EncodedEvents, FeatureSpace, encode_events, synthetic_snapshot
+from hrnn_core.features import HOLDOUT_FILE, EncodedEvents, FeatureSpace, encode_events
 from hrnn_core.losses import dense_softmax_loss, reward_weights, sampled_softmax_loss
 from hrnn_core.model import FieldBags, HRNNMeta, StepInputs
-from hrnn_core.protocols import HOLDOUT_FILE
 from hrnn_core.sampler import AliasSampler
 from hrnn_core.scoring import CatalogueScorer
 from hrnn_core.trend import WindowedPopularity
 
 RANK_SEED_STRIDE = 1_000_003  # hrnn_core.distributed: rank r's random streams are seeded + r * this
 
-__all__ = ["TrainConfig", "TrainData", "TrainResult", "NonFiniteLossError", "TrainError", "synthetic_snapshot",
+__all__ = ["TrainConfig", "TrainData", "TrainResult", "NonFiniteLossError", "TrainError",
            "prepare_data", "user_parallel_windows", "evaluate", "train"]
 
 

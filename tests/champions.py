@@ -9,7 +9,8 @@ from pathlib import Path
 
 from hrnn_core import registry
 from hrnn_core.config import Config, ModelConfig, TrainConfig, load_config
-from hrnn_core.train import synthetic_snapshot, train
+from hrnn_core.train import train
+from hrnn_core.datasets.load import synthetic_snapshot
 from hrnn_core.warehouse import connect
 
 # trend_weight 0: the tests compare the service and the export with the engine alone (eq. 2); the

@@ -17,7 +17,8 @@ from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.features import USER_ID_FIELD
 from hrnn_core.inference import Event, InferenceEngine, InferenceError, UserState
 from hrnn_core.scoring import CatalogueScorer, popularity
-from hrnn_core.train import gather_inputs, prepare_data, synthetic_snapshot, train
+from hrnn_core.train import gather_inputs, prepare_data, train
+from hrnn_core.datasets.load import synthetic_snapshot
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -20,8 +20,8 @@ from hrnn_core.datasets import synth
 from hrnn_core.errors import ConfigError
 from hrnn_core.features import FeatureSpace
 from hrnn_core.losses import LossOut
-from hrnn_core.train import (NonFiniteLossError, TrainError, prepare_data, synthetic_snapshot, train,
-                             user_parallel_windows)
+from hrnn_core.datasets.load import synthetic_snapshot
+from hrnn_core.train import NonFiniteLossError, TrainError, prepare_data, train, user_parallel_windows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -17,7 +17,8 @@ from hrnn_core.inference import InferenceEngine
 from hrnn_core.model import HRNNMeta, StepInputs
 from hrnn_core.protocols import SnapshotData, build_split
 from hrnn_core.recommend import SnapshotHistory
-from hrnn_core.train import synthetic_snapshot, train
+from hrnn_core.train import train
+from hrnn_core.datasets.load import synthetic_snapshot
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
