@@ -1,25 +1,19 @@
 """The one scoring path of the online service (bento/service.py) and the batch export
 (hrnn_core.export): filters, reasons, the trend term and the popular fallback.
 
-Given a user's ``UserState`` (``hrnn_core.inference``), a request is scored as:
-
-1. eq. (2) for every catalog item from the tentative step at ``at_time`` (``engine.score_many``);
-2. plus the eq. (5) trend term ``w * log q_j(t)``, where ``q(t)`` is item popularity in the
-   window ``[t_b - trend_window, t_b)`` with ``t_b`` = ``at_time`` floored to
-   ``trend_refresh_seconds`` (so the service and the export see the same ``q`` for the same
-   time), from the snapshot's events and the live events logged since (``TrendIndex``). ``w``
-   is ``trend_weight`` for users with events and ``cold_start_trend_weight`` for users with none:
-   a cold user's ranking is the learned initial state (user features + request context) tilted
-   toward what is popular *now* (section 3.2: most useful in cold start);
-3. filters: exclude the user's items (``exclude_seen``), include/exclude lists, item metadata
-   (categorical field value in a set, numeric field in a range); then the top k.
+Given a user's ``UserState`` (``hrnn_core.inference``), a request is scored by
+``hrnn_core.scoring.CatalogueScorer`` (the function the evaluation, and so the gate, scores with):
+eq. (2) for every catalog item from the tentative step at ``at_time``, plus the eq. (5) trend term
+``w * log q_j(t)`` with the model's weight, window and bucket, ``q(t)`` counted over the snapshot's
+events and the live events logged since (``LiveTrend``). Then the filters: exclude the user's items
+(``exclude_seen``), include/exclude lists, item metadata (categorical field value in a set, numeric
+field in a range); then the top k.
 
 Each item gets a reason, in the spirit of Amazon Personalize's User-Personalization-v2:
 
 * ``personalized``: ranked from the user's own events, the item by its learned embedding;
 * ``cold_start_metadata``: the user has no events (learned initial state from the user's
-  features and the request context) or the item has none (scored from its metadata, eq. 2
-  with lambda = 1);
+  features and the request context) or the item has none (scored by ``model.cold_item_score``);
 * ``trending``: the trend term put the item in the top k (it is not there without it);
 * ``popular_fallback``: a placeholder after the filters left fewer than k scorable items: items
   the model cannot score (not in its catalog, e.g. new items seen only in live events), most
