@@ -54,12 +54,10 @@ def hrnn_batch_recommendations():
     @task
     def score_shard(shard: int, tag: str, run_id=None) -> str:
         """Top-K for the users of one shard (seen items excluded)."""
-        from pathlib import Path
-
         from hrnn_core import export
 
         cfg = _cfg()
-        work = Path(cfg.paths.data_dir) / "exports" / ".work" / run_id.replace(":", "_").replace("+", "_")
+        work = cfg.paths.exports_dir / ".work" / run_id.replace(":", "_").replace("+", "_")
         return str(export.score_shard(cfg, tag, shard, cfg.export.n_shards, cfg.export.k, work))
 
     @task(outlets=[EXPORT])
@@ -71,7 +69,7 @@ def hrnn_batch_recommendations():
         from hrnn_core import export
 
         cfg = _cfg()
-        root = Path(cfg.export.out_dir) if cfg.export.out_dir else Path(cfg.paths.data_dir) / "exports"
+        root = Path(cfg.export.out_dir) if cfg.export.out_dir else cfg.paths.exports_dir
         out = root / export.interval_label(data_interval_end.timestamp())
         manifest = export.merge_shards(cfg, tag, [Path(f) for f in files], out,
                                        (data_interval_start.timestamp(), data_interval_end.timestamp()))

@@ -261,7 +261,7 @@ def train_command(
                     "train": {k: v for k, v in dataclasses.asdict(train_cfg).items() if k not in ("progress", "device")}}
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
         run_id = f"{snap.snapshot_id}-{digest}"
-    run_dir = Path(cfg.paths.data_dir) / "models" / run_id
+    run_dir = cfg.paths.models_dir / run_id
     typer.echo(f"snapshot {snap.snapshot_id}: {snap.n_events:,} events, {snap.n_owners:,} sequences, {snap.n_items:,} items")
     typer.echo(f"run: {run_dir}")
     if train_cfg.processes > 1:
@@ -310,7 +310,7 @@ def evaluate_command(
     names = [m.strip() for m in models.split(",") if m.strip()]
     options = {"hrnn": {"model": cfg.model, "train": cfg.train},
                "gru": {"model": cfg.model, "train": cfg.train}}
-    chart_path = chart or (output.with_suffix(".png") if output else Path(cfg.paths.data_dir) / "reports" / f"{dataset or 'warehouse'}-{protocol}.png")
+    chart_path = chart or (output.with_suffix(".png") if output else cfg.paths.reports_dir / f"{dataset or 'warehouse'}-{protocol}.png")
     report = run_evaluation(
         snap.path, protocol, names, dataset=dataset or "", protocol_params=json.loads(params) if params else None,
         model_options=options, seed=seed, output=output, chart_path=chart_path,

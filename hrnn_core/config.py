@@ -44,6 +44,57 @@ class PathsConfig:
     def snapshots_dir(self) -> Path:
         return Path(self.data_dir) / "snapshots"
 
+    # Every other path under the data dir: derived here only, never built by hand elsewhere.
+
+    @property
+    def landing_dir(self) -> Path:
+        """New contract files arrive here (uploads, the service's closed event-log segments)."""
+        return Path(self.data_dir) / "landing"
+
+    @property
+    def runs_dir(self) -> Path:
+        """The nightly retrain's models, one folder per snapshot id."""
+        return Path(self.data_dir) / "runs"
+
+    @property
+    def models_dir(self) -> Path:
+        """`hrnn train` runs (checkpoints and training reports), one folder per run id."""
+        return Path(self.data_dir) / "models"
+
+    @property
+    def exports_dir(self) -> Path:
+        """Batch recommendation exports, one folder per interval (unless ``export.out_dir`` is set)."""
+        return Path(self.data_dir) / "exports"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Evaluation charts written when no output path is given."""
+        return Path(self.data_dir) / "reports"
+
+    @property
+    def experiments_dir(self) -> Path:
+        """Work folders of the research experiments."""
+        return Path(self.data_dir) / "experiments"
+
+    @property
+    def airflow_home(self) -> Path:
+        """AIRFLOW_HOME of the local Airflow (`make airflow`, the demo): sqlite metadata DB, logs."""
+        return Path(self.data_dir) / "airflow"
+
+    @property
+    def bentoml_home(self) -> Path:
+        """The BentoML model store of the demo and the local Airflow, unless $BENTOML_HOME is set."""
+        return Path(self.data_dir) / "bentoml"
+
+    @property
+    def demo_logs_dir(self) -> Path:
+        """`make demo`'s log of each DAG run."""
+        return Path(self.data_dir) / "demo-logs"
+
+    def eval_warehouse(self, dataset: str) -> Path:
+        """The DuckDB file of one evaluated dataset (one per dataset, so datasets never mix)."""
+        return Path(self.data_dir) / f"eval-{dataset}.duckdb"
+
 
 @dataclass(frozen=True)
 class IngestConfig:

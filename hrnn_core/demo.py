@@ -18,7 +18,6 @@ import os
 import shutil
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Callable
 
 from hrnn_core import local_airflow
@@ -29,13 +28,12 @@ def run_demo(cfg: Config, say: Callable[[str], None] = print) -> dict:
     started = time.time()
     from hrnn_core.datasets.load import fetch_dataset  # noqa: PLC0415
 
-    data_dir = Path(cfg.paths.data_dir)
     # The demo's model store lives in the data dir too (unless the user chose one).
-    os.environ.setdefault("BENTOML_HOME", str(data_dir / "bentoml"))
-    say(f"== data dir: {data_dir}")
+    os.environ.setdefault("BENTOML_HOME", str(cfg.paths.bentoml_home))
+    say(f"== data dir: {cfg.paths.data_dir}")
     say("== fetch ml-100k (from the recbole==1.2.1 wheel, checksums verified)")
     files = fetch_dataset(cfg, "ml-100k")
-    landing = data_dir / "landing" / "ml-100k"
+    landing = cfg.paths.landing_dir / "ml-100k"
     landing.mkdir(parents=True, exist_ok=True)
     for table, path in files.items():
         target = landing / f"{table}.parquet"
@@ -46,12 +44,12 @@ def run_demo(cfg: Config, say: Callable[[str], None] = print) -> dict:
 
     say(f"== Airflow (sqlite metadata DB in {local_airflow.airflow_home(cfg)})")
     local_airflow.setup(cfg)
-    logs = data_dir / "demo-logs"
+    logs = cfg.paths.demo_logs_dir
     now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
     hour = (now - timedelta(hours=1)).isoformat()
     day = (now.replace(hour=0) - timedelta(days=1)).isoformat()
     steps = [
-        ("hrnn_ingest", hour, "ingest: GX validation, quarantine, DuckDB load, sessions, hourly popularity"),
+        ("hrnn_ingest", hour, "ingest: GX validation, quarantine, DuckDB load, sessions, data checks"),
         ("hrnn_retrain", day, "nightly retrain: snapshot, HRNN-meta + baselines, temporal evaluation, gate"),
         ("hrnn_batch_recommendations", day, "batch recommendations: top-K for every user"),
     ]
@@ -87,7 +85,7 @@ def summarize(cfg: Config, say: Callable[[str], None], timings: dict, seconds: f
         say(f"  {kind:<12}{m.get('ndcg@10', 0):>10.4f}{m.get('recall@10', 0):>11.4f}{m.get('mrr@10', 0):>9.4f}  {e.tag}")
     say(f"champion: {champion or 'none (HRNN-meta did not beat the baselines; nothing exported)'}")
     export_dir = None
-    exports = sorted((Path(cfg.paths.data_dir) / "exports").glob("until-*"))
+    exports = sorted(cfg.paths.exports_dir.glob("until-*"))
     if exports:
         export_dir = exports[-1]
         manifest = json.loads((export_dir / "manifest.json").read_text())

@@ -30,7 +30,7 @@ def airflow_bin() -> str:
 
 
 def airflow_home(cfg: Config) -> Path:
-    return Path(cfg.paths.data_dir) / "airflow"
+    return cfg.paths.airflow_home
 
 
 def env(cfg: Config, port: int = 8080) -> dict[str, str]:
@@ -45,7 +45,7 @@ def env(cfg: Config, port: int = 8080) -> dict[str, str]:
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/",
         HRNN_DATA_DIR=str(cfg.paths.data_dir),
     )
-    out.setdefault("BENTOML_HOME", str(Path(cfg.paths.data_dir) / "bentoml"))
+    out.setdefault("BENTOML_HOME", str(cfg.paths.bentoml_home))
     if cfg.paths.warehouse:
         out["HRNN__PATHS__WAREHOUSE"] = str(cfg.paths.warehouse)
     return out

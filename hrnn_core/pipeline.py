@@ -15,8 +15,8 @@ LANDING_SUFFIXES = (".csv", ".parquet")
 
 
 def landing_dir(cfg: Config) -> Path:
-    """Folder where new contract files arrive (uploads, the service's closed event logs)."""
-    return Path(cfg.paths.data_dir) / "landing"
+    """``cfg.paths.landing_dir`` (kept for bento/service.py, which imports it from here)."""
+    return cfg.paths.landing_dir
 
 
 def find_new_files(cfg: Config) -> list[str]:
@@ -29,7 +29,7 @@ def find_new_files(cfg: Config) -> list[str]:
     from hrnn_core.hashing import file_sha256  # noqa: PLC0415
     from hrnn_core.warehouse import connect, table_exists  # noqa: PLC0415
 
-    folder = landing_dir(cfg)
+    folder = cfg.paths.landing_dir
     if not folder.exists():
         return []
     candidates = [

@@ -27,7 +27,7 @@ from starlette.testclient import TestClient
 
 from hrnn_core import registry
 from hrnn_core.checkpoint import load_checkpoint
-from hrnn_core.config import Config, ModelConfig
+from hrnn_core.config import Config, ModelConfig, PathsConfig
 from hrnn_core.eventlog import OPEN_PREFIX, EventLog
 from hrnn_core.features import USER_ID_FIELD
 from hrnn_core.inference import Event, InferenceEngine
@@ -351,6 +351,7 @@ class Server:
 
 
 def test_bentoml_serve_over_http(world: World, data_dir: Path, tmp_path: Path) -> None:
+    landing = PathsConfig(data_dir=data_dir).landing_dir  # where the service's event log lives
     server = Server(data_dir, tmp_path / "serve.log")
     try:
         c = server.client
@@ -394,15 +395,15 @@ def test_bentoml_serve_over_http(world: World, data_dir: Path, tmp_path: Path) -
         before = c.post("/recommend", json={"user_id": "load3", "num_results": 5, "at_time": at}).json()
 
         server.kill(signal.SIGKILL)  # no shutdown hook: the open segment stays behind
-        assert list((data_dir / "landing").glob(f"{OPEN_PREFIX}*"))
+        assert list(landing.glob(f"{OPEN_PREFIX}*"))
         server = Server(data_dir, tmp_path / "serve.log")
         after = server.client.post("/recommend", json={"user_id": "load3", "num_results": 5, "at_time": at}).json()
         assert [i["item_id"] for i in after["items"]] == [i["item_id"] for i in before["items"]]
         assert [i["score"] for i in after["items"]] == pytest.approx([i["score"] for i in before["items"]], abs=1e-4)
-        assert not list((data_dir / "landing").glob(f"{OPEN_PREFIX}*"))  # the dead writer's segment: closed
-        logged = [(e.user_id, e.item_id) for e in EventLog(data_dir / "landing").read_all()]
+        assert not list(landing.glob(f"{OPEN_PREFIX}*"))  # the dead writer's segment: closed
+        logged = [(e.user_id, e.item_id) for e in EventLog(landing).read_all()]
         assert sorted(a for a in logged if a[0].startswith("load")) == sorted(acked)  # every acknowledged event
         assert ("u1", "i4") in logged and ("u1", "i8") in logged
     finally:
         server.kill(signal.SIGTERM)
-    assert not list((data_dir / "landing").glob(f"{OPEN_PREFIX}*"))  # SIGTERM: segments closed for ingest
+    assert not list(landing.glob(f"{OPEN_PREFIX}*"))  # SIGTERM: segments closed for ingest
