@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from hrnn_core.baselines.base import ScoreBatch, TrainData
+from hrnn_core.contract import owner_id
 from hrnn_core.export import score_model_shard
 from hrnn_core.hrnn_scorer import HRNNScorer
 from hrnn_core.recommend import load_serving_model
@@ -95,7 +96,7 @@ def test_the_gate_the_export_and_the_service_score_alike(champion, tmp_path: Pat
     t_session = as_of + 7200.0  # a later bucket: the session's live events (after the cut) count in q(t)
     session_events = [(item_ids[j], as_of + 60.0 * (j + 1), {"device": "mobile"}) for j in (3, 7, 5)]
     next_user = int(users["user_idx"].to_numpy().max()) + 1
-    cold_user, session_owner = "stranger-parity", "~session:" + SESSION
+    cold_user, session_owner = "stranger-parity", owner_id(None, SESSION)
     extra_users = pa.Table.from_pylist([
         {"user_idx": next_user, "user_id": cold_user, "categorical": [], "numeric": []},
         {"user_idx": next_user + 1, "user_id": session_owner, "categorical": [], "numeric": []}], schema=users.schema)
