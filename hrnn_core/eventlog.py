@@ -36,7 +36,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hrnn_core.contract import MULTI_VALUE_SEPARATOR, owner_id
-from hrnn_core.contract import SESSION_OWNER_PREFIX  # noqa: F401 - re-export: features.py and export.py import it from here
 from hrnn_core.errors import HrnnError
 
 BASE_COLUMNS = ("user_id", "session_id", "item_id", "timestamp", "event_type", "event_value", "impression")

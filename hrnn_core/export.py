@@ -23,7 +23,6 @@ ingest has loaded them and a new snapshot (and model) exists.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -39,7 +38,8 @@ import pyarrow.parquet as pq
 
 from hrnn_core.config import Config
 from hrnn_core.errors import HrnnError
-from hrnn_core.eventlog import SESSION_OWNER_PREFIX
+from hrnn_core.contract import is_session_owner
+from hrnn_core.hashing import file_sha256
 from hrnn_core.recommend import Filters, Request, ServingModel, load_serving_model
 
 SHARD_SCHEMA = pa.schema([("user_idx", pa.int64()), ("user_id", pa.string()), ("rank", pa.int32()),
@@ -49,14 +49,6 @@ FILES = ("recommendations.csv", "recommendations.jsonl")
 
 class ExportError(HrnnError):
     """The export cannot be made (no champion, no snapshot, shards that do not belong together)."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _load(cfg: Config, model_tag: str) -> ServingModel:
@@ -73,7 +65,7 @@ def score_model_shard(cfg: Config, m: ServingModel, shard: int, n_shards: int, k
     if not 1 <= k <= 500:
         raise ExportError(f"k must be in [1, 500], got {k}")
     at_time = m.history.as_of
-    owners = [(u, o) for u, o in m.history.owners() if u % n_shards == shard and not o.startswith(SESSION_OWNER_PREFIX)]
+    owners = [(u, o) for u, o in m.history.owners() if u % n_shards == shard and not is_session_owner(o)]
     histories = {o: m.history.events_of(o) for _, o in owners}
     owners.sort(key=lambda uo: len(histories[uo[1]]))  # similar lengths per batch: little padding
     cols: dict[str, list] = {name: [] for name in SHARD_SCHEMA.names}
@@ -170,7 +162,7 @@ def merge_shards(cfg: Config, model_tag: str, shard_files: Sequence[Path], out_d
             "model_tag": model_tag, "snapshot_id": snapshot_id, "data_interval": list(data_interval),
             "at_time": float(at_time), "k": int(k), "n_shards": int(n_shards), "n_users": n_users,
             "created_at": datetime.now(timezone.utc).isoformat(),
-            "files": {name: {"rows": rows[name], "bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+            "files": {name: {"rows": rows[name], "bytes": (tmp / name).stat().st_size, "sha256": file_sha256(tmp / name)}
                       for name in FILES},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -205,7 +197,7 @@ def export_all(cfg: Config, model_tag: str | None = None, k: int | None = None, 
     m = _load(cfg, tag)
     meta = m.info["training_interval"]
     interval = (meta.get("start"), meta.get("end") if meta.get("end") is not None else m.history.as_of)
-    root = Path(cfg.export.out_dir) if cfg.export.out_dir else Path(cfg.paths.data_dir) / "exports"
+    root = Path(cfg.export.out_dir) if cfg.export.out_dir else cfg.paths.exports_dir
     out = Path(out_dir) if out_dir else root / interval_label(interval[1])
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-work-", dir=out.parent) as work:

@@ -32,7 +32,7 @@ import torch
 
 from hrnn_core.config import ModelConfig
 from hrnn_core.contract import MULTI_VALUE_SEPARATOR
-from hrnn_core.eventlog import SESSION_OWNER_PREFIX
+from hrnn_core.contract import is_session_owner
 from hrnn_core.errors import HrnnError
 
 HOLDOUT_FILE = "holdout.parquet"  # a snapshot's validation targets (protocols.Split.write_snapshot, train.prepare_data)
@@ -293,10 +293,10 @@ class FeatureSpace:
 
 def known_users(seq: pa.Table, users: pa.Table) -> list[str]:
     """Ids of the users who own training events, in user_idx order; anonymous session owners
-    (``SESSION_OWNER_PREFIX``) are not users and get no id embedding."""
+    (``contract.is_session_owner``) are not users and get no id embedding."""
     with_events = set(seq["user_idx"].to_pylist())
     rows = sorted(zip(users["user_idx"].to_pylist(), users["user_id"].to_pylist(), strict=True))
-    return [str(u) for i, u in rows if i in with_events and u is not None and not str(u).startswith(SESSION_OWNER_PREFIX)]
+    return [str(u) for i, u in rows if i in with_events and u is not None and not is_session_owner(str(u))]
 
 
 def read_snapshot(snapshot_dir: Path, tables: tuple[str, ...] = ("sequences", "items", "users", "item_frequency")) -> dict:

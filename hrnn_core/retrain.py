@@ -33,7 +33,7 @@ class RetrainError(HrnnError):
 
 
 def runs_dir(cfg: Config, snapshot_id: str) -> Path:
-    return Path(cfg.paths.data_dir) / "runs" / snapshot_id
+    return cfg.paths.runs_dir / snapshot_id
 
 
 def make_snapshot(cfg: Config, interval_end: float) -> dict:
