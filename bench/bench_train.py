@@ -13,7 +13,7 @@ roofline of this machine: fp32 ``torch.matmul`` GFLOP/s for the dense output lay
 (forward (B*T, H) x (H, n_items) and the two backward products) and a 2048^3 square product.
 Achieved model FLOP/s counts only the output layer and the GRU (formula in ``model_flops``).
 
-Part 2 (bench/results/is_vs_dense.json): for each synthetic catalog (``train.synthetic_snapshot``,
+Part 2 (bench/results/is_vs_dense.json): for each synthetic catalog (``datasets.load.synthetic_snapshot``,
 ``hrnn_core.datasets.synth`` seed 0) one training run per output ("dense", and "sampled" with
 n_negatives 1024), each in a fresh child process (peak RSS = that child's ``wait4`` ru_maxrss).
 Accuracy: the trainer's own held-out events (the last event of ``val_owners`` owners, never
@@ -48,6 +48,7 @@ import numpy as np, torch
 from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.train import train, prepare_data, evaluate
 from hrnn_core.checkpoint import load_checkpoint
+from hrnn_core.scoring import CatalogueScorer
 snap, run_dir, cfg_json, per_event = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4] == "1"
 model_cfg, cfg = ModelConfig(), TrainConfig(**cfg_json)
 t = time.perf_counter()
@@ -58,9 +59,10 @@ if per_event:
     # ranking), one event at a time, from the last epoch's weights: input to paired_test.
     data = prepare_data(snap, model_cfg, cfg)
     model = load_checkpoint(res.last_checkpoint, torch.device("cpu")).model.eval()
+    scorer = CatalogueScorer(model, data.events.item_freq, mix=model_cfg.inference_item_meta_mix)  # eq. 2, no trend term
     ndcg, ce = [], []
     for seg in data.val_segments:
-        m = evaluate(model, data, seg[None, :], torch.device("cpu"), mix=model_cfg.inference_item_meta_mix)
+        m = evaluate(model, data, seg[None, :], torch.device("cpu"), scorer=scorer)
         ndcg.append(m["ndcg@10"]); ce.append(m["val_loss"])
     out["per_event_ndcg@10"], out["per_event_ce"] = ndcg, ce
 print(json.dumps(out, default=float))
@@ -199,7 +201,7 @@ def throughput(args, work: Path) -> dict:
 def is_vs_dense(args, work: Path) -> tuple[dict, dict]:
     from hrnn_core.config import TrainConfig  # noqa: PLC0415
     from hrnn_core.metrics import paired_test  # noqa: PLC0415
-    from hrnn_core.train import synthetic_snapshot  # noqa: PLC0415
+    from hrnn_core.datasets.load import synthetic_snapshot  # noqa: PLC0415
 
     tc = TrainConfig()
     bt = tc.batch_size * tc.bptt

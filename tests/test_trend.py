@@ -1,6 +1,7 @@
 """Trend correction (eq. 5, Figure 5) on a tiny drifting synthetic stream: no leakage into a frame's
 trend vector, a large weight reproduces recent popularity, and ``hrnn-research trend`` writes
-a report of the right shape."""
+a report of the right shape. The frame-bucketed q(t) and the "ratio" mode are research's
+(``research.scorers.StudyScorer``); with its defaults it scores as the product's ``HRNNScorer``."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from hrnn_core.baselines.base import ScoreBatch
 from hrnn_core.baselines.popularity import RecentPopularityScorer
 from hrnn_core.config import ModelConfig, TrainConfig, load_config
 from hrnn_core.evaluate import train_data
-from research.experiments.trend import METRICS, trend_snapshot
 from hrnn_core.hrnn_scorer import HRNNScorer
 from hrnn_core.protocols import rolling
 from hrnn_core.trend import WindowedPopularity
+from research.experiments.trend import METRICS, trend_snapshot
+from research.scorers import StudyScorer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -42,11 +44,11 @@ def split(data_dir: Path):
 
 
 @pytest.fixture(scope="module")
-def fitted(split, tmp_path_factory: pytest.TempPathFactory) -> HRNNScorer:
-    scorer = HRNNScorer(ModelConfig(hidden_size=8, field_dim=4, input_size=8, trend_weight=0.0),  # tests set it
-                        TrainConfig(epochs=1, batch_size=16, bptt=8, progress=False, val_owners=10, warmup_steps=2),
-                        device="cpu", trend_window_seconds=2 * HOUR, trend_bucket_seconds=HOUR,
-                        trend_origin=split.cut_time)
+def fitted(split, tmp_path_factory: pytest.TempPathFactory) -> StudyScorer:
+    scorer = StudyScorer(ModelConfig(hidden_size=8, field_dim=4, input_size=8, trend_weight=0.0),  # tests set it
+                         TrainConfig(epochs=1, batch_size=16, bptt=8, progress=False, val_owners=10, warmup_steps=2),
+                         device="cpu", trend_window_seconds=2 * HOUR, trend_bucket_seconds=HOUR,
+                         trend_origin=split.cut_time)
     scorer.fit(train_data(split, "train", 0, tmp_path_factory.mktemp("work")))
     return scorer
 
@@ -109,8 +111,11 @@ def test_trend_weight_adds_eq5_term_to_the_models_scores(split, fitted):
     fitted.trend_mode = "ratio"  # log(q~ / p): recent share shrunk half-way to the training share p
     try:
         ratio = fitted.trend_term(batch)
+        fitted.trend_weight = 0.7
+        corrected = fitted.score(batch)
     finally:
-        fitted.trend_mode = "add"
+        fitted.trend_mode, fitted.trend_weight = "add", 0.0
+    torch.testing.assert_close(corrected, base + 0.7 * ratio)
     freq = split.item_frequency + 1.0
     p = freq / freq.sum()
     start = split.frames[3].start
@@ -131,7 +136,7 @@ def test_set_inference_mix_rescores_with_another_lambda_of_eq2(split, fitted):
     try:
         at = {m: (fitted.set_inference_mix(m), fitted.score(batch))[1] for m in (0.0, 0.5, 1.0)}
     finally:
-        fitted.set_inference_mix(fitted.model.cfg.inference_item_meta_mix)
+        fitted.set_inference_mix(None)  # the model's
     torch.testing.assert_close(at[0.5], (at[0.0] + at[1.0]) / 2, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(at[0.0], at[1.0])
     torch.testing.assert_close(fitted.score(batch), base)
@@ -217,7 +222,24 @@ def test_hrnn_meta_scores_with_the_trend_term_by_default_and_the_plain_gru_witho
     hrnn, gru = HRNNScorer(device="cpu"), HRNNScorer(device="cpu", plain_gru=True)
     assert hrnn.trend_weight == ModelConfig().trend_weight > 0 and gru.trend_weight == 0.0
     assert hrnn.trend_window_seconds == ModelConfig().trend_window_seconds == 30 * 86_400.0
-    assert HRNNScorer(device="cpu", trend_window_seconds=60.0).trend_window_seconds == 60.0
+    assert HRNNScorer(ModelConfig(trend_window_seconds=60.0), device="cpu").trend_window_seconds == 60.0
+
+
+def test_study_scorer_with_its_defaults_scores_as_the_product(split, fitted, tmp_path: Path):
+    """Without settings of its own, the research scorer's q(t) and scores are the product scorer's
+    (the model's window and bucket, origin 0); its settings change only its own q(t)."""
+    data = train_data(split, "train", 0, tmp_path)
+    product = HRNNScorer(fitted.model_cfg, device="cpu", checkpoint=fitted.checkpoint_path)
+    study = StudyScorer(fitted.model_cfg, device="cpu", checkpoint=fitted.checkpoint_path)
+    for s in (product, study):
+        s.fit(data)  # a trained model: no training, only the data it scores against
+        s.trend_weight = 0.5
+    assert study.trend_window_seconds == product.trend_window_seconds == fitted.model.cfg.trend_window_seconds
+    batch = frame_batch(split.frames[4])
+    torch.testing.assert_close(study.score(batch), product.score(batch), rtol=0, atol=0)
+    study.trend_window_seconds, study.trend_origin = 2 * HOUR, split.cut_time
+    assert not torch.equal(study.score(batch), product.score(batch))
+    assert product.trend_window_seconds == fitted.model.cfg.trend_window_seconds
 
 
 def test_windowed_counts_slide_forward_and_match_a_fresh_count_in_any_order():

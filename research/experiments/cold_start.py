@@ -3,8 +3,8 @@
 Half of the catalogue is held out uniformly at random (``cold_start_items`` protocol,
 PROTOCOLS.md section 3); HRNN-meta trains on the events of the other half with lambda ~ U[0, 1]
 per batch (``train.item_meta_mix = None``) and scores the cold items from their metadata alone
-(lambda = 1 in eq. 2: ``HRNNScorer.cold_items_use_metadata``, the cold items have no training
-events). The baseline is uniform random ranking (``random``), the only option for a model that
+(lambda = 1 in eq. 2: ``ModelConfig.cold_item_score = "metadata"``, the cold items have no
+training events). The baseline is uniform random ranking (``random``), the only option for a model that
 ignores metadata ("without any history even item popularity is unknown").
 
 Two views of the same split and the same fitted models:
@@ -79,11 +79,14 @@ def views(split) -> dict:
 
 
 def cold_lambda(scorer) -> np.ndarray:
-    """(n_items,) lambda of eq. (2) the fitted HRNN scorer applies to each item."""
-    import torch  # noqa: PLC0415
-
-    mix = scorer.item_mix
-    return (mix.cpu().numpy() if isinstance(mix, torch.Tensor) else np.full(scorer.n_items, float(mix)))
+    """(n_items,) lambda of eq. (2) the fitted HRNN scorer applies to each item, by the policy of its
+    scoring function (``hrnn_core.scoring.CatalogueScorer``): its lambda, and 1 on the items without
+    training events when the model's ``cold_item_score`` is "metadata" and it has a metadata decoder."""
+    cs = scorer.scorer
+    lam = np.full(scorer.n_items, float(cs.mix))
+    if cs.model.cfg.cold_item_score == "metadata" and cs.model.meta_out is not None:
+        lam[cs.cold[: scorer.n_items].cpu().numpy()] = 1.0
+    return lam
 
 
 def _summary(acc, n_cold: int) -> dict:
@@ -150,8 +153,9 @@ def run_cold_start(snapshot_dir: Path, model_cfg, train_cfg, *, dataset: str = "
     if len(split.test) == 0:
         raise ColdStartError("no events on cold items; raise --cold-fraction")
     train_cfg = dataclasses.replace(train_cfg, item_meta_mix=None)  # paper 4.4: lambda ~ U[0, 1] in training
-    model_cfg = dataclasses.replace(model_cfg, trend_weight=0.0, trend_auto=False)  # Table 7: metadata alone, no trend term
-    scorers = {"hrnn": make_scorer("hrnn", model=model_cfg, train=train_cfg, cold_items_use_metadata=True),
+    # Table 7: the cold items from their metadata alone (lambda = 1), no trend term
+    model_cfg = dataclasses.replace(model_cfg, trend_weight=0.0, cold_item_score="metadata")
+    scorers = {"hrnn": make_scorer("hrnn", model=model_cfg, train=train_cfg),
                "random": make_scorer("random")}
     fit_s = {}
     with tempfile.TemporaryDirectory(prefix="hrnn-cold-") as work:
@@ -175,7 +179,7 @@ def run_cold_start(snapshot_dir: Path, model_cfg, train_cfg, *, dataset: str = "
         "snapshot_id": data.snapshot_id, "params": split.params, "n_items": split.n_items,
         "n_cold_items": int(split.candidate_mask.sum()), "n_events": len(split.test), "n_users": split.test.n_users,
         "lambda": {"train": "U[0,1] per batch", "inference_cold_items": 1.0, "cold_items_checked": int(lam.size),
-                   "inference_warm_items": scorers["hrnn"].model.cfg.inference_item_meta_mix},  # auto: the chosen one
+                   "inference_warm_items": scorers["hrnn"].scorer.mix},  # the scored lambda (auto: the chosen one)
         **cold_start_report(split, accs),
         "paper_ml1m": PAPER_ML1M,
         "hrnn_epochs": len(hist), "fit_seconds": fit_s, "score_seconds": score_s,

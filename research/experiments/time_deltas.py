@@ -79,7 +79,7 @@ def user_table(engine, history, info: dict, user: str, deltas, top: int) -> dict
     events = history.events_of(user)
     if not events:
         raise TimeDeltaError(f"user {user!r} has no events in the snapshot; pick another with --user")
-    state = engine.state_from_history(events, history.user_features(user))
+    state = engine.replay([(events, history.user_features(user))])[0]
     freq = engine.item_freq.double()
     share = (freq / freq.sum()).cpu().numpy()
     last_t = float(events[-1].timestamp)
@@ -98,8 +98,6 @@ def all_users_table(engine, history, info: dict, deltas, batch: int = 256) -> di
     item (owners whose last item has genres), and the top-1's mean training popularity."""
     import torch  # noqa: PLC0415
 
-    from hrnn_core.recommend import states_from_histories  # noqa: PLC0415
-
     owners = [o for _, o in history.owners()]
     freq = engine.item_freq.double()
     share = (freq / freq.sum()).cpu().numpy()
@@ -109,7 +107,7 @@ def all_users_table(engine, history, info: dict, deltas, batch: int = 256) -> di
     for lo in range(0, len(owners), batch):
         chunk = owners[lo:lo + batch]
         hist = [(history.events_of(o), history.user_features(o)) for o in chunk]
-        states = states_from_histories(engine, hist)
+        states = engine.replay(hist)
         last_genres += [_genres(info.get(ev[-1].item_id, {}).get("genres", "")) for ev, _ in hist]
         for j, d in enumerate(deltas):
             scores = engine.score_many(states, at_times=[s.last_time + d for s in states]).clone()
@@ -171,7 +169,9 @@ def load_engine(checkpoint: Path):
     """The inference engine of ``checkpoint`` on CPU, without the eq. (5) trend term (as the paper's table)."""
     from hrnn_core.inference import InferenceEngine  # noqa: PLC0415
 
-    return InferenceEngine.from_checkpoint(checkpoint, device="cpu", trend_weight=0.0)
+    engine = InferenceEngine.from_checkpoint(checkpoint, device="cpu")
+    engine.scorer.trend_weight = 0.0  # no q(t) is given either: no term
+    return engine
 
 
 def run_time_deltas(snapshot_dir: Path, engine, *, checkpoint: Path | None = None, user: str | None = None,
@@ -185,7 +185,7 @@ def run_time_deltas(snapshot_dir: Path, engine, *, checkpoint: Path | None = Non
     user = user or median_user(history)
     return {"dataset": dataset, "snapshot_id": history.snapshot_id, "checkpoint": str(checkpoint),
             "deltas_s": list(deltas), "top": top, "user_choice": choice,
-            "item_meta_mix": engine.item_meta_mix, "trend_weight": engine.trend_weight,
+            "item_meta_mix": engine.scorer.mix, "trend_weight": engine.scorer.trend_weight,
             "user": user_table(engine, history, info, user, deltas, top),
             "all_users": all_users_table(engine, history, info, deltas)}
 

@@ -4,15 +4,16 @@ The ``rolling`` protocol cuts the test period into hourly frames. Curves per fra
 
 * ``hrnn_offline``: HRNN-meta trained once on the events before the cut T, no trend term;
 * ``hrnn_trend``: the *same* trained model plus the eq. (5) trend term
-  ``w * log q_j(t)`` (``HRNNScorer.trend_term``), ``q`` = item popularity in the last ``window``
-  hours before the frame start (events before the frame only);
+  ``w * log q_j(t)`` (``research.scorers.StudyScorer.trend_term``), ``q`` = item popularity in the
+  last ``window`` hours before the frame start (events before the frame only: the scorer's q(t) is
+  bucketed by the frame length from the frames' origin);
 * ``recent_pop``: popularity in the last ``window`` hours before the frame start (the paper's
   "Recent Popular" baseline, ``RecentPopularityScorer`` with the frame as its bucket);
 * ``pop``: all-time popularity of the training window (a reference: it decays with drift too).
 
 The trend weight ``w`` (1 / temperature), the window and the mode (``add``: eq. 5 as written;
 ``ratio``: ``w log(q~(t) / p_train)``, which also removes the training-window popularity the
-offline model absorbed; see ``HRNNScorer``) are chosen on *validation* frames: the model is fitted on the events
+offline model absorbed; see ``research.scorers``) are chosen on *validation* frames: the model is fitted on the events
 before the validation period (``Split.valid_train``), the validation period (the last
 ``valid_fraction`` of pre-T events) is cut into hourly frames, and every grid point is scored
 there; recent_pop's window is chosen the same way. The test frames are scored once, with the
@@ -137,6 +138,7 @@ def run_trend(snapshot_dir: Path, *, dataset: str, model_cfg, train_cfg, grid: G
     from hrnn_core.evaluate import make_scorer, train_data  # noqa: PLC0415
     from hrnn_core.metrics import paired_test  # noqa: PLC0415
     from hrnn_core.protocols import SnapshotData, rolling  # noqa: PLC0415
+    from research.scorers import StudyScorer  # noqa: PLC0415
 
     say = progress or (lambda _m: None)
     if any(m not in ("add", "ratio") for m in grid.modes) or not grid.weights or not grid.windows_hours:
@@ -147,14 +149,17 @@ def run_trend(snapshot_dir: Path, *, dataset: str, model_cfg, train_cfg, grid: G
         raise TrendExperimentError("the rolling split has no test frames; lower test_fraction or check the data")
     say(split.describe())
     v_origin, vframes = valid_frames(split, frame_seconds)
-    model_cfg = dataclasses.replace(model_cfg, trend_weight=0.0, trend_auto=False)
-    hrnn_opts = {"model": model_cfg, "train": train_cfg, "trend_bucket_seconds": frame_seconds}
+    model_cfg = dataclasses.replace(model_cfg, trend_weight=0.0)  # trained without the term (trend_train off)
+
+    def hrnn(origin: float) -> StudyScorer:  # q(t) per frame: buckets of the frame length from the frames' origin
+        return StudyScorer(model=model_cfg, train=train_cfg, trend_bucket_seconds=frame_seconds, trend_origin=origin)
+
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="hrnn-trend-") as work:
         # ---- validation: fit on valid_train, score the validation frames for every grid point
         t0 = time.perf_counter()
         vdata = train_data(split, "valid_train", seed, Path(work))
-        model = make_scorer("hrnn", trend_origin=v_origin, **hrnn_opts)
+        model = hrnn(v_origin)
         say(f"validation: fit HRNN-meta on {int(split.valid_item_frequency.sum()):,} events ...")
         model.fit(vdata)
         timings["fit_valid_s"] = time.perf_counter() - t0
@@ -204,14 +209,15 @@ def run_trend(snapshot_dir: Path, *, dataset: str, model_cfg, train_cfg, grid: G
         # ---- test: fit once on train, score every test frame
         t0 = time.perf_counter()
         tdata = train_data(split, "train", seed, Path(work))
-        model = make_scorer("hrnn", trend_origin=split.cut_time, **hrnn_opts)
+        model = hrnn(split.cut_time)
         say(f"test: fit HRNN-meta on {int(split.item_frequency.sum()):,} events ...")
         model.fit(tdata)
         timings["fit_test_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         trend = copy.copy(model)  # the same trained network; only the trend settings differ
+        trend.scorer = copy.copy(model.scorer)  # its own weight and q(t): hrnn_offline keeps none
         trend.trend_mode, trend.trend_window_seconds = best.get("mode", "add"), best["window_hours"] * 3600.0
-        trend.trend_weight = best["trend_weight"]  # the same trained model, + eq. (5) in HRNNScorer.score
+        trend.trend_weight = best["trend_weight"]  # the same trained model, + eq. (5) in StudyScorer.score
         rp = make_scorer("recent_pop", window_seconds=best_rp["window_hours"] * 3600.0,
                          bucket_seconds=frame_seconds, bucket_origin=split.cut_time)
         pop = make_scorer("pop")

@@ -18,6 +18,11 @@ Results are cached per (protocol, candidate) in the JSON, so an interrupted run 
     .venv/bin/python research/tuning/tune_hrnn.py --snapshot <yoochoose> --protocols temporal --params '{"exclude_seen": false}' \
         --only s5_im0.15 --mixes 0,0.3 --out bench/results/tune_hrnn_yoochoose.json   # + rescored at lambda 0, 0.3
     .venv/bin/python research/tuning/tune_hrnn.py --snapshot ... --only s7_ties --trends 168:0.5,720:1   # + the eq. (5) trend term
+
+Candidates that set a field the configs no longer have (``retired_fields``: s8_trend_auto's
+``model.trend_auto``, removed with the trainer's trend choice) stay in GRID as the record of what
+was run (their results stay in bench/results); the driver skips them when running the whole grid
+and refuses them by name.
 """
 
 from __future__ import annotations
@@ -34,9 +39,9 @@ import torch
 
 from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.evaluate import make_scorer, score_cases, train_data
-from hrnn_core.hrnn_scorer import HRNNScorer
 from hrnn_core.protocols import SnapshotData, build_split
 from hrnn_core.train import best_epoch
+from research.scorers import StudyScorer
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "tune_hrnn.json"  # with every raw result
 
@@ -136,7 +141,8 @@ GRID: dict[str, tuple[dict, dict]] = {
         "s7_ties_e40": ({}, {"shuffle_ties": True, "epochs": 40}),
         "s7_ties_trend": ({"trend_weight": 0.5, "trend_window_seconds": 30 * 86_400.0}, {"shuffle_ties": True}),
         # stage 8 (session 6): the trend window (or none) chosen per dataset on the trainer's own
-        # validation events after training (model.trend_auto); yoochoose validation wants 1 h, ml-100k 30 days
+        # validation events after training (model.trend_auto); yoochoose validation wants 1 h, ml-100k 30 days.
+        # Retired: model.trend_auto is gone (the term is trained with, stage 10); kept as the record of the runs
         "s8_trend_auto": ({"trend_weight": 0.5, "trend_window_seconds": 30 * 86_400.0, "trend_auto": True},
                           {"shuffle_ties": True}),
         # stage 9 (session 7): the user's id as an output vector added to the state (model.user_id_output), a
@@ -164,8 +170,21 @@ GRID: dict[str, tuple[dict, dict]] = {
 CHOSEN = "s10_trtrain"
 
 
+def retired_fields(name: str) -> list[str]:
+    """The fields candidate ``name`` sets that ModelConfig/TrainConfig no longer have (it cannot be fitted)."""
+    m, t = GRID[name]
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return sorted([f"model.{k}" for k in {**OLD_MODEL, **m} if k not in model_fields]
+                  + [f"train.{k}" for k in {**OLD_TRAIN, **t} if k not in train_fields])
+
+
 def _configs(name: str) -> tuple[ModelConfig, TrainConfig]:
     m, t = GRID[name]
+    retired = retired_fields(name)
+    if retired:
+        raise ValueError(f"candidate {name} sets {', '.join(retired)}, which the configs no longer have: "
+                         "it is a record of earlier runs (results in bench/results) and cannot be fitted now")
     train_cfg = dataclasses.replace(TrainConfig(), **{**OLD_TRAIN, **t}, threads=1, progress=False, device="cpu")
     return dataclasses.replace(ModelConfig(), **{**OLD_MODEL, **m}), train_cfg
 
@@ -179,19 +198,19 @@ def run_one(split, name: str, seed: int, mixes: tuple[float, ...] = (),
     model_cfg, train_cfg = _configs(name.removeprefix("gru:"))
     with tempfile.TemporaryDirectory(prefix="tune-hrnn-") as work:
         data = train_data(split, "valid_train", seed, Path(work))
-        scorer = HRNNScorer(model_cfg, train_cfg, device="cpu", plain_gru=plain_gru)
+        scorer = StudyScorer(model_cfg, train_cfg, device="cpu", plain_gru=plain_gru)  # rescored below, no refit
         model_cfg = scorer.model_cfg
         t = time.perf_counter()
         scorer.fit(data)
         fit_s = time.perf_counter() - t
-        chosen_trend = {"scored_trend_weight": scorer.trend_weight,  # model.trend_auto: the trainer's choice
+        chosen_trend = {"scored_trend_weight": scorer.trend_weight,  # the model's (trend_auto runs: the trainer's choice)
                         "scored_trend_window_hours": scorer.trend_window_seconds / 3600.0}
         scored = [(name, model_cfg, *score_cases(scorer, split.valid, split.n_items))]
         for mix in mixes:
             scorer.set_inference_mix(mix)
             scored.append((f"{name}@im{mix:g}", dataclasses.replace(model_cfg, inference_item_meta_mix=mix),
                            *score_cases(scorer, split.valid, split.n_items)))
-        scorer.set_inference_mix(model_cfg.inference_item_meta_mix)
+        scorer.set_inference_mix(None)  # back to the model's lambda (auto: the trainer's choice)
         for hours, weight in trends:
             scorer.trend_weight, scorer.trend_window_seconds = weight, hours * 3600.0
             scored.append((f"{name}@tr{weight:g}x{hours:g}h",
@@ -264,6 +283,16 @@ def main() -> None:
     unknown = {n.removeprefix("gru:") for n in names if not n.startswith("baseline:")} - set(GRID)
     if unknown:
         raise SystemExit(f"unknown candidates {sorted(unknown)}; known: {list(GRID)}")
+    retired = {n: retired_fields(n.removeprefix("gru:")) for n in names if not n.startswith("baseline:")}
+    retired = {n: f for n, f in retired.items() if f}
+    if retired and args.only:
+        raise SystemExit("; ".join(f"candidate {n} sets {', '.join(f)}, which the configs no longer have"
+                                   for n, f in retired.items())
+                         + ": a record of earlier runs (results in bench/results), it cannot be fitted now")
+    for n, f in retired.items():
+        print(f"skipping {n}: it sets {', '.join(f)}, which the configs no longer have (a record of earlier "
+              "runs; results in bench/results)", flush=True)
+    names = [n for n in names if n not in retired]
     report = json.loads(args.out.read_text()) if args.out.exists() else {}
     report.setdefault("runs", [])
     report.update({"snapshot": str(args.snapshot), "machine": f"{platform.machine()} {platform.processor()}".strip(),

@@ -3,6 +3,7 @@ HRNN-meta scoring the cold items from metadata only (lambda = 1), via the experi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -13,11 +14,13 @@ from typer.testing import CliRunner
 
 from hrnn_core.baselines.base import TrainData
 from hrnn_core.baselines.uniform import UniformRandomScorer, expected_random_metrics
+from hrnn_core.checkpoint import load_checkpoint
 from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.evaluate import make_scorer, train_data
 from research.experiments.cold_start import KS, cold_lambda, per_user_cases, score_cold_start
-from hrnn_core.features import synthetic_snapshot
+from hrnn_core.datasets.load import synthetic_snapshot
 from hrnn_core.protocols import SnapshotData, build_split
+from hrnn_core.scoring import CatalogueScorer
 
 torch.set_num_threads(1)
 
@@ -94,10 +97,12 @@ def test_cold_items_are_scored_from_metadata_only(cold_snapshot, tmp_path) -> No
     """Garbage id embeddings do not change a single cold-start rank: lambda = 1 on cold items."""
     split = build_split("cold_start_items", SnapshotData.load(cold_snapshot), seed=1)
     cold = split.candidate_mask
-    scorer = make_scorer("hrnn", model=TINY_MODEL, train=TINY_TRAIN, device="cpu", cold_items_use_metadata=True)
+    model = dataclasses.replace(TINY_MODEL, cold_item_score="metadata")  # as run_cold_start scores them
+    scorer = make_scorer("hrnn", model=model, train=TINY_TRAIN, device="cpu")
     scorer.fit(train_data(split, "train", 0, tmp_path))
     lam = cold_lambda(scorer)
     assert np.all(lam[cold] == 1.0) and np.all(lam[~cold] == TINY_MODEL.inference_item_meta_mix)
+    item_freq = load_checkpoint(scorer.checkpoint_path).item_freq  # the cold items have none
 
     def ranks() -> dict[str, np.ndarray]:
         accs = score_cold_start(split, {"hrnn": scorer})["hrnn"]
@@ -108,10 +113,13 @@ def test_cold_items_are_scored_from_metadata_only(cold_snapshot, tmp_path) -> No
     with torch.no_grad():  # the id part of eq. (2): garbage for every item
         scorer.model.item_w.weight.normal_(0.0, 10.0)
         scorer.model.item_b.weight.normal_(0.0, 10.0)
+    scorer.scorer = CatalogueScorer(scorer.model, item_freq)  # the scorer keeps its item vectors: form them again
     after = ranks()
     for key in before:
         np.testing.assert_allclose(after[key], before[key], err_msg=key)
-    scorer.item_mix = TINY_MODEL.inference_item_meta_mix  # lambda < 1 on cold items reads the garbage
+    # lambda < 1 on cold items (the scorer told every item has training events) reads the garbage
+    scorer.scorer = CatalogueScorer(scorer.model, torch.ones_like(item_freq))
+    assert np.all(cold_lambda(scorer) == TINY_MODEL.inference_item_meta_mix)
     assert not np.allclose(ranks()["per_event"], before["per_event"])
 
 

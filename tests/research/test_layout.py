@@ -78,3 +78,21 @@ def test_dated_pins_still_load(pin: Path) -> None:
     from hrnn_core.config import load_config
 
     load_config(pin, environ={})
+
+
+def test_tune_hrnn_refuses_candidates_the_configs_no_longer_fit(monkeypatch) -> None:
+    """Every candidate of the tuning grid builds its configs, except the recorded ones that set a
+    retired field (s8_trend_auto: model.trend_auto), which the driver refuses by name, clearly."""
+    spec = importlib.util.spec_from_file_location("tune_hrnn_grid", RESEARCH / "tuning" / "tune_hrnn.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    retired = {name: module.retired_fields(name) for name in module.GRID}
+    assert {n: f for n, f in retired.items() if f} == {"s8_trend_auto": ["model.trend_auto"]}
+    for name in module.GRID:
+        if not retired[name]:
+            module._configs(name)
+    with pytest.raises(ValueError, match="model.trend_auto"):
+        module._configs("s8_trend_auto")
+    monkeypatch.setattr("sys.argv", ["tune_hrnn.py", "--snapshot", "/nonexistent", "--only", "gru:s8_trend_auto"])
+    with pytest.raises(SystemExit, match=r"gru:s8_trend_auto sets model\.trend_auto.*bench/results"):
+        module.main()
