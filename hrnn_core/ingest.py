@@ -379,14 +379,17 @@ def _quarantine(con: duckdb.DuckDBPyConnection, cfg: Config, batch_id: int, tabl
     run_sql(con, cfg, "ingest/quarantine", batch_id=batch_id, table=table, source=source)
 
 
-def _load_interactions(con: duckdb.DuckDBPyConnection, cfg: Config, batch_id: int) -> int:
-    """Phase 6: accepted rows into ``interactions``, new owners and items indexed; rows loaded."""
-    return run_sql(con, cfg, "ingest/load_interactions", batch_id=batch_id)[0][0]
+def _dedupe(con: duckdb.DuckDBPyConnection, cfg: Config, name: str, **params) -> None:
+    """Phase 4: flag duplicates (``sql/ingest/<name>.sql``), then define ``accepted_rows``."""
+    run_sql(con, cfg, f"ingest/{name}", **params)
+    run_sql(con, cfg, "ingest/accepted")
 
 
-def _load_entities(con: duckdb.DuckDBPyConnection, cfg: Config, table: str, batch_id: int) -> int:
-    """Phase 6: accepted rows into ``users``/``items`` (catalog items indexed); rows loaded."""
-    return run_sql(con, cfg, f"ingest/load_{table}", batch_id=batch_id)[0][0]
+def _load(con: duckdb.DuckDBPyConnection, cfg: Config, table: str, batch_id: int) -> int:
+    """Phase 6: ``accepted_rows`` into ``table``, its new owners and items indexed; rows loaded."""
+    loaded = run_sql(con, cfg, f"ingest/load_{table}", batch_id=batch_id)[0][0]
+    run_sql(con, cfg, "ingest/index_new_ids", batch_id=batch_id)
+    return loaded
 
 
 # --------------------------------------------------------------------------- one file
@@ -412,19 +415,15 @@ def _ingest_interactions(con: duckdb.DuckDBPyConnection, cfg: Config, report: In
         _validate_chunks(con, cfg, report.table,
                          "select __row, owner_len, item_len, ts_given, ts, value_class from typed_rows", rules)
     with report.phase("dedupe"):
-        run_sql(con, cfg, "ingest/dedupe_interactions")
+        _dedupe(con, cfg, "dedupe_interactions")
         # Guard of the step above (the key spans chunks and the warehouse, so SQL does the
         # deduplication): GX checks the accepted keys are unique; any flag raises.
-        _validate_chunks(
-            con, cfg, report.table,
-            "select t.__row, t.key_hash from typed_rows as t "
-            "anti join bad_rows as b using (__row) anti join dup_rows as d using (__row)",
-            validation.accepted_key_rules(), target="guard_rows",
-        )
+        _validate_chunks(con, cfg, report.table, "select __row, key_hash from accepted_rows",
+                         validation.accepted_key_rules(), target="guard_rows")
     with report.phase("quarantine"):
         _quarantine(con, cfg, batch_id, report.table, report.source_file)
     with report.phase("load"):
-        report.accepted = _load_interactions(con, cfg, batch_id)
+        report.accepted = _load(con, cfg, "interactions", batch_id)
 
 
 def _ingest_entities(con: duckdb.DuckDBPyConnection, cfg: Config, report: IngestReport,
@@ -447,17 +446,14 @@ def _ingest_entities(con: duckdb.DuckDBPyConnection, cfg: Config, report: Ingest
     with report.phase("validate"):
         _validate_chunks(con, cfg, table, f"select t.__row, {select_cols} from typed_rows as t", rules)
     with report.phase("dedupe"):
-        run_sql(con, cfg, "ingest/dedupe_entities", reason=c.REASON_DUPLICATE_KEY)
-        _validate_chunks(  # guard: the ids about to load are unique
-            con, cfg, table,
-            f"select t.__row, t.entity_id as {id_col} from typed_rows as t "
-            "anti join bad_rows as b using (__row) anti join dup_rows as d using (__row)",
-            validation.accepted_id_rules(id_col), target="guard_rows",
-        )
+        _dedupe(con, cfg, "dedupe_entities", reason=c.REASON_DUPLICATE_KEY)
+        # guard: the ids about to load are unique
+        _validate_chunks(con, cfg, table, f"select __row, entity_id as {id_col} from accepted_rows",
+                         validation.accepted_id_rules(id_col), target="guard_rows")
     with report.phase("quarantine"):
         _quarantine(con, cfg, batch_id, table, report.source_file)
     with report.phase("load"):
-        report.accepted = _load_entities(con, cfg, table, batch_id)
+        report.accepted = _load(con, cfg, table, batch_id)
 
 
 def _account(con: duckdb.DuckDBPyConnection, cfg: Config, report: IngestReport, batch_id: int) -> None:

@@ -182,9 +182,9 @@ def _raise(*args, **kwargs):
     ("table", "target"),
     [
         ("interactions", "validation.failing_rows"),
-        ("interactions", "ingest._load_interactions"),
+        ("interactions", "ingest._load"),
         ("interactions", "ingest._record_batch"),  # after the rows, the indices and the batch row are in
-        ("users", "ingest._load_entities"),
+        ("users", "ingest._load"),
         ("items", "validation.failing_rows"),
     ],
 )
@@ -227,7 +227,7 @@ def test_failure_keeps_a_shared_connection_usable(cfg, tmp_path: Path, monkeypat
     a = _write(tmp_path, "a.csv", "user_id,item_id,timestamp\nu1,i1,1700000000\n")
     b = _write(tmp_path, "b.csv", "user_id,item_id,timestamp\nu2,i2,1700000060\n")
     with connect(cfg) as con:
-        monkeypatch.setattr(ingest, "_load_interactions", _fail_after(ingest._load_interactions))
+        monkeypatch.setattr(ingest, "_load", _fail_after(ingest._load))
         with pytest.raises(RuntimeError, match="injected"):
             ingest_file(cfg, a, con=con)
         monkeypatch.undo()

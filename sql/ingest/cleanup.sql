@@ -1,4 +1,5 @@
 -- Drop one file's work tables (temporary, so a failed ingest's are gone with its connection).
+drop view if exists accepted_rows;
 drop table if exists raw_rows;
 drop table if exists raw_rejects;
 drop table if exists raw_json;

@@ -1,0 +1,54 @@
+-- user_index, item_index: give one batch's new owners and items the next stable indices in order of
+-- first appearance (existing ids are never renumbered). Items enter from an interactions file (by
+-- their first event) or from an items file (when they enter the catalog, so items nobody
+-- interacted with yet can be recommended from their metadata). A users file adds nothing.
+-- Parameters: $batch_id, $session_prefix (hrnn_core.contract.SESSION_OWNER_PREFIX).
+insert into user_index
+with batch_ids as (
+    select coalesce(user_id, $session_prefix || session_id) as id, event_id as first_seen
+    from interactions
+    where batch_id = $batch_id
+),
+
+new_ids as (
+    select s.id, min(s.first_seen) as first_seen
+    from batch_ids as s
+    anti join user_index as x on x.user_id = s.id
+    group by s.id
+),
+
+base as (
+    select coalesce(max(user_idx), -1) as top from user_index
+),
+
+final as (
+    select (base.top + row_number() over (order by first_seen, id))::integer, id
+    from new_ids, base
+)
+
+select * from final;
+
+insert into item_index
+with batch_ids as (
+    select item_id as id, event_id as first_seen from interactions where batch_id = $batch_id
+    union all
+    select item_id as id, 0 as first_seen from items where batch_id = $batch_id
+),
+
+new_ids as (
+    select s.id, min(s.first_seen) as first_seen
+    from batch_ids as s
+    anti join item_index as x on x.item_id = s.id
+    group by s.id
+),
+
+base as (
+    select coalesce(max(item_idx), -1) as top from item_index
+),
+
+final as (
+    select (base.top + row_number() over (order by first_seen, id))::integer, id
+    from new_ids, base
+)
+
+select * from final;
