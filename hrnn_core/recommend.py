@@ -260,6 +260,7 @@ class LiveTrend:
         self.engine, self.as_of = engine, history.as_of
         self.popularity = popularity(engine.model, history.times, history.items, engine.n_items)
         self._unknown: list[tuple[float, str]] = []  # (timestamp, item_id) of live events outside the catalog
+        self._popular: dict[float, list[tuple[str, int]]] = {}  # window end -> popular_unknown (cleared on add)
         self._lock = threading.Lock()
 
     def add_live(self, events: Iterable[LoggedEvent]) -> None:
@@ -268,8 +269,11 @@ class LiveTrend:
             return
         idx = np.array([self.engine.item_index.get(e.item_id, -1) for e in new], dtype=np.int64)
         self.popularity.add(np.array([float(e.timestamp) for e in new]), idx)
-        with self._lock:
-            self._unknown.extend((float(e.timestamp), e.item_id) for e, i in zip(new, idx, strict=True) if i < 0)
+        unknown = [(float(e.timestamp), e.item_id) for e, i in zip(new, idx, strict=True) if i < 0]
+        if unknown:
+            with self._lock:
+                self._unknown.extend(unknown)
+                self._popular.clear()
 
     def prune(self, now: float) -> None:
         """Forget live events too old for any window ending at ``now`` or later."""
@@ -277,16 +281,21 @@ class LiveTrend:
         self.popularity.forget_before(oldest)
         with self._lock:
             self._unknown = [ev for ev in self._unknown if ev[0] >= oldest]
+            self._popular.clear()
 
     def popular_unknown(self, t: float) -> list[tuple[str, int]]:
         """[(item outside the catalog, count)] in the window of ``t``, most popular first."""
         end = float(self.popularity.window_end(t))
-        counts: dict[str, int] = {}
         with self._lock:
-            for ts, item in self._unknown:
-                if end - self.popularity.window <= ts < end:
-                    counts[item] = counts.get(item, 0) + 1
-        return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            if end not in self._popular:  # counted once per window until an event outside the catalog arrives
+                counts: dict[str, int] = {}
+                for ts, item in self._unknown:
+                    if end - self.popularity.window <= ts < end:
+                        counts[item] = counts.get(item, 0) + 1
+                if len(self._popular) > 16:
+                    self._popular.clear()
+                self._popular[end] = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            return self._popular[end]
 
 
 # --------------------------------------------------------------------------- the recommender
