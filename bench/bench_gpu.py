@@ -2,7 +2,7 @@
 
 In one run, on one snapshot (default: ml-100k as ``hrnn evaluate --dataset ml-100k`` exports it):
 
-1. ``hrnn_core.train.train`` with the default configs on ``cuda`` (bf16 autocast), dense softmax, then
+1. ``hrnn_core.train.trainer.train`` with the default configs on ``cuda`` (bf16 autocast), dense softmax, then
    the importance-sampled softmax (``train.output = "sampled"``), ``--epochs`` each;
 2. the same dense training on the CPU (all cores; the baseline of the ratio), ``--cpu-epochs``;
 3. the scoring path (``HRNNScorer``, what ``hrnn evaluate`` and the batch export run) of the dense
@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hrnn_core.baselines.base import ScoreBatch
+from hrnn_core.evaluation.baselines.base import ScoreBatch
 from hrnn_core.config import ModelConfig, TrainConfig
-from hrnn_core.evaluate import score_cases, train_data
-from hrnn_core.hrnn_scorer import HRNNScorer
-from hrnn_core.protocols import SnapshotData, build_split
-from hrnn_core.train import train
+from hrnn_core.evaluation.harness import score_cases, train_data
+from hrnn_core.evaluation.hrnn_scorer import HRNNScorer
+from hrnn_core.evaluation.protocols import SnapshotData, build_split
+from hrnn_core.train.trainer import train
 
 
 def fit(snapshot: Path, device: str, epochs: int, **train_kw) -> dict:

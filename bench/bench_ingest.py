@@ -31,9 +31,9 @@ CHILD_PASS = r"""
 import json, sys, time
 from pathlib import Path
 from hrnn_core.config import load_config
-from hrnn_core.ingest import ingest_file
-from hrnn_core.transforms import build_sessions
-from hrnn_core.warehouse import connect
+from hrnn_core.data.ingest import ingest_file
+from hrnn_core.data.transforms import build_sessions
+from hrnn_core.data.warehouse import connect
 data, wh = Path(sys.argv[1]), sys.argv[2]
 cfg = load_config(overrides={"paths": {"warehouse": wh, "data_dir": str(Path(wh).parent)}})
 out = {"stages": {}}
@@ -93,7 +93,7 @@ def main() -> None:
     data = work / f"synth-{args.events}-{args.items}-{args.users}-{args.seed}"
     if not (data / "interactions.parquet").exists():
         print(f"generating {args.events:,} events over {args.items:,} items ...", flush=True)
-        from hrnn_core.datasets import synth  # noqa: PLC0415
+        from hrnn_core.data.datasets import synth  # noqa: PLC0415
 
         synth.generate(data, n_users=args.users, n_items=args.items, n_events=args.events, seed=args.seed)
 
@@ -109,7 +109,7 @@ def main() -> None:
         "benchmark": "ingest + validate + sessions",
         "command": "make bench  # = .venv/bin/python bench/bench_ingest.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "data": {"generator": "hrnn_core.datasets.synth", "events": args.events, "items": args.items,
+        "data": {"generator": "hrnn_core.data.datasets.synth", "events": args.events, "items": args.items,
                  "users": args.users, "seed": args.seed},
         "baseline_plain_duckdb_load_s": round(base["total_s"], 2),
         "pass_s": round(res["total_s"], 2),

@@ -95,7 +95,7 @@ def main() -> None:
         import json, math
         from hrnn_core.config import load_config
         from hrnn_core.retrain import make_snapshot
-        from hrnn_core.warehouse import connect
+        from hrnn_core.data.warehouse import connect
         cfg = load_config()
         with connect(cfg, read_only=True) as con:
             end = con.execute('select max("timestamp") from interactions').fetchall()[0][0]

@@ -67,8 +67,8 @@ def ml100k_checkpoint(work: Path) -> tuple[Path, Path] | None:
 def synthetic_100k(work: Path) -> tuple[Path, Path]:
     """A 100,000-item synthetic champion: one epoch of the sampled softmax (trained once, reused)."""
     from hrnn_core.config import ModelConfig, TrainConfig
-    from hrnn_core.datasets.load import synthetic_snapshot
-    from hrnn_core.train import train
+    from hrnn_core.data.datasets.load import synthetic_snapshot
+    from hrnn_core.train.trainer import train
 
     snap = synthetic_snapshot(work / "synth100k", n_users=5_000, n_items=100_000, n_events=200_000, n_genres=20,
                               seed=0)
@@ -217,8 +217,8 @@ def in_process(home: Path, data: Path, tag: str, users: list[str], k: int, reps:
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
-    from hrnn_core.inference import Event
-    from hrnn_core.recommend import Filters, Request, copy_state
+    from hrnn_core.model.inference import Event
+    from hrnn_core.serving.recommend import Filters, Request, copy_state
 
     svc = mod.HRNNService()
     try:
@@ -273,7 +273,7 @@ def in_process(home: Path, data: Path, tag: str, users: list[str], k: int, reps:
 def bench_model(name: str, checkpoint: Path, snap: Path, work: Path, n1: int, n16: int, n_events: int) -> dict:
     import pyarrow.parquet as pq
 
-    from hrnn_core.contract import is_session_owner
+    from hrnn_core.data.contract import is_session_owner
 
     home = work / f"store-{name}"
     data = work / f"data-{name}"

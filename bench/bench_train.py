@@ -7,14 +7,14 @@ Usage:
         [--users 5000] [--is-epochs 1] [--dense-max-logits 400000000] [--dense-probe-events 4000]
         [--only throughput|is]
 
-Part 1 (bench/results/train_throughput.json): ``hrnn_core.train.train`` on the ml-100k snapshot,
+Part 1 (bench/results/train_throughput.json): ``hrnn_core.train.trainer.train`` on the ml-100k snapshot,
 dense softmax, default ModelConfig, 2 epochs, threads = 2 and threads = 1; in the same run, the
 roofline of this machine: fp32 ``torch.matmul`` GFLOP/s for the dense output layer's shapes
 (forward (B*T, H) x (H, n_items) and the two backward products) and a 2048^3 square product.
 Achieved model FLOP/s counts only the output layer and the GRU (formula in ``model_flops``).
 
 Part 2 (bench/results/is_vs_dense.json): for each synthetic catalog (``datasets.load.synthetic_snapshot``,
-``hrnn_core.datasets.synth`` seed 0) one training run per output ("dense", and "sampled" with
+``hrnn_core.data.datasets.synth`` seed 0) one training run per output ("dense", and "sampled" with
 n_negatives 1024), each in a fresh child process (peak RSS = that child's ``wait4`` ru_maxrss).
 Accuracy: the trainer's own held-out events (the last event of ``val_owners`` owners, never
 trained on), ranked against the full catalog; the child re-scores them one by one from
@@ -46,9 +46,9 @@ import json, sys, time, math
 from pathlib import Path
 import numpy as np, torch
 from hrnn_core.config import ModelConfig, TrainConfig
-from hrnn_core.train import train, prepare_data, evaluate
-from hrnn_core.checkpoint import load_checkpoint
-from hrnn_core.scoring import CatalogueScorer
+from hrnn_core.train.trainer import train, prepare_data, evaluate
+from hrnn_core.model.checkpoint import load_checkpoint
+from hrnn_core.model.scoring import CatalogueScorer
 snap, run_dir, cfg_json, per_event = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4] == "1"
 model_cfg, cfg = ModelConfig(), TrainConfig(**cfg_json)
 t = time.perf_counter()
@@ -200,8 +200,8 @@ def throughput(args, work: Path) -> dict:
 
 def is_vs_dense(args, work: Path) -> tuple[dict, dict]:
     from hrnn_core.config import TrainConfig  # noqa: PLC0415
-    from hrnn_core.metrics import paired_test  # noqa: PLC0415
-    from hrnn_core.datasets.load import synthetic_snapshot  # noqa: PLC0415
+    from hrnn_core.evaluation.metrics import paired_test  # noqa: PLC0415
+    from hrnn_core.data.datasets.load import synthetic_snapshot  # noqa: PLC0415
 
     tc = TrainConfig()
     bt = tc.batch_size * tc.bptt
@@ -216,7 +216,7 @@ def is_vs_dense(args, work: Path) -> tuple[dict, dict]:
         snap = synthetic_snapshot(work / f"synth-{n_items}-{n_events}-{users}", **snap_kw)
         snap_s = time.perf_counter() - t
         row: dict = {}
-        info: dict = {"data": {"generator": "hrnn_core.datasets.synth", **snap_kw, "snapshot": str(snap),
+        info: dict = {"data": {"generator": "hrnn_core.data.datasets.synth", **snap_kw, "snapshot": str(snap),
                                "snapshot_build_s": round(snap_s, 1)}}
         per_event = {}
         for label, output in (("dense", "dense"), ("is", "sampled")):
@@ -237,7 +237,7 @@ def is_vs_dense(args, work: Path) -> tuple[dict, dict]:
                 snap_used = synthetic_snapshot(work / f"synth-{n_items}-probe-{args.dense_probe_events}", **probe_kw)
                 cfg["val_owners"] = min(args.val_owners, 100)
                 probe = True
-                info["dense_probe_data"] = {"generator": "hrnn_core.datasets.synth", **probe_kw}
+                info["dense_probe_data"] = {"generator": "hrnn_core.data.datasets.synth", **probe_kw}
             run_dir = work / f"run-{n_items}-{label}"
             shutil.rmtree(run_dir, ignore_errors=True)
             print(f"{n_items:>9,} {label:<6} training{' (probe)' if probe else ''} ...", flush=True)

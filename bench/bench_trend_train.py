@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from hrnn_core.config import ModelConfig, TrainConfig
-from hrnn_core.train import train
+from hrnn_core.train.trainer import train
 
 
 def main() -> None:

@@ -10,13 +10,13 @@ Endpoints (JSON; request models below, extra fields forbidden, every number fini
 * ``POST /admin/reload``     load the champion (or a given tag) and swap it in; needs the API key
 
 State: a user's ``UserState`` lives in an LRU cache. A miss rebuilds it from the model's snapshot
-(``sequences.parquet``) plus that user's events in the event log (``hrnn_core.eventlog``); an
+(``sequences.parquet``) plus that user's events in the event log (``hrnn_core.data.eventlog``); an
 event advances it by one GRU step. Durability: events are fsync'ed into the log before the
 answer; on start the service closes segments a killed process left open and re-reads every
 segment, so no acknowledged event is lost. Hot swap: a new model is built completely beside the
 old one, then one reference is replaced (while holding the per-user locks for an instant, so an
 event is never applied to one model and missed by the other); requests in flight finish on the
-model they started with. Scoring is ``hrnn_core.recommend``, the same code as the batch export.
+model they started with. Scoring is ``hrnn_core.serving.recommend``, the same code as the batch export.
 
 Configuration: ``hrnn_core.config`` (``[serve]`` in the TOML file, ``HRNN__SERVE__*`` env vars);
 ``HRNN_MODEL_TAG`` pins a model tag; ``BENTOML_HOME`` is the model store read for the champion.
@@ -44,11 +44,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from starlette.responses import JSONResponse
 
 from hrnn_core.config import load_config
-from hrnn_core.contract import owner_id
-from hrnn_core.eventlog import EventLog, EventLogError, LoggedEvent, OwnerIndex
-from hrnn_core.inference import UserState
-from hrnn_core.pipeline import landing_dir
-from hrnn_core.recommend import (
+from hrnn_core.data.contract import owner_id
+from hrnn_core.data.eventlog import EventLog, EventLogError, LoggedEvent, OwnerIndex
+from hrnn_core.model.inference import UserState
+from hrnn_core.data.pipeline import landing_dir
+from hrnn_core.serving.recommend import (
     Filters, RecommendError, Request, ServingModel, UnknownItemError, copy_state, history_with_log,
     load_serving_model, logged_to_event,
 )

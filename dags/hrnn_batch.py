@@ -2,7 +2,7 @@
 
 Runs when the champion changes (the `hrnn://model/champion` asset published by the retrain) and
 every morning. Users are scored in shards (one mapped task each, the same scoring code as the
-online service: `hrnn_core.recommend`), then merged into one export folder per data interval:
+online service: `hrnn_core.serving.recommend`), then merged into one export folder per data interval:
 `recommendations.csv` (user_id,rank,item_id,score), `recommendations.jsonl` (Amazon
 Personalize's batch output shape) and `manifest.json` (model tag, interval, row counts,
 checksums). Re-running an interval replaces its export atomically.
@@ -54,7 +54,7 @@ def hrnn_batch_recommendations():
     @task
     def score_shard(shard: int, tag: str, run_id=None) -> str:
         """Top-K for the users of one shard (seen items excluded)."""
-        from hrnn_core import export
+        from hrnn_core.serving import export
 
         cfg = _cfg()
         work = cfg.paths.exports_dir / ".work" / run_id.replace(":", "_").replace("+", "_")
@@ -66,7 +66,7 @@ def hrnn_batch_recommendations():
         import shutil
         from pathlib import Path
 
-        from hrnn_core import export
+        from hrnn_core.serving import export
 
         cfg = _cfg()
         root = Path(cfg.export.out_dir) if cfg.export.out_dir else cfg.paths.exports_dir

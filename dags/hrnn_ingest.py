@@ -32,7 +32,7 @@ def hrnn_ingest():
     def find_new_files() -> list[str]:
         """List landing files whose checksum was never ingested."""
         from hrnn_core.config import load_config
-        from hrnn_core.pipeline import find_new_files as find
+        from hrnn_core.data.pipeline import find_new_files as find
 
         return find(load_config())
 
@@ -40,7 +40,7 @@ def hrnn_ingest():
     def ingest(path: str) -> dict:
         """Validate and load one file (a contract break is not transient: no retries)."""
         from hrnn_core.config import load_config
-        from hrnn_core.pipeline import ingest_one
+        from hrnn_core.data.pipeline import ingest_one
 
         return ingest_one(load_config(), path)
 
@@ -48,7 +48,7 @@ def hrnn_ingest():
     def transform(reports: list[dict]) -> dict:
         """Rebuild sessions from everything loaded (after this run's files) and run the checks."""
         from hrnn_core.config import load_config
-        from hrnn_core.pipeline import transform_warehouse
+        from hrnn_core.data.pipeline import transform_warehouse
 
         return transform_warehouse(load_config())
 

@@ -119,9 +119,9 @@ INFERENCE_MIX_FALLBACK = 0.15
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """HRNN-meta architecture and feature encoding (hrnn_core.model, hrnn_core.features).
+    """HRNN-meta architecture and feature encoding (hrnn_core.model.network, hrnn_core.model.features).
 
-    Defined here (torch-free) so loading a config never imports torch; ``hrnn_core.model``
+    Defined here (torch-free) so loading a config never imports torch; ``hrnn_core.model.network``
     re-exports it.
     """
 
@@ -168,7 +168,7 @@ class ModelConfig:
     trend_smoothing: float = 1.0  # add-k smoothing of recent popularity counts before log q_j(t)
     trend_bucket_seconds: float = 3600.0  # q(t) is recounted once per bucket: t_b = t floored to this (the paper
     # counts popularity hourly); one value for training, the evaluation, the export and the service
-    cold_item_score: str = "trained"  # how items without training events score (hrnn_core.scoring): "trained" =
+    cold_item_score: str = "trained"  # how items without training events score (hrnn_core.model.scoring): "trained" =
     # eq. (2) at the inference lambda like every item (the dense softmax trains their rows as negatives);
     # "metadata" = eq. (2) with lambda = 1 (their metadata only; the cold_start_items protocol's setting)
     trend_train: bool | None = None  # train with the eq. (5) term too: every training score gets + trend_weight
@@ -214,7 +214,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training loop (hrnn_core.train); ``hrnn_core.train`` re-exports it."""
+    """Training loop (hrnn_core.train.trainer); ``hrnn_core.train.trainer`` re-exports it."""
 
     output: str = "dense"  # "dense" full softmax, or "sampled" importance-sampled softmax (3.1)
     n_negatives: int = 1024  # shared negatives per step drawn from q (sampled output only)
@@ -253,7 +253,7 @@ class TrainConfig:
     seed: int = 0  # seeds shuffling, lambda draws, negatives, dropout and initialisation
     device: str = "auto"  # "auto" (cuda if present, bf16 autocast), "cpu" or "cuda[:n]"
     threads: int = 0  # torch CPU threads (0 = torch's default); 1 is best on a shared small machine
-    processes: int = 1  # data-parallel training processes (> 1: torchrun + torch.distributed, hrnn_core.distributed)
+    processes: int = 1  # data-parallel training processes (> 1: torchrun + torch.distributed, hrnn_core.train.distributed)
     progress: bool = True  # tqdm progress bar with loss and events/s
     log_every: int = 10  # steps between recorded training-loss points (report curve)
     max_dense_logits: int = 400_000_000  # dense output refuses batch x items above this (use sampled)
@@ -305,7 +305,7 @@ class RetrainConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """The online service (bento/service.py) and the shared scoring path (hrnn_core.recommend)."""
+    """The online service (bento/service.py) and the shared scoring path (hrnn_core.serving.recommend)."""
 
     api_key: str | None = None  # guards every endpoint when set (env HRNN__SERVE__API_KEY); admin needs it
     host: str = "127.0.0.1"  # bind address of `bentoml serve` (containers publishing a port: 0.0.0.0)
@@ -334,7 +334,7 @@ class ServeConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Batch recommendations (hrnn_core.export, `hrnn export`)."""
+    """Batch recommendations (hrnn_core.serving.export, `hrnn export`)."""
 
     k: int = 25  # recommendations per user
     n_shards: int = 1  # users are split by user_idx % n_shards (the batch DAG maps one task per shard)

@@ -237,7 +237,7 @@ def entries(con: duckdb.DuckDBPyConnection) -> list[Entry]:
     """Every registered model, newest first."""
     import bentoml  # noqa: PLC0415
 
-    from hrnn_core.warehouse import table_exists  # noqa: PLC0415
+    from hrnn_core.data.warehouse import table_exists  # noqa: PLC0415
 
     if not table_exists(con, "model_registry"):  # a read-only warehouse from before the registry
         return []

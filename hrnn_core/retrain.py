@@ -38,8 +38,8 @@ def runs_dir(cfg: Config, snapshot_id: str) -> Path:
 
 def make_snapshot(cfg: Config, interval_end: float) -> dict:
     """Export the training snapshot as of the data interval's end (idempotent)."""
-    from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
-    from hrnn_core.warehouse import connect  # noqa: PLC0415
+    from hrnn_core.data.transforms import export_snapshot  # noqa: PLC0415
+    from hrnn_core.data.warehouse import connect  # noqa: PLC0415
 
     with connect(cfg) as con:
         n = con.execute('select count(*) from interactions where "timestamp" < $t', {"t": interval_end}).fetchall()[0][0]
@@ -50,7 +50,7 @@ def make_snapshot(cfg: Config, interval_end: float) -> dict:
 
 
 def _split(cfg: Config, snapshot_path: str):
-    from hrnn_core.protocols import SnapshotData, build_split  # noqa: PLC0415
+    from hrnn_core.evaluation.protocols import SnapshotData, build_split  # noqa: PLC0415
 
     horizon = cfg.retrain.test_horizon_hours
     return build_split("temporal", SnapshotData.load(Path(snapshot_path)),
@@ -82,7 +82,7 @@ def train_and_evaluate(cfg: Config, snapshot: dict, kind: str) -> dict:
     Writes ``<runs>/<snapshot>/<kind>/``: ``artifact/`` (files for the registry),
     ``metrics.json`` and ``per_event.npz``. A finished run is reused (idempotent).
     """
-    from hrnn_core.evaluate import evaluate_split  # noqa: PLC0415
+    from hrnn_core.evaluation.harness import evaluate_split  # noqa: PLC0415
 
     folder = runs_dir(cfg, snapshot["snapshot_id"]) / kind
     done = folder / "metrics.json"
@@ -117,7 +117,7 @@ def evaluate_champion(cfg: Config, snapshot: dict) -> dict | None:
     import bentoml  # noqa: PLC0415
 
     from hrnn_core import registry  # noqa: PLC0415
-    from hrnn_core.evaluate import evaluate_split  # noqa: PLC0415
+    from hrnn_core.evaluation.harness import evaluate_split  # noqa: PLC0415
 
     tag = registry.champion_from_store()
     if tag is None:
@@ -143,8 +143,8 @@ def register_and_promote(cfg: Config, snapshot: dict, runs: list[dict], champion
                          interval: tuple[float, float]) -> dict:
     """Register every model (once per snapshot) and promote the candidate if it wins the gate."""
     from hrnn_core import registry  # noqa: PLC0415
-    from hrnn_core.metrics import paired_test  # noqa: PLC0415
-    from hrnn_core.warehouse import connect  # noqa: PLC0415
+    from hrnn_core.evaluation.metrics import paired_test  # noqa: PLC0415
+    from hrnn_core.data.warehouse import connect  # noqa: PLC0415
 
     metric = cfg.retrain.gate_metric
     by_kind = {r["kind"]: r for r in runs if r}

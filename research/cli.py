@@ -2,7 +2,7 @@
 
 Research, not the product: the ``hrnn`` command line does not know these commands. Each one is
 a module of ``research.experiments`` that registers itself here; errors print one line, as in
-``hrnn`` (``hrnn_core.cli_options.guard``).
+``hrnn`` (``hrnn_core.cli.options.guard``).
 """
 
 from __future__ import annotations

@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from hrnn_core.baselines.base import TrainData
-from hrnn_core.baselines.features import BaselineError, _list_values, flat_events, optimizer_step
-from hrnn_core.baselines.fm import FMModel, FMScorer
+from hrnn_core.evaluation.baselines.base import TrainData
+from hrnn_core.evaluation.baselines.features import BaselineError, _list_values, flat_events, optimizer_step
+from hrnn_core.evaluation.baselines.fm import FMModel, FMScorer
 
 # Defaults for the squared loss (the ranking defaults of FMConfig otherwise): fewer item-id drops
 # (the item bias carries most of a rating) and, instead of AdamW's decay, libFM's per-example L2

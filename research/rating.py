@@ -1,7 +1,7 @@
 """The rating prediction task of the paper's Tables 4-5 (section 4.3): predict each test event's
 value (its rating) and report RMSE (and MAE) over all test events of a protocol split.
 
-Cases are a protocol's test cases (``hrnn_core.protocols``) whose target event carries a value:
+Cases are a protocol's test cases (``hrnn_core.evaluation.protocols``) whose target event carries a value:
 a case reads events [0, pos) of its row (for ``temporal``: the owner's training events and its
 earlier test events, as they stream in) and predicts the target event's raw ``event_value``.
 Events without a value are left out and counted. Models:
@@ -34,9 +34,9 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from hrnn_core.baselines.features import flat_events
-from hrnn_core.metrics import paired_test
-from hrnn_core.protocols import Split
+from hrnn_core.evaluation.baselines.features import flat_events
+from hrnn_core.evaluation.metrics import paired_test
+from hrnn_core.evaluation.protocols import Split
 from research.fm_rating import event_values
 from research.rating_cases import RatedCases, RatingError, mae, rated_cases, rmse, training_ratings
 
@@ -105,7 +105,7 @@ def fit_fm_rating(split: Split, valid: RatedCases, seed: int, options: dict | No
                   say: Callable[[str], None]) -> tuple[object, dict]:
     """The rating FM: epochs picked on validation (fit on ``valid_train``), refit on ``train``."""
     from research.fm_rating import FMRatingRegressor  # noqa: PLC0415
-    from hrnn_core.evaluate import train_data  # noqa: PLC0415
+    from hrnn_core.evaluation.harness import train_data  # noqa: PLC0415
 
     options = dict(options or {})
     info: dict = {}
@@ -180,8 +180,8 @@ def run_rating(split: Split, models: list[str] | tuple[str, ...] = MODELS, *, se
                 c = test.cases
                 p = fm.predict(c.sequences, c.row, c.pos, c.owner, test.item)
             else:
-                from hrnn_core.evaluate import train_data  # noqa: PLC0415
-                from hrnn_core.hrnn_scorer import HRNNScorer  # noqa: PLC0415
+                from hrnn_core.evaluation.harness import train_data  # noqa: PLC0415
+                from hrnn_core.evaluation.hrnn_scorer import HRNNScorer  # noqa: PLC0415
 
                 scorer = HRNNScorer(device=device, **recurrent_options(name, model_cfg, train_cfg))
                 scorer.fit(train_data(split, "train", seed, Path(work) / name))

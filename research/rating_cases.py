@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from hrnn_core.baselines.base import ScoreBatch
+from hrnn_core.evaluation.baselines.base import ScoreBatch
 from hrnn_core.errors import HrnnError
-from hrnn_core.protocols import Cases, Split
+from hrnn_core.evaluation.protocols import Cases, Split
 from research.fm_rating import event_values
 
 

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hrnn_core.baselines.features import flat_events
-from hrnn_core.protocols import Split
+from hrnn_core.evaluation.baselines.features import flat_events
+from hrnn_core.evaluation.protocols import Split
 from research.fm_rating import event_values
 from research.rating_cases import RatedCases, RatingError, rmse
 
@@ -151,7 +151,7 @@ def predict_head(head: RatingHead, states: torch.Tensor, items: np.ndarray, batc
 
 def head_factory(scorer, cfg: RatingHeadConfig) -> Callable[[float], RatingHead]:
     """A head builder for a fitted ``HRNNScorer`` (its hidden size, catalogue and item metadata)."""
-    from hrnn_core.model import ItemMeta  # noqa: PLC0415
+    from hrnn_core.model.network import ItemMeta  # noqa: PLC0415
 
     model, fs = scorer.model, scorer.features
     hidden = model.cfg.hidden_size

@@ -1,7 +1,7 @@
 """HRNN-meta rescored in ways the product does not serve: the research studies' scorer.
 
-``StudyScorer`` is ``hrnn_core.hrnn_scorer.HRNNScorer`` (same training, same request states, same
-scoring function ``hrnn_core.scoring.CatalogueScorer``) whose scoring settings can be changed on a
+``StudyScorer`` is ``hrnn_core.evaluation.hrnn_scorer.HRNNScorer`` (same training, same request states, same
+scoring function ``hrnn_core.model.scoring.CatalogueScorer``) whose scoring settings can be changed on a
 fitted model, so one fit is scored many ways without retraining:
 
 * ``set_inference_mix(mix)``: eq. (2) at another lambda (the model's cold-item policy kept);
@@ -25,12 +25,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from hrnn_core.baselines.base import ScoreBatch, TrainData
-from hrnn_core.checkpoint import load_checkpoint
+from hrnn_core.evaluation.baselines.base import ScoreBatch, TrainData
+from hrnn_core.model.checkpoint import load_checkpoint
 from hrnn_core.errors import HrnnError
-from hrnn_core.hrnn_scorer import HRNNScorer
-from hrnn_core.scoring import CatalogueScorer
-from hrnn_core.trend import WindowedPopularity, smoothed_log_share
+from hrnn_core.evaluation.hrnn_scorer import HRNNScorer
+from hrnn_core.model.scoring import CatalogueScorer
+from hrnn_core.model.trend import WindowedPopularity, smoothed_log_share
 
 TREND_MODES = ("add", "ratio")
 

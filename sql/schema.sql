@@ -60,7 +60,7 @@ create table if not exists ingestion_batches (
 -- never renumbered, so a model's embedding row for an id stays valid across nightly runs.
 create table if not exists user_index (
     user_idx     integer primary key,
-    user_id      varchar not null unique   -- the sequence owner: hrnn_core.contract.owner_id
+    user_id      varchar not null unique   -- the sequence owner: hrnn_core.data.contract.owner_id
 );
 
 create table if not exists item_index (

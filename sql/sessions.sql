@@ -1,7 +1,7 @@
 -- sessions: one row per interaction with its sequence owner, session index, position in the
 -- session, and the time since the owner's previous event (the paper's time-delta control input).
 -- Parameters: $gap_seconds (inactivity gap that starts a new inferred session), $session_prefix
--- (hrnn_core.contract.SESSION_OWNER_PREFIX: the owner id of an anonymous session).
+-- (hrnn_core.data.contract.SESSION_OWNER_PREFIX: the owner id of an anonymous session).
 -- A session starts at an owner's first event, when a given session_id changes, or - when the
 -- event has no session_id - when the gap since the previous event is strictly greater than
 -- $gap_seconds (a gap of exactly $gap_seconds stays in the session).

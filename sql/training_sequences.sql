@@ -1,6 +1,6 @@
 -- training_sequences: one row per sequence owner (user, or session for anonymous logs) with the
 -- owner's events before $as_of ordered by (timestamp, event_id), as parallel lists. Exported to
--- Parquet for the trainer (hrnn_core.transforms.export_snapshot). Needs the sessions table.
+-- Parquet for the trainer (hrnn_core.data.transforms.export_snapshot). Needs the sessions table.
 with events as (
     select
         s.owner_id,

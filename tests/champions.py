@@ -9,9 +9,9 @@ from pathlib import Path
 
 from hrnn_core import registry
 from hrnn_core.config import Config, ModelConfig, TrainConfig, load_config
-from hrnn_core.train import train
-from hrnn_core.datasets.load import synthetic_snapshot
-from hrnn_core.warehouse import connect
+from hrnn_core.train.trainer import train
+from hrnn_core.data.datasets.load import synthetic_snapshot
+from hrnn_core.data.warehouse import connect
 
 # trend_weight 0: the tests compare the service and the export with the engine alone (eq. 2); the
 # trend term of the default model (eq. 5) is checked on its own (test_service.test_trend_window_*)

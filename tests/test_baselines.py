@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from hrnn_core.baselines.base import ScoreBatch, TrainData
-from hrnn_core.baselines.bpr import BPRScorer
-from hrnn_core.baselines.features import FieldEncoder, entity_table
-from hrnn_core.baselines.fm import FMScorer
-from hrnn_core.baselines.popularity import PopularityScorer, RecentPopularityScorer
-from hrnn_core.protocols import SnapshotData
+from hrnn_core.evaluation.baselines.base import ScoreBatch, TrainData
+from hrnn_core.evaluation.baselines.bpr import BPRScorer
+from hrnn_core.evaluation.baselines.features import FieldEncoder, entity_table
+from hrnn_core.evaluation.baselines.fm import FMScorer
+from hrnn_core.evaluation.baselines.popularity import PopularityScorer, RecentPopularityScorer
+from hrnn_core.evaluation.protocols import SnapshotData
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -283,7 +283,7 @@ SNAPSHOTS = Path(__file__).resolve().parents[1] / "data" / "snapshots"
 
 def evaluate(scorer, cases, batch_size: int = 512) -> dict:
     """Full-catalogue metrics of ``scorer`` on ``cases`` (Accumulator, seen items excluded)."""
-    from hrnn_core.metrics import Accumulator  # noqa: PLC0415
+    from hrnn_core.evaluation.metrics import Accumulator  # noqa: PLC0415
 
     acc = Accumulator(cases.n_items, ks=(10,))
     for start in range(0, len(cases), batch_size):
@@ -303,7 +303,7 @@ def _ml100k() -> Path | None:
 
 @pytest.mark.slow
 def test_ml100k_leave_one_out_bpr_and_fm_beat_popularity():
-    from hrnn_core.protocols import build_split  # noqa: PLC0415
+    from hrnn_core.evaluation.protocols import build_split  # noqa: PLC0415
 
     folder = _ml100k()
     if folder is None:

@@ -69,7 +69,7 @@ def run_dag(home: Path, data_dir: Path, dag_id: str, logical_date: str) -> subpr
 
 def test_ingest_dag_end_to_end_and_idempotent(airflow_home, tmp_path):
     from hrnn_core.config import load_config
-    from hrnn_core.warehouse import connect, table_checksum
+    from hrnn_core.data.warehouse import connect, table_checksum
 
     data = tmp_path / "data"
     landing = data / "landing"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-HRNN = [sys.executable, "-m", "hrnn_core.cli"]
+HRNN = [sys.executable, "-m", "hrnn_core.cli.main"]
 
 # dataset -> (folder, interactions read, duplicates, quarantined): fixed by the data itself.
 CASES = {

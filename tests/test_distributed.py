@@ -1,4 +1,4 @@
-"""Data-parallel training (hrnn_core.distributed): 2 gloo processes vs 1 process, same global batch.
+"""Data-parallel training (hrnn_core.train.distributed): 2 gloo processes vs 1 process, same global batch.
 
 Stated tolerances:
 - dense softmax, no dropout: both runs compute the same batch-mean gradient (only the float
@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from hrnn_core.checkpoint import load_checkpoint
+from hrnn_core.model.checkpoint import load_checkpoint
 from hrnn_core.config import ConfigError, ModelConfig, TrainConfig, load_config
-from hrnn_core.datasets import synth
-from hrnn_core.distributed import DistributedError, init_from_env, train_distributed
-from hrnn_core.train import train
+from hrnn_core.data.datasets import synth
+from hrnn_core.train.distributed import DistributedError, init_from_env, train_distributed
+from hrnn_core.train.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -33,9 +33,9 @@ BASE = TrainConfig(epochs=2, batch_size=8, bptt=8, progress=False, val_owners=20
 
 @pytest.fixture(scope="module")
 def snap(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from hrnn_core.ingest import ingest_path
-    from hrnn_core.transforms import export_snapshot
-    from hrnn_core.warehouse import connect
+    from hrnn_core.data.ingest import ingest_path
+    from hrnn_core.data.transforms import export_snapshot
+    from hrnn_core.data.warehouse import connect
 
     d = tmp_path_factory.mktemp("ddp_data")
     synth.generate(d / "raw", n_users=60, n_items=80, n_events=2_500, n_genres=5, seed=3)
@@ -94,9 +94,9 @@ def test_entry_point_outside_torchrun_says_how_to_launch(monkeypatch) -> None:
 
 def test_retrain_hrnn_task_trains_data_parallel_with_train_processes(snap, monkeypatch) -> None:
     """retrain -> evaluate_split -> HRNNScorer.fit launches torchrun when train.processes > 1."""
-    import hrnn_core.distributed as distributed
-    from hrnn_core.evaluate import evaluate_split
-    from hrnn_core.protocols import SnapshotData, build_split
+    import hrnn_core.train.distributed as distributed
+    from hrnn_core.evaluation.harness import evaluate_split
+    from hrnn_core.evaluation.protocols import SnapshotData, build_split
 
     calls = []
     real = distributed.train_distributed

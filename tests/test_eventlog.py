@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from hrnn_core.contract import MissingOwnerError, owner_id
-from hrnn_core.eventlog import CLOSED_PREFIX, OPEN_PREFIX, EventLog, EventLogError, LoggedEvent, OwnerIndex, read_segment
-from hrnn_core.pipeline import LANDING_SUFFIXES
+from hrnn_core.data.contract import MissingOwnerError, owner_id
+from hrnn_core.data.eventlog import CLOSED_PREFIX, OPEN_PREFIX, EventLog, EventLogError, LoggedEvent, OwnerIndex, read_segment
+from hrnn_core.data.pipeline import LANDING_SUFFIXES
 
 
 def ev(i: int, user: str | None = "u1", session: str | None = None, **kw) -> LoggedEvent:
@@ -22,7 +22,7 @@ def ev(i: int, user: str | None = "u1", session: str | None = None, **kw) -> Log
 
 
 def ingestable(folder: Path) -> list[Path]:
-    """What the ingest scan (hrnn_core.pipeline.find_new_files) would pick up."""
+    """What the ingest scan (hrnn_core.data.pipeline.find_new_files) would pick up."""
     return sorted(p for p in folder.iterdir() if p.name.endswith(LANDING_SUFFIXES) and not p.name.startswith("."))
 
 
@@ -87,7 +87,7 @@ def test_sigkilled_writer_loses_no_acknowledged_event(tmp_path: Path) -> None:
     """A child appends (each append returns only after fsync), reports, and is SIGKILLed."""
     code = textwrap.dedent(f"""
         import sys, time
-        from hrnn_core.eventlog import EventLog, LoggedEvent
+        from hrnn_core.data.eventlog import EventLog, LoggedEvent
         log = EventLog({str(tmp_path)!r})
         for i in range(20):
             log.append([LoggedEvent("u{{}}".format(i % 3), None, "i{{}}".format(i), 1.7e9 + i)])
@@ -117,8 +117,8 @@ def test_owner_index_and_owner_ids() -> None:
 def test_closed_segment_is_a_valid_contract_file(tmp_path: Path) -> None:
     """The real ingest loads a closed segment: every row accepted, context and types kept."""
     from hrnn_core.config import load_config
-    from hrnn_core.ingest import ingest_file
-    from hrnn_core.warehouse import connect
+    from hrnn_core.data.ingest import ingest_file
+    from hrnn_core.data.warehouse import connect
 
     log = EventLog(tmp_path / "landing")
     log.append([ev(1, event_type="click", event_value=4.0, context={"device": "mobile"}),

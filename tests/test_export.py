@@ -16,8 +16,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hrnn_core.contract import is_session_owner
-from hrnn_core.export import ExportError, export_all, merge_shards, score_shard
+from hrnn_core.data.contract import is_session_owner
+from hrnn_core.serving.export import ExportError, export_all, merge_shards, score_shard
 from tests.champions import promote_tiny_champion
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def test_shards_merge_to_the_single_shard_result_and_reruns_replace_atomically(c
 
 
 def test_cli_export(champion, tmp_path: Path) -> None:
-    from hrnn_core.cli import app
+    from hrnn_core.cli.main import app
 
     cfg, tag, _ = champion
     res = CliRunner().invoke(app, ["export", "--model", tag, "--k", "3", "--out", str(tmp_path / "cli"),

@@ -12,13 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from hrnn_core.checkpoint import load_checkpoint
+from hrnn_core.model.checkpoint import load_checkpoint
 from hrnn_core.config import ModelConfig, TrainConfig
-from hrnn_core.features import USER_ID_FIELD
-from hrnn_core.inference import Event, InferenceEngine, InferenceError, UserState
-from hrnn_core.scoring import CatalogueScorer, popularity
-from hrnn_core.train import gather_inputs, prepare_data, train
-from hrnn_core.datasets.load import synthetic_snapshot
+from hrnn_core.model.features import USER_ID_FIELD
+from hrnn_core.model.inference import Event, InferenceEngine, InferenceError, UserState
+from hrnn_core.model.scoring import CatalogueScorer, popularity
+from hrnn_core.train.trainer import gather_inputs, prepare_data, train
+from hrnn_core.data.datasets.load import synthetic_snapshot
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -145,7 +145,7 @@ def test_lambda_one_scores_without_id_embeddings(trained) -> None:
 def test_the_cold_item_policy_is_the_models(trained) -> None:
     """model.cold_item_score: "trained" scores items without training events like every item (their rows
     were trained as negatives), "metadata" from their metadata alone (lambda = 1); the one policy of
-    every scoring path (hrnn_core.scoring)."""
+    every scoring path (hrnn_core.model.scoring)."""
     _, ckpt = trained
     ck = load_checkpoint(ckpt)
     ck.item_freq[:3] = 0  # pretend items 0-2 never occurred in training
@@ -162,7 +162,7 @@ def test_the_cold_item_policy_is_the_models(trained) -> None:
 
 
 def test_trend_term_of_eq5(trained) -> None:
-    """The engine adds eq. (5) once it has a popularity (hrnn_core.recommend gives it the service's):
+    """The engine adds eq. (5) once it has a popularity (hrnn_core.serving.recommend gives it the service's):
     + trend_weight * log q_j(t), q = the add-k smoothed shares of the window before t's bucket."""
     _, ckpt = trained
     engine = InferenceEngine.from_checkpoint(ckpt, device="cpu")

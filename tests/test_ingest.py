@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from hrnn_core import contract as c
-from hrnn_core import ingest, validation
+from hrnn_core.data import contract as c
+from hrnn_core.data import ingest, validation
 from hrnn_core.config import load_config
-from hrnn_core.ingest import ingest_file, ingest_path
-from hrnn_core.warehouse import connect, run_checks, table_checksum
+from hrnn_core.data.ingest import ingest_file, ingest_path
+from hrnn_core.data.warehouse import connect, run_checks, table_checksum
 
 MISSING_USER_ID = "missing user_id"  # users-table reason (validation.entity_rules); no constant yet
 

@@ -1,4 +1,4 @@
-"""Full-ranking metrics on hand-computed cases (hrnn_core.metrics)."""
+"""Full-ranking metrics on hand-computed cases (hrnn_core.evaluation.metrics)."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hrnn_core.metrics import (
+from hrnn_core.evaluation.metrics import (
     Accumulator,
     MetricError,
     multi_target_positions,

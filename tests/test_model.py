@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from hrnn_core.config import ModelConfig
-from hrnn_core.features import FeatureSpace, FieldGroup, time_delta_bucket
-from hrnn_core.losses import dense_softmax_loss, first_occurrence, reward_weights, sampled_softmax_loss
-from hrnn_core.model import HRNNMeta, StepInputs
+from hrnn_core.model.features import FeatureSpace, FieldGroup, time_delta_bucket
+from hrnn_core.model.losses import dense_softmax_loss, first_occurrence, reward_weights, sampled_softmax_loss
+from hrnn_core.model.network import HRNNMeta, StepInputs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

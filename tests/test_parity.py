@@ -1,6 +1,6 @@
 """Evaluate what you serve: the evaluation path (and so the promotion gate), the batch export and a
 live ``bentoml serve`` give the same scores and top-k for the same users, times and contexts, with and
-without the eq. (5) trend term, for a warm user, a cold user and an anonymous session (hrnn_core.scoring)."""
+without the eq. (5) trend term, for a warm user, a cold user and an anonymous session (hrnn_core.model.scoring)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from hrnn_core.baselines.base import ScoreBatch, TrainData
-from hrnn_core.contract import owner_id
-from hrnn_core.export import score_model_shard
-from hrnn_core.hrnn_scorer import HRNNScorer
-from hrnn_core.recommend import load_serving_model
+from hrnn_core.evaluation.baselines.base import ScoreBatch, TrainData
+from hrnn_core.data.contract import owner_id
+from hrnn_core.serving.export import score_model_shard
+from hrnn_core.evaluation.hrnn_scorer import HRNNScorer
+from hrnn_core.serving.recommend import load_serving_model
 from tests.champions import TINY_MODEL, promote_tiny_champion
 from tests.test_service import Server
 

@@ -1,4 +1,4 @@
-"""Evaluation protocols (hrnn_core.protocols): exact splits and no test leakage into training."""
+"""Evaluation protocols (hrnn_core.evaluation.protocols): exact splits and no test leakage into training."""
 
 import json
 from pathlib import Path
@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from hrnn_core.protocols import (
+from hrnn_core.evaluation.protocols import (
     ProtocolError,
     SnapshotData,
     build_split,

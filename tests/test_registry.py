@@ -8,7 +8,7 @@ import pytest
 
 from hrnn_core import registry
 from hrnn_core.config import load_config
-from hrnn_core.warehouse import connect
+from hrnn_core.data.warehouse import connect
 
 
 @pytest.fixture()

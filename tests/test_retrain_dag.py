@@ -53,7 +53,7 @@ def synth(tmp_path_factory):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from hrnn_core.datasets import synth as gen
+    from hrnn_core.data.datasets import synth as gen
 
     out = tmp_path_factory.mktemp("synth")
     files = gen.generate(out / "all", n_users=120, n_items=150, n_events=6000, days=6, start_time=START, seed=3)
@@ -82,8 +82,8 @@ def make_env(home: Path, root: Path, models: str) -> tuple[dict, Path]:
 
 def ingest(env: dict, *paths: Path) -> None:
     from hrnn_core.config import load_config
-    from hrnn_core.ingest import ingest_file
-    from hrnn_core.warehouse import connect
+    from hrnn_core.data.ingest import ingest_file
+    from hrnn_core.data.warehouse import connect
 
     cfg = load_config(overrides={"paths": {"data_dir": env["HRNN_DATA_DIR"]}}, environ={})
     with connect(cfg) as con:
@@ -106,7 +106,7 @@ def registry_state(env: dict) -> dict:
     code = (
         "import json, duckdb, bentoml\n"
         "from hrnn_core.config import load_config\n"
-        "from hrnn_core.warehouse import connect\n"
+        "from hrnn_core.data.warehouse import connect\n"
         "from hrnn_core import registry\n"
         "cfg = load_config()\n"
         "with connect(cfg, read_only=True) as con:\n"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hrnn_core.sampler import AliasSampler, SamplerError, alias_tables
+from hrnn_core.model.sampler import AliasSampler, SamplerError, alias_tables
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

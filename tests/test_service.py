@@ -26,13 +26,13 @@ from bentoml.exceptions import InvalidArgument, NotFound
 from starlette.testclient import TestClient
 
 from hrnn_core import registry
-from hrnn_core.checkpoint import load_checkpoint
+from hrnn_core.model.checkpoint import load_checkpoint
 from hrnn_core.config import Config, ModelConfig, PathsConfig
-from hrnn_core.eventlog import OPEN_PREFIX, EventLog
-from hrnn_core.features import USER_ID_FIELD
-from hrnn_core.inference import Event, InferenceEngine
-from hrnn_core.recommend import load_serving_model
-from hrnn_core.warehouse import connect
+from hrnn_core.data.eventlog import OPEN_PREFIX, EventLog
+from hrnn_core.model.features import USER_ID_FIELD
+from hrnn_core.model.inference import Event, InferenceEngine
+from hrnn_core.serving.recommend import load_serving_model
+from hrnn_core.data.warehouse import connect
 from tests.champions import promote_tiny_champion
 
 REPO = Path(__file__).resolve().parents[1]

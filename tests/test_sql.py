@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from hrnn_core.config import load_config
-from hrnn_core.contract import owner_id
+from hrnn_core.data.contract import owner_id
 from hrnn_core.errors import WarehouseError
-from hrnn_core.transforms import build_sessions, export_snapshot
-from hrnn_core.warehouse import connect, run_checks, split_statements
+from hrnn_core.data.transforms import build_sessions, export_snapshot
+from hrnn_core.data.warehouse import connect, run_checks, split_statements
 
 
 @pytest.fixture()

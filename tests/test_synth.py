@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from hrnn_core.datasets import synth
+from hrnn_core.data.datasets import synth
 from hrnn_core.errors import ConfigError
 
 START = 1_700_000_000

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from hrnn_core import train as train_mod
+from hrnn_core.train import trainer as train_mod
 from hrnn_core.config import ModelConfig, TrainConfig
-from hrnn_core.datasets import synth
-from hrnn_core.train import prepare_data, tie_order, train
+from hrnn_core.data.datasets import synth
+from hrnn_core.train.trainer import prepare_data, tie_order, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,9 +27,9 @@ FAST = TrainConfig(epochs=2, batch_size=8, bptt=8, progress=False, val_owners=20
 def tied(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A snapshot whose timestamps are coarsened to 2,000 s, so most events tie with a neighbour."""
     from hrnn_core.config import load_config
-    from hrnn_core.ingest import ingest_path
-    from hrnn_core.transforms import export_snapshot
-    from hrnn_core.warehouse import connect
+    from hrnn_core.data.ingest import ingest_path
+    from hrnn_core.data.transforms import export_snapshot
+    from hrnn_core.data.warehouse import connect
 
     d = tmp_path_factory.mktemp("ties")
     paths = synth.generate(d / "raw", n_users=40, n_items=60, n_events=2_000, n_genres=4, seed=3)

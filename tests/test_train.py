@@ -13,15 +13,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hrnn_core import train as train_mod
-from hrnn_core.checkpoint import load_checkpoint
+from hrnn_core.train import trainer as train_mod
+from hrnn_core.model.checkpoint import load_checkpoint
 from hrnn_core.config import ModelConfig, TrainConfig, load_config
-from hrnn_core.datasets import synth
+from hrnn_core.data.datasets import synth
 from hrnn_core.errors import ConfigError
-from hrnn_core.features import FeatureSpace
-from hrnn_core.losses import LossOut
-from hrnn_core.datasets.load import synthetic_snapshot
-from hrnn_core.train import NonFiniteLossError, TrainError, prepare_data, train, user_parallel_windows
+from hrnn_core.model.features import FeatureSpace
+from hrnn_core.model.losses import LossOut
+from hrnn_core.data.datasets.load import synthetic_snapshot
+from hrnn_core.train.trainer import NonFiniteLossError, TrainError, prepare_data, train, user_parallel_windows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,9 +31,9 @@ FAST = TrainConfig(epochs=2, batch_size=8, bptt=8, progress=False, val_owners=20
 @pytest.fixture(scope="module")
 def snap(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(data dir with a warehouse, snapshot dir): 60 users, 2,500 events, impressions on half."""
-    from hrnn_core.ingest import ingest_path
-    from hrnn_core.transforms import export_snapshot
-    from hrnn_core.warehouse import connect
+    from hrnn_core.data.ingest import ingest_path
+    from hrnn_core.data.transforms import export_snapshot
+    from hrnn_core.data.warehouse import connect
 
     d = tmp_path_factory.mktemp("train_data")
     paths = synth.generate(d / "raw", n_users=60, n_items=80, n_events=2_500, n_genres=5, seed=1)
@@ -115,8 +115,8 @@ def test_prepare_data_holds_out_the_snapshots_own_validation_targets(snap, tmp_p
 def test_leave_one_out_hrnn_trains_on_train_and_stops_on_the_validation_targets(snap, monkeypatch) -> None:
     """The harness gives HRNN-meta leave_one_out's train + validation targets, held out: it trains
     on exactly the protocol's training events and validates on (a sample of) its validation cases."""
-    from hrnn_core.evaluate import evaluate_split
-    from hrnn_core.protocols import SnapshotData, build_split
+    from hrnn_core.evaluation.harness import evaluate_split
+    from hrnn_core.evaluation.protocols import SnapshotData, build_split
 
     _, path = snap
     split = build_split("leave_one_out", SnapshotData.load(path))
@@ -300,7 +300,7 @@ def test_early_stopping(snap, tmp_path, monkeypatch) -> None:
 
 
 def test_cli_train(snap, tmp_path) -> None:
-    from hrnn_core.cli import app
+    from hrnn_core.cli.main import app
 
     d, _ = snap
     conf = tmp_path / "c.toml"
@@ -316,7 +316,7 @@ def test_cli_train(snap, tmp_path) -> None:
 def test_time_delta_input_lowers_ppl_and_moves_top1(tmp_path_factory) -> None:
     """Sessions with one intent each, new intent after long gaps: the time delta tells the model
     when the intent may have switched (section 2.2, Table 2)."""
-    from hrnn_core.inference import InferenceEngine
+    from hrnn_core.model.inference import InferenceEngine
 
     path = synthetic_snapshot(
         tmp_path_factory.mktemp("sessions"), n_users=200, n_items=60, n_events=12_000, n_genres=4, seed=3,
@@ -355,7 +355,7 @@ def test_time_delta_input_lowers_ppl_and_moves_top1(tmp_path_factory) -> None:
 
 def scored(model, data, mix: float, trend, exclude_seen: bool = False) -> dict:
     """``train.evaluate`` through the one scoring function at lambda ``mix`` with ``trend`` (a TrainTrend)."""
-    from hrnn_core.scoring import CatalogueScorer
+    from hrnn_core.model.scoring import CatalogueScorer
 
     scorer = CatalogueScorer(model, data.events.item_freq, mix, trend.popularity if trend else None,
                              trend.weight if trend else 0.0)
@@ -364,7 +364,7 @@ def scored(model, data, mix: float, trend, exclude_seen: bool = False) -> dict:
 
 
 def train_mod_event(engine, row: dict, k: int):
-    from hrnn_core.inference import Event
+    from hrnn_core.model.inference import Event
 
     ctx = row["contexts"][k]
     return Event(engine.item_ids[row["item_idx"][k]], row["timestamps"][k], row["event_types"][k],
@@ -375,10 +375,10 @@ def test_sampled_step_on_a_million_items_never_builds_a_batch_by_catalog_matrix(
     """The sampled output's cost depends on B x (B + n_neg), not on the catalog size."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from hrnn_core.features import FieldGroup
-    from hrnn_core.losses import sampled_softmax_loss
-    from hrnn_core.model import HRNNMeta, StepInputs
-    from hrnn_core.sampler import AliasSampler
+    from hrnn_core.model.features import FieldGroup
+    from hrnn_core.model.losses import sampled_softmax_loss
+    from hrnn_core.model.network import HRNNMeta, StepInputs
+    from hrnn_core.model.sampler import AliasSampler
 
     n_items, b, t, n_neg = 1_000_000, 8, 8, 64
     groups = dict(num_fields=[], num_mean=[], num_std=[], clip=5.0)
@@ -430,7 +430,7 @@ def test_sampled_step_on_a_million_items_never_builds_a_batch_by_catalog_matrix(
 def test_auto_inference_mix_is_chosen_on_validation_and_carried_to_inference(snap, tmp_path) -> None:
     """inference_item_meta_mix unset: each epoch scores every lambda of the grid on the validation
     events; the checkpoint (and so inference) carries the best one; resuming keeps working."""
-    from hrnn_core.checkpoint import load_checkpoint
+    from hrnn_core.model.checkpoint import load_checkpoint
     from hrnn_core.config import INFERENCE_MIX_GRID
 
     _, path = snap
@@ -459,8 +459,8 @@ def test_auto_inference_mix_is_chosen_on_validation_and_carried_to_inference(sna
 def test_evaluate_trend_term_is_an_item_bias_when_the_window_holds_everything(snap, tmp_path) -> None:
     """evaluate(trend=(w, q, times)) adds w * log q_j(t) to every score: with every event long before the
     targets' hour, q is the same for all of them, so it equals the model with w * log q added to its bias."""
-    from hrnn_core.trend import WindowedPopularity
-    from hrnn_core.train import evaluate
+    from hrnn_core.model.trend import WindowedPopularity
+    from hrnn_core.train.trainer import evaluate
 
     _, path = snap
     cfg = dataclasses.replace(SMALL, use_item_meta=False, inference_item_meta_mix=0.0)

@@ -14,13 +14,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hrnn_core.baselines.base import ScoreBatch
-from hrnn_core.baselines.popularity import RecentPopularityScorer
+from hrnn_core.evaluation.baselines.base import ScoreBatch
+from hrnn_core.evaluation.baselines.popularity import RecentPopularityScorer
 from hrnn_core.config import ModelConfig, TrainConfig, load_config
-from hrnn_core.evaluate import train_data
-from hrnn_core.hrnn_scorer import HRNNScorer
-from hrnn_core.protocols import rolling
-from hrnn_core.trend import WindowedPopularity
+from hrnn_core.evaluation.harness import train_data
+from hrnn_core.evaluation.hrnn_scorer import HRNNScorer
+from hrnn_core.evaluation.protocols import rolling
+from hrnn_core.model.trend import WindowedPopularity
 from research.experiments.trend import METRICS, trend_snapshot
 from research.scorers import StudyScorer
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from hrnn_core.config import ModelConfig, TrainConfig
-from hrnn_core.features import USER_ID_FIELD, FeatureSpace, encode_events, known_users
-from hrnn_core.inference import InferenceEngine
-from hrnn_core.model import HRNNMeta, StepInputs
-from hrnn_core.protocols import SnapshotData, build_split
-from hrnn_core.recommend import SnapshotHistory
-from hrnn_core.train import train
-from hrnn_core.datasets.load import synthetic_snapshot
+from hrnn_core.model.features import USER_ID_FIELD, FeatureSpace, encode_events, known_users
+from hrnn_core.model.inference import InferenceEngine
+from hrnn_core.model.network import HRNNMeta, StepInputs
+from hrnn_core.evaluation.protocols import SnapshotData, build_split
+from hrnn_core.serving.recommend import SnapshotHistory
+from hrnn_core.train.trainer import train
+from hrnn_core.data.datasets.load import synthetic_snapshot
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -106,7 +106,7 @@ def test_user_id_dropout_leaves_the_id_out_in_training_only(snap) -> None:
 
 def test_user_id_options_need_their_inputs() -> None:
     from hrnn_core.errors import ConfigError
-    from hrnn_core.hrnn_scorer import PLAIN_GRU
+    from hrnn_core.evaluation.hrnn_scorer import PLAIN_GRU
 
     # the id is a user field: without the user features it is off (an ablation switching those off needs no more)
     assert not ModelConfig(use_user_id=True, use_user_features=False).user_id_active
@@ -174,7 +174,7 @@ def test_user_id_output_trains_and_serves(snap, tmp_path) -> None:
 
 
 def test_user_id_output_needs_the_id(snap) -> None:
-    from hrnn_core.hrnn_scorer import PLAIN_GRU
+    from hrnn_core.evaluation.hrnn_scorer import PLAIN_GRU
 
     for cfg in (dataclasses.replace(MODEL, use_user_id=False, user_id_output=True),
                 dataclasses.replace(MODEL, use_user_features=False, user_id_output=True),

@@ -9,7 +9,7 @@ def hrnn_cluster_smoke():
     def write_warehouse():
         import os
         from hrnn_core.config import load_config
-        from hrnn_core.warehouse import connect, run_checks
+        from hrnn_core.data.warehouse import connect, run_checks
 
         cfg = load_config()
         with connect(cfg) as con:  # runs sql/schema.sql from HRNN__PATHS__SQL_DIR

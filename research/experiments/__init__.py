@@ -17,9 +17,9 @@ def dataset_snapshot(cfg, dataset: str, path=None, snapshot=None):
 
     if snapshot is not None:
         return Path(snapshot)
-    from hrnn_core.datasets.load import ingest_dataset  # noqa: PLC0415
-    from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
-    from hrnn_core.warehouse import connect  # noqa: PLC0415
+    from hrnn_core.data.datasets.load import ingest_dataset  # noqa: PLC0415
+    from hrnn_core.data.transforms import export_snapshot  # noqa: PLC0415
+    from hrnn_core.data.warehouse import connect  # noqa: PLC0415
 
     dcfg = ingest_dataset(cfg, dataset, path)
     with connect(dcfg) as con:

@@ -15,7 +15,7 @@ Rows, each a model fitted on the same ``user_holdout`` split:
 Protocol: ``user_holdout`` with the paper's Table 1 setting, 20 % of users held out, and the
 last event of each as the target (PROTOCOLS.md's Table 8 variant), so every test case is one
 next-item prediction and PPL is the paper's exp(mean NLL). On the synthetic data
-(``hrnn_core.datasets.synth`` with ``write_truth``) the generator's own probability of each test
+(``hrnn_core.data.datasets.synth`` with ``write_truth``) the generator's own probability of each test
 event is known: ``oracle`` = exp(-mean true log p(item | latent session intent, time bucket)), a
 floor no model can beat, and ``oracle without intent`` (intent marginalised over the user's
 taste), which a model that reads the session's items can approach but that hides the intent.
@@ -31,7 +31,7 @@ from typing import Annotated, Callable
 import numpy as np
 import typer
 
-from hrnn_core.cli_options import ConfigOpt, DataDirOpt, OutputOpt, cli_config, guard, raw_path_opt
+from hrnn_core.cli.options import ConfigOpt, DataDirOpt, OutputOpt, cli_config, guard, raw_path_opt
 from hrnn_core.errors import HrnnError
 from research.experiments import dataset_snapshot, write_report
 
@@ -86,8 +86,8 @@ def oracle_ppl(raw_dir: Path, warehouse_con, event_ids: np.ndarray) -> dict:
 def run_ablation(snapshot_dir: Path, model_cfg, train_cfg, *, dataset: str = "", test_fraction: float = 0.2,
                  seed: int = 0, rows: tuple = ROWS, say: Callable[[str], None] = lambda _m: None) -> dict:
     """Fit every row's model on one user_holdout split; PPL, NDCG@10 and the paired tests."""
-    from hrnn_core.evaluate import evaluate_split, significance  # noqa: PLC0415
-    from hrnn_core.protocols import SnapshotData, build_split  # noqa: PLC0415
+    from hrnn_core.evaluation.harness import evaluate_split, significance  # noqa: PLC0415
+    from hrnn_core.evaluation.protocols import SnapshotData, build_split  # noqa: PLC0415
 
     if train_cfg.exclude_seen is None:
         # PPL is a full-catalogue distribution: the seen-item-free softmax (auto-on for ratings)
@@ -179,10 +179,10 @@ def run_synthetic(cfg, work: Path, *, test_fraction: float = 0.2, seed: int = 0,
                   rows: tuple = ROWS, say: Callable[[str], None] = lambda _m: None) -> tuple[dict, Path]:
     """Generate the synthetic log with its truth, run the ablation, add the oracle PPL."""
     from hrnn_core.config import replace  # noqa: PLC0415
-    from hrnn_core.datasets import synth  # noqa: PLC0415
-    from hrnn_core.ingest import ingest_path  # noqa: PLC0415
-    from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
-    from hrnn_core.warehouse import connect  # noqa: PLC0415
+    from hrnn_core.data.datasets import synth  # noqa: PLC0415
+    from hrnn_core.data.ingest import ingest_path  # noqa: PLC0415
+    from hrnn_core.data.transforms import export_snapshot  # noqa: PLC0415
+    from hrnn_core.data.warehouse import connect  # noqa: PLC0415
 
     opts = {**SYNTH, **(synth_options or {})}
     raw = work / f"raw-{'-'.join(f'{k}{v}' for k, v in sorted(opts.items()))}"

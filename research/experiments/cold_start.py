@@ -36,7 +36,7 @@ from typing import Annotated, Callable
 import numpy as np
 import typer
 
-from hrnn_core.cli_options import ConfigOpt, DataDirOpt, OutputOpt, RawPathOpt, SnapshotOpt, cli_config, guard
+from hrnn_core.cli.options import ConfigOpt, DataDirOpt, OutputOpt, RawPathOpt, SnapshotOpt, cli_config, guard
 from hrnn_core.errors import HrnnError
 from research.experiments import dataset_snapshot, write_report
 
@@ -57,7 +57,7 @@ def per_user_cases(cases):
     """One case per user of the (per-event) cold ``cases``: reads every readable (warm) event
     of the user, at the time of the user's last event (readable or cold); targets = every
     distinct cold item of the user (see the module docstring)."""
-    from hrnn_core.protocols import Cases, _flat  # noqa: PLC0415
+    from hrnn_core.evaluation.protocols import Cases, _flat  # noqa: PLC0415
 
     rows, first = np.unique(cases.row, return_index=True)  # per-event cases are row-contiguous, time-ordered
     last = np.r_[first[1:], len(cases)] - 1  # each user's last cold case
@@ -80,7 +80,7 @@ def views(split) -> dict:
 
 def cold_lambda(scorer) -> np.ndarray:
     """(n_items,) lambda of eq. (2) the fitted HRNN scorer applies to each item, by the policy of its
-    scoring function (``hrnn_core.scoring.CatalogueScorer``): its lambda, and 1 on the items without
+    scoring function (``hrnn_core.model.scoring.CatalogueScorer``): its lambda, and 1 on the items without
     training events when the model's ``cold_item_score`` is "metadata" and it has a metadata decoder."""
     cs = scorer.scorer
     lam = np.full(scorer.n_items, float(cs.mix))
@@ -107,7 +107,7 @@ def score_cold_start(split, scorers: dict, batch_size: int = 512) -> dict[str, d
     Returns {name: {"per_event": Accumulator, "per_user": Accumulator}}, metrics at KS and at
     n_cold (the uncut MRR), ranked among the cold items only (``split.candidate_mask``).
     """
-    from hrnn_core.evaluate import score_cases  # noqa: PLC0415
+    from hrnn_core.evaluation.harness import score_cases  # noqa: PLC0415
 
     n_cold = int(split.candidate_mask.sum())
     ks = tuple(sorted({*KS, n_cold}))
@@ -119,8 +119,8 @@ def score_cold_start(split, scorers: dict, batch_size: int = 512) -> dict[str, d
 def cold_start_report(split, accs: dict[str, dict], reference: str = "hrnn", baseline: str = "random") -> dict:
     """Metrics of both views, the analytic expectation of uniform random ranking and paired
     tests of ``reference`` against ``baseline`` (bootstrap CI + t-test on per-case values)."""
-    from hrnn_core.baselines.uniform import expected_random_metrics  # noqa: PLC0415
-    from hrnn_core.metrics import paired_test  # noqa: PLC0415
+    from hrnn_core.evaluation.baselines.uniform import expected_random_metrics  # noqa: PLC0415
+    from hrnn_core.evaluation.metrics import paired_test  # noqa: PLC0415
 
     n_cold = int(split.candidate_mask.sum())
     out = {}
@@ -144,8 +144,8 @@ def cold_start_report(split, accs: dict[str, dict], reference: str = "hrnn", bas
 def run_cold_start(snapshot_dir: Path, model_cfg, train_cfg, *, dataset: str = "", cold_fraction: float = 0.5,
                    seed: int = 0, batch_size: int = 512, say: Callable[[str], None] = lambda _m: None) -> dict:
     """Build the split, fit HRNN-meta (lambda ~ U[0,1]) and random, score both views; the report."""
-    from hrnn_core.evaluate import make_scorer, train_data  # noqa: PLC0415
-    from hrnn_core.protocols import SnapshotData, build_split  # noqa: PLC0415
+    from hrnn_core.evaluation.harness import make_scorer, train_data  # noqa: PLC0415
+    from hrnn_core.evaluation.protocols import SnapshotData, build_split  # noqa: PLC0415
 
     data = SnapshotData.load(snapshot_dir)
     split = build_split("cold_start_items", data, cold_fraction=cold_fraction, seed=seed)

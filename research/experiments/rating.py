@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from hrnn_core.cli_options import DataDirOpt, OutputOpt, RawPathOpt, SnapshotOpt, cli_config, config_opt, guard
+from hrnn_core.cli.options import DataDirOpt, OutputOpt, RawPathOpt, SnapshotOpt, cli_config, config_opt, guard
 from research.experiments import dataset_snapshot, write_report
 
 RatingConfigOpt = config_opt("TOML config file (else $HRNN_CONFIG): its model and train sections configure the recurrent models.")
@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         """Tables 4-5: RMSE of rating prediction: rolling average, FM, GRU and HRNN-meta (+ value decoder)."""
         import torch  # noqa: PLC0415
 
-        from hrnn_core.protocols import SnapshotData, build_split  # noqa: PLC0415
+        from hrnn_core.evaluation.protocols import SnapshotData, build_split  # noqa: PLC0415
         from research.rating import format_table, run_rating  # noqa: PLC0415
 
         cfg = cli_config(config, data_dir=data_dir)

@@ -27,7 +27,7 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from hrnn_core.cli_options import ConfigOpt, DataDirOpt, RawPathOpt, SnapshotOpt, cli_config, guard, output_opt
+from hrnn_core.cli.options import ConfigOpt, DataDirOpt, RawPathOpt, SnapshotOpt, cli_config, guard, output_opt
 from hrnn_core.errors import HrnnError
 from research.experiments import dataset_snapshot, write_report
 
@@ -150,7 +150,7 @@ def format_tables(report: dict) -> str:
 def _train_or_reuse(snapshot_dir: Path, data_dir: Path, model_cfg, train_cfg, say) -> Path:
     """The best checkpoint of HRNN-meta trained on the snapshot with these configs; a run with
     the same snapshot and settings under ``<data_dir>/models`` is reused (training is seeded)."""
-    from hrnn_core.train import train  # noqa: PLC0415
+    from hrnn_core.train.trainer import train  # noqa: PLC0415
 
     settings = {"model": dataclasses.asdict(model_cfg),
                 "train": {k: v for k, v in dataclasses.asdict(train_cfg).items() if k not in ("progress", "device")}}
@@ -167,7 +167,7 @@ def _train_or_reuse(snapshot_dir: Path, data_dir: Path, model_cfg, train_cfg, sa
 
 def load_engine(checkpoint: Path):
     """The inference engine of ``checkpoint`` on CPU, without the eq. (5) trend term (as the paper's table)."""
-    from hrnn_core.inference import InferenceEngine  # noqa: PLC0415
+    from hrnn_core.model.inference import InferenceEngine  # noqa: PLC0415
 
     engine = InferenceEngine.from_checkpoint(checkpoint, device="cpu")
     engine.scorer.trend_weight = 0.0  # no q(t) is given either: no term
@@ -177,7 +177,7 @@ def load_engine(checkpoint: Path):
 def run_time_deltas(snapshot_dir: Path, engine, *, checkpoint: Path | None = None, user: str | None = None,
                     deltas=DEFAULT_DELTAS, top: int = 3, dataset: str = "") -> dict:
     """Both tables for a loaded ``engine`` (``load_engine``) over the snapshot's histories."""
-    from hrnn_core.recommend import SnapshotHistory  # noqa: PLC0415
+    from hrnn_core.serving.recommend import SnapshotHistory  # noqa: PLC0415
 
     history = SnapshotHistory(engine, Path(snapshot_dir))
     info = item_info(snapshot_dir)

@@ -35,7 +35,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from hrnn_core.cli_options import ConfigOpt, DataDirOpt, cli_config, guard, output_opt, raw_path_opt
+from hrnn_core.cli.options import ConfigOpt, DataDirOpt, cli_config, guard, output_opt, raw_path_opt
 from hrnn_core.errors import HrnnError
 from research.experiments import dataset_snapshot
 
@@ -62,7 +62,7 @@ class TrendExperimentError(HrnnError):
 
 def valid_frames(split, frame_seconds: float):
     """The validation cases cut into frames from the start of the validation period."""
-    from hrnn_core.protocols import Frame  # noqa: PLC0415
+    from hrnn_core.evaluation.protocols import Frame  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
     cases = split.valid
@@ -78,7 +78,7 @@ def _batches(cases, batch_size: int):
     """(ScoreBatch, batch dict) over ``cases`` in order."""
     import numpy as np  # noqa: PLC0415
 
-    from hrnn_core.baselines.base import ScoreBatch  # noqa: PLC0415
+    from hrnn_core.evaluation.baselines.base import ScoreBatch  # noqa: PLC0415
 
     for lo in range(0, len(cases), batch_size):
         idx = np.arange(lo, min(len(cases), lo + batch_size))
@@ -93,7 +93,7 @@ def score_frames(scorers: dict[str, Callable], frames, n_items: int, batch_size:
     Returns ``name -> {"frames": [summary per frame], "overall": summary, "per_event": {metric: array}}``;
     per-event arrays follow the frames' case order, the same for every scorer (paired tests).
     """
-    from hrnn_core.metrics import Accumulator  # noqa: PLC0415
+    from hrnn_core.evaluation.metrics import Accumulator  # noqa: PLC0415
 
     out = {name: {"frames": [], "overall": Accumulator(n_items, ks=KS)} for name in scorers}
     for frame in frames:
@@ -135,9 +135,9 @@ def run_trend(snapshot_dir: Path, *, dataset: str, model_cfg, train_cfg, grid: G
               protocol_params: dict | None = None, frame_seconds: float = 3600.0, seed: int = 0,
               progress: Callable[[str], None] | None = None) -> dict:
     """Validation grid, then the test frames: the report (``_results`` holds per-event arrays)."""
-    from hrnn_core.evaluate import make_scorer, train_data  # noqa: PLC0415
-    from hrnn_core.metrics import paired_test  # noqa: PLC0415
-    from hrnn_core.protocols import SnapshotData, rolling  # noqa: PLC0415
+    from hrnn_core.evaluation.harness import make_scorer, train_data  # noqa: PLC0415
+    from hrnn_core.evaluation.metrics import paired_test  # noqa: PLC0415
+    from hrnn_core.evaluation.protocols import SnapshotData, rolling  # noqa: PLC0415
     from research.scorers import StudyScorer  # noqa: PLC0415
 
     say = progress or (lambda _m: None)
@@ -263,10 +263,10 @@ def trend_snapshot(cfg, dataset: str, path: Path | None, synth_overrides: dict) 
     """Generate (synth-drift) or convert, ingest (one warehouse per dataset) and export a snapshot:
     (snapshot dir, info)."""
     from hrnn_core.config import replace  # noqa: PLC0415
-    from hrnn_core.datasets import shared_raw_dir, synth  # noqa: PLC0415
-    from hrnn_core.ingest import ingest_path  # noqa: PLC0415
-    from hrnn_core.transforms import export_snapshot  # noqa: PLC0415
-    from hrnn_core.warehouse import connect  # noqa: PLC0415
+    from hrnn_core.data.datasets import shared_raw_dir, synth  # noqa: PLC0415
+    from hrnn_core.data.ingest import ingest_path  # noqa: PLC0415
+    from hrnn_core.data.transforms import export_snapshot  # noqa: PLC0415
+    from hrnn_core.data.warehouse import connect  # noqa: PLC0415
 
     if dataset not in DATASETS:
         raise TrendExperimentError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -285,7 +285,7 @@ def trend_snapshot(cfg, dataset: str, path: Path | None, synth_overrides: dict) 
     with connect(cfg) as con:
         ingest_path(cfg, contract, None, con)
         snap = export_snapshot(con, cfg)
-    return snap.path, {"generator": "hrnn_core.datasets.synth", "params": params}
+    return snap.path, {"generator": "hrnn_core.data.datasets.synth", "params": params}
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
@@ -328,7 +328,7 @@ def write_outputs(report: dict, output: Path | None, chart_path: Path | None) ->
     """JSON (+ per-event arrays beside it) and the per-frame PNG (``evaluate.chart``)."""
     import numpy as np  # noqa: PLC0415
 
-    from hrnn_core.evaluate import ModelResult, chart  # noqa: PLC0415
+    from hrnn_core.evaluation.harness import ModelResult, chart  # noqa: PLC0415
 
     results = report["_results"]
     if chart_path:

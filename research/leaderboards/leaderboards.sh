@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."  # the repo root
 export HRNN__TRAIN__THREADS="${HRNN__TRAIN__THREADS:-1}" HRNN__TRAIN__PROGRESS=false
 HRNN=.venv/bin/hrnn
 MODELS=hrnn,pop,recent_pop,bpr,fm,gru
-run() {  # dataset protocol [params-json]; raw data: ../shared/data (hrnn_core.datasets.shared_raw_dir)
+run() {  # dataset protocol [params-json]; raw data: ../shared/data (hrnn_core.data.datasets.shared_raw_dir)
   local out="bench/results/leaderboard_$1_$2.json" extra=()
   [ -n "${3:-}" ] && extra+=(--params "$3")
   echo "== $1 / $2 ${3:-}"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hrnn_core.evaluate import ModelResult, chart, significance
+from hrnn_core.evaluation.harness import ModelResult, chart, significance
 
 SAME = ("dataset", "protocol", "protocol_description", "snapshot_id", "n_events")
 

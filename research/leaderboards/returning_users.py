@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hrnn_core.protocols import SnapshotData, build_split
+from hrnn_core.evaluation.protocols import SnapshotData, build_split
 
 
 def per_event(paths: list[Path], model: str, metric: str, commit: str | None = None) -> np.ndarray:

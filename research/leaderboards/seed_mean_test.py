@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hrnn_core.metrics import paired_test
+from hrnn_core.evaluation.metrics import paired_test
 
 METRICS = ("ndcg@10", "recall@10")
 
@@ -42,7 +42,7 @@ def load(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 def test_owners(snapshot: Path, report: dict, params: dict) -> np.ndarray:
     """(n_events,) owner of each test case, in the reports' case order (the protocol rebuilt)."""
-    from hrnn_core.protocols import SnapshotData, build_split  # noqa: PLC0415
+    from hrnn_core.evaluation.protocols import SnapshotData, build_split  # noqa: PLC0415
 
     data = SnapshotData.load(snapshot)
     if data.snapshot_id != report["snapshot_id"]:

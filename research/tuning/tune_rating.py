@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hrnn_core.cli_options import cli_config
-from hrnn_core.datasets.load import ingest_dataset
-from hrnn_core.evaluate import train_data
-from hrnn_core.hrnn_scorer import HRNNScorer
-from hrnn_core.protocols import SnapshotData, build_split
-from hrnn_core.transforms import export_snapshot
-from hrnn_core.warehouse import connect
+from hrnn_core.cli.options import cli_config
+from hrnn_core.data.datasets.load import ingest_dataset
+from hrnn_core.evaluation.harness import train_data
+from hrnn_core.evaluation.hrnn_scorer import HRNNScorer
+from hrnn_core.evaluation.protocols import SnapshotData, build_split
+from hrnn_core.data.transforms import export_snapshot
+from hrnn_core.data.warehouse import connect
 from research.rating import (fit_fm_rating, rated_cases, recurrent_options, rmse, rolling_average,
                              training_ratings)
 from research.rating_head import RatingHeadConfig, fit_recurrent_rating

@@ -1,5 +1,5 @@
 -- user_index / item_index: indices are exactly 0..n-1 and every id in interactions has one.
--- Zero rows when good. $session_prefix: hrnn_core.contract.SESSION_OWNER_PREFIX.
+-- Zero rows when good. $session_prefix: hrnn_core.data.contract.SESSION_OWNER_PREFIX.
 with item_gaps as (
     select 'item_index not dense' as problem, count(*)::varchar as detail
     from item_index

@@ -2,7 +2,7 @@
 -- first appearance (existing ids are never renumbered). Items enter from an interactions file (by
 -- their first event) or from an items file (when they enter the catalog, so items nobody
 -- interacted with yet can be recommended from their metadata). A users file adds nothing.
--- Parameters: $batch_id, $session_prefix (hrnn_core.contract.SESSION_OWNER_PREFIX).
+-- Parameters: $batch_id, $session_prefix (hrnn_core.data.contract.SESSION_OWNER_PREFIX).
 insert into user_index
 with batch_ids as (
     select coalesce(user_id, $session_prefix || session_id) as id, event_id as first_seen

@@ -1,7 +1,7 @@
 -- quarantine: one batch's rejected CSV lines, repeated header rows and rows that failed
 -- validation, each with its reason and the row as read.
 -- Parameters: $batch_id, $table, $source (the file). raw_json (__row, raw: the row as a JSON
--- object of text values) is built by hrnn_core.ingest for the header and bad rows.
+-- object of text values) is built by hrnn_core.data.ingest for the header and bad rows.
 insert into quarantine
 select $batch_id, $table, $source, row_number, 'malformed row: ' || detail, csv_line
 from raw_rejects;

@@ -9,8 +9,8 @@ import torch
 
 from hrnn_core.config import ModelConfig, TrainConfig, load_config
 from research.experiments.ablation import ITEM_FEATURES_ONLY, ROWS, format_report, run_synthetic
-from hrnn_core.model import HRNNMeta, StepInputs
-from hrnn_core.train import gather_inputs, prepare_data
+from hrnn_core.model.network import HRNNMeta, StepInputs
+from hrnn_core.train.trainer import gather_inputs, prepare_data
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

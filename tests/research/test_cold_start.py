@@ -12,15 +12,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hrnn_core.baselines.base import TrainData
-from hrnn_core.baselines.uniform import UniformRandomScorer, expected_random_metrics
-from hrnn_core.checkpoint import load_checkpoint
+from hrnn_core.evaluation.baselines.base import TrainData
+from hrnn_core.evaluation.baselines.uniform import UniformRandomScorer, expected_random_metrics
+from hrnn_core.model.checkpoint import load_checkpoint
 from hrnn_core.config import ModelConfig, TrainConfig
-from hrnn_core.evaluate import make_scorer, train_data
+from hrnn_core.evaluation.harness import make_scorer, train_data
 from research.experiments.cold_start import KS, cold_lambda, per_user_cases, score_cold_start
-from hrnn_core.datasets.load import synthetic_snapshot
-from hrnn_core.protocols import SnapshotData, build_split
-from hrnn_core.scoring import CatalogueScorer
+from hrnn_core.data.datasets.load import synthetic_snapshot
+from hrnn_core.evaluation.protocols import SnapshotData, build_split
+from hrnn_core.model.scoring import CatalogueScorer
 
 torch.set_num_threads(1)
 

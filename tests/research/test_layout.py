@@ -30,7 +30,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_hrnn_research_lists_every_experiment_and_hrnn_has_none() -> None:
-    from hrnn_core.cli import app as product
+    from hrnn_core.cli.main import app as product
     from research.cli import app
 
     out = CliRunner().invoke(app, ["--help"]).output
@@ -44,7 +44,7 @@ def test_product_modules_import_neither_research_nor_the_cli_module() -> None:
         if path.name == "cli.py":
             continue
         bad = {m for m in _imports(path) if m == "research" or m.startswith("research.")
-               or m in ("hrnn_core.cli", "hrnn_core.cli.app")}
+               or m in ("hrnn_core.cli.main", "hrnn_core.cli.main.app")}
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 

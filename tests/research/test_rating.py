@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from hrnn_core.config import ModelConfig, TrainConfig, load_config
-from hrnn_core.protocols import SnapshotData, temporal
+from hrnn_core.evaluation.protocols import SnapshotData, temporal
 from research.rating import mae, rated_cases, rmse, rolling_average, run_rating
 from research.rating_head import RatingHead, RatingHeadConfig, fit_head, predict_head
 
@@ -128,9 +128,9 @@ def write_planted(folder: Path, seed: int = 0) -> None:
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(data dir with the warehouse, snapshot dir) of the planted ratings."""
-    from hrnn_core.ingest import ingest_path
-    from hrnn_core.transforms import export_snapshot
-    from hrnn_core.warehouse import connect
+    from hrnn_core.data.ingest import ingest_path
+    from hrnn_core.data.transforms import export_snapshot
+    from hrnn_core.data.warehouse import connect
 
     d = tmp_path_factory.mktemp("rating")
     write_planted(d / "raw")
@@ -142,9 +142,9 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_event_states_equal_the_request_states_that_rank(planted, tmp_path: Path):
-    from hrnn_core.baselines.base import ScoreBatch
-    from hrnn_core.evaluate import train_data
-    from hrnn_core.hrnn_scorer import HRNNScorer
+    from hrnn_core.evaluation.baselines.base import ScoreBatch
+    from hrnn_core.evaluation.harness import train_data
+    from hrnn_core.evaluation.hrnn_scorer import HRNNScorer
 
     split = temporal(SnapshotData.load(planted[1]))
     scorer = HRNNScorer(model=SMALL, train=FAST, device="cpu")
@@ -172,8 +172,8 @@ def with_value(table: pa.Table, flat_index: int, value: float) -> pa.Table:
 
 def test_a_state_never_reads_its_own_events_value(planted, tmp_path: Path):
     """The value of event k reaches the states of events k+1, ... (feedback input), not event k's."""
-    from hrnn_core.evaluate import train_data
-    from hrnn_core.hrnn_scorer import HRNNScorer
+    from hrnn_core.evaluation.harness import train_data
+    from hrnn_core.evaluation.hrnn_scorer import HRNNScorer
 
     split = temporal(SnapshotData.load(planted[1]))
     scorer = HRNNScorer(model=SMALL, train=FAST, device="cpu")

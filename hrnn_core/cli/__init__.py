@@ -1,0 +1,1 @@
+"""The ``hrnn`` command line; nothing in the product imports it."""

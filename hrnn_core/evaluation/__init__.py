@@ -1,0 +1,1 @@
+"""Evaluation layer: protocols, metrics, baselines, the HRNN-meta harness scorer, the leaderboard harness."""

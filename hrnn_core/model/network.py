@@ -1,0 +1,297 @@
+"""HRNN-meta (Ma et al., KDD 2020): a GRU over user events with contextual inputs and a
+metadata-aware decoder.
+
+One step of the network is one *request*: the moment event ``k`` happens. Its input is what was
+known then (section 2.2, Figure 3):
+
+* the previous item (id embedding, and its metadata when ``use_item_meta``),
+* the **time-delta control input**: a learned embedding of the log-bucketed seconds since the
+  owner's previous event; it replaces the hierarchical GRU of HGRU (section 2.2),
+* the previous event's **feedback**: its event type embedding and standardized event value,
+* static **user features** and the request's **context** fields.
+
+Each field is projected by its own small MLP, the projections are concatenated and mixed by
+another MLP (field-aware inputs), and a stacked GRU turns the sequence into states ``h_k``.
+The decoder scores every item with eq. (2),
+
+    phi~_j(h) = (1 - lambda) (w_j . h + b_j) + lambda (w(f_j) . h + b(f_j)),
+
+where ``w(.)``, ``b(.)`` embed the item's metadata ``f_j`` (multi-valued categorical fields as
+embedding means, numeric fields through a linear layer). Because eq. (2) is linear in ``h`` the
+mixed item vectors are formed first and one matrix product scores all items.
+
+The GRU is stepped one event at a time so that an owner's state can be reset to the learned
+initial state *inside* a window (user-parallel batches, ``hrnn_core.train.trainer``), and so that the
+inference engine's single step is the very same computation as training's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hrnn_core.config import ModelConfig
+from hrnn_core.model.features import USER_ID_FIELD, FeatureSpace, FieldGroup
+
+__all__ = ["HRNNMeta", "ModelConfig", "StepInputs"]
+
+
+@dataclass
+class StepInputs:
+    """Inputs of a (B, T) block of requests; see ``hrnn_core.model.features.EncodedEvents``."""
+
+    prev_item: torch.Tensor  # (B, T) previous item_idx; n_items = no previous event
+    prev_type: torch.Tensor  # (B, T) previous event type index (0 = none)
+    prev_value: torch.Tensor  # (B, T, 2) previous standardized event value, present flag
+    time_bucket: torch.Tensor  # (B, T) log-bucketed time since the previous event (0 = none)
+    context: torch.Tensor  # (B, T, Fc) request context ids
+    user_cat: torch.Tensor  # (B, T, Wu) user categorical ids
+    user_num: torch.Tensor  # (B, T, 2 Fu) user numeric features
+    reset: torch.Tensor  # (B, T) bool: start from the initial state here (a new owner)
+
+    def to(self, device: torch.device) -> StepInputs:
+        return StepInputs(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+class FieldBags(nn.Module):
+    """Per-field mean of value embeddings (EmbeddingBag "mean") for one group of fields."""
+
+    def __init__(self, group: FieldGroup, dim: int):
+        super().__init__()
+        self.slots = group.slots
+        self.dim = dim
+        self.weight = nn.Parameter(torch.randn(group.n_tokens, dim) * 0.05) if self.slots else None
+
+    @property
+    def n_fields(self) -> int:
+        return len(self.slots)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (..., W) -> (..., F, dim); padding id 0 is left out of each mean."""
+        lead = ids.shape[:-1]
+        flat = ids.reshape(-1, ids.shape[-1])  # (N, W)
+        out = [F.embedding_bag(flat[:, lo:hi], self.weight, mode="mean", padding_idx=0) for lo, hi in self.slots]
+        return torch.stack(out, dim=1).reshape(*lead, len(self.slots), self.dim)  # (..., F, dim)
+
+
+class ItemMeta(nn.Module):
+    """Item metadata -> a vector: the sum of its fields' embedding means and a linear map of
+    its numeric features."""
+
+    def __init__(self, group: FieldGroup, dim: int):
+        super().__init__()
+        self.bags = FieldBags(group, dim)
+        self.numeric = nn.Linear(group.num_width, dim, bias=False) if group.num_width else None
+        self.enabled = bool(self.bags.n_fields or self.numeric is not None)
+
+    def forward(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
+        """cat (N, Wi), num (N, 2 Fi) -> (N, dim)."""
+        out = torch.zeros(cat.shape[0], self.bags.dim, device=num.device, dtype=num.dtype)
+        if self.bags.n_fields:
+            out = out + self.bags(cat).sum(dim=1)
+        if self.numeric is not None:
+            out = out + self.numeric(num)
+        return out
+
+
+def _field_mlp(d_in: int, d_out: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(d_in, d_out), nn.GELU())
+
+
+class HRNNMeta(nn.Module):
+    """The HRNN-meta network: field-aware inputs -> stacked GRU -> eq. (2) decoder."""
+
+    def __init__(self, cfg: ModelConfig, fs: FeatureSpace, item_cat: torch.Tensor, item_num: torch.Tensor):
+        super().__init__()
+        self.cfg = cfg
+        self.n_items = n = fs.n_items
+        d, hs = cfg.field_dim, cfg.hidden_size
+        # Item metadata of the catalog; row n (all padding) is "no item". Buffers: saved with weights.
+        self.register_buffer("item_cat", torch.cat([item_cat, item_cat.new_zeros(1, item_cat.shape[1])]).int())
+        self.register_buffer("item_num", torch.cat([item_num, item_num.new_zeros(1, item_num.shape[1])]).float())
+
+        # ---- inputs: one small MLP per field (field-aware), then a mixing MLP
+        self.item_in = nn.Embedding(n + 1, d)  # (n_items + 1, d); row n = no previous item
+        mlps: dict[str, nn.Module] = {"item": _field_mlp(d, d)} if cfg.use_item_id else {}
+        self.meta_in = ItemMeta(fs.items, d) if cfg.use_item_meta else None
+        if self.meta_in is not None and self.meta_in.enabled:
+            mlps["item_meta"] = _field_mlp(d, d)
+        if cfg.use_time_delta:
+            self.time_in = nn.Embedding(cfg.time_delta_buckets, d)
+            mlps["time_delta"] = _field_mlp(d, d)
+        if cfg.use_feedback:
+            self.type_in = nn.Embedding(fs.n_event_types, d)
+            mlps["feedback"] = _field_mlp(d + 2, d)
+        self.user_bags = FieldBags(fs.users, d) if cfg.use_user_features else None
+        self.user_width = len(fs.users.cat_fields) * d + fs.users.num_width if cfg.use_user_features else 0
+        # the user-id field's position among the user fields (ModelConfig.use_user_id), for its dropout
+        self.user_id_field = fs.users.cat_fields.index(USER_ID_FIELD) if USER_ID_FIELD in fs.users.cat_fields else -1
+        # ModelConfig.user_id_output: the id's own vector (zero at start, zero for the padding id) added to the
+        # state before the decoder; the id then leaves the input fields. Known waste: the id field keeps its
+        # input-bag rows and a zeroed block of the user MLP's input (no gradient reaches them, about n_users x
+        # field_dim dead floats); dropping them changes the initialisation and so every recorded stage-9 number
+        self.user_out = None
+        if cfg.user_id_output and cfg.user_id_active and self.user_id_field >= 0:
+            self.user_id_col = fs.users.slots[self.user_id_field][0]
+            self.user_out = nn.Embedding(fs.users.n_tokens, hs, padding_idx=0)
+            nn.init.zeros_(self.user_out.weight)
+        if self.user_width:
+            mlps["user"] = _field_mlp(self.user_width, d)
+        self.ctx_bags = FieldBags(fs.context, d) if cfg.use_context else None
+        self.ctx_width = len(fs.context.cat_fields) * d if cfg.use_context else 0
+        if self.ctx_width:
+            mlps["context"] = _field_mlp(self.ctx_width, d)
+        if not mlps:  # every input switched off: the state is the learned initial one (a popularity model)
+            mlps["constant"] = _field_mlp(1, d)
+        self.fields = nn.ModuleDict(mlps)
+        self.mix = _field_mlp(len(mlps) * d, cfg.input_size)
+        self.drop = nn.Dropout(cfg.dropout)
+
+        # ---- recurrent core: the initial state is learned and conditioned on user + context
+        self.cells = nn.ModuleList(
+            nn.GRUCell(cfg.input_size if i == 0 else hs, hs) for i in range(cfg.num_layers)
+        )
+        self.init_bias = nn.Parameter(torch.zeros(cfg.num_layers * hs))
+        init_in = self.user_width + self.ctx_width
+        self.init_proj = nn.Linear(init_in, cfg.num_layers * hs, bias=False) if init_in else None
+
+        # ---- decoder, eq. (2): id part (w_j, b_j) and metadata part (w(f_j), b(f_j))
+        self.item_w = nn.Embedding(n, hs)  # (n_items, H)
+        self.item_b = nn.Embedding(n, 1)  # (n_items, 1)
+        nn.init.normal_(self.item_w.weight, std=hs ** -0.5)
+        nn.init.zeros_(self.item_b.weight)
+        meta = ItemMeta(fs.items, hs + 1) if cfg.use_item_meta else None
+        self.meta_out = meta if meta is not None and meta.enabled else None
+
+    # ------------------------------------------------------------------ inputs and recurrence
+
+    def _raw_user_ctx(self, x: StepInputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        user = ctx = None
+        if self.user_width:
+            parts = []
+            if self.user_bags.n_fields:
+                bags = self.user_bags(x.user_cat)  # (B, T, Fu, d)
+                p = self.cfg.user_id_dropout
+                if self.user_out is not None:  # the id is an output vector, not an input field
+                    mask = torch.ones(1, 1, bags.shape[2], 1, device=bags.device, dtype=bags.dtype)
+                    mask[0, 0, self.user_id_field, 0] = 0.0
+                    bags = bags * mask
+                elif self.training and p > 0 and self.user_id_field >= 0:  # one draw per owner row and window
+                    keep = (torch.rand(bags.shape[0], device=bags.device) >= p).to(bags.dtype)
+                    mask = torch.ones(bags.shape[0], 1, bags.shape[2], 1, device=bags.device, dtype=bags.dtype)
+                    mask[:, 0, self.user_id_field, 0] = keep
+                    bags = bags * mask
+                parts = [bags.flatten(-2)]
+            user = torch.cat(parts + [x.user_num], dim=-1)  # (B, T, user_width)
+        if self.ctx_width:
+            ctx = self.ctx_bags(x.context).flatten(-2)  # (B, T, Fc * d)
+        return user, ctx
+
+    def encode_inputs(self, x: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Field-aware input vectors (B, T, input_size) and initial states (B, T, L, H)."""
+        user, ctx = self._raw_user_ctx(x)
+        f = [self.fields["item"](self.item_in(x.prev_item))] if "item" in self.fields else []  # (B, T, d)
+        if "constant" in self.fields:
+            f.append(self.fields["constant"](torch.zeros(*x.prev_item.shape, 1, device=self.init_bias.device)))
+        if "item_meta" in self.fields:
+            flat = x.prev_item.reshape(-1)
+            meta = self.meta_in(self.item_cat[flat], self.item_num[flat]).reshape(*x.prev_item.shape, -1)
+            f.append(self.fields["item_meta"](meta))
+        if "time_delta" in self.fields:
+            f.append(self.fields["time_delta"](self.time_in(x.time_bucket)))
+        if "feedback" in self.fields:
+            f.append(self.fields["feedback"](torch.cat([self.type_in(x.prev_type), x.prev_value], dim=-1)))
+        if user is not None:
+            f.append(self.fields["user"](user))
+        if ctx is not None:
+            f.append(self.fields["context"](ctx))
+        inp = self.drop(self.mix(torch.cat(f, dim=-1)))  # (B, T, input_size)
+        h0 = self.init_bias.expand(*x.prev_item.shape, -1)  # (B, T, L * H)
+        if self.init_proj is not None:
+            h0 = h0 + self.init_proj(torch.cat([t for t in (user, ctx) if t is not None], dim=-1))
+        h0 = torch.tanh(h0).reshape(*x.prev_item.shape, self.cfg.num_layers, self.cfg.hidden_size)
+        return inp, h0
+
+    def forward(self, x: StepInputs, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the GRU over a (B, T) block.
+
+        Returns the top layer's states (B, T, H) - ``out[:, k]`` scores the item of request k -
+        and the last hidden state (L, B, H) to carry into the next window (truncated BPTT).
+        Where ``x.reset`` is set (and everywhere at t = 0 when ``hidden`` is None) the state
+        restarts from the learned initial state of that owner.
+        """
+        inp, h0 = self.encode_inputs(x)
+        b, t = x.prev_item.shape
+        reset = x.reset.clone()
+        if not self.cfg.use_sequence:  # no memory: every event starts from the initial state
+            reset[:] = True
+        if hidden is None:
+            hidden = h0[:, 0].transpose(0, 1)  # (L, B, H)
+            reset[:, 0] = True
+        hs = list(hidden.unbind(0))  # L x (B, H)
+        out = []
+        for k in range(t):
+            r = reset[:, k, None]  # (B, 1)
+            layer_in = inp[:, k]  # (B, input_size)
+            new = []
+            for i, cell in enumerate(self.cells):
+                h_prev = torch.where(r, h0[:, k, i], hs[i])  # restart owners that begin here
+                h = cell(layer_in, h_prev)  # (B, H)
+                new.append(h)
+                layer_in = self.drop(h) if i + 1 < len(self.cells) else h
+            hs = new
+            out.append(layer_in)
+        top = torch.stack(out, dim=1)  # (B, T, H)
+        if self.user_out is not None:  # + u, the owner's id vector (zero for the padding id)
+            u = self.user_out(x.user_cat[..., self.user_id_col])  # (B, T, H)
+            p = self.cfg.user_id_dropout
+            if self.training and p > 0:  # one draw per owner row and window
+                u = u * (torch.rand(b, 1, 1, device=u.device) >= p).to(u.dtype)
+            top = top + u
+        return self.drop(top), torch.stack(hs, dim=0)  # (B, T, H), (L, B, H)
+
+    # ------------------------------------------------------------------ decoder, eq. (2)
+
+    def meta_vectors(self, cat: torch.Tensor, num: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """w(f_j) (N, H) and b(f_j) (N,) of eq. (2) from encoded item metadata."""
+        wb = self.meta_out(cat, num)  # (N, H + 1)
+        return wb[:, :-1], wb[:, -1]
+
+    def item_vectors(self, items: torch.Tensor | None = None, mix: float | torch.Tensor = 0.0
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixed decoder vectors of eq. (2) for ``items`` (C,) or the whole catalog.
+
+        ``mix`` is lambda: a float, or a (C,) tensor of per-item lambdas. lambda = 1 uses only
+        metadata and never reads the id embeddings (cold-start items, section 2.3).
+        """
+        full = items is None
+        if self.meta_out is None:
+            mix = 0.0  # no metadata: eq. (2) reduces to the plain decoder
+        scalar = not isinstance(mix, torch.Tensor)
+        w = b = None
+        if not (scalar and mix == 1.0):
+            w = self.item_w.weight if full else self.item_w(items)  # (C, H)
+            b = (self.item_b.weight if full else self.item_b(items)).squeeze(-1)  # (C,)
+        if scalar and mix == 0.0:
+            return w, b
+        cat = self.item_cat[:-1] if full else self.item_cat[items]
+        num = self.item_num[:-1] if full else self.item_num[items]
+        wm, bm = self.meta_vectors(cat, num)  # (C, H), (C,)
+        if scalar and mix == 1.0:
+            return wm, bm
+        lam = mix if scalar else mix[:, None]  # scalar or (C, 1)
+        w = (1 - lam) * w + lam * wm  # eq. (2), as mixed vectors: (C, H)
+        b = (1 - mix) * b + mix * bm  # (C,)
+        return w, b
+
+    def scores(self, h: torch.Tensor, items: torch.Tensor | None = None, mix: float | torch.Tensor = 0.0) -> torch.Tensor:
+        """phi~(h) of eq. (2): h (N, H) -> (N, C) scores of ``items`` (default: all items)."""
+        w, b = self.item_vectors(items, mix)
+        return h @ w.T + b  # (N, C)
+
+    def item_param_names(self) -> set[str]:
+        """Parameters indexed by item id (no weight decay; large when the catalog is)."""
+        return {"item_in.weight", "item_w.weight", "item_b.weight"}

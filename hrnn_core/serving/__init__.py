@@ -1,0 +1,1 @@
+"""Serving layer: the recommender behind the service and the batch export."""

@@ -1,0 +1,1 @@
+"""Training layer: the trainer (prepare, fit, validate, checkpoint) and its distributed runner."""

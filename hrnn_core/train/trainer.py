@@ -1,0 +1,661 @@
+"""Training: user-parallel mini-batches, truncated BPTT, dense or importance-sampled softmax.
+
+The loop (``train``) in phases:
+
+1. **data**: fit the feature space on the snapshot, encode all events, cap each owner's
+   history at a length percentile (most recent events kept) and hold out each of up to
+   ``val_owners`` owners' last event for validation (or, when the snapshot names its own
+   validation targets in ``holdout.parquet``, hold out all of those and validate on them).
+2. **batches** (GRU4Rec session-parallel, per owner): B slots each follow one owner through
+   windows of T events; when an owner's events run out *inside* a window the slot takes the
+   next owner at once and its state restarts from the learned initial state there. The hidden
+   state is carried from window to window and detached (truncated BPTT).
+3. **step**: lambda of eq. (2) ~ U[0, 1] per batch (or fixed), dense softmax over all items or
+   the sampled softmax (shared negatives from the alias sampler, log-q corrected, impressions
+   as extra negatives), reward weights (3.3), AdamW, gradient clipping, warm-up + cosine LR.
+4. **epoch end**: validation loss/PPL/NDCG@10/Hit@10 on the held-out last events, checkpoint
+   (``last.pt`` every epoch, ``best.pt`` when the metric improves), early stopping.
+
+Every epoch reseeds every random stream from ``(seed, epoch)``, so a run resumed from the
+last epoch's checkpoint (``resume=True``) ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from hrnn_core.model.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
+from hrnn_core.config import INFERENCE_MIX_FALLBACK, INFERENCE_MIX_GRID, ModelConfig, TrainConfig
+from hrnn_core.errors import HrnnError
+from hrnn_core.model.features import HOLDOUT_FILE, EncodedEvents, FeatureSpace, encode_events
+from hrnn_core.model.losses import dense_softmax_loss, reward_weights, sampled_softmax_loss
+from hrnn_core.model.network import FieldBags, HRNNMeta, StepInputs
+from hrnn_core.model.sampler import AliasSampler
+from hrnn_core.model.scoring import CatalogueScorer
+from hrnn_core.model.trend import WindowedPopularity
+
+RANK_SEED_STRIDE = 1_000_003  # hrnn_core.train.distributed: rank r's random streams are seeded + r * this
+
+__all__ = ["TrainConfig", "TrainData", "TrainResult", "NonFiniteLossError", "TrainError",
+           "prepare_data", "user_parallel_windows", "evaluate", "train"]
+
+
+class TrainError(HrnnError):
+    """Training cannot start or continue (bad settings for the data, run folder conflicts)."""
+
+
+class NonFiniteLossError(TrainError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainData:
+    features: FeatureSpace
+    events: EncodedEvents
+    item_cat: torch.Tensor  # (n_items, Wi) item metadata ids
+    item_num: torch.Tensor  # (n_items, 2 Fi)
+    train_segments: np.ndarray  # (n, 2) [start, end) of each owner's training events
+    val_segments: np.ndarray  # (m, 2) [start, end); the last event of each is the validation target
+    max_len: int  # history cap from the length percentile
+    event_user: torch.Tensor  # (E,) user_idx of each event's owner
+
+
+def prepare_data(snapshot_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> TrainData:
+    """Phase 1: features fit on this snapshot, encoded events, capped histories, validation split."""
+    fs = FeatureSpace.fit(snapshot_dir, model_cfg)
+    ev = encode_events(snapshot_dir, fs, train_cfg.max_impressions)
+    item_cat, item_num = fs.item_table(snapshot_dir)
+    start, end = ev.owner_start[:-1], ev.owner_start[1:]
+    lengths = end - start
+    max_len = max(2, int(math.ceil(np.quantile(lengths, train_cfg.max_len_percentile))))
+    start = np.maximum(start, end - max_len)  # keep the most recent events
+    rng = np.random.default_rng(np.random.SeedSequence(train_cfg.seed, spawn_key=(1,)))
+    train_end = end.copy()
+    holdout_file = Path(snapshot_dir) / HOLDOUT_FILE
+    if holdout_file.exists():
+        # the snapshot's own validation targets (Split.write_snapshot(part="train_valid")): every
+        # one is held out of training; up to val_owners of them measure early stopping
+        rows = pq.read_table(holdout_file)["row"].to_numpy()
+        if len(rows) and (rows.min() < 0 or rows.max() >= ev.n_owners or (end[rows] - start[rows] < 2).any()):
+            raise TrainError(f"{holdout_file}: rows must name owners with >= 2 events of this snapshot")
+        train_end[rows] -= 1
+        val = np.sort(rng.permutation(rows)[: train_cfg.val_owners])
+    else:
+        eligible = np.flatnonzero(end - start >= 2)
+        val = np.sort(rng.permutation(eligible)[: train_cfg.val_owners])
+        train_end[val] -= 1  # the held-out last event is never trained on
+    keep = train_end > start
+    owner_of = np.repeat(np.arange(ev.n_owners), np.diff(ev.owner_start))
+    return TrainData(
+        features=fs, events=ev, item_cat=item_cat, item_num=item_num,
+        train_segments=np.stack([start[keep], train_end[keep]], axis=1),
+        val_segments=np.stack([start[val], end[val]], axis=1), max_len=max_len,
+        event_user=torch.from_numpy(ev.owner_user[owner_of]),
+    )
+
+
+def user_parallel_windows(segments: np.ndarray, batch_size: int, bptt: int
+                          ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Phase 2: (B, T) event indices (-1 = padding) and reset flags, owners packed per slot.
+
+    Slots take segments in the given order; a slot whose owner ends mid-window continues with
+    the next owner in the same window (reset flag at that position). Padding appears only when
+    no owner is left.
+    """
+    queue = iter(segments.tolist())
+    cur = [[0, 0] for _ in range(batch_size)]  # per slot: [cursor, end]
+    alive = True
+    while True:
+        idx = np.full((batch_size, bptt), -1, dtype=np.int64)
+        reset = np.zeros((batch_size, bptt), dtype=bool)
+        for b in range(batch_size):
+            pos = 0
+            while pos < bptt:
+                if cur[b][0] >= cur[b][1]:
+                    nxt = next(queue, None) if alive else None
+                    if nxt is None:
+                        alive = False
+                        break
+                    cur[b] = list(nxt)
+                    reset[b, pos] = True
+                m = min(bptt - pos, cur[b][1] - cur[b][0])
+                idx[b, pos:pos + m] = np.arange(cur[b][0], cur[b][0] + m)
+                cur[b][0] += m
+                pos += m
+        if (idx < 0).all():
+            return
+        yield idx, reset
+
+
+def gather_inputs(data: TrainData, idx: torch.Tensor, reset: torch.Tensor) -> StepInputs:
+    """(B, T) event indices (-1 padding) -> model inputs."""
+    ev, safe = data.events, idx.clamp(min=0)
+    user = data.event_user[safe]  # (B, T)
+    return StepInputs(
+        prev_item=ev.prev_item[safe], prev_type=ev.prev_type[safe], prev_value=ev.prev_value[safe],
+        time_bucket=ev.time_bucket[safe], context=ev.context[safe],
+        user_cat=ev.user_cat[user], user_num=ev.user_num[user], reset=reset,
+    )
+
+
+AUTO_EXCLUDE_SEEN_MAX_REPEATS = 0.01  # train.exclude_seen = None: on when at most this share of events repeat
+
+
+def repeat_share(data: TrainData) -> float:
+    """Share of training events whose item their owner already had in its training events."""
+    seg = data.train_segments
+    n = int((seg[:, 1] - seg[:, 0]).sum())
+    if n == 0:
+        return 0.0
+    lengths = seg[:, 1] - seg[:, 0]
+    owner = np.repeat(np.arange(len(seg), dtype=np.int64), lengths)  # segment of each training event
+    idx = seg[owner, 0] + np.arange(n) - (np.cumsum(lengths) - lengths)[owner]  # its event index
+    keys = owner * (data.features.n_items + 1) + data.events.target.numpy()[idx]
+    return float(1.0 - len(np.unique(keys)) / n)
+
+
+def resolve_exclude_seen(cfg: TrainConfig, data: TrainData) -> tuple[bool, float]:
+    """(train.exclude_seen as used, the data's repeat share); None = auto (see TrainConfig)."""
+    share = repeat_share(data)
+    if cfg.exclude_seen is not None:
+        return cfg.exclude_seen, share
+    return cfg.output == "dense" and share <= AUTO_EXCLUDE_SEEN_MAX_REPEATS, share
+
+
+def seen_masks(seen: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, reset: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``train.exclude_seen``: (B, T, n_items) items each slot's owner had before each position.
+
+    ``seen`` (B, n_items) is carried from the previous window (like the hidden state), ``target``
+    (B, T) the events' items, ``valid`` (B, T) real positions, ``reset`` (B, T) a new owner starts.
+    Returns the masks and the state to carry into the next window.
+    """
+    rows = torch.arange(seen.shape[0], device=seen.device)
+    steps = []
+    for k in range(target.shape[1]):
+        seen = seen & ~reset[:, k, None]  # a new owner has seen nothing
+        steps.append(seen)
+        seen = seen.index_put((rows, target[:, k]), seen[rows, target[:, k]] | valid[:, k])
+    return torch.stack(steps, dim=1), seen
+
+
+def tie_order(time_delta: np.ndarray, segments: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``train.shuffle_ties``: (E,) a new event order, each run of equal timestamps inside a training
+    segment shuffled at random (all other positions, held-out events included, stay put).
+
+    Events with one timestamp have no order of their own (a page of ratings sent at once); their
+    file order is arbitrary, so each epoch presents them in a fresh one.
+    """
+    order = np.arange(len(time_delta))
+    lengths = segments[:, 1] - segments[:, 0]
+    if lengths.sum() == 0:
+        return order
+    seg_of = np.repeat(np.arange(len(segments)), lengths)
+    pos = segments[seg_of, 0] + np.arange(len(seg_of)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    starts_group = (pos == segments[seg_of, 0]) | ~(time_delta[pos] == 0)  # NaN (an owner's first) starts one
+    group = np.cumsum(starts_group)
+    shuffled = pos[np.lexsort((rng.random(len(pos)), group))]  # by group, random inside each
+    order[pos] = shuffled
+    return order
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":  # bf16 on GPU; fp32 on CPU (bf16 matmuls are slow there)
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: torch.device,
+             scorer: CatalogueScorer | None = None, times: np.ndarray | None = None, k: int = 10,
+             batch_size: int = 64, item_chunk: int = 65_536, exclude_seen: bool = False) -> dict[str, float]:
+    """Validation on each segment's last event given the rest: loss (mean CE), PPL, NDCG@k, Hit@k.
+
+    Scores come from ``scorer`` (``hrnn_core.model.scoring``: the evaluation's and the service's scoring
+    function; default: the model's own settings without a trend term), at each target's time
+    (``times``: each event's timestamp), over the full catalogue in chunks (never a rows x all-items
+    matrix larger than a chunk). ``exclude_seen``: the owner's earlier items (never the target) leave
+    the ranking and the softmax, as in training with ``train.exclude_seen``.
+    """
+    if len(segments) == 0:
+        return {}
+    model.eval()
+    scorer = scorer or CatalogueScorer(model, data.events.item_freq)
+    order = np.argsort(segments[:, 1] - segments[:, 0], kind="stable")  # similar lengths together
+    ce_sum = ndcg = hits = 0.0
+    for lo in range(0, len(order), batch_size):
+        seg = segments[order[lo:lo + batch_size]]
+        lengths = seg[:, 1] - seg[:, 0]
+        t = int(lengths.max())
+        idx = seg[:, :1] + np.arange(t)[None, :]
+        idx = np.where(np.arange(t)[None, :] < lengths[:, None], idx, -1)  # (b, t)
+        x = gather_inputs(data, torch.from_numpy(idx), torch.zeros(idx.shape, dtype=torch.bool)).to(device)
+        with _autocast(device):
+            out, _ = model(x)  # (b, t, H)
+        h = out[torch.arange(len(seg)), torch.from_numpy(lengths - 1)].float()  # (b, H)
+        target = data.events.target[torch.from_numpy(seg[:, 1] - 1)].to(device)  # (b,)
+        at = None if times is None else times[seg[:, 1] - 1]  # (b,) request times
+        seen = None
+        if exclude_seen:  # (b, n_items): items of the events before the target
+            hist = data.events.target[torch.from_numpy(np.maximum(idx, 0))].to(device)  # (b, t)
+            before = torch.from_numpy(np.arange(t)[None, :] < (lengths - 1)[:, None]).to(device)
+            seen = torch.zeros(len(seg), model.n_items, dtype=torch.bool, device=device)
+            seen[torch.arange(len(seg), device=device)[:, None].expand_as(hist)[before], hist[before]] = True
+            seen[torch.arange(len(seg), device=device), target] = False
+        pos = scorer.target_scores(h, target, at)  # (b,)
+        lse = torch.full_like(pos, float("-inf"))
+        rank = torch.zeros_like(pos)
+        for a in range(0, model.n_items, item_chunk):
+            items = torch.arange(a, min(a + item_chunk, model.n_items), device=device)
+            s = scorer.scores(h, at, items)  # (b, chunk)
+            if seen is not None:
+                s = s.masked_fill(seen[:, a:a + len(items)], float("-inf"))
+            lse = torch.logaddexp(lse, torch.logsumexp(s, dim=1))
+            rank += (s > pos[:, None]).sum(1)
+        ce_sum += float((lse - pos).sum())
+        top = rank < k
+        ndcg += float(torch.where(top, 1.0 / torch.log2(rank + 2.0), torch.zeros_like(rank)).sum())
+        hits += float(top.sum())
+    n = len(segments)
+    loss = ce_sum / n
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), f"ndcg@{k}": ndcg / n, f"hit@{k}": hits / n}
+
+
+def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: torch.device, cfg: TrainConfig,
+             exclude_seen: bool, trend: TrainTrend | None = None) -> dict:
+    """One epoch's validation metrics at the inference lambda of eq. (2).
+
+    With ``model_cfg.inference_item_meta_mix`` unset (auto) every lambda of INFERENCE_MIX_GRID is
+    scored, the best by ``cfg.early_stopping_metric`` is reported (``inference_mix``, and each
+    lambda's value under ``by_mix``), and ``model.cfg`` takes it, so the checkpoint saved next
+    carries it to inference. A model without metadata has no lambda to choose (0). ``trend``: the eq. (5)
+    term a model trained with it (``model.trend_train``) is scored with.
+    """
+    def run(mix: float) -> dict:
+        scorer = CatalogueScorer(model, data.events.item_freq, mix, trend.popularity if trend else None,
+                                 trend.weight if trend else 0.0)
+        return evaluate(model, data, data.val_segments, device, scorer, trend.times if trend else None,
+                        exclude_seen=exclude_seen)
+
+    fixed = model_cfg.inference_item_meta_mix
+    if fixed is not None:
+        return {**run(fixed), "inference_mix": fixed}
+    mixes = INFERENCE_MIX_GRID if model.meta_out is not None else (0.0,)
+    runs = {m: run(m) for m in mixes}
+    key = cfg.early_stopping_metric
+    if key not in runs[mixes[0]]:  # no validation events to choose on
+        chosen, out = INFERENCE_MIX_FALLBACK, {}
+    else:
+        pick = min if key == "val_loss" else max
+        chosen = pick(mixes, key=lambda m: runs[m][key])  # the first of equal values: the smaller lambda
+        out = {**runs[chosen], "by_mix": {f"{m:g}": runs[m][key] for m in mixes}}
+    model.cfg = dataclasses.replace(model.cfg, inference_item_meta_mix=chosen)
+    return {**out, "inference_mix": chosen}
+
+
+def snapshot_times(snapshot_dir: Path, n_events: int) -> np.ndarray:
+    """(E,) float64 timestamp of each encoded event (sequences.parquet's flat order, the encoder's)."""
+    seq = pq.read_table(Path(snapshot_dir) / "sequences.parquet", columns=["timestamps"])
+    times = pc.list_flatten(seq["timestamps"]).to_numpy(zero_copy_only=False).astype(np.float64)
+    if len(times) != n_events:
+        raise TrainError(f"{snapshot_dir}: {len(times)} timestamps for {n_events} encoded events")
+    return times
+
+
+@dataclass
+class TrainTrend:
+    """The eq. (5) term training adds to every dense score (``model.trend_train``)."""
+
+    weight: float
+    popularity: WindowedPopularity  # q(t) over the snapshot's events (hrnn_core.model.scoring.popularity)
+    times: np.ndarray  # (E,) each encoded event's timestamp: a target's request time
+
+
+def training_trend(snapshot_dir: Path, data: TrainData, model_cfg: ModelConfig, output: str = "dense"
+                   ) -> TrainTrend | None:
+    """``model.trend_train``: the eq. (5) term training adds to every score, or None when it is off (auto
+    with the sampled ``output`` is off). ``q(t)`` counts the snapshot's events before the target's bucket
+    (``model.trend_bucket_seconds``, as every scoring path), never the target itself or anything later."""
+    if not model_cfg.trend_train_active or (model_cfg.trend_train is None and output != "dense"):
+        return None
+    if output != "dense":
+        raise TrainError("model.trend_train = true needs train.output = 'dense' (the term shifts every item's "
+                         "score); leave it unset (auto: off with the sampled output) or set it false")
+    times = snapshot_times(snapshot_dir, len(data.events.target))
+    pop = WindowedPopularity(times, data.events.target.numpy(), data.features.n_items,
+                             window_seconds=model_cfg.trend_window_seconds,
+                             bucket_seconds=model_cfg.trend_bucket_seconds, smoothing=model_cfg.trend_smoothing)
+    return TrainTrend(model_cfg.trend_weight, pop, times)
+
+
+def _optimizers(model: HRNNMeta, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    """AdamW, weight decay on matrices only (not embeddings, biases, norms).
+
+    With the sampled output the item-indexed tables (input embedding, w_j, b_j) get sparse
+    gradients and a SparseAdam of their own: a step then touches only the rows of the batch's
+    items and negatives instead of every row of a million-item catalog.
+    """
+    item_tables = [model.item_in, model.item_w, model.item_b]
+    sparse = cfg.output == "sampled"
+    for emb in item_tables:
+        emb.sparse = sparse
+    sparse_ids = {id(e.weight) for e in item_tables} if sparse else set()
+    no_decay: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, (nn.Embedding, FieldBags)):
+            no_decay.update(id(p) for p in m.parameters(recurse=False))
+    params = [p for p in model.parameters() if id(p) not in sparse_ids]
+    decay = [p for p in params if p.dim() >= 2 and id(p) not in no_decay]
+    rest = [p for p in params if not (p.dim() >= 2 and id(p) not in no_decay)]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, lr=cfg.lr)]
+    if sparse:
+        opts.append(torch.optim.SparseAdam([e.weight for e in item_tables], lr=cfg.lr))
+    return opts
+
+
+def _clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> None:
+    """Global-norm clipping that also handles sparse gradients (torch's does not)."""
+    grads = []
+    for p in params:
+        if p.grad is not None:
+            if p.grad.is_sparse:
+                p.grad = p.grad.coalesce()
+            grads.append(p.grad)
+    if not grads:
+        return
+    total = torch.linalg.vector_norm(torch.stack([(g.values() if g.is_sparse else g).norm() for g in grads]))
+    coef = max_norm / (float(total) + 1e-6)
+    if coef < 1.0:
+        for g in grads:
+            g.mul_(coef)
+
+
+def _lr(cfg: TrainConfig, step: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio (a function of the step only)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    report: Path
+    history: list[dict]  # one entry per epoch
+    stopped_early: bool
+
+
+def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = None,
+          train_cfg: TrainConfig | None = None, resume: bool = False,
+          on_epoch_end: Callable[[int, dict], None] | None = None, dist_ctx=None) -> TrainResult:
+    """Train HRNN-meta on a snapshot; checkpoints and the report go to ``run_dir``.
+
+    ``resume=True`` continues from ``run_dir/last.pt`` (same snapshot and configs required);
+    without it an existing ``last.pt`` is an error. ``on_epoch_end(epoch, metrics)`` is called
+    after each epoch's checkpoint is written.
+
+    ``dist_ctx`` (a :class:`hrnn_core.train.distributed.DistContext`, set by ``python -m
+    hrnn_core.train.distributed`` under torchrun) makes this process one rank of a data-parallel run:
+    it trains its share of each global batch's slots, gradients are summed over ranks, and only
+    rank 0 validates and writes files. Without it (or with one process) the loop is unchanged.
+    """
+    model_cfg, cfg = model_cfg or ModelConfig(), train_cfg or TrainConfig()
+    run_dir = Path(run_dir)
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if last_path.exists() and not resume:
+        raise TrainError(f"{run_dir} already holds a run; pass resume=True (--resume) or use another run dir")
+    device = dist_ctx.device if dist_ctx is not None else resolve_device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    rank, is_main = (dist_ctx.rank, dist_ctx.is_main) if dist_ctx is not None else (0, True)
+    slots = dist_ctx.local_slots(cfg.batch_size) if dist_ctx is not None else slice(None)
+
+    # ---- phase 1: data
+    data = prepare_data(snapshot_dir, model_cfg, cfg)
+    n_items, ev = data.features.n_items, data.events
+    n_events = int((data.train_segments[:, 1] - data.train_segments[:, 0]).sum())
+    if n_events == 0:
+        raise TrainError(f"snapshot {snapshot_dir} has no training events after the validation split")
+    exclude_seen, repeats = resolve_exclude_seen(cfg, data)
+    has_ties = bool((data.events.time_delta == 0).any())  # train.shuffle_ties has nothing to shuffle otherwise
+    if cfg.output == "dense" and cfg.batch_size * cfg.bptt * n_items > cfg.max_dense_logits:
+        raise TrainError(f"dense output over {n_items:,} items needs a {cfg.batch_size * cfg.bptt:,} x "
+                         f"{n_items:,} score matrix; set train.output = 'sampled' (or a smaller batch)")
+    trend = training_trend(snapshot_dir, data, model_cfg, cfg.output)  # model.trend_train: eq. (5) in every score
+    type_w = torch.tensor([cfg.default_event_weight] + [float(cfg.event_type_weights.get(t, cfg.default_event_weight))
+                                                        for t in data.features.event_types], device=device)
+    torch.manual_seed(cfg.seed)
+    model = HRNNMeta(model_cfg, data.features, data.item_cat, data.item_num).to(device)
+    opts = _optimizers(model, cfg)
+    params = list(model.parameters())
+    sparse_ids = {id(e.weight) for e in (model.item_in, model.item_w, model.item_b) if e.sparse}
+    sampler = AliasSampler(ev.item_freq, cfg.sampler_alpha, seed=cfg.seed, device=device)
+    log_incl: dict[int, torch.Tensor] = {}  # draws per step -> log inclusion probabilities
+    steps_per_epoch = math.ceil(n_events / (cfg.batch_size * cfg.bptt)) + 1
+    total_steps = steps_per_epoch * cfg.epochs
+    history: list[dict] = []
+    curve: list[tuple[int, float]] = []
+    start_epoch, step, best, bad_epochs = 0, 0, None, 0
+    if resume and last_path.exists():
+        ck = load_checkpoint(last_path, device)
+        if ck.snapshot_id != data.features.snapshot_id:
+            raise TrainError(f"{last_path} was trained on snapshot {ck.snapshot_id}, not "
+                             f"{data.features.snapshot_id}; use a new run dir")
+        saved = dataclasses.asdict(ck.model_config)
+        if model_cfg.inference_item_meta_mix is None:  # auto: the checkpoint holds the lambda chosen so far
+            saved["inference_item_meta_mix"] = None
+        if saved != dataclasses.asdict(model_cfg):
+            raise TrainError(f"{last_path} has a different model config; use a new run dir")
+        if len(ck.raw["optimizer"]) != len(opts):
+            raise TrainError(f"{last_path} was trained with another train.output; use a new run dir")
+        model.load_state_dict(ck.model.state_dict())
+        for opt, state in zip(opts, ck.raw["optimizer"], strict=True):
+            opt.load_state_dict(state)
+        start_epoch, step = ck.raw["epoch"] + 1, ck.raw["step"]
+        best, bad_epochs = ck.raw["best"], ck.raw["bad_epochs"]
+        history, curve = list(ck.raw["history"]), [tuple(c) for c in ck.raw["curve"]]
+    lower_better = cfg.early_stopping_metric == "val_loss"
+    stopped = bad_epochs >= cfg.patience and start_epoch >= cfg.min_epochs
+
+    for epoch in range(start_epoch, cfg.epochs):
+        if stopped:
+            break
+        # ---- phase 2: batches; every random stream reseeded from (seed, epoch)
+        # dropout and negatives: a stream per rank (rank 0 = the single-process stream)
+        rank_seed = cfg.seed * 100_003 + epoch + rank * RANK_SEED_STRIDE
+        torch.manual_seed(rank_seed)
+        sampler.generator.manual_seed(rank_seed)
+        rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(2, epoch)))
+        mix_rng = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        segments = data.train_segments[rng.permutation(len(data.train_segments))]
+        if cfg.shuffle_ties and has_ties:  # the epoch's events: ties in a fresh order (same stream on every rank)
+            tie_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(3, epoch)))
+            ev = data.events.reordered(tie_order(data.events.time_delta, data.train_segments, tie_rng), n_items)
+            epoch_data = dataclasses.replace(data, events=ev)
+        else:
+            ev, epoch_data = data.events, data
+        model.train()
+        hidden, t0, seen, loss_sum, ce_sum, recent = None, time.time(), 0, 0.0, 0.0, []
+        seen_items = None  # train.exclude_seen: (B, n_items) items of each slot's owner so far
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+                   leave=False, unit="step")
+        for idx_np, reset_np in user_parallel_windows(segments, cfg.batch_size, cfg.bptt):
+            # ---- phase 3: one truncated-BPTT step
+            idx_np, reset_np = idx_np[slots], reset_np[slots]  # this rank's slots (all of them alone)
+            lr = _lr(cfg, step, total_steps)
+            for opt in opts:
+                for g in opt.param_groups:
+                    g["lr"] = lr
+            idx = torch.from_numpy(idx_np)
+            valid = (idx >= 0).to(device)  # (B, T)
+            flat = idx[idx >= 0]  # (N,) event indices of the valid positions
+            x = gather_inputs(epoch_data, idx, torch.from_numpy(reset_np)).to(device)
+            target = ev.target[flat].to(device)  # (N,)
+            weight = reward_weights(ev.event_type[flat].to(device), ev.event_value[flat].to(device),
+                                    type_w, cfg.event_value_weight)  # (N,)
+            mix = cfg.item_meta_mix if cfg.item_meta_mix is not None else float(torch.rand(1, generator=mix_rng))
+            hidden = hidden.detach() if hidden is not None else None  # truncated BPTT
+            with _autocast(device):
+                out, hidden = model(x, hidden)  # (B, T, H), (L, B, H)
+                h = out[valid]  # (N, H)
+                if cfg.output == "dense":
+                    logits = model.scores(h, None, mix)  # (N, n_items)
+                    if trend is not None:  # eq. (5) at each target's time: the network learns the residual
+                        logits = logits + trend.weight * trend.popularity.log_q_at(trend.times[flat.numpy()]).to(device)
+                    if exclude_seen:
+                        if seen_items is None:
+                            seen_items = torch.zeros(len(idx), n_items, dtype=torch.bool, device=device)
+                        masks, seen_items = seen_masks(seen_items, ev.target[idx.clamp(min=0)].to(device), valid,
+                                                       x.reset)
+                        masks = masks[valid]  # (N, n_items)
+                        masks[torch.arange(len(target), device=device), target] = False
+                        logits = logits.masked_fill(masks, float("-inf"))
+                    res = dense_softmax_loss(logits, target, weight)
+                else:
+                    neg, _ = sampler.draw(cfg.n_negatives)  # (S,) shared negatives, drawn from q
+                    cand = torch.cat([target, neg])  # (N + S,) positives first: the diagonal
+                    # eq. (4) correction: log q_j, or ("inclusion") the log-probability that j's
+                    # column is present among the N + S draws: log q_j + const for rare items,
+                    # 0 for items drawn almost surely (small catalogs, many negatives)
+                    n_draws = len(cand) if cfg.logq_correction == "inclusion" else 1
+                    if n_draws not in log_incl:
+                        log_incl[n_draws] = sampler.log_inclusion(n_draws) if n_draws > 1 else sampler.log_q
+                    cand_log_q = log_incl[n_draws][cand]  # (N + S,)
+                    extra_s = extra_i = None
+                    if cfg.use_impressions and (ev.impressions[flat] >= 0).any():
+                        extra_i = ev.impressions[flat].to(device)  # (N, K)
+                        w_i, b_i = model.item_vectors(extra_i.clamp(min=0).reshape(-1), mix)
+                        extra_s = torch.einsum("nh,nkh->nk", h, w_i.view(*extra_i.shape, -1)) + b_i.view(extra_i.shape)
+                    res = sampled_softmax_loss(model.scores(h, cand, mix), cand, cand_log_q, weight, extra_s, extra_i)
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
+            n = int(flat.numel())
+            if dist_ctx is None:
+                step_loss, step_ce = float(res.loss.detach()), float(res.ce.detach().sum())
+                if math.isfinite(step_loss):
+                    res.loss.backward()
+            else:  # gradient of the rank's loss sum; the all-reduce turns it into the global mean's
+                (res.loss * max(n, 1)).backward()
+                total = dist_ctx.all_reduce_step(params, sparse_ids, torch.stack([
+                    torch.tensor(float(n)), res.loss.detach().float().cpu() * max(n, 1), res.ce.detach().float().sum().cpu()]))
+                n = int(total[0])
+                step_loss, step_ce = float(total[1]) / max(n, 1), float(total[2])
+            if not math.isfinite(step_loss):
+                raise NonFiniteLossError(f"loss is {step_loss} at epoch {epoch + 1}, step {step}; "
+                                         f"lower train.lr (now {cfg.lr}) or check event values/features")
+            if cfg.grad_clip > 0:
+                _clip_grad_norm(params, cfg.grad_clip)
+            for opt in opts:
+                opt.step()
+            step += 1
+            seen += n
+            loss_sum += step_loss * n
+            recent.append(step_loss)
+            ce_sum += step_ce
+            if step % cfg.log_every == 0:
+                curve.append((step, sum(recent) / len(recent)))  # mean over the last log_every steps
+                recent = []
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}", ev_s=f"{seen / max(time.time() - t0, 1e-9):,.0f}")
+        bar.close()
+
+        # ---- phase 4: validation, checkpoints, early stopping
+        seconds = time.time() - t0
+        metrics = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
+                   "train_ppl": math.exp(min(ce_sum / max(seen, 1), 50.0)), "events": seen,
+                   "seconds": seconds, "events_per_s": seen / max(seconds, 1e-9), "lr": lr}
+        if is_main:
+            metrics.update(validate(model, model_cfg, data, device, cfg, exclude_seen, trend))
+        if dist_ctx is not None:
+            metrics = dist_ctx.broadcast(metrics)  # every rank takes rank 0's early-stopping decision
+        model.train()
+        history.append(metrics)
+        value = metrics.get(cfg.early_stopping_metric)
+        improved = value is None or best is None or (value < best if lower_better else value > best)
+        if improved:
+            best, bad_epochs = value, 0
+        else:
+            bad_epochs += 1
+        stopped = bad_epochs >= cfg.patience and epoch + 1 >= cfg.min_epochs
+        common = dict(epoch=epoch, step=step, best=best, bad_epochs=bad_epochs, history=history,
+                      curve=[list(c) for c in curve])
+        if is_main:
+            if improved:
+                save_checkpoint(best_path, model, data.features, cfg, ev.item_freq, **common)
+            save_checkpoint(last_path, model, data.features, cfg, ev.item_freq, optimizer=[o.state_dict() for o in opts],
+                            **common)
+        if cfg.progress:
+            shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+            tqdm.write(f"epoch {epoch + 1}: {shown}{' (best)' if improved else ''}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+
+    if not is_main:
+        return TrainResult(run_dir, best_path, last_path, run_dir / "report.json", history, stopped)
+    if not last_path.exists():
+        raise CheckpointError(f"{run_dir}: no epoch finished, nothing to report")
+    report = write_report(run_dir, history, curve, model_cfg, cfg, data, stopped,
+                          world=dist_ctx.world if dist_ctx is not None else 1,
+                          extra={"exclude_seen": exclude_seen, "repeat_share": round(repeats, 6),
+                                 "inference_mix": history[best_epoch(history, cfg) - 1].get("inference_mix")})
+    return TrainResult(run_dir, best_path, last_path, report, history, stopped)
+
+
+def write_report(run_dir: Path, history: list[dict], curve: list[tuple[int, float]], model_cfg: ModelConfig,
+                 cfg: TrainConfig, data: TrainData, stopped: bool, world: int = 1, extra: dict | None = None) -> Path:
+    """``report.json`` (configs, data sizes, per-epoch metrics) and ``loss_curve.png``."""
+    from matplotlib.figure import Figure  # noqa: PLC0415 - no pyplot: no global backend state
+
+    report = {
+        "snapshot_id": data.features.snapshot_id, "n_items": data.features.n_items,
+        "n_owners": int(data.events.n_owners), "train_owners": len(data.train_segments),
+        "val_owners": len(data.val_segments), "max_len": data.max_len,
+        "model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(cfg),
+        "stopped_early": stopped, "epochs": history, "processes": world, "curve": [list(c) for c in curve],
+        "best_epoch": best_epoch(history, cfg), "loss_curve": "loss_curve.png",
+        "torch": torch.__version__, **(extra or {}),
+    }
+    path = run_dir / "report.json"
+    path.write_text(json.dumps(report, indent=2))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    if curve:
+        ax.plot([c[0] for c in curve], [c[1] for c in curve], lw=0.8, label=f"train loss (mean of {cfg.log_every} steps)")
+    ends = [h["step"] for h in history]
+    ax.plot(ends, [h["train_loss"] for h in history], "o-", label="train loss (epoch mean)")
+    if history and "val_loss" in history[0]:
+        ax.plot(ends, [h["val_loss"] for h in history], "s-", label="validation loss (last events)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats)")
+    ax.set_title(f"HRNN-meta, {cfg.output} softmax, snapshot {data.features.snapshot_id}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "loss_curve.png", dpi=100)
+    return path
+
+
+def best_epoch(history: list[dict], cfg: TrainConfig) -> int | None:
+    """The epoch (1-based) early stopping kept: best ``cfg.early_stopping_metric`` (else the last)."""
+    vals = [(h.get(cfg.early_stopping_metric), h["epoch"]) for h in history if cfg.early_stopping_metric in h]
+    if not vals:
+        return history[-1]["epoch"] if history else None
+    pick = min if cfg.early_stopping_metric == "val_loss" else max
+    return pick(vals, key=lambda v: v[0])[1]  # the first of equal values, as training keeps it
+
