@@ -49,7 +49,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -271,12 +271,19 @@ def _ids(prefix: str, idx: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise(prefix, pc.cast(pa.array(idx), pa.string()), "")
 
 
-def _chunk(
-    w: World, u0: int, u1: int, chunk: int, norm: tuple[np.ndarray, np.ndarray] | None
-) -> tuple[pa.Table, pa.Table | None, int]:
-    """Events of users [u0, u1): sessions, times, intents, items, feedback, context."""
-    cfg, rng = w.cfg, _rng(w.cfg, 3, chunk)
-    n_u = w.counts[u0:u1]
+class _Sessions(NamedTuple):
+    """A chunk's session layout: the user and session of each event, and its within-session gap."""
+
+    local: np.ndarray  # (n,) event -> user index within the chunk
+    first_ev: np.ndarray  # (nu,) each user's first event
+    sess: np.ndarray  # (n,) event -> session index within the chunk
+    user: np.ndarray  # (n_s,) session -> user index within the chunk
+    first: np.ndarray  # (n_s,) session -> its first event
+    gap: np.ndarray  # (n,) seconds since the previous event of the session (0 at a session start)
+
+
+def _sessions(cfg: SynthConfig, rng: np.random.Generator, n_u: np.ndarray) -> _Sessions:
+    """Cut each user's ``n_u`` events into sessions and draw the within-session gaps."""
     nu, n = len(n_u), int(n_u.sum())
     local = np.repeat(np.arange(nu), n_u)
     first_ev = np.cumsum(n_u) - n_u
@@ -287,76 +294,103 @@ def _chunk(
     p_new = np.minimum(1.0 / cfg.mean_session_events, (max_sessions - 1) / np.maximum(n_u - 1, 1))
     new = is_first | (rng.random(n) < p_new[local])
     sess = np.cumsum(new) - 1
-    n_s = int(sess[-1]) + 1
-    s_user = local[new]
-    s_first = np.flatnonzero(new)
     gap = np.minimum(np.maximum(np.rint(rng.exponential(cfg.within_gap_mean_s, n)), 1),
                      cfg.within_gap_max_s)
     gap[new] = 0
-    k = np.bincount(s_user, minlength=nu)
+    return _Sessions(local, first_ev, sess, local[new], np.flatnonzero(new), gap)
+
+
+def _time_offsets(cfg: SynthConfig, rng: np.random.Generator, s: _Sessions) -> np.ndarray:
+    """(n,) seconds from the log's start to each event: every user's sessions spread over the span."""
+    nu, n_s = len(s.first_ev), len(s.user)
+    k = np.bincount(s.user, minlength=nu)
     mg = np.full(nu, float(cfg.min_between_gap_s))
     budget = cfg.span_seconds - 1
-    w_u = np.bincount(local, weights=gap, minlength=nu)
+    w_u = np.bincount(s.local, weights=s.gap, minlength=nu)
     # Rare fallback: a user too active for the span gets all gaps shrunk proportionally.
     scale = np.minimum(1.0, 0.9 * budget / np.maximum(w_u + (k - 1) * mg, 1.0))
-    gap = np.floor(gap * scale[local]).astype(np.int64)
+    gap = np.floor(s.gap * scale[s.local]).astype(np.int64)
     mg = np.floor(mg * scale).astype(np.int64)
-    dur = np.bincount(sess, weights=gap, minlength=n_s).astype(np.int64)
-    slack = budget - np.bincount(s_user, weights=dur, minlength=nu) - (k - 1) * mg
+    dur = np.bincount(s.sess, weights=gap, minlength=n_s).astype(np.int64)
+    slack = budget - np.bincount(s.user, weights=dur, minlength=nu) - (k - 1) * mg
     # Between-session gaps: min gap + uniform spacing of the remaining slack (k gaps + a tail).
     e = rng.exponential(1.0, n_s)
-    denom = np.bincount(s_user, weights=e, minlength=nu) + rng.exponential(1.0, nu)
-    lead = np.floor(slack[s_user] * e / denom[s_user]).astype(np.int64)
+    denom = np.bincount(s.user, weights=e, minlength=nu) + rng.exponential(1.0, nu)
+    lead = np.floor(slack[s.user] * e / denom[s.user]).astype(np.int64)
     user_first_s = np.cumsum(k) - k
     not_first_s = np.ones(n_s, dtype=bool)
     not_first_s[user_first_s] = False
-    lead += np.where(not_first_s, mg[s_user], 0)
+    lead += np.where(not_first_s, mg[s.user], 0)
     step = lead + dur
     excl = np.cumsum(step) - step
-    s_start = excl - excl[user_first_s][s_user] + lead
+    s_start = excl - excl[user_first_s][s.user] + lead
     gc = np.cumsum(gap)
-    t_off = s_start[sess] + gc - gc[s_first][sess]
-    ts = cfg.start_time + t_off
-    bucket = np.minimum(t_off // cfg.drift_bucket_seconds, cfg.n_buckets - 1)
-    users = u0 + local
-    s_cum = np.cumsum(w.taste[u0 + s_user], axis=1)  # one intent per session, from the taste
-    intent_s = (s_cum < rng.random(n_s)[:, None] * s_cum[:, -1:]).sum(axis=1)
-    intent = np.minimum(intent_s, cfg.n_genres - 1)[sess]
-    glob = rng.random(n) < cfg.epsilon
-    item = _sample_items(w, rng, intent, bucket, glob)
-    ig = w.item_genres[item].astype(np.int64)
-    valid = ig >= 0
-    tg = np.where(valid, w.taste[users[:, None], np.maximum(ig, 0)], 0.0)
-    aff = tg.sum(axis=1)  # taste mass on the item's genres: what metadata reveals
+    return s_start[s.sess] + gc - gc[s.first][s.sess]
+
+
+def _events_table(w: World, rng: np.random.Generator, users: np.ndarray, item: np.ndarray,
+                  ts: np.ndarray, aff: np.ndarray) -> pa.Table:
+    """The interaction rows; affinity ``aff`` raises the chance of cart/buy and the rating."""
+    n = len(item)
     r = rng.random(n)
     p_buy, p_cart = 0.02 + 0.10 * aff, 0.08 + 0.12 * aff
     etype = np.where(r < p_buy, 2, np.where(r < p_buy + p_cart, 1, 0))
     value = np.clip(np.rint(1.5 + 4.0 * aff + rng.normal(0.0, 0.8, n)), 1.0, 5.0)
     dev = (w.device_cum[users] < rng.random(n)[:, None]).sum(axis=1)
     dev = np.minimum(dev, len(DEVICES) - 1)
-    events = pa.table({
+    return pa.table({
         "user_id": _ids("u", users), "item_id": _ids("i", item),
         "timestamp": pa.array(ts, pa.int64()),
         "event_type": pa.array(EVENT_TYPES).take(pa.array(etype)),
         "event_value": pa.array(value, pa.float64()),
         "device": pa.array(DEVICES).take(pa.array(dev)),
     })
-    if norm is None:
-        return events, None, n_s
-    z, zall = norm
+
+
+def _truth_table(w: World, norm: tuple[np.ndarray, np.ndarray], s: _Sessions, item: np.ndarray,
+                 bucket: np.ndarray, intent: np.ndarray, ig: np.ndarray, tg: np.ndarray) -> pa.Table:
+    """truth_events rows: the generator's log P(item) given the intent, and marginalised over taste."""
+    cfg, (z, zall) = w.cfg, norm
     wi = np.exp(w.log_w0[item] + w.log_multiplier(item, bucket))
     member = (ig == intent[:, None]).any(axis=1)
     p_glob = cfg.epsilon * wi / zall[bucket]
     p_int = (1 - cfg.epsilon) * member * wi / z[bucket, intent] + p_glob
     zg = z[bucket[:, None], np.maximum(ig, 0)]
     p_user = (1 - cfg.epsilon) * (tg * wi[:, None] / zg).sum(axis=1) + p_glob
-    truth = pa.table({
+    return pa.table({
         "true_logp": pa.array(np.log(p_int), pa.float64()),
         "true_logp_user": pa.array(np.log(p_user), pa.float64()),
         "intent_genre": pa.array(intent.astype(np.int16)),
-        "session_index": pa.array((sess - sess[first_ev][local]).astype(np.int32)),
+        "session_index": pa.array((s.sess - s.sess[s.first_ev][s.local]).astype(np.int32)),
     })
-    return events, truth, n_s
+
+
+def _chunk(
+    w: World, u0: int, u1: int, chunk: int, norm: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[pa.Table, pa.Table | None, int]:
+    """Events of users [u0, u1): sessions, times, intents, items, feedback, context.
+
+    The draws from the chunk's stream keep this order (it is the seed layout): session starts,
+    within gaps, between gaps, intents, epsilon flags, items, feedback, device.
+    """
+    cfg, rng = w.cfg, _rng(w.cfg, 3, chunk)
+    s = _sessions(cfg, rng, w.counts[u0:u1])
+    n, n_s = len(s.sess), len(s.user)
+    t_off = _time_offsets(cfg, rng, s)
+    bucket = np.minimum(t_off // cfg.drift_bucket_seconds, cfg.n_buckets - 1)
+    users = u0 + s.local
+    s_cum = np.cumsum(w.taste[u0 + s.user], axis=1)  # one intent per session, from the taste
+    intent_s = (s_cum < rng.random(n_s)[:, None] * s_cum[:, -1:]).sum(axis=1)
+    intent = np.minimum(intent_s, cfg.n_genres - 1)[s.sess]
+    glob = rng.random(n) < cfg.epsilon
+    item = _sample_items(w, rng, intent, bucket, glob)
+    ig = w.item_genres[item].astype(np.int64)
+    tg = np.where(ig >= 0, w.taste[users[:, None], np.maximum(ig, 0)], 0.0)
+    aff = tg.sum(axis=1)  # taste mass on the item's genres: what metadata reveals
+    events = _events_table(w, rng, users, item, cfg.start_time + t_off, aff)
+    if norm is None:
+        return events, None, n_s
+    return events, _truth_table(w, norm, s, item, bucket, intent, ig, tg), n_s
 
 
 def _write(table: pa.Table, path: Path) -> Path:
