@@ -39,7 +39,8 @@ from hrnn_core.evaluation.baselines.base import ScoreBatch
 from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.evaluation.harness import score_cases, train_data
 from hrnn_core.evaluation.hrnn_scorer import HRNNScorer
-from hrnn_core.evaluation.protocols import SnapshotData, build_split
+from hrnn_core.evaluation.protocols import build_split
+from hrnn_core.evaluation.splits import SnapshotData
 from hrnn_core.train.trainer import train
 
 

@@ -1,7 +1,7 @@
 """The rating prediction task of the paper's Tables 4-5 (section 4.3): predict each test event's
 value (its rating) and report RMSE (and MAE) over all test events of a protocol split.
 
-Cases are a protocol's test cases (``hrnn_core.evaluation.protocols``) whose target event carries a value:
+Cases are a protocol's test cases (``hrnn_core.evaluation.splits``) whose target event carries a value:
 a case reads events [0, pos) of its row (for ``temporal``: the owner's training events and its
 earlier test events, as they stream in) and predicts the target event's raw ``event_value``.
 Events without a value are left out and counted. Models:
@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from hrnn_core.evaluation.baselines.features import flat_events
 from hrnn_core.evaluation.metrics import paired_test
-from hrnn_core.evaluation.protocols import Split
+from hrnn_core.evaluation.splits import Split
 from research.fm_rating import event_values
 from research.rating_cases import RatedCases, RatingError, mae, rated_cases, rmse, training_ratings
 

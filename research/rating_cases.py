@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from hrnn_core.evaluation.baselines.base import ScoreBatch
 from hrnn_core.errors import HrnnError
-from hrnn_core.evaluation.protocols import Cases, Split
+from hrnn_core.evaluation.splits import Cases, Split
 from research.fm_rating import event_values
 
 

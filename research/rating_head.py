@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from hrnn_core.evaluation.baselines.features import flat_events
-from hrnn_core.evaluation.protocols import Split
+from hrnn_core.evaluation.splits import Split
 from research.fm_rating import event_values
 from research.rating_cases import RatedCases, RatingError, rmse
 

@@ -17,7 +17,7 @@ from hrnn_core.evaluation.baselines.bpr import BPRScorer
 from hrnn_core.evaluation.baselines.features import FieldEncoder, entity_table
 from hrnn_core.evaluation.baselines.fm import FMScorer
 from hrnn_core.evaluation.baselines.popularity import PopularityScorer, RecentPopularityScorer
-from hrnn_core.evaluation.protocols import SnapshotData
+from hrnn_core.evaluation.splits import SnapshotData
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

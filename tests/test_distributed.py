@@ -96,7 +96,8 @@ def test_retrain_hrnn_task_trains_data_parallel_with_train_processes(snap, monke
     """retrain -> evaluate_split -> HRNNScorer.fit launches torchrun when train.processes > 1."""
     import hrnn_core.train.distributed as distributed
     from hrnn_core.evaluation.harness import evaluate_split
-    from hrnn_core.evaluation.protocols import SnapshotData, build_split
+    from hrnn_core.evaluation.protocols import build_split
+    from hrnn_core.evaluation.splits import SnapshotData
 
     calls = []
     real = distributed.train_distributed

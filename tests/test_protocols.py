@@ -1,4 +1,4 @@
-"""Evaluation protocols (hrnn_core.evaluation.protocols): exact splits and no test leakage into training."""
+"""Evaluation protocols (hrnn_core.evaluation.protocols, splits): exact splits and no test leakage into training."""
 
 import json
 from pathlib import Path
@@ -10,17 +10,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from hrnn_core.evaluation.protocols import (
-    ProtocolError,
-    SnapshotData,
     build_split,
     cold_start_items,
     default_cut_time,
     leave_one_out,
     rolling,
-    select_events,
     temporal,
     user_holdout,
 )
+from hrnn_core.evaluation.splits import ProtocolError, SnapshotData, select_events
 
 N_ITEMS = 40
 

@@ -57,7 +57,7 @@ def per_user_cases(cases):
     """One case per user of the (per-event) cold ``cases``: reads every readable (warm) event
     of the user, at the time of the user's last event (readable or cold); targets = every
     distinct cold item of the user (see the module docstring)."""
-    from hrnn_core.evaluation.protocols import Cases, _flat  # noqa: PLC0415
+    from hrnn_core.evaluation.splits import Cases, _flat  # noqa: PLC0415
 
     rows, first = np.unique(cases.row, return_index=True)  # per-event cases are row-contiguous, time-ordered
     last = np.r_[first[1:], len(cases)] - 1  # each user's last cold case
@@ -145,7 +145,8 @@ def run_cold_start(snapshot_dir: Path, model_cfg, train_cfg, *, dataset: str = "
                    seed: int = 0, batch_size: int = 512, say: Callable[[str], None] = lambda _m: None) -> dict:
     """Build the split, fit HRNN-meta (lambda ~ U[0,1]) and random, score both views; the report."""
     from hrnn_core.evaluation.harness import make_scorer, train_data  # noqa: PLC0415
-    from hrnn_core.evaluation.protocols import SnapshotData, build_split  # noqa: PLC0415
+    from hrnn_core.evaluation.protocols import build_split  # noqa: PLC0415
+    from hrnn_core.evaluation.splits import SnapshotData  # noqa: PLC0415
 
     data = SnapshotData.load(snapshot_dir)
     split = build_split("cold_start_items", data, cold_fraction=cold_fraction, seed=seed)

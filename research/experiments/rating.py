@@ -38,7 +38,8 @@ def register(app: typer.Typer) -> None:
         """Tables 4-5: RMSE of rating prediction: rolling average, FM, GRU and HRNN-meta (+ value decoder)."""
         import torch  # noqa: PLC0415
 
-        from hrnn_core.evaluation.protocols import SnapshotData, build_split  # noqa: PLC0415
+        from hrnn_core.evaluation.protocols import build_split  # noqa: PLC0415
+        from hrnn_core.evaluation.splits import SnapshotData  # noqa: PLC0415
         from research.rating import format_table, run_rating  # noqa: PLC0415
 
         cfg = cli_config(config, data_dir=data_dir)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hrnn_core.evaluation.protocols import SnapshotData, build_split
+from hrnn_core.evaluation.protocols import build_split
+from hrnn_core.evaluation.splits import SnapshotData
 
 R = Path(__file__).resolve().parents[2] / "bench" / "results"  # where leaderboards.sh writes its reports
 RUN = ("last events (test, 5 seeds)", "leaderboard_ml-100k_leave_one_out", ["", ".seed1", ".seed2", ".seed3", ".seed4"])

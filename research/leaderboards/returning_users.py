@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hrnn_core.evaluation.protocols import SnapshotData, build_split
+from hrnn_core.evaluation.protocols import build_split
+from hrnn_core.evaluation.splits import SnapshotData
 
 
 def per_event(paths: list[Path], model: str, metric: str, commit: str | None = None) -> np.ndarray:

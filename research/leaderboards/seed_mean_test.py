@@ -42,7 +42,8 @@ def load(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 def test_owners(snapshot: Path, report: dict, params: dict) -> np.ndarray:
     """(n_events,) owner of each test case, in the reports' case order (the protocol rebuilt)."""
-    from hrnn_core.evaluation.protocols import SnapshotData, build_split  # noqa: PLC0415
+    from hrnn_core.evaluation.protocols import build_split  # noqa: PLC0415
+    from hrnn_core.evaluation.splits import SnapshotData  # noqa: PLC0415
 
     data = SnapshotData.load(snapshot)
     if data.snapshot_id != report["snapshot_id"]:

@@ -26,7 +26,8 @@ from hrnn_core.cli.options import cli_config
 from hrnn_core.data.datasets.load import ingest_dataset
 from hrnn_core.evaluation.harness import train_data
 from hrnn_core.evaluation.hrnn_scorer import HRNNScorer
-from hrnn_core.evaluation.protocols import SnapshotData, build_split
+from hrnn_core.evaluation.protocols import build_split
+from hrnn_core.evaluation.splits import SnapshotData
 from hrnn_core.data.transforms import export_snapshot
 from hrnn_core.data.warehouse import connect
 from research.rating import (fit_fm_rating, rated_cases, recurrent_options, rmse, rolling_average,

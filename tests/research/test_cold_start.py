@@ -19,7 +19,8 @@ from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.evaluation.harness import make_scorer, train_data
 from research.experiments.cold_start import KS, cold_lambda, per_user_cases, score_cold_start
 from hrnn_core.data.datasets.load import synthetic_snapshot
-from hrnn_core.evaluation.protocols import SnapshotData, build_split
+from hrnn_core.evaluation.protocols import build_split
+from hrnn_core.evaluation.splits import SnapshotData
 from hrnn_core.model.scoring import CatalogueScorer
 
 torch.set_num_threads(1)

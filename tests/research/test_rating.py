@@ -14,7 +14,8 @@ import torch
 from typer.testing import CliRunner
 
 from hrnn_core.config import ModelConfig, TrainConfig, load_config
-from hrnn_core.evaluation.protocols import SnapshotData, temporal
+from hrnn_core.evaluation.protocols import temporal
+from hrnn_core.evaluation.splits import SnapshotData
 from research.rating import mae, rated_cases, rmse, rolling_average, run_rating
 from research.rating_head import RatingHead, RatingHeadConfig, fit_head, predict_head
 
