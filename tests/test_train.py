@@ -116,7 +116,8 @@ def test_leave_one_out_hrnn_trains_on_train_and_stops_on_the_validation_targets(
     """The harness gives HRNN-meta leave_one_out's train + validation targets, held out: it trains
     on exactly the protocol's training events and validates on (a sample of) its validation cases."""
     from hrnn_core.evaluation.harness import evaluate_split
-    from hrnn_core.evaluation.protocols import SnapshotData, build_split
+    from hrnn_core.evaluation.protocols import build_split
+    from hrnn_core.evaluation.splits import SnapshotData
 
     _, path = snap
     split = build_split("leave_one_out", SnapshotData.load(path))

@@ -15,7 +15,8 @@ from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.model.features import USER_ID_FIELD, FeatureSpace, encode_events, known_users
 from hrnn_core.model.inference import InferenceEngine
 from hrnn_core.model.network import HRNNMeta, StepInputs
-from hrnn_core.evaluation.protocols import SnapshotData, build_split
+from hrnn_core.evaluation.protocols import build_split
+from hrnn_core.evaluation.splits import SnapshotData
 from hrnn_core.serving.recommend import SnapshotHistory
 from hrnn_core.train.trainer import train
 from hrnn_core.data.datasets.load import synthetic_snapshot

@@ -87,7 +87,8 @@ def run_ablation(snapshot_dir: Path, model_cfg, train_cfg, *, dataset: str = "",
                  seed: int = 0, rows: tuple = ROWS, say: Callable[[str], None] = lambda _m: None) -> dict:
     """Fit every row's model on one user_holdout split; PPL, NDCG@10 and the paired tests."""
     from hrnn_core.evaluation.harness import evaluate_split, significance  # noqa: PLC0415
-    from hrnn_core.evaluation.protocols import SnapshotData, build_split  # noqa: PLC0415
+    from hrnn_core.evaluation.protocols import build_split  # noqa: PLC0415
+    from hrnn_core.evaluation.splits import SnapshotData  # noqa: PLC0415
 
     if train_cfg.exclude_seen is None:
         # PPL is a full-catalogue distribution: the seen-item-free softmax (auto-on for ratings)

@@ -62,7 +62,7 @@ class TrendExperimentError(HrnnError):
 
 def valid_frames(split, frame_seconds: float):
     """The validation cases cut into frames from the start of the validation period."""
-    from hrnn_core.evaluation.protocols import Frame  # noqa: PLC0415
+    from hrnn_core.evaluation.splits import Frame  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
     cases = split.valid
@@ -137,7 +137,8 @@ def run_trend(snapshot_dir: Path, *, dataset: str, model_cfg, train_cfg, grid: G
     """Validation grid, then the test frames: the report (``_results`` holds per-event arrays)."""
     from hrnn_core.evaluation.harness import make_scorer, train_data  # noqa: PLC0415
     from hrnn_core.evaluation.metrics import paired_test  # noqa: PLC0415
-    from hrnn_core.evaluation.protocols import SnapshotData, rolling  # noqa: PLC0415
+    from hrnn_core.evaluation.protocols import rolling  # noqa: PLC0415
+    from hrnn_core.evaluation.splits import SnapshotData  # noqa: PLC0415
     from research.scorers import StudyScorer  # noqa: PLC0415
 
     say = progress or (lambda _m: None)

@@ -2,7 +2,7 @@
 
 For each protocol (leave_one_out, temporal) on an ml-100k snapshot:
 ``split = build_split(protocol, snapshot)``; every candidate config fits ``HRNNScorer`` on the
-split's ``valid_train`` part and scores ``split.valid`` (the recipe of ``hrnn_core.evaluation.protocols``:
+split's ``valid_train`` part and scores ``split.valid`` (the recipe of ``hrnn_core.evaluation.splits``:
 tune on (valid_train, valid), then fit on train and score test). Test cases are never scored.
 
 Candidates set the tuned fields explicitly (OLD_MODEL/OLD_TRAIN plus their overrides); every
@@ -39,7 +39,8 @@ import torch
 
 from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.evaluation.harness import make_scorer, score_cases, train_data
-from hrnn_core.evaluation.protocols import SnapshotData, build_split
+from hrnn_core.evaluation.protocols import build_split
+from hrnn_core.evaluation.splits import SnapshotData
 from hrnn_core.train.trainer import best_epoch
 from research.scorers import StudyScorer
 
