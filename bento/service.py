@@ -214,6 +214,8 @@ class ModelUnavailable(ServiceUnavailable):
 
 OPEN_PATHS = ("/readyz", "/livez", "/healthz")  # health probes stay open
 ADMIN_PREFIX = "/admin/"
+MODEL_PATHS = ("/recommend", "/recommend_batch", "/events", "/similar_items", "/model")  # need a served model
+NOT_READY: dict[str, str] = {}  # "reason": why no model is served yet (set and cleared by the service)
 
 
 class ApiKeyMiddleware:
@@ -234,7 +236,7 @@ class ApiKeyMiddleware:
                 resp = JSONResponse({"error": "admin endpoints are disabled: configure serve.api_key "
                                               "(HRNN__SERVE__API_KEY)"}, status_code=403)
                 return await resp(scope, receive, send)
-            return await self.app(scope, receive, send)
+            return await self._ready(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         given = headers.get("x-api-key") or ""
         auth = headers.get("authorization", "")
@@ -244,6 +246,14 @@ class ApiKeyMiddleware:
             resp = JSONResponse({"error": "missing or wrong API key: send X-API-Key or Authorization: Bearer"},
                                 status_code=401, headers={"WWW-Authenticate": "Bearer"})
             return await resp(scope, receive, send)
+        return await self._ready(scope, receive, send)
+
+    async def _ready(self, scope: dict, receive: Any, send: Any) -> None:
+        """Before the first champion, model endpoints answer 503 with the reason (BentoML itself would hide a
+        5xx's message and log a traceback per request)."""
+        reason = NOT_READY.get("reason")
+        if reason and scope["path"] in MODEL_PATHS:
+            return await JSONResponse({"error": reason}, status_code=503, headers={"Retry-After": "30"})(scope, receive, send)
         return await self.app(scope, receive, send)
 
 
@@ -322,15 +332,30 @@ class HRNNService:
         self._swap_lock = threading.Lock()
         self._pinned = os.environ.get("HRNN_MODEL_TAG") or None
         tag = self._pinned or champion_from_store(MODEL_NAME, self.store) or (PACKAGED_TAG if hasattr(self, "packaged") else None)
-        if tag is None:
-            raise ModelUnavailable(f"no {MODEL_NAME} champion in the model store {getattr(self.store, '_path', '')}; "
-                                   "promote a model (`hrnn models promote`) or set HRNN_MODEL_TAG")
-        self._active = self._build(tag)
+        self._missing = (f"no {MODEL_NAME} champion in the model store {getattr(self.store, '_path', '')} yet: run the "
+                         "retrain (`make demo` or the hrnn_retrain DAG) or `hrnn models promote TAG`, or set HRNN_MODEL_TAG; "
+                         "the champion is loaded without a restart once there is one")
+        self._active: Active | None = self._build(tag) if tag else None
+        if self._active is None:
+            NOT_READY["reason"] = self._missing
+            log.warning("not ready: %s", self._missing)
         self._stop = threading.Event()
+        self._parent = os.getppid()  # the `bentoml serve` arbiter: when it dies, this worker goes too
         self._thread = threading.Thread(target=self._maintain, name="hrnn-maintenance", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------ models
+
+    def __is_ready__(self) -> bool:
+        """``/readyz``: ready once a model is served (before the first champion: 503 everywhere)."""
+        return self._active is not None
+
+    def _serving(self) -> Active:
+        """The active model, or a 503 that says what is missing and how to get it."""
+        active = self._active
+        if active is None:
+            raise ModelUnavailable(self._missing)
+        return active
 
     def _build(self, tag: str) -> Active:
         _torch_threads(self.cfg.serve.torch_threads)
@@ -344,7 +369,7 @@ class HRNNService:
     def switch(self, tag: str, force: bool = False) -> dict:
         """Build ``tag`` fully, then swap it in; in-flight requests keep the model they hold."""
         with self._swap_lock:
-            if tag == self._active.model.tag and not force:
+            if self._active is not None and tag == self._active.model.tag and not force:
                 return self.model_info()
             new = self._build(tag)
             for lock in self._locks:  # an instant with no /events in progress
@@ -352,6 +377,7 @@ class HRNNService:
             try:
                 new.model.trend.add_live(self.owner_log.all_events()[new.live_events:])  # logged while building
                 self._active = new  # the swap: one reference
+                NOT_READY.pop("reason", None)
             finally:
                 for lock in self._locks:
                     lock.release()
@@ -359,7 +385,7 @@ class HRNNService:
         return self.model_info()
 
     def model_info(self) -> dict:
-        a = self._active
+        a = self._serving()
         return {**a.model.info, "loaded_at": a.loaded_at, "pinned": self._pinned is not None,
                 "cached_states": len(a.states), "logged_events": self.owner_log.n_events}
 
@@ -369,18 +395,23 @@ class HRNNService:
         next_check, next_prune = time.time() + every, time.time() + 3600
         failed: str | None = None  # a champion that could not be loaded is not retried every tick
         while not self._stop.wait(1.0):
+            if os.getppid() != self._parent:  # orphaned: a restart would race this worker for the port
+                log.warning("the serving process %d is gone: closing the event log and exiting", self._parent)
+                self.shutdown()
+                os._exit(0)
             try:
                 self.log.rotate_if_old()
                 now = time.time()
                 if every and now >= next_check:
                     next_check = now + every
                     tag = champion_from_store(MODEL_NAME, self.store)
-                    if not self._pinned and tag and tag not in (self._active.model.tag, failed):
+                    served = self._active.model.tag if self._active is not None else None
+                    if not self._pinned and tag and tag not in (served, failed):
                         log.info("new champion %s", tag)
                         failed = tag
                         self.switch(tag)
                         failed = None
-                if now >= next_prune:
+                if now >= next_prune and self._active is not None:
                     next_prune = now + 3600
                     self._active.model.trend.prune(now)
             except Exception:  # noqa: BLE001 - keep serving; the next tick retries
@@ -411,7 +442,7 @@ class HRNNService:
 
     def _recommend_many(self, reqs: Sequence[RecommendRequest]) -> list[RecommendResponse]:
         _torch_threads(self.cfg.serve.torch_threads)
-        active = self._active  # one model for the whole call
+        active = self._serving()  # one model for the whole call
         m, default_type = active.model, self.cfg.ingest.default_event_type
         requests = []
         for q in reqs:
@@ -449,7 +480,7 @@ class HRNNService:
         logged = [_logged(req, e) for e in req.events]
         owner = owner_id(req.user_id, req.session_id)
         with self._lock_for(owner):
-            active = self._active  # read under the lock: a swap waits for this call (see switch)
+            active = self._serving()  # read under the lock: a swap waits for this call (see switch)
             state = self._state(active, owner, req.user_id)  # before the new events are indexed
             try:
                 self.log.append(logged)  # durable (fsync) before anything else changes
@@ -468,7 +499,7 @@ class HRNNService:
     def similar_items(self, req: SimilarItemsRequest, /) -> RecommendResponse:
         """Items nearest to an item (cosine between decoder item vectors)."""
         _torch_threads(self.cfg.serve.torch_threads)
-        m = self._active.model
+        m = self._serving().model
         try:
             recs = m.recommender.similar_items(req.item_id, req.num_results, req.filters.to_filters(False))
         except UnknownItemError as exc:

@@ -248,6 +248,33 @@ def test_class_hot_swap_keeps_serving_and_follows_the_champion(svcmod, data_dir:
             bentoml.models.delete(tag_b)
 
 
+def test_no_champion_yet_answers_503_then_loads_one_without_restart(svcmod, data_dir: Path, world: World,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HRNN__SERVE__CHAMPION_CHECK_SECONDS", "1")
+    store = {"champion": None}
+    monkeypatch.setattr(svcmod, "champion_from_store", lambda name, s=None: store["champion"])
+    monkeypatch.setattr(svcmod, "PACKAGED_TAG", None)
+    m = svcmod
+    svc = m.HRNNService()
+    try:
+        assert not svc.__is_ready__()
+        calls = [lambda: svc.recommend(m.RecommendRequest(user_id="u1")),
+                 lambda: svc.events(m.EventsRequest(**new_events("u1", ["i1"], NOW))),
+                 lambda: svc.similar_items(m.SimilarItemsRequest(item_id="i1")), svc.model_info]
+        for call in calls:
+            with pytest.raises(m.ModelUnavailable, match="champion .*hrnn models promote"):
+                call()
+        assert svc.owner_log.n_events == 0  # nothing acknowledged, nothing logged
+        store["champion"] = world.tag  # promoted while the service runs
+        deadline = time.time() + 20
+        while not svc.__is_ready__() and time.time() < deadline:
+            time.sleep(0.2)
+        assert svc.__is_ready__()
+        assert dump(svc.recommend(m.RecommendRequest(user_id="u1", num_results=3)))["model_tag"] == world.tag
+    finally:
+        svc.shutdown()
+
+
 # --------------------------------------------------------------------------- level 2: ASGI in-process
 
 
@@ -315,9 +342,10 @@ def free_port() -> int:
 class Server:
     """`bentoml serve` in bento/ on 127.0.0.1 and a free port."""
 
-    def __init__(self, data: Path, log: Path):
+    def __init__(self, data: Path, log: Path, env_extra: dict | None = None, probe: str = "/readyz"):
         self.port, self.log = free_port(), log
-        env = {**os.environ, "HRNN_DATA_DIR": str(data), "HRNN__SERVE__API_KEY": KEY, "BENTOML_DO_NOT_TRACK": "True"}
+        env = {**os.environ, "HRNN_DATA_DIR": str(data), "HRNN__SERVE__API_KEY": KEY, "BENTOML_DO_NOT_TRACK": "True",
+               **(env_extra or {})}
         env.pop("HRNN_MODEL_TAG", None)
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
@@ -329,7 +357,7 @@ class Server:
         while time.time() < deadline:
             assert self.proc.poll() is None, log.read_text()[-3000:]
             try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                if httpx.get(self.url + probe, timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -348,6 +376,44 @@ class Server:
         for p in alive:  # never leave a worker behind
             p.kill()
         self.client.close()
+
+
+def test_bentoml_serve_without_a_champion_starts_and_says_why(data_dir: Path, tmp_path: Path) -> None:
+    home = tmp_path / "bentoml"
+    (home / "models").mkdir(parents=True)  # an empty model store: nothing promoted yet
+    server = Server(data_dir, tmp_path / "serve.log", env_extra={"BENTOML_HOME": str(home)}, probe="/livez")
+    try:
+        assert httpx.get(server.url + "/readyz", timeout=5).status_code == 503
+        for path, body in [("/recommend", {"user_id": "u1"}), ("/events", new_events("u1", ["i1"], NOW))]:
+            r = server.client.post(path, json=body)
+            assert r.status_code == 503 and "champion in the model store" in r.text and "hrnn models promote" in r.text, r.text
+        assert server.client.get("/model").status_code == 503
+        assert sum("not ready: no hrnn-meta champion" in line for line in server.log.read_text().splitlines()) == 1
+        assert "Traceback" not in server.log.read_text()
+    finally:
+        server.kill(signal.SIGTERM)
+
+
+def test_worker_exits_when_its_arbiter_is_killed(world: World, data_dir: Path, tmp_path: Path) -> None:
+    server = Server(data_dir, tmp_path / "serve.log")
+    workers = psutil.Process(server.proc.pid).children(recursive=True)
+    try:
+        assert server.client.post("/events", json=new_events("u1", ["i4"], NOW - 10)).json()["accepted"] == 1
+        server.proc.kill()  # the arbiter alone: its worker must not keep serving the old state
+        server.proc.wait(10)
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, [p.cmdline() for p in alive]
+        assert not list(PathsConfig(data_dir=data_dir).landing_dir.glob(f"{OPEN_PREFIX}*"))  # its segment closed
+        with socket.socket() as s:  # nobody answers on the old port any more: a restart can take it
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", server.port))
+        server = Server(data_dir, tmp_path / "serve.log")
+        assert server.client.post("/recommend", json={"user_id": "u1"}).status_code == 200
+    finally:
+        for p in workers:
+            if p.is_running():
+                p.kill()
+        server.kill(signal.SIGTERM)
 
 
 def test_bentoml_serve_over_http(world: World, data_dir: Path, tmp_path: Path) -> None:

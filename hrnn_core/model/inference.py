@@ -133,22 +133,30 @@ class InferenceEngine:
         return UserState(user_cat=ucat.to(self.device), user_num=unum.to(self.device), context=dict(context or {}))
 
     def _inputs(self, states: Sequence[UserState], contexts: Sequence[Mapping[str, str]], times: Sequence[float]) -> StepInputs:
-        """One request per state (B = len(states), T = 1)."""
-        fs, none = self.features, self.model.n_items
-        prev = [s.last_item if 0 <= s.last_item < none else none for s in states]  # no embedding: none
-        dts = [None if s.last_time is None else t - s.last_time for s, t in zip(states, times, strict=True)]
-        ctx = fs.context.encode_rows(list(contexts), [{}] * len(states))[0].long()
-        dev = self.device
+        """One request per state (B = len(states), T = 1): the state's last event is the previous one."""
+        none = self.model.n_items
+        prev = [[s.last_item if 0 <= s.last_item < none else none] for s in states]  # no embedding: none
+        dts = np.array([np.nan if s.last_time is None else t - s.last_time for s, t in zip(states, times, strict=True)])
+        bucket = time_delta_bucket(dts, self.features.time_delta_buckets, self.features.time_delta_log_base)  # NaN: 0
+        return self._live_inputs(
+            np.array(prev, dtype=np.int64), np.array([[s.last_type] for s in states], dtype=np.int64),
+            np.array([[s.last_value] for s in states], dtype=np.float32), bucket[:, None].astype(np.int64),
+            [dict(c) for c in contexts], torch.cat([s.user_cat for s in states]), torch.cat([s.user_num for s in states]),
+            np.array([[s.hidden is None] for s in states]))
+
+    def _live_inputs(self, prev: np.ndarray, ptype: np.ndarray, pval: np.ndarray, bucket: np.ndarray,
+                     ctx_rows: list[dict], ucat: torch.Tensor, unum: torch.Tensor, reset: np.ndarray) -> StepInputs:
+        """StepInputs of live events (the engine's one builder; training and evaluation gather theirs from an
+        encoded table): (B, T) previous item/type/bucket, (B, T, 2) values, B*T context dicts row-major,
+        (B, W) user fields repeated over T, (B, T) reset flags."""
+        b, t_max = prev.shape
+        ctx = self.features.context.encode_rows(ctx_rows, [{}] * len(ctx_rows))[0].long().reshape(b, t_max, -1)
         return StepInputs(
-            prev_item=torch.tensor(prev, device=dev)[:, None],
-            prev_type=torch.tensor([s.last_type for s in states], device=dev)[:, None],
-            prev_value=torch.tensor([s.last_value for s in states], device=dev)[:, None],
-            time_bucket=torch.tensor([fs.bucket(d) for d in dts], device=dev)[:, None],
-            context=ctx.to(dev)[:, None],
-            user_cat=torch.cat([s.user_cat for s in states])[:, None],
-            user_num=torch.cat([s.user_num for s in states])[:, None],
-            reset=torch.tensor([s.hidden is None for s in states], device=dev)[:, None],
-        )
+            prev_item=torch.from_numpy(prev), prev_type=torch.from_numpy(ptype), prev_value=torch.from_numpy(pval),
+            time_bucket=torch.from_numpy(bucket), context=ctx,
+            user_cat=ucat.cpu()[:, None].expand(b, t_max, -1), user_num=unum.cpu()[:, None].expand(b, t_max, -1),
+            reset=torch.from_numpy(reset),
+        ).to(self.device)
 
     @torch.no_grad()
     def _step(self, states: Sequence[UserState], contexts: Sequence[Mapping[str, str]], times: Sequence[float]
@@ -220,14 +228,8 @@ class InferenceEngine:
                 c = dict(e.context) if e.context is not None else c
                 ctx_rows[r * t_max + o + j] = c
             last.append((items, c))
-        ctx = fs.context.encode_rows(ctx_rows, [{}] * len(ctx_rows))[0].long().reshape(n_b, t_max, -1)
         idx = torch.tensor(busy)
-        x = StepInputs(
-            prev_item=torch.from_numpy(prev), prev_type=torch.from_numpy(ptype), prev_value=torch.from_numpy(pval),
-            time_bucket=torch.from_numpy(bucket), context=ctx,
-            user_cat=ucat[idx][:, None].expand(n_b, t_max, -1), user_num=unum[idx][:, None].expand(n_b, t_max, -1),
-            reset=torch.from_numpy(reset),
-        ).to(dev)
+        x = self._live_inputs(prev, ptype, pval, bucket, ctx_rows, ucat[idx], unum[idx], reset)
         _, hidden = self.model(x)  # (L, n_b, H)
         for r, b in enumerate(busy):
             events, (items, c) = histories[b][0], last[r]
