@@ -475,7 +475,8 @@ class HRNNService:
 
     @bentoml.api(route="/events")
     def events(self, req: EventsRequest, /) -> EventsResponse:
-        """Record events (durable before the answer) and advance the owner's state."""
+        """Record events (durable before the answer) and advance the owner's state; 503 (JSON, with the reason)
+        when the log cannot be written (BentoML would hide an exception's message)."""
         _torch_threads(self.cfg.serve.torch_threads)
         logged = [_logged(req, e) for e in req.events]
         owner = owner_id(req.user_id, req.session_id)
@@ -484,9 +485,10 @@ class HRNNService:
             state = self._state(active, owner, req.user_id)  # before the new events are indexed
             try:
                 self.log.append(logged)  # durable (fsync) before anything else changes
-            except EventLogError as exc:
+            except EventLogError as exc:  # nothing was acknowledged or changed; the next call retries the log
                 log.error("event log write failed: %s", exc)
-                raise ModelUnavailable("events cannot be recorded right now (event log write failed)") from None
+                return JSONResponse({"error": f"events not recorded: {exc}; retry later"}, status_code=503,
+                                    headers={"Retry-After": "5"})
             self.owner_log.add(logged)
             m = active.model
             for e in logged:  # one GRU step per event: no history replay

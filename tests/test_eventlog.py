@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from hrnn_core.data.contract import MissingOwnerError, owner_id
+from hrnn_core.data import eventlog
 from hrnn_core.data.eventlog import CLOSED_PREFIX, OPEN_PREFIX, EventLog, EventLogError, LoggedEvent, OwnerIndex, read_segment
 from hrnn_core.data.pipeline import LANDING_SUFFIXES
 
@@ -61,6 +63,42 @@ def test_rotation_by_size_age_and_new_context_fields(tmp_path: Path) -> None:
         log.append([ev(6, context={"item_id": "x"})])
 
 
+class FullDisk:
+    """``os`` for the event log module, with writes that fail like a full disk (after half the bytes) while on."""
+
+    def __init__(self) -> None:
+        self.on = False
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+    def write(self, fd: int, data) -> int:
+        if self.on:
+            os.write(fd, bytes(data[: max(1, len(data) // 2)]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, data)
+
+
+def test_a_failed_write_acknowledges_nothing_and_the_log_recovers(tmp_path: Path, monkeypatch) -> None:
+    disk = FullDisk()
+    monkeypatch.setattr(eventlog, "os", disk)
+    log = EventLog(tmp_path)
+    log.append([ev(1)])
+    disk.on = True
+    with pytest.raises(EventLogError, match="No space left on device"):
+        log.append([ev(2), ev(3)])
+    log.rotate()  # the open segment closes with only what was acknowledged
+    with pytest.raises(EventLogError, match="No space left on device"):
+        log.append([ev(4)])  # not even a new segment's header fits
+    assert log.open_segment is None and not list(tmp_path.glob(f"{OPEN_PREFIX}*"))
+    disk.on = False  # space returns
+    log.append([ev(5)])
+    log.close()
+    assert [e.item_id for e in log.read_all()] == ["i1", "i5"]  # nothing half-written, nothing unacknowledged
+    for seg in log.segments():
+        assert seg.read_text().endswith("\n")
+
+
 def test_recover_closes_dead_writers_segments_and_drops_half_lines(tmp_path: Path) -> None:
     a = EventLog(tmp_path)
     a.append([ev(1), ev(2)])
@@ -69,7 +107,7 @@ def test_recover_closes_dead_writers_segments_and_drops_half_lines(tmp_path: Pat
         fh.write("u1,,i3,17000")  # a write cut short: never acknowledged
     b = EventLog(tmp_path)
     assert b.recover() == []  # a's flock is held: a live writer's segment is left alone
-    a._segment.fh.close()  # the writer dies (its lock goes with its file descriptor)
+    a._segment.close()  # the writer dies (its lock goes with its file descriptor)
     a._segment = None
     recovered = b.recover()
     assert len(recovered) == 1 and not seg.exists()
@@ -77,7 +115,7 @@ def test_recover_closes_dead_writers_segments_and_drops_half_lines(tmp_path: Pat
     empty = EventLog(tmp_path)
     empty.append([ev(9)])
     path = empty.open_segment
-    empty._segment.fh.close()
+    empty._segment.close()
     empty._segment = None
     path.write_text(path.read_text().splitlines()[0] + "\n")  # header only
     assert b.recover() == [] and not path.exists()

@@ -275,6 +275,23 @@ def test_no_champion_yet_answers_503_then_loads_one_without_restart(svcmod, data
         svc.shutdown()
 
 
+def test_events_answer_503_when_the_log_cannot_be_written(svc, svcmod, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = svcmod
+    body = new_events("u9", ["i1", "i2"], NOW - 30)
+    real = svc.log.append
+
+    def full(events):
+        raise m.EventLogError("cannot write the event log in landing: No space left on device")
+
+    monkeypatch.setattr(svc.log, "append", full)
+    r = svc.events(m.EventsRequest(**body))
+    assert r.status_code == 503 and b"No space left on device" in r.body and b"retry" in r.body
+    assert svc.owner_log.events_of("u9") == [] and svc.log.appended == 0  # nothing acknowledged
+    monkeypatch.setattr(svc.log, "append", real)  # space returns
+    assert dump(svc.events(m.EventsRequest(**body)))["n_events"] >= 2
+    assert [e.item_id for e in svc.owner_log.events_of("u9")] == ["i1", "i2"]
+
+
 # --------------------------------------------------------------------------- level 2: ASGI in-process
 
 

@@ -97,17 +97,37 @@ class _Segment:
         self.opened_at = opened_at
         self.n_events = 0
         self.first_event_at: float | None = None
-        self.fh = open(path, "x", encoding="utf-8", newline="")  # noqa: SIM115 - held open while it is written
+        self.size = 0  # bytes durably written (header + acknowledged events)
+        # O_APPEND on a raw descriptor: no user-space buffer that could re-send a failed write later
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         try:
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self.fh.write(_csv_line(columns))
-            self.fh.flush()
-            os.fsync(self.fh.fileno())
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.write(_csv_line(columns).encode())
         except BaseException:
-            self.fh.close()
+            os.close(self.fd)
             path.unlink(missing_ok=True)
             raise
         _fsync_dir(path.parent)  # the new name itself survives a crash
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` and fsync, all or nothing: a failed write (disk full, I/O error) is cut back off
+        the file, so events that were not acknowledged never reach ingest, and the next write starts clean."""
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+            os.fsync(self.fd)
+        except OSError:
+            try:
+                os.ftruncate(self.fd, self.size)
+                os.fsync(self.fd)
+            except OSError:
+                pass  # the segment is closed by the caller; recover() drops a partial last line
+            raise
+        self.size += len(data)
+
+    def close(self) -> None:
+        os.close(self.fd)  # releases the flock
 
 
 def _csv_line(values: Iterable[str]) -> str:
@@ -144,19 +164,16 @@ class EventLog:
         keys = {k for e in events for k in e.context}
         with self._lock:
             seg = self._segment
-            if seg is not None and not keys <= set(seg.columns):
-                self._close_locked()  # a context field the header lacks: start a wider segment
-                seg = None
-            if seg is None:
-                extra = sorted(keys | (set(self._last_columns) - set(BASE_COLUMNS)))
-                seg = self._open_locked(BASE_COLUMNS + tuple(extra))
-            text = "".join(_csv_line(e.row(seg.columns)) for e in events)
             try:
-                seg.fh.write(text)  # one write per call: a crash leaves at most one partial line
-                seg.fh.flush()
-                os.fsync(seg.fh.fileno())
+                if seg is not None and not keys <= set(seg.columns):
+                    self._close_locked()  # a context field the header lacks: start a wider segment
+                    seg = None
+                if seg is None:
+                    extra = sorted(keys | (set(self._last_columns) - set(BASE_COLUMNS)))
+                    seg = self._open_locked(BASE_COLUMNS + tuple(extra))
+                seg.write("".join(_csv_line(e.row(seg.columns)) for e in events).encode())  # one write per call
             except OSError as exc:
-                raise EventLogError(f"cannot write the event log {seg.path}: {exc}") from exc
+                raise EventLogError(f"cannot write the event log in {self.folder}: {exc.strerror or exc}") from exc
             if seg.first_event_at is None:
                 seg.first_event_at = time.time()
             seg.n_events += len(events)
@@ -167,6 +184,7 @@ class EventLog:
     def _open_locked(self, columns: tuple[str, ...]) -> _Segment:
         self._n += 1
         path = self.folder / f"{OPEN_PREFIX}{os.getpid()}-{self._token}-{self._n:06d}{OPEN_SUFFIX}"
+        self._segment = None  # until the new segment exists (a full disk fails here: the next call retries)
         self._segment = _Segment(path, columns, time.time())
         self._last_columns = columns
         return self._segment
@@ -175,7 +193,7 @@ class EventLog:
         seg, self._segment = self._segment, None
         if seg is None:
             return None
-        seg.fh.close()  # releases the flock
+        seg.close()
         if seg.n_events == 0:
             seg.path.unlink(missing_ok=True)
             return None
