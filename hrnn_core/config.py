@@ -107,14 +107,15 @@ class IngestConfig:
     default_event_type: str = "default"  # event_type used when the file has none
     memory_limit: str = "3GB"  # DuckDB memory limit for ingest and transforms
     threads: int = 2  # DuckDB worker threads
-    lock_wait_seconds: float = 60.0  # a warehouse another process is writing: retry opening it this long, then
-    # fail with a clear error (two evaluations of one dataset started together share its eval warehouse)
+    lock_wait_seconds: float = 60.0  # retry opening a warehouse another process writes this long, then fail clearly
 
 
-# The inference lambdas of eq. (2) tried on validation when model.inference_item_meta_mix is unset (auto), and
-# the one used when there is no validation set to choose on.
-INFERENCE_MIX_GRID = (0.0, 0.15, 0.3, 0.5, 0.75, 1.0)
-INFERENCE_MIX_FALLBACK = 0.15
+# Settings earlier versions had whose chosen value is now the code's behaviour (docs/benchmarks.md, "How the
+# defaults were chosen"): a config file that sets one is an error naming it; checkpoints drop them on load.
+RETIRED_FIELDS = {
+    "model": ("trend_auto", "trend_train", "user_id_output", "user_id_dropout"),
+    "train": ("exclude_seen", "shuffle_ties", "logq_correction"),
+}
 
 
 @dataclass(frozen=True)
@@ -125,27 +126,15 @@ class ModelConfig:
     re-exports it.
     """
 
-    hidden_size: int = 128  # GRU state size H; also the decoder's item-vector size (eq. 1-2); tuned on ml-100k
-    # validation (bench/tune_hrnn.py, docs/benchmarks.md): 64 underfits leave_one_out, 192 overfits both protocols
+    hidden_size: int = 128  # GRU state size H = the decoder's item-vector size (eq. 1-2); 64 underfit, 192 overfit
     num_layers: int = 1  # stacked GRU layers
-    dropout: float = 0.3  # dropout on the GRU input and between GRU layers (0.3: best with hidden 128 on validation)
-    field_dim: int = 64  # size each input field is projected to (field-aware MLPs, section 2.2); 64 beat 32 on
-    # ml-100k validation, both protocols (bench/tune_hrnn.py stage 4)
+    dropout: float = 0.3  # dropout on the GRU's input, between its layers and on its output; 0.3 best with hidden 128
+    field_dim: int = 64  # size each input field is projected to (field-aware MLPs, section 2.2); 64 beat 32
     input_size: int = 128  # GRU input size: the mixed, concatenated field projections (128 with field_dim 64)
     use_time_delta: bool = True  # time-delta control input (section 2.2, replaces the HGRU)
     use_feedback: bool = True  # previous event's type embedding + standardized value
     use_user_features: bool = True  # static user categorical/numeric features
-    use_user_id: bool = True  # the user's id (users with training events get a learned vector; others, e.g.
-    # user_holdout's test users and session owners, the padding id); needs use_user_features. As an input field
-    # (user_id_output off) on ml-100k validation (bench/tune_hrnn.py stage 6) +0.006 NDCG@10 on leave_one_out,
-    # -0.010 on temporal (new users); as an output vector (the default, stage 9) +0.006 and +0.002
-    user_id_dropout: float = 0.0  # training only: each owner's id is left out of a window with this probability,
-    # so the state also learns to do without it (ids of users whose taste drifts, users with few events)
-    user_id_output: bool = True  # the user's id (use_user_id) enters at the output instead of the input: a learned
-    # vector u (zero at start) added to the state before the decoder, so scores get u . w_j (a matrix-factorization
-    # term beside the sequence). Users without training events (padding id) add nothing, so their state is the one
-    # the network learned; user_id_dropout drops u per owner and window in training. On ml-100k validation
-    # (bench/tune_hrnn.py stage 9, s9_uidout) +0.006 NDCG@10 on leave_one_out (3 seeds), +0.002 on temporal
+    use_user_id: bool = True  # a learned vector u per training user added to the state at the output (an MF term)
     use_context: bool = True  # request context fields of the event being predicted
     use_item_meta: bool = True  # item metadata: previous item's features as input, eq. (2) decoder
     use_item_id: bool = True  # previous item's id embedding as input (False + use_item_meta: its features only)
@@ -156,52 +145,27 @@ class ModelConfig:
     max_categories: int = 10_000  # most frequent values kept per categorical field
     max_values_per_field: int = 8  # values kept per multi-valued field ("a|b|c") per row
     numeric_clip: float = 5.0  # standardized numeric features are clipped to [-clip, clip]
-    inference_item_meta_mix: float | None = 0.15  # lambda of eq. (2) at inference (0 = ids, 1 = metadata only); None =
-    # auto: each epoch's validation scores every lambda of INFERENCE_MIX_GRID and the checkpoint keeps the best; also used
-    # by the trainer's validation; on ml-100k validation NDCG@10 (bench/tune_hrnn.py stage 5, with exclude_seen)
-    # 0.15 > 0.3 > 0.0 > 0.5; 0.3 had the better PPL (365 vs 450)
-    trend_weight: float = 0.5  # eq. (5) trend term at scoring: + this * log q_j(t) (1 / temperature; 0.0 = off);
-    # on ml-100k validation (bench/tune_hrnn.py stage 7, 3 seeds) 0.5 with a 30-day window: +0.004 NDCG@10 on
-    # temporal, +0.001 on leave_one_out; 1.0: +0.005 / -0.001; a 7-day window or less scored lower
-    trend_window_seconds: float = 30 * 86_400.0  # q_j(t) = item j's add-k smoothed share of the events in the
-    # window [t_b - this, t_b), t_b = the request time floored to trend_bucket_seconds
-    trend_smoothing: float = 1.0  # add-k smoothing of recent popularity counts before log q_j(t)
-    trend_bucket_seconds: float = 3600.0  # q(t) is recounted once per bucket: t_b = t floored to this (the paper
-    # counts popularity hourly); one value for training, the evaluation, the export and the service
-    cold_item_score: str = "trained"  # how items without training events score (hrnn_core.model.scoring): "trained" =
-    # eq. (2) at the inference lambda like every item (the dense softmax trains their rows as negatives);
-    # "metadata" = eq. (2) with lambda = 1 (their metadata only; the cold_start_items protocol's setting)
-    trend_train: bool | None = None  # train with the eq. (5) term too: every training score gets + trend_weight
-    # * log q_j(t) at its target's time (the window of the events before that hour), so the network learns the
-    # residual p(a | h) of eq. (5) instead of absorbing popularity, and scoring adds the term back (section 3.2:
-    # "we calculate item popularity on an hourly basis and feed it into the model"). True needs the dense output;
-    # None = auto: on with the dense output, off with the sampled one; with trend_weight 0 (the
-    # plain GRU) it is off. On ml-100k validation (bench/tune_hrnn.py stage 10, 3 seeds) +0.006 NDCG@10 and
-    # +0.015 Recall@10 on leave_one_out, level NDCG@10 and +0.004 Recall@10 on temporal, PPL 30 % lower
-
-    @property
-    def trend_train_active(self) -> bool:
-        """The trend term may be part of training: True or auto (None); a weight of 0 switches the term off."""
-        return self.trend_train is not False and self.trend_weight > 0.0
+    inference_item_meta_mix: float = 0.15  # lambda of eq. (2) when scoring (0 = ids, 1 = metadata); beat 0, 0.3, 0.5
+    trend_weight: float = 0.5  # eq. (5): + this * log q_j(t) in all scores, dense training too (0: off; 1: lower)
+    trend_window_seconds: float = 30 * 86_400.0  # q_j(t): j's share of the events in [t_b - this, t_b); 7 d: lower
+    trend_smoothing: float = 1.0  # add-k smoothing of the window's counts before log q_j(t)
+    trend_bucket_seconds: float = 3600.0  # t_b = request time floored to this (q(t) recounted hourly, as the paper)
+    cold_item_score: str = "trained"  # items without training events: "trained" (as any item) or "metadata" (lambda 1)
 
     @property
     def user_id_active(self) -> bool:
         """The user's id is a user field, so it needs the user features: switching those off (an ablation, the
-        plain GRU) switches the id off with them, and user_id_output means nothing without the id."""
+        plain GRU) switches the id off with them."""
         return self.use_user_id and self.use_user_features
 
     def __post_init__(self) -> None:
         checks = [
             (self.hidden_size >= 1 and self.num_layers >= 1, "hidden_size and num_layers must be >= 1"),
-            (0.0 <= self.dropout < 1.0 and 0.0 <= self.user_id_dropout <= 1.0,
-             "dropout must be in [0, 1) and user_id_dropout in [0, 1]"),
-            (self.user_id_dropout == 0.0 or self.user_id_active,
-             "user_id_dropout needs use_user_id (and use_user_features)"),
+            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
             (self.field_dim >= 1 and self.input_size >= 1, "field_dim and input_size must be >= 1"),
             (self.time_delta_buckets >= 2, "time_delta_buckets must be >= 2"),
             (self.time_delta_log_base > 1.0, "time_delta_log_base must be > 1"),
-            (self.inference_item_meta_mix is None or 0.0 <= self.inference_item_meta_mix <= 1.0,
-             "inference_item_meta_mix must be in [0, 1] (or unset: chosen on validation)"),
+            (0.0 <= self.inference_item_meta_mix <= 1.0, "inference_item_meta_mix must be in [0, 1]"),
             (self.trend_weight >= 0.0 and self.trend_smoothing > 0.0 and self.trend_window_seconds > 0.0,
              "trend_weight must be >= 0, trend_smoothing and trend_window_seconds > 0"),
             (self.trend_bucket_seconds > 0.0, "trend_bucket_seconds must be > 0"),
@@ -216,44 +180,32 @@ class ModelConfig:
 class TrainConfig:
     """Training loop (hrnn_core.train.trainer); ``hrnn_core.train.trainer`` re-exports it."""
 
-    output: str = "dense"  # "dense" full softmax, or "sampled" importance-sampled softmax (3.1)
+    output: str = "dense"  # "dense" full softmax, or "sampled" importance-sampled softmax (3.1) for huge catalogues
     n_negatives: int = 1024  # shared negatives per step drawn from q (sampled output only)
     sampler_alpha: float = 0.75  # q_j proportional to freq_j ** alpha (section 4.6)
-    logq_correction: str = "inclusion"  # "q": subtract log q_j (eq. 4); "inclusion": log(1-(1-q_j)^draws)
-    batch_size: int = 32  # owners processed in parallel (user-parallel mini-batches)
+    batch_size: int = 32  # owners processed in parallel (user-parallel mini-batches); 64 stopped early and scored lower
     bptt: int = 32  # truncated back-propagation window, in events
     max_len_percentile: float = 0.99  # owner histories capped at this length percentile (latest kept)
     epochs: int = 30  # maximum passes over the training events; also the cosine LR decay length (20 scored lower)
-    lr: float = 3e-3  # AdamW peak learning rate
+    lr: float = 3e-3  # AdamW peak learning rate (1e-3 was slower and no better)
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
     warmup_steps: int = 50  # linear warm-up steps
     weight_decay: float = 0.01  # AdamW decay on matrices (not on embeddings, biases, norms)
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
-    item_meta_mix: float | None = None  # lambda of eq. (2) in training; None = U[0,1] per batch
+    item_meta_mix: float | None = None  # lambda of eq. (2) in training; None = U[0,1] per batch (paper; 0: no better)
     event_type_weights: dict[str, float] = field(default_factory=dict)  # reward weight per type (3.3)
     default_event_weight: float = 1.0  # reward weight of event types not in event_type_weights
     event_value_weight: float = 0.0  # weight *= max(0, 1 + this * standardized event value)
-    exclude_seen: bool | None = None  # the softmax of each event leaves out the owner's earlier items (never the
-    # target), as the ranking's exclude_seen does. None = auto: on with the dense output when at most 1 % of training
-    # events repeat an item of their owner (ratings: +0.016 NDCG@10 on ml-100k validation), off where owners repeat
-    # items (sessions, yoochoose). True needs the dense output
-    shuffle_ties: bool = True  # each epoch, events of one owner with equal timestamps (no order of their own, e.g. a
-    # page of ratings sent at once: 76 % of ml-100k's events) are trained in a fresh random order instead of their
-    # file order; on ml-100k validation (bench/tune_hrnn.py stage 7) +0.006 NDCG@10 on leave_one_out (HRNN-meta,
-    # 4 seeds), +0.006 on temporal for the plain GRU (3 seeds); no effect where timestamps do not repeat
     use_impressions: bool = True  # shown-but-not-chosen items join that step's negatives (sampled)
     max_impressions: int = 20  # impressions kept per event
     val_owners: int = 1000  # owners whose last event is held out for validation (0 = none)
-    early_stopping_metric: str = "ndcg@10"  # "val_loss" (lower is better) or "ndcg@10" (higher; the shipped default)
-    patience: int = 6  # epochs without improvement before stopping (the per-epoch val NDCG is noisy; 4 stopped
-    # some ml-100k runs at epoch 8-12 on a dip, and those scored worst on validation)
-    min_epochs: int = 10  # early stopping never stops before this many epochs: the per-epoch validation NDCG of a
-    # few hundred owners is noisy, and an early peak stopped ml-latest-small after ~8 epochs, far under-trained
-    # (docs/evaluation/leaderboards.md; the ml-100k defaults run 22-30 epochs, so this changes nothing there)
+    early_stopping_metric: str = "ndcg@10"  # "val_loss" (lower is better) or "ndcg@10" (higher; the metric we ship on)
+    patience: int = 6  # epochs without improvement before stopping (per-epoch val NDCG is noisy: 4 stopped on dips)
+    min_epochs: int = 10  # early stopping never stops before this (a noisy early peak under-trained ml-latest-small)
     seed: int = 0  # seeds shuffling, lambda draws, negatives, dropout and initialisation
     device: str = "auto"  # "auto" (cuda if present, bf16 autocast), "cpu" or "cuda[:n]"
     threads: int = 0  # torch CPU threads (0 = torch's default); 1 is best on a shared small machine
-    processes: int = 1  # data-parallel training processes (> 1: torchrun + torch.distributed, hrnn_core.train.distributed)
+    processes: int = 1  # data-parallel training processes (> 1: torchrun, hrnn_core.train.distributed)
     progress: bool = True  # tqdm progress bar with loss and events/s
     log_every: int = 10  # steps between recorded training-loss points (report curve)
     max_dense_logits: int = 400_000_000  # dense output refuses batch x items above this (use sampled)
@@ -261,7 +213,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.output in ("dense", "sampled"), "output must be 'dense' or 'sampled'"),
-            (self.logq_correction in ("q", "inclusion"), "logq_correction must be 'q' or 'inclusion'"),
             (self.batch_size >= 1 and self.bptt >= 1, "batch_size and bptt must be >= 1"),
             (0.0 < self.max_len_percentile <= 1.0, "max_len_percentile must be in (0, 1]"),
             (self.n_negatives >= 0 and self.epochs >= 1, "n_negatives >= 0 and epochs >= 1"),
@@ -271,8 +222,6 @@ class TrainConfig:
              "early_stopping_metric must be 'val_loss' or 'ndcg@10'"),
             (self.lr > 0 and self.patience >= 1 and self.min_epochs >= 0,
              "lr must be > 0, patience >= 1 and min_epochs >= 0"),
-            (self.exclude_seen is not True or self.output == "dense",
-             "exclude_seen needs output = 'dense' (a sampled step has no per-event catalogue mask)"),
             (self.processes >= 1 and self.batch_size % self.processes == 0,
              "processes must be >= 1 and divide batch_size (each process trains batch_size / processes owners)"),
         ]
@@ -289,8 +238,7 @@ class RetrainConfig:
     gate_metric: str = "ndcg@10"  # promotion needs a strictly better value than champion and baselines
     test_fraction: float = 0.1  # temporal protocol: the newest share of events is the test set
     valid_fraction: float = 0.1  # share of the training period used for validation
-    test_horizon_hours: float | None = None  # test only events within this many hours after the cut (None: all);
-    # bounds full-catalogue evaluation on big logs (10M events x 1M items: the next hour, not the last 10%)
+    test_horizon_hours: float | None = None  # test only events this many hours after the cut (None: all): big logs
     hrnn_queue: str = "default"  # Airflow queue of the HRNN training task ("gpu" on a GPU worker)
     hrnn_pool: str = "default_pool"  # Airflow pool of the HRNN training task
 
@@ -396,6 +344,10 @@ def _coerce(value: object, annotation: object, where: str) -> object:
 def _build(cls: type, data: dict, where: str) -> object:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    retired = sorted(set(data) & set(RETIRED_FIELDS.get(where, ())))
+    if retired:
+        raise ConfigError(f"config {where}: {retired} no longer exist (their chosen value is now the code's "
+                          "behaviour, docs/benchmarks.md); remove them")
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(

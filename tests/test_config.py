@@ -40,3 +40,13 @@ def test_config_is_frozen():
     cfg = load_config(environ={})
     with pytest.raises(Exception):
         cfg.ingest.chunk_rows = 1  # type: ignore[misc]
+
+
+def test_a_retired_setting_is_an_error_naming_it(tmp_path):
+    """Settings whose chosen value became the code's behaviour (config.RETIRED_FIELDS) are refused by name."""
+    f = tmp_path / "c.toml"
+    f.write_text("[model]\nhidden_size = 8\n[train]\nshuffle_ties = false\nexclude_seen = true\n")
+    with pytest.raises(ConfigError, match=r"config train: \['exclude_seen', 'shuffle_ties'\] no longer exist"):
+        load_config(f, environ={})
+    with pytest.raises(ConfigError, match="user_id_output"):
+        load_config(environ={"HRNN__MODEL__USER_ID_OUTPUT": "true"})

@@ -36,7 +36,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _rows(snap: Path, n: int) -> tuple[list[dict], dict[str, dict]]:
     seq = pq.read_table(snap / "sequences.parquet").slice(0, n).to_pylist()
     # each user's features plus its own id, as the service reads them (SnapshotHistory.user_features): the
-    # model's id vector (ModelConfig.user_id_output) needs it
+    # model's id vector (ModelConfig.use_user_id) needs it
     users = {u["user_id"]: {"categorical": {**dict(u["categorical"] or []), USER_ID_FIELD: u["user_id"]},
                             "numeric": dict(u["numeric"] or [])}
              for u in pq.read_table(snap / "users.parquet").to_pylist()}

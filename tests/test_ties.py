@@ -1,8 +1,7 @@
-"""train.shuffle_ties: events of one owner with equal timestamps are trained in a fresh order each epoch."""
+"""Events of one owner with equal timestamps are trained in a fresh order each epoch (``tie_order``)."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from hrnn_core.train.trainer import prepare_data, tie_order, train
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SMALL = ModelConfig(hidden_size=16, field_dim=8, input_size=16)
-FAST = TrainConfig(epochs=2, batch_size=8, bptt=8, progress=False, val_owners=20, warmup_steps=5, shuffle_ties=True)
+FAST = TrainConfig(epochs=2, batch_size=8, bptt=8, progress=False, val_owners=20, warmup_steps=5)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +88,7 @@ def test_reordered_events_rebuild_each_positions_request_inputs(tied) -> None:
     assert torch.equal(r.time_bucket, ev.time_bucket)  # inside a tie every delta is 0
 
 
-def test_shuffle_ties_trains_every_training_event_once_per_epoch_in_a_new_order(tied, tmp_path, monkeypatch) -> None:
+def test_ties_train_every_training_event_once_per_epoch_in_a_new_order(tied, tmp_path, monkeypatch) -> None:
     orders, targets = [], []
     real_order, real_loss = train_mod.tie_order, train_mod.dense_softmax_loss
 
@@ -111,13 +110,8 @@ def test_shuffle_ties_trains_every_training_event_once_per_epoch_in_a_new_order(
     for epoch in targets:  # the training events (no held-out validation target), each once
         assert np.array_equal(np.sort(torch.cat(epoch).numpy()), expected)
     assert np.isfinite(res.history[-1]["val_loss"])
-    # off: no reordering at all
-    orders.clear()
-    train(tied, tmp_path / "plain", SMALL, dataclasses.replace(FAST, shuffle_ties=False, epochs=1))
-    assert orders == []
 
 
-def test_shuffle_ties_is_on_by_default() -> None:
-    assert TrainConfig().shuffle_ties  # a no-op where timestamps never repeat (tie_order moves nothing)
+def test_tie_order_moves_nothing_where_timestamps_never_repeat() -> None:
     dt = np.array([np.nan, 1.0, 2.0, np.nan, 5.0])
     assert np.array_equal(tie_order(dt, np.array([[0, 3], [3, 5]]), np.random.default_rng(0)), np.arange(5))

@@ -17,7 +17,6 @@ from hrnn_core.train import trainer as train_mod
 from hrnn_core.model.checkpoint import load_checkpoint
 from hrnn_core.config import ModelConfig, TrainConfig, load_config
 from hrnn_core.data.datasets import synth
-from hrnn_core.errors import ConfigError
 from hrnn_core.model.features import FeatureSpace
 from hrnn_core.model.losses import LossOut
 from hrnn_core.data.datasets.load import synthetic_snapshot
@@ -154,7 +153,7 @@ def test_seen_masks_follow_each_slots_owner() -> None:
     assert carry[0].nonzero().flatten().tolist() == [3, 4] and carry[1].nonzero().flatten().tolist() == [0, 5]
 
 
-def test_exclude_seen_auto_follows_the_training_repeat_share(snap, monkeypatch) -> None:
+def test_exclude_seen_follows_the_training_repeat_share(snap, monkeypatch) -> None:
     _, path = snap
     data = prepare_data(path, SMALL, FAST)
     expected = []
@@ -163,16 +162,15 @@ def test_exclude_seen_auto_follows_the_training_repeat_share(snap, monkeypatch) 
         expected += [items[i] in items[:i] for i in range(len(items))]
     share = train_mod.repeat_share(data)
     assert share == pytest.approx(np.mean(expected)) and share > 0.01  # the synthetic owners repeat items
-    assert train_mod.resolve_exclude_seen(FAST, data) == (False, share)  # auto: off
-    assert train_mod.resolve_exclude_seen(dataclasses.replace(FAST, exclude_seen=True), data)[0]
-    monkeypatch.setattr(train_mod, "AUTO_EXCLUDE_SEEN_MAX_REPEATS", 1.0)
-    assert train_mod.resolve_exclude_seen(FAST, data)[0]  # auto: on below the threshold ...
+    assert train_mod.resolve_exclude_seen(FAST, data) == (False, share)  # off where owners repeat items
+    monkeypatch.setattr(train_mod, "EXCLUDE_SEEN_MAX_REPEATS", 1.0)
+    assert train_mod.resolve_exclude_seen(FAST, data)[0]  # on below the threshold ...
     assert not train_mod.resolve_exclude_seen(dataclasses.replace(FAST, output="sampled"), data)[0]  # ... if dense
 
 
 def test_exclude_seen_training_and_validation(snap, tmp_path, monkeypatch) -> None:
-    """train.exclude_seen: seen items leave the softmax (so the loss can only fall) and the
-    validation ranking, never the target; dense output only."""
+    """Where owners never repeat an item, seen items leave the softmax (so the loss can only fall) and
+    the validation ranking, never the target."""
     _, path = snap
     steps = []
     real_loss = train_mod.dense_softmax_loss
@@ -182,21 +180,22 @@ def test_exclude_seen_training_and_validation(snap, tmp_path, monkeypatch) -> No
         return real_loss(scores, target, weight)
 
     monkeypatch.setattr(train_mod, "dense_softmax_loss", spy)
-    cfg = dataclasses.replace(FAST, exclude_seen=True, epochs=1)
+    monkeypatch.setattr(train_mod, "EXCLUDE_SEEN_MAX_REPEATS", 1.0)  # the synthetic owners repeat items
+    cfg = dataclasses.replace(FAST, epochs=1)
     res = train(path, tmp_path / "run", SMALL, cfg)
     assert np.isfinite(res.history[0]["train_loss"]) and np.isfinite(res.history[0]["val_loss"])
     assert all(ok for _, ok in steps) and sum(n for n, _ in steps) > 0  # seen items masked, targets never
     assert json.loads(res.report.read_text())["exclude_seen"] is True
     steps.clear()
-    train(path, tmp_path / "plain", SMALL, dataclasses.replace(cfg, exclude_seen=False))
+    monkeypatch.setattr(train_mod, "EXCLUDE_SEEN_MAX_REPEATS", 0.01)
+    plain_run = train(path, tmp_path / "plain", SMALL, cfg)
     assert steps and sum(n for n, _ in steps) == 0
+    assert json.loads(plain_run.report.read_text())["exclude_seen"] is False
     ck = load_checkpoint(res.last_checkpoint, torch.device("cpu"))
     data = prepare_data(path, SMALL, cfg)
     plain = train_mod.evaluate(ck.model, data, data.val_segments, torch.device("cpu"))
     masked = train_mod.evaluate(ck.model, data, data.val_segments, torch.device("cpu"), exclude_seen=True)
     assert masked["val_loss"] < plain["val_loss"] and masked["hit@10"] >= plain["hit@10"]
-    with pytest.raises(ConfigError, match="exclude_seen"):
-        TrainConfig(output="sampled", exclude_seen=True)
 
 
 def test_train_writes_checkpoints_and_report_and_round_trips(snap, tmp_path) -> None:
@@ -247,8 +246,7 @@ def test_resume_after_interruption_gives_the_same_weights(snap, tmp_path) -> Non
     assert resumed.history[-1]["val_loss"] == full.history[-1]["val_loss"]
 
 
-@pytest.mark.parametrize("correction", ["q", "inclusion"])
-def test_sampled_output_uses_impressions_as_negatives(snap, tmp_path, monkeypatch, correction) -> None:
+def test_sampled_output_uses_impressions_as_negatives(snap, tmp_path, monkeypatch) -> None:
     _, path = snap
     seen = []
     real = train_mod.sampled_softmax_loss
@@ -259,7 +257,7 @@ def test_sampled_output_uses_impressions_as_negatives(snap, tmp_path, monkeypatc
 
     monkeypatch.setattr(train_mod, "sampled_softmax_loss", spy)
     cfg = TrainConfig(epochs=1, batch_size=8, bptt=8, progress=False, output="sampled", n_negatives=16,
-                      event_type_weights={"buy": 3.0}, event_value_weight=0.5, logq_correction=correction)
+                      event_type_weights={"buy": 3.0}, event_value_weight=0.5)
     res = train(path, tmp_path / "run", SMALL, cfg)
     assert np.isfinite(res.history[0]["train_loss"])
     n = seen[0][0][0]
@@ -428,35 +426,6 @@ def test_sampled_step_on_a_million_items_never_builds_a_batch_by_catalog_matrix(
     assert set(changed.tolist()) <= set(cand.tolist())
 
 
-def test_auto_inference_mix_is_chosen_on_validation_and_carried_to_inference(snap, tmp_path) -> None:
-    """inference_item_meta_mix unset: each epoch scores every lambda of the grid on the validation
-    events; the checkpoint (and so inference) carries the best one; resuming keeps working."""
-    from hrnn_core.model.checkpoint import load_checkpoint
-    from hrnn_core.config import INFERENCE_MIX_GRID
-
-    _, path = snap
-    auto = dataclasses.replace(SMALL, inference_item_meta_mix=None)
-    res = train(path, tmp_path / "run", auto, FAST)
-    for h in res.history:
-        by_mix = h["by_mix"]
-        assert set(by_mix) == {f"{m:g}" for m in INFERENCE_MIX_GRID}
-        assert h["ndcg@10"] == max(by_mix.values()) == by_mix[f"{h['inference_mix']:g}"]
-    ck = load_checkpoint(res.best_checkpoint)
-    best = max(res.history, key=lambda h: h["ndcg@10"])
-    assert ck.model_config.inference_item_meta_mix == best["inference_mix"]
-    report = json.loads(res.report.read_text())
-    assert report["inference_mix"] == best["inference_mix"]
-    data = prepare_data(path, auto, FAST)
-    trend = train_mod.training_trend(path, data, auto)  # the default trains, so validates, with the trend term
-    assert trend is not None
-    again = scored(ck.model, data, best["inference_mix"], trend, report["exclude_seen"])
-    assert again["ndcg@10"] == pytest.approx(best["ndcg@10"])
-    longer = train(path, tmp_path / "run", auto, dataclasses.replace(FAST, epochs=3), resume=True)
-    assert [h["epoch"] for h in longer.history] == [1, 2, 3]
-    plain = train(path, tmp_path / "gru", dataclasses.replace(auto, use_item_meta=False), FAST)
-    assert all(h["inference_mix"] == 0.0 and set(h["by_mix"]) == {"0"} for h in plain.history)
-
-
 def test_evaluate_trend_term_is_an_item_bias_when_the_window_holds_everything(snap, tmp_path) -> None:
     """evaluate(trend=(w, q, times)) adds w * log q_j(t) to every score: with every event long before the
     targets' hour, q is the same for all of them, so it equals the model with w * log q added to its bias."""
@@ -481,14 +450,13 @@ def test_evaluate_trend_term_is_an_item_bias_when_the_window_holds_everything(sn
         assert with_trend[key] == pytest.approx(as_bias[key], rel=1e-5, abs=1e-6)
 
 
-def test_trend_train_adds_the_trend_term_to_every_training_score_and_to_validation(snap, tmp_path, monkeypatch) -> None:
-    """model.trend_train: each dense training score gets + w log q_j(t) at its target's time, so the
-    first step's logits differ from the same run without it by exactly that term; the per-epoch
-    validation scores with the term; true needs the dense output; auto (the default) is on with the
-    dense output only; a trend weight of 0 (the plain GRU) switches it off."""
+def test_training_adds_the_trend_term_to_every_dense_score_and_to_validation(snap, tmp_path, monkeypatch) -> None:
+    """Each dense training score gets + w log q_j(t) at its target's time, so the first step's logits
+    differ from the same run without it by exactly that term; the per-epoch validation scores with the
+    term; the sampled output and a trend weight of 0 (the plain GRU) train without it."""
 
     _, path = snap
-    cfg = dataclasses.replace(SMALL, trend_weight=0.5, trend_window_seconds=7 * 86_400.0, trend_train=False)
+    cfg = dataclasses.replace(SMALL, trend_weight=0.5, trend_window_seconds=7 * 86_400.0)
     one = dataclasses.replace(FAST, epochs=1)
     calls: dict[str, list] = {"logits": [], "times": []}
     real_loss, real_trend = train_mod.dense_softmax_loss, train_mod.training_trend
@@ -510,15 +478,15 @@ def test_trend_train_adds_the_trend_term_to_every_training_score_and_to_validati
         return None if out is None else train_mod.TrainTrend(out.weight, SpyPop(out.popularity), out.times)
 
     monkeypatch.setattr(train_mod, "dense_softmax_loss", spy_loss)
-    monkeypatch.setattr(train_mod, "training_trend", spy_trend)
-    train(path, tmp_path / "plain", cfg, one)
-    assert not calls["times"]  # trend_train off: training never asks for q(t)
+    monkeypatch.setattr(train_mod, "training_trend", lambda *args, **kwargs: None)
+    train(path, tmp_path / "plain", cfg, one)  # the same run without the term
     base = calls["logits"][0]
     calls["logits"].clear()
-    res = train(path, tmp_path / "trend", dataclasses.replace(cfg, trend_train=True), one)
+    monkeypatch.setattr(train_mod, "training_trend", spy_trend)
+    res = train(path, tmp_path / "trend", cfg, one)
     assert calls["times"]
     data = prepare_data(path, cfg, one)
-    trend = real_trend(path, data, dataclasses.replace(cfg, trend_train=True))
+    trend = real_trend(path, data, cfg)
     w, pop, times = trend.weight, trend.popularity, trend.times
     assert w == 0.5 and pop.window == 7 * 86_400.0
     assert set(calls["times"][0].tolist()) <= set(times.tolist())  # targets' own timestamps
@@ -529,18 +497,10 @@ def test_trend_train_adds_the_trend_term_to_every_training_score_and_to_validati
     # the epoch's validation scored the trend-trained network with the term, as the scorer will
     model = load_checkpoint(res.best_checkpoint).model
     report = json.loads(res.report.read_text())
-    assert report["model_config"]["trend_train"] is True
-    mix = report["epochs"][0]["inference_mix"]
-    with_term = scored(model, data, mix, trend, report["exclude_seen"])
+    with_term = scored(model, data, cfg.inference_item_meta_mix, trend, report["exclude_seen"])
     assert report["epochs"][0]["ndcg@10"] == pytest.approx(with_term["ndcg@10"])
     assert report["epochs"][0]["val_loss"] == pytest.approx(with_term["val_loss"], rel=1e-5)
 
-    with pytest.raises(TrainError, match="needs train.output = 'dense'"):
-        train(path, tmp_path / "sampled", dataclasses.replace(cfg, trend_train=True),
-              dataclasses.replace(one, output="sampled", n_negatives=16))
-    auto = dataclasses.replace(cfg, trend_train=None)  # auto: on with the dense output, off with the sampled one
-    assert train_mod.training_trend(path, data, auto, "dense") is not None
-    assert train_mod.training_trend(path, data, auto, "sampled") is None
-    assert ModelConfig().trend_train is None and ModelConfig().trend_train_active  # the default: auto
-    off = dataclasses.replace(cfg, trend_train=True, trend_weight=0.0)
-    assert not off.trend_train_active and train_mod.training_trend(path, data, off) is None
+    assert real_trend(path, data, cfg, "dense") is not None
+    assert real_trend(path, data, cfg, "sampled") is None
+    assert real_trend(path, data, dataclasses.replace(cfg, trend_weight=0.0)) is None

@@ -1,5 +1,6 @@
 """ModelConfig.use_user_id: the user's own id as a user field, fit on training owners only and
-encoded the same way by the trainer and by serving."""
+encoded the same way by the trainer and by serving; it enters the model at the output, as a learned
+vector added to the state, and occupies no input."""
 
 from __future__ import annotations
 
@@ -23,8 +24,7 @@ from hrnn_core.data.datasets.load import synthetic_snapshot
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-# the id as an input field (the output vector's tests replace user_id_output)
-MODEL = ModelConfig(hidden_size=16, field_dim=8, input_size=16, use_user_id=True, user_id_output=False)
+MODEL = ModelConfig(hidden_size=16, field_dim=8, input_size=16, use_user_id=True)
 TRAIN = TrainConfig(epochs=2, batch_size=8, bptt=8, progress=False, val_owners=5)
 
 
@@ -82,41 +82,13 @@ def test_serving_encodes_the_id_as_training_does_and_the_model_uses_it(snap, tmp
     assert history.user_features("never-seen")["categorical"] == {USER_ID_FIELD: "never-seen"}
 
 
-def test_user_id_dropout_leaves_the_id_out_in_training_only(snap) -> None:
-    cfg = dataclasses.replace(MODEL, dropout=0.0, user_id_dropout=1.0)
-    fs = FeatureSpace.fit(snap, cfg)
-    enc = encode_events(snap, fs)
-    torch.manual_seed(0)
-    model = HRNNMeta(cfg, fs, *fs.item_table(snap))
-    b, t = 4, 3
-    ucat = enc.user_cat[:b, None].expand(b, t, -1).clone()
-    no_id = ucat.clone()
-    no_id[..., fs.users.slots[fs.users.cat_fields.index(USER_ID_FIELD)][0]] = 0
-
-    def inputs(user_cat: torch.Tensor) -> StepInputs:
-        return StepInputs(prev_item=torch.zeros(b, t, dtype=torch.long), prev_type=torch.zeros(b, t, dtype=torch.long),
-                          prev_value=torch.zeros(b, t, 2), time_bucket=torch.zeros(b, t, dtype=torch.long),
-                          context=torch.zeros(b, t, fs.context.cat_width, dtype=torch.long), user_cat=user_cat,
-                          user_num=enc.user_num[:b, None].expand(b, t, -1), reset=torch.zeros(b, t, dtype=torch.bool))
-
-    model.train()
-    torch.testing.assert_close(model.encode_inputs(inputs(ucat))[0], model.encode_inputs(inputs(no_id))[0])
-    model.eval()
-    assert not torch.allclose(model.encode_inputs(inputs(ucat))[0], model.encode_inputs(inputs(no_id))[0])
-
-
-def test_user_id_options_need_their_inputs() -> None:
-    from hrnn_core.errors import ConfigError
+def test_user_id_needs_the_user_features() -> None:
     from hrnn_core.evaluation.hrnn_scorer import PLAIN_GRU
 
     # the id is a user field: without the user features it is off (an ablation switching those off needs no more)
     assert not ModelConfig(use_user_id=True, use_user_features=False).user_id_active
-    with pytest.raises(ConfigError, match="user_id_dropout needs use_user_id"):
-        ModelConfig(use_user_id=False, user_id_dropout=0.5)
-    with pytest.raises(ConfigError, match="user_id_dropout needs use_user_id"):
-        ModelConfig(use_user_features=False, user_id_dropout=0.5)
     # the plain-GRU baseline switches the id off with the other inputs, whatever the shared config says
-    assert not dataclasses.replace(ModelConfig(use_user_id=True, user_id_dropout=0.5), **PLAIN_GRU).use_user_id
+    assert not dataclasses.replace(ModelConfig(use_user_id=True), **PLAIN_GRU).use_user_id
 
 
 def _step_inputs(fs: FeatureSpace, enc, b: int, t: int, user_cat: torch.Tensor) -> StepInputs:
@@ -126,8 +98,8 @@ def _step_inputs(fs: FeatureSpace, enc, b: int, t: int, user_cat: torch.Tensor) 
                       user_num=enc.user_num[:b, None].expand(b, t, -1), reset=torch.zeros(b, t, dtype=torch.bool))
 
 
-def test_user_id_output_adds_the_id_vector_to_the_state_and_nothing_for_unknown_users(snap) -> None:
-    cfg = dataclasses.replace(MODEL, dropout=0.0, user_id_output=True)
+def test_the_id_vector_is_added_to_the_state_and_nothing_for_unknown_users(snap) -> None:
+    cfg = dataclasses.replace(MODEL, dropout=0.0)
     fs = FeatureSpace.fit(snap, cfg)
     enc = encode_events(snap, fs)
     torch.manual_seed(0)
@@ -156,9 +128,8 @@ def test_user_id_output_adds_the_id_vector_to_the_state_and_nothing_for_unknown_
     assert model.user_out.weight.grad[ucat[:, 0, col]].abs().sum() > 0
 
 
-def test_user_id_output_trains_and_serves(snap, tmp_path) -> None:
-    cfg = dataclasses.replace(MODEL, user_id_output=True, user_id_dropout=0.3)
-    res = train(snap, tmp_path / "run", cfg, TRAIN)
+def test_the_id_vector_trains_and_serves(snap, tmp_path) -> None:
+    res = train(snap, tmp_path / "run", MODEL, TRAIN)
     engine = InferenceEngine.from_checkpoint(res.last_checkpoint, device="cpu")
     assert engine.model.user_out is not None and engine.model.user_out.weight[1:].abs().sum() > 0
     history = SnapshotHistory(engine, snap)
@@ -174,11 +145,11 @@ def test_user_id_output_trains_and_serves(snap, tmp_path) -> None:
     torch.testing.assert_close(engine.score(stranger, None, 1e9), engine.score(without, None, 1e9))
 
 
-def test_user_id_output_needs_the_id(snap) -> None:
+def test_the_id_vector_needs_the_id(snap) -> None:
     from hrnn_core.evaluation.hrnn_scorer import PLAIN_GRU
 
-    for cfg in (dataclasses.replace(MODEL, use_user_id=False, user_id_output=True),
-                dataclasses.replace(MODEL, use_user_features=False, user_id_output=True),
+    for cfg in (dataclasses.replace(MODEL, use_user_id=False),
+                dataclasses.replace(MODEL, use_user_features=False),
                 dataclasses.replace(ModelConfig(hidden_size=16, field_dim=8, input_size=16), **PLAIN_GRU)):
         fs = FeatureSpace.fit(snap, cfg)
         assert USER_ID_FIELD not in fs.users.cat_fields  # no id field, no id vector
@@ -186,3 +157,17 @@ def test_user_id_output_needs_the_id(snap) -> None:
     default = ModelConfig(hidden_size=16, field_dim=8, input_size=16)  # the shipped default: on
     fs = FeatureSpace.fit(snap, default)
     assert default.user_id_active and HRNNMeta(default, fs, *fs.item_table(snap)).user_out is not None
+
+
+def test_the_id_occupies_no_input(snap) -> None:
+    """The id's tokens have no input-bag rows and no block of the user MLP's or the initial state's inputs:
+    the model's input parameters are those of the same features without the id."""
+    fs = FeatureSpace.fit(snap, MODEL)
+    model = HRNNMeta(MODEL, fs, *fs.item_table(snap))
+    without = HRNNMeta(dataclasses.replace(MODEL, use_user_id=False), FeatureSpace.fit(snap, dataclasses.replace(
+        MODEL, use_user_id=False)), *fs.item_table(snap))
+    assert USER_ID_FIELD in fs.users.cat_fields and without.user_out is None
+    for name, p in without.named_parameters():
+        assert model.get_parameter(name).shape == p.shape, name
+    extra = {n for n, _ in model.named_parameters()} - {n for n, _ in without.named_parameters()}
+    assert extra == {"user_out.weight"}

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from hrnn_core.config import ModelConfig, TrainConfig
+from hrnn_core.config import RETIRED_FIELDS, ModelConfig, TrainConfig
 from hrnn_core.errors import HrnnError
-from hrnn_core.model.features import FeatureSpace
-from hrnn_core.model.network import HRNNMeta
+from hrnn_core.model.features import USER_ID_FIELD, FeatureSpace
+from hrnn_core.model.network import HRNNMeta, drop_user_id_inputs
 
 FORMAT_VERSION = 1
 
@@ -72,12 +72,13 @@ def save_checkpoint(path: Path, model: HRNNMeta, features: FeatureSpace, train_c
 
 # Settings older checkpoints carry that the code no longer has (the behaviour they chose is now the code's):
 # dropped on load so a registered champion stays loadable after an upgrade.
-RETIRED_MODEL_FIELDS = ("trend_auto",)
+RETIRED_MODEL_FIELDS = RETIRED_FIELDS["model"]
+RETIRED_TRAIN_FIELDS = RETIRED_FIELDS["train"]
 
 
-def _known(cls: type, values: dict) -> dict:
+def _known(cls: type, values: dict, retired: tuple[str, ...]) -> dict:
     names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in values.items() if k in names or k not in RETIRED_MODEL_FIELDS}
+    return {k: v for k, v in values.items() if k in names or k not in retired}
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoint:
@@ -91,11 +92,14 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoin
         raise CheckpointError(f"{path} is not a readable checkpoint: {exc}") from exc
     if raw.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has format {raw.get('format')}, expected {FORMAT_VERSION}; retrain")
-    model_cfg = ModelConfig(**_known(ModelConfig, raw["model_config"]))
-    train_cfg = TrainConfig(**_known(TrainConfig, raw["train_config"]))
+    model_cfg = ModelConfig(**_known(ModelConfig, raw["model_config"], RETIRED_MODEL_FIELDS))
+    train_cfg = TrainConfig(**_known(TrainConfig, raw["train_config"], RETIRED_TRAIN_FIELDS))
     fs = FeatureSpace.from_dict(raw["features"])
+    if raw["model_config"].get("user_id_output") is False and USER_ID_FIELD in fs.users.cat_fields:
+        raise CheckpointError(f"{path} reads the user id as an input field (model.user_id_output = false), which "
+                              "this version no longer has (the id is an output vector); retrain")
     state = raw["model_state"]
     model = HRNNMeta(model_cfg, fs, state["item_cat"][:-1], state["item_num"][:-1])
-    model.load_state_dict(state)
+    model.load_state_dict(drop_user_id_inputs(state, model))
     model.to(resolve_device(device)).eval()
     return Checkpoint(model, fs, model_cfg, train_cfg, raw["snapshot_id"], raw["item_freq"], raw)

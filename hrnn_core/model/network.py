@@ -57,13 +57,21 @@ class StepInputs:
 
 
 class FieldBags(nn.Module):
-    """Per-field mean of value embeddings (EmbeddingBag "mean") for one group of fields."""
+    """Per-field mean of value embeddings (EmbeddingBag "mean") for one group of fields.
 
-    def __init__(self, group: FieldGroup, dim: int):
+    ``n_fields``: only the group's first fields (their tokens come first in the group's id space). The
+    table is drawn at the whole group's size and cut, so the random stream after it does not depend on
+    how many fields are kept.
+    """
+
+    def __init__(self, group: FieldGroup, dim: int, n_fields: int | None = None):
         super().__init__()
-        self.slots = group.slots
+        n_fields = len(group.slots) if n_fields is None else n_fields
+        self.slots = group.slots[:n_fields]
         self.dim = dim
-        self.weight = nn.Parameter(torch.randn(group.n_tokens, dim) * 0.05) if self.slots else None
+        rows = group.offsets[n_fields] if n_fields < len(group.slots) else group.n_tokens
+        table = torch.randn(group.n_tokens, dim) * 0.05 if group.slots else None
+        self.weight = nn.Parameter(table[:rows].clone()) if self.slots else None
 
     @property
     def n_fields(self) -> int:
@@ -101,6 +109,35 @@ def _field_mlp(d_in: int, d_out: int) -> nn.Module:
     return nn.Sequential(nn.Linear(d_in, d_out), nn.GELU())
 
 
+def _drop_inputs(linear: nn.Linear, cols: slice) -> None:
+    """Remove input columns ``cols`` of ``linear`` (its initialisation is drawn before, at the full width)."""
+    keep = torch.ones(linear.in_features, dtype=torch.bool)
+    keep[cols] = False
+    linear.weight = nn.Parameter(linear.weight.detach()[:, keep].clone())
+    linear.in_features = int(keep.sum())
+
+
+def drop_user_id_inputs(state: dict[str, torch.Tensor], model: HRNNMeta) -> dict[str, torch.Tensor]:
+    """A state dict saved while the user id also held an input field (its bag rows and a zeroed block of
+    the user MLP's and the initial state's inputs, never trained) with those parameters removed: the
+    same function, in the current layout. Other state dicts are returned as they are."""
+    old = state.get("user_bags.weight")
+    kept = model.user_bags.weight if model.user_bags is not None else None
+    if model.user_id_input is None or old is None or (kept is not None and old.shape[0] == kept.shape[0]):
+        return state
+    state = dict(state)
+    if kept is None:  # the id was the only user field
+        del state["user_bags.weight"]
+    else:
+        state["user_bags.weight"] = old[: kept.shape[0]]
+    for key in ("fields.user.0.weight", "init_proj.weight"):
+        if key in state:
+            keep = torch.ones(state[key].shape[1], dtype=torch.bool)
+            keep[model.user_id_input] = False
+            state[key] = state[key][:, keep]
+    return state
+
+
 class HRNNMeta(nn.Module):
     """The HRNN-meta network: field-aware inputs -> stacked GRU -> eq. (2) decoder."""
 
@@ -125,21 +162,23 @@ class HRNNMeta(nn.Module):
         if cfg.use_feedback:
             self.type_in = nn.Embedding(fs.n_event_types, d)
             mlps["feedback"] = _field_mlp(d + 2, d)
-        self.user_bags = FieldBags(fs.users, d) if cfg.use_user_features else None
-        self.user_width = len(fs.users.cat_fields) * d + fs.users.num_width if cfg.use_user_features else 0
-        # the user-id field's position among the user fields (ModelConfig.use_user_id), for its dropout
-        self.user_id_field = fs.users.cat_fields.index(USER_ID_FIELD) if USER_ID_FIELD in fs.users.cat_fields else -1
-        # ModelConfig.user_id_output: the id's own vector (zero at start, zero for the padding id) added to the
-        # state before the decoder; the id then leaves the input fields. Known waste: the id field keeps its
-        # input-bag rows and a zeroed block of the user MLP's input (no gradient reaches them, about n_users x
-        # field_dim dead floats); dropping them changes the initialisation and so every recorded stage-9 number
+        # ModelConfig.use_user_id: the id (the user group's last field) is no input; its own vector u (zero at
+        # start, zero for the padding id) is added to the state before the decoder (hrnn_core.model.features)
+        n_user = len(fs.users.cat_fields) if cfg.use_user_features else 0
+        has_id = n_user > 0 and fs.users.cat_fields[-1] == USER_ID_FIELD
+        self.user_bags = FieldBags(fs.users, d, n_user - has_id) if cfg.use_user_features else None
+        full_width = n_user * d + fs.users.num_width if cfg.use_user_features else 0
+        # the id's block of the user vector, as laid out when the id was also an input (dropped after drawing)
+        self.user_id_input = slice((n_user - 1) * d, n_user * d) if has_id else None
         self.user_out = None
-        if cfg.user_id_output and cfg.user_id_active and self.user_id_field >= 0:
-            self.user_id_col = fs.users.slots[self.user_id_field][0]
+        if has_id:
+            self.user_id_col = fs.users.slots[-1][0]
             self.user_out = nn.Embedding(fs.users.n_tokens, hs, padding_idx=0)
             nn.init.zeros_(self.user_out.weight)
-        if self.user_width:
-            mlps["user"] = _field_mlp(self.user_width, d)
+        if full_width:  # with the id alone this MLP has no inputs: its output is a learned constant
+            mlps["user"] = _field_mlp(full_width, d)
+            if has_id:
+                _drop_inputs(mlps["user"][0], self.user_id_input)
         self.ctx_bags = FieldBags(fs.context, d) if cfg.use_context else None
         self.ctx_width = len(fs.context.cat_fields) * d if cfg.use_context else 0
         if self.ctx_width:
@@ -155,8 +194,10 @@ class HRNNMeta(nn.Module):
             nn.GRUCell(cfg.input_size if i == 0 else hs, hs) for i in range(cfg.num_layers)
         )
         self.init_bias = nn.Parameter(torch.zeros(cfg.num_layers * hs))
-        init_in = self.user_width + self.ctx_width
+        init_in = full_width + self.ctx_width
         self.init_proj = nn.Linear(init_in, cfg.num_layers * hs, bias=False) if init_in else None
+        if self.init_proj is not None and has_id:
+            _drop_inputs(self.init_proj, self.user_id_input)
 
         # ---- decoder, eq. (2): id part (w_j, b_j) and metadata part (w(f_j), b(f_j))
         self.item_w = nn.Embedding(n, hs)  # (n_items, H)
@@ -170,22 +211,9 @@ class HRNNMeta(nn.Module):
 
     def _raw_user_ctx(self, x: StepInputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         user = ctx = None
-        if self.user_width:
-            parts = []
-            if self.user_bags.n_fields:
-                bags = self.user_bags(x.user_cat)  # (B, T, Fu, d)
-                p = self.cfg.user_id_dropout
-                if self.user_out is not None:  # the id is an output vector, not an input field
-                    mask = torch.ones(1, 1, bags.shape[2], 1, device=bags.device, dtype=bags.dtype)
-                    mask[0, 0, self.user_id_field, 0] = 0.0
-                    bags = bags * mask
-                elif self.training and p > 0 and self.user_id_field >= 0:  # one draw per owner row and window
-                    keep = (torch.rand(bags.shape[0], device=bags.device) >= p).to(bags.dtype)
-                    mask = torch.ones(bags.shape[0], 1, bags.shape[2], 1, device=bags.device, dtype=bags.dtype)
-                    mask[:, 0, self.user_id_field, 0] = keep
-                    bags = bags * mask
-                parts = [bags.flatten(-2)]
-            user = torch.cat(parts + [x.user_num], dim=-1)  # (B, T, user_width)
+        if "user" in self.fields:
+            parts = [self.user_bags(x.user_cat).flatten(-2)] if self.user_bags.n_fields else []  # (B, T, Fu * d)
+            user = torch.cat(parts + [x.user_num], dim=-1)  # (B, T, (Fu - id) * d + 2 Fu_num)
         if self.ctx_width:
             ctx = self.ctx_bags(x.context).flatten(-2)  # (B, T, Fc * d)
         return user, ctx
@@ -224,7 +252,7 @@ class HRNNMeta(nn.Module):
         restarts from the learned initial state of that owner.
         """
         inp, h0 = self.encode_inputs(x)
-        b, t = x.prev_item.shape
+        t = x.prev_item.shape[1]
         reset = x.reset.clone()
         if not self.cfg.use_sequence:  # no memory: every event starts from the initial state
             reset[:] = True
@@ -246,11 +274,7 @@ class HRNNMeta(nn.Module):
             out.append(layer_in)
         top = torch.stack(out, dim=1)  # (B, T, H)
         if self.user_out is not None:  # + u, the owner's id vector (zero for the padding id)
-            u = self.user_out(x.user_cat[..., self.user_id_col])  # (B, T, H)
-            p = self.cfg.user_id_dropout
-            if self.training and p > 0:  # one draw per owner row and window
-                u = u * (torch.rand(b, 1, 1, device=u.device) >= p).to(u.dtype)
-            top = top + u
+            top = top + self.user_out(x.user_cat[..., self.user_id_col])  # (B, T, H)
         return self.drop(top), torch.stack(hs, dim=0)  # (B, T, H), (L, B, H)
 
     # ------------------------------------------------------------------ decoder, eq. (2)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hrnn_core.config import INFERENCE_MIX_FALLBACK
 from hrnn_core.model.network import HRNNMeta
 from hrnn_core.model.trend import WindowedPopularity
 
@@ -46,8 +45,7 @@ class CatalogueScorer:
                  trend: WindowedPopularity | None = None, trend_weight: float | None = None):
         self.model = model
         cfg = model.cfg
-        mix = cfg.inference_item_meta_mix if mix is None else mix
-        self.mix = INFERENCE_MIX_FALLBACK if mix is None else float(mix)
+        self.mix = float(cfg.inference_item_meta_mix if mix is None else mix)
         self.trend = trend
         self.trend_weight = cfg.trend_weight if trend_weight is None else float(trend_weight)
         dev = model.item_w.weight.device

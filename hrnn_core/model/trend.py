@@ -14,9 +14,10 @@ the request leaks in. Two settings matter:
   sees the same ``q``, computed from the events before that frame only -- the paper's Figure 5
   ("we calculate item popularity on an hourly basis and feed it into the model").
 * ``origin`` = 0 with ``model.trend_bucket_seconds`` (an hour): the product's setting, used alike by
-  training (``model.trend_train``), training-time validation, the evaluation harness (and so the gate),
-  the batch export and the service (``hrnn_core.model.scoring``). The service adds the events it logs after
-  the snapshot (``add``), so ``q(t)`` is the same function of the events known before ``t_b`` everywhere.
+  training (``hrnn_core.train.trainer.training_trend``), training-time validation, the evaluation
+  harness (and so the gate), the batch export and the service (``hrnn_core.model.scoring``). The
+  service adds the events it logs after the snapshot (``add``), so ``q(t)`` is the same function of
+  the events known before ``t_b`` everywhere.
 
 This class is the one popularity window of the project: the eq. (5) term, the ``recent_pop``
 baseline and the serving path all count with it.

@@ -19,6 +19,10 @@ next-item prediction and PPL is the paper's exp(mean NLL). On the synthetic data
 event is known: ``oracle`` = exp(-mean true log p(item | latent session intent, time bucket)), a
 floor no model can beat, and ``oracle without intent`` (intent marginalised over the user's
 taste), which a model that reads the session's items can approach but that hides the intent.
+
+The HRNN rows train as the product does: where owners never repeat an item, each event's softmax
+leaves out the owner's earlier items (``hrnn_core.train.trainer.resolve_exclude_seen``); reports
+recorded before that rule became fixed trained the full softmax here (their train_config says so).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from hrnn_core.errors import HrnnError
 from research.experiments import dataset_snapshot, write_report
 
 ITEM_FEATURES_ONLY = {"use_sequence": False, "use_item_id": False, "use_time_delta": False, "use_feedback": False,
-                      "use_user_features": False, "use_user_id": False, "user_id_dropout": 0.0, "use_context": False,
+                      "use_user_features": False, "use_user_id": False, "use_context": False,
                       "use_item_meta": True}
 ROWS = (  # (name, model kind, model-config changes, the paper's Seq/User/Item/Feedback marks)
     ("popularity", "pop", None, "x x x x"),
@@ -90,10 +94,6 @@ def run_ablation(snapshot_dir: Path, model_cfg, train_cfg, *, dataset: str = "",
     from hrnn_core.evaluation.protocols import build_split  # noqa: PLC0415
     from hrnn_core.evaluation.splits import SnapshotData  # noqa: PLC0415
 
-    if train_cfg.exclude_seen is None:
-        # PPL is a full-catalogue distribution: the seen-item-free softmax (auto-on for ratings)
-        # leaves seen items' scores untrained, so the rows train the full softmax unless asked
-        train_cfg = dataclasses.replace(train_cfg, exclude_seen=False)
     # Table 1 measures the input signals: the rows' distributions carry no trend term (eq. 5)
     model_cfg = dataclasses.replace(model_cfg, trend_weight=0.0)  # (so none in training either)
     data = SnapshotData.load(snapshot_dir)

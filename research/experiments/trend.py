@@ -18,7 +18,7 @@ before the validation period (``Split.valid_train``), the validation period (the
 ``valid_fraction`` of pre-T events) is cut into hourly frames, and every grid point is scored
 there; recent_pop's window is chosen the same way. The test frames are scored once, with the
 choice. The offline model here is trained with ``trend_weight`` 0, so without the term
-(``model.trend_train``, the default elsewhere, trains with it): this page compares the correction
+(the product trains with it, ``hrnn_core.train.trainer.training_trend``): this page compares the correction
 added at inference to a model that never saw it, as Figure 5 does.
 """
 
@@ -150,7 +150,7 @@ def run_trend(snapshot_dir: Path, *, dataset: str, model_cfg, train_cfg, grid: G
         raise TrendExperimentError("the rolling split has no test frames; lower test_fraction or check the data")
     say(split.describe())
     v_origin, vframes = valid_frames(split, frame_seconds)
-    model_cfg = dataclasses.replace(model_cfg, trend_weight=0.0)  # trained without the term (trend_train off)
+    model_cfg = dataclasses.replace(model_cfg, trend_weight=0.0)  # trained without the term (weight 0)
 
     def hrnn(origin: float) -> StudyScorer:  # q(t) per frame: buckets of the frame length from the frames' origin
         return StudyScorer(model=model_cfg, train=train_cfg, trend_bucket_seconds=frame_seconds, trend_origin=origin)

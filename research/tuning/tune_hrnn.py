@@ -23,6 +23,16 @@ Candidates that set a field the configs no longer have (``retired_fields``: s8_t
 ``model.trend_auto``, removed with the trainer's trend choice) stay in GRID as the record of what
 was run (their results stay in bench/results); the driver skips them when running the whole grid
 and refuses them by name.
+
+Settled knobs (issue 17) are the code's behaviour now, so every candidate runs with them: ties in a
+fresh order each epoch, seen items out of the softmax where owners never repeat one (on for
+ml-100k), the user id (when on) as an output vector, the trend term in dense training when its
+weight is > 0. Stages 1-6 ran before some of those existed (off then): a refit of an early
+candidate is not its recorded run, whose full configs the rows of bench/results/tune_hrnn.json
+keep. Candidates whose only point was a removed alternative (the id as an input field or with
+dropout, the inference lambda chosen per epoch, the softmax with seen items, file-order ties,
+the trend term left out of training) were dropped from GRID; their rows stay in bench/results and
+their findings in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -50,10 +60,9 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "tune_hrnn
 # them all out, so the grid means the same thing after the defaults change; fields not listed
 # keep the current ModelConfig/TrainConfig defaults (unchanged by the tuning).
 OLD_MODEL = {"hidden_size": 64, "dropout": 0.1, "inference_item_meta_mix": 0.0, "field_dim": 32, "input_size": 64,
-             "trend_weight": 0.0, "use_user_id": False, "user_id_output": False,
-             "trend_train": False}
+             "trend_weight": 0.0, "use_user_id": False}
 OLD_TRAIN = {"epochs": 10, "early_stopping_metric": "val_loss", "patience": 3, "lr": 3e-3, "batch_size": 32,
-             "item_meta_mix": None, "exclude_seen": False, "shuffle_ties": False}
+             "item_meta_mix": None}
 # Early stopping on the trainer's own held-out last events, by NDCG@10 (the metric we ship on);
 # "epochs" = the cap (also the length of the cosine LR decay); the best checkpoint is scored.
 ES = {"early_stopping_metric": "ndcg@10"}
@@ -90,15 +99,11 @@ GRID: dict[str, tuple[dict, dict]] = {
         "s4_bptt64": ({}, {"bptt": 64}),
         "s4_wd0.1": ({}, {"weight_decay": 0.1}),
         "s4_h256_d0.5": ({"hidden_size": 256, "dropout": 0.5}, {}),
-        # the softmax leaves out the owner's earlier items, as the leave_one_out ranking does
-        "s4_exseen": ({}, {"exclude_seen": True}),
-        "s4_exseen_fd64_in128": ({"field_dim": 64, "input_size": 128}, {"exclude_seen": True}),
-        "s4_exseen_e40_p8": ({}, {"exclude_seen": True, "epochs": 40, "patience": 8}),
     }.items()},
     # stage 5 (after stage 4 tied the plain GRU on the leave_one_out test set): around the stage-4
     # choice, the settings only HRNN-meta has (the eq. 2 metadata mix) and its regularisation/width
     **{name: ({"hidden_size": 128, "dropout": 0.3, "inference_item_meta_mix": 0.3, "field_dim": 64,
-               "input_size": 128, **m}, {**ES, "epochs": 30, "patience": 6, "exclude_seen": True, **t})
+               "input_size": 128, **m}, {**ES, "epochs": 30, "patience": 6, **t})
        for name, (m, t) in {
         "s5_im0.5": ({"inference_item_meta_mix": 0.5}, {}),
         "s5_im0.15": ({"inference_item_meta_mix": 0.15}, {}),
@@ -107,67 +112,42 @@ GRID: dict[str, tuple[dict, dict]] = {
         "s5_fd96_in192": ({"field_dim": 96, "input_size": 192}, {}),
     }.items()},
     # stage 6 (session 4, after stage 5 tied the plain GRU on the leave_one_out test set over 3
-    # seeds): inputs the GRU cannot have, around the stage-5 choice: the user's own id (FM's
-    # strongest signal) and the rating as a reward weight (section 3.3)
+    # seeds): inputs the GRU cannot have, around the stage-5 choice: the rating as a reward weight
+    # (section 3.3) and, for yoochoose (no metadata, no user features, clicks only: HRNN-meta differs
+    # from the GRU by the time-delta input alone), the same without it
     **{name: ({"hidden_size": 128, "dropout": 0.3, "inference_item_meta_mix": 0.15, "field_dim": 64,
-               "input_size": 128, **m}, {**ES, "epochs": 30, "patience": 6, "exclude_seen": True, **t})
+               "input_size": 128, **m}, {**ES, "epochs": 30, "patience": 6, **t})
        for name, (m, t) in {
-        "s6_uid": ({"use_user_id": True}, {}),
-        "s6_uid_d0.4": ({"use_user_id": True, "dropout": 0.4}, {}),
         "s6_evw0.5": ({}, {"event_value_weight": 0.5}),
-        # after s6_uid: +0.006 on leave_one_out (2 seeds) but -0.011 on temporal: the id, left out of
-        # half the training windows, as a regulariser
-        "s6_uid_idd0.5": ({"use_user_id": True, "user_id_dropout": 0.5}, {}),
-        "s6_uid_idd0.2": ({"use_user_id": True, "user_id_dropout": 0.2}, {}),
-        # the inference lambda chosen per epoch on the trainer's validation events (auto, model.inference_item_meta_mix
-        # unset) instead of one value for every dataset
-        "s6_imauto": ({"inference_item_meta_mix": None}, {}),
-        # for other datasets: the shipped defaults exactly (exclude_seen auto, off where owners repeat
-        # items, as on yoochoose) and, for yoochoose (no metadata, no user features, clicks only:
-        # HRNN-meta differs from the GRU by the time-delta input alone), the same without it
-        "s6_shipped": ({}, {"exclude_seen": None}),
-        "s6_shipped_notd": ({"use_time_delta": False}, {"exclude_seen": None}),
+        "s6_shipped_notd": ({"use_time_delta": False}, {}),
     }.items()},
     # stage 7 (session 5): 76 % of ml-100k events share their second with another event of the same
     # user (a page of ratings sent at once) and their file order is arbitrary: train each tie in a
-    # fresh random order every epoch; the user id (stage 6) and a longer cap on top; then the eq. (5)
+    # fresh random order every epoch (the code's behaviour now); a longer cap on top; then the eq. (5)
     # trend term at scoring (grid of windows and weights scored on the s7_ties fits:
     # bench/results/tune_hrnn_trend.json), the chosen one as a candidate of its own
     **{name: ({"hidden_size": 128, "dropout": 0.3, "inference_item_meta_mix": 0.15, "field_dim": 64,
-               "input_size": 128, **m}, {**ES, "epochs": 30, "patience": 6, "exclude_seen": None, **t})
+               "input_size": 128, **m}, {**ES, "epochs": 30, "patience": 6, **t})
        for name, (m, t) in {
-        "s7_base": ({}, {}),
-        "s7_ties": ({}, {"shuffle_ties": True}),
-        "s7_ties_uid": ({"use_user_id": True}, {"shuffle_ties": True}),
-        "s7_ties_e40": ({}, {"shuffle_ties": True, "epochs": 40}),
-        "s7_ties_trend": ({"trend_weight": 0.5, "trend_window_seconds": 30 * 86_400.0}, {"shuffle_ties": True}),
+        "s7_ties": ({}, {}),
+        "s7_ties_e40": ({}, {"epochs": 40}),
+        "s7_ties_trend": ({"trend_weight": 0.5, "trend_window_seconds": 30 * 86_400.0}, {}),
         # stage 8 (session 6): the trend window (or none) chosen per dataset on the trainer's own
         # validation events after training (model.trend_auto); yoochoose validation wants 1 h, ml-100k 30 days.
         # Retired: model.trend_auto is gone (the term is trained with, stage 10); kept as the record of the runs
-        "s8_trend_auto": ({"trend_weight": 0.5, "trend_window_seconds": 30 * 86_400.0, "trend_auto": True},
-                          {"shuffle_ties": True}),
-        # stage 9 (session 7): the user's id as an output vector added to the state (model.user_id_output), a
-        # matrix-factorization term beside the sequence that users without training events (temporal's new
-        # users) do not get, instead of an input field (stage 6: +0.006 loo, -0.010 temporal); with id dropout
-        "s9_uidout": ({"trend_weight": 0.5, "trend_window_seconds": 30 * 86_400.0, "use_user_id": True,
-                       "user_id_output": True}, {"shuffle_ties": True}),
-        "s9_uidout_idd0.3": ({"trend_weight": 0.5, "trend_window_seconds": 30 * 86_400.0, "use_user_id": True,
-                              "user_id_output": True, "user_id_dropout": 0.3}, {"shuffle_ties": True}),
-        # stage 10 (session 8): the eq. (5) trend term in training as well as at scoring (model.trend_train), so the
-        # network learns the residual p(a | h) beside the recent popularity q(t); weight 0.5 (the scoring weight)
-        # and 1 (eq. 5 exactly)
-        "s10_trtrain": ({"trend_weight": 0.5, "trend_window_seconds": 30 * 86_400.0, "use_user_id": True,
-                         "user_id_output": True, "trend_train": True}, {"shuffle_ties": True}),
-        "s10_trtrain_w1": ({"trend_weight": 1.0, "trend_window_seconds": 30 * 86_400.0, "use_user_id": True,
-                            "user_id_output": True, "trend_train": True}, {"shuffle_ties": True}),
+        "s8_trend_auto": ({"trend_weight": 0.5, "trend_window_seconds": 30 * 86_400.0, "trend_auto": True}, {}),
+        # stages 9-10 (sessions 7-8): the user's id as an output vector added to the state (a matrix-factorization
+        # term that users without training events do not get), and the eq. (5) trend term in training as well as
+        # at scoring, so the network learns the residual p(a | h) beside q(t); weight 0.5 (the scoring weight)
+        # and 1 (eq. 5 exactly). Both are the code's behaviour now (stage 9's s9_uidout differed by the second)
+        "s10_trtrain": ({"trend_weight": 0.5, "trend_window_seconds": 30 * 86_400.0, "use_user_id": True}, {}),
+        "s10_trtrain_w1": ({"trend_weight": 1.0, "trend_window_seconds": 30 * 86_400.0, "use_user_id": True}, {}),
     }.items()},
 }
 
 # shipped as the ModelConfig/TrainConfig defaults (docs/benchmarks.md); until 2026-11-26: h128_d0.3_im0.3_p6,
-# until 2026-12-04: s5_im0.15 (research/tuning/configs/defaults-2026-11-27.toml), then s7_ties_trend until session 7
-# (research/tuning/configs/defaults-2026-12-04.toml), s9_uidout until session 8 (research/tuning/configs/defaults-2026-12-05.toml).
-# (exclude_seen ships as None = auto, which is True on ml-100k: owners never repeat an item)
-# stage 7's choice was s7_ties_trend, stage 5's s5_im0.15, stage 4's s4_exseen_fd64_in128 (inference lambda 0.3)
+# until 2026-12-04: s5_im0.15, then s7_ties_trend until session 7, s9_uidout until session 8; stage 4's choice
+# was s4_exseen_fd64_in128 (inference lambda 0.3)
 CHOSEN = "s10_trtrain"
 
 
@@ -211,7 +191,7 @@ def run_one(split, name: str, seed: int, mixes: tuple[float, ...] = (),
             scorer.set_inference_mix(mix)
             scored.append((f"{name}@im{mix:g}", dataclasses.replace(model_cfg, inference_item_meta_mix=mix),
                            *score_cases(scorer, split.valid, split.n_items)))
-        scorer.set_inference_mix(None)  # back to the model's lambda (auto: the trainer's choice)
+        scorer.set_inference_mix(None)  # back to the model's lambda
         for hours, weight in trends:
             scorer.trend_weight, scorer.trend_window_seconds = weight, hours * 3600.0
             scored.append((f"{name}@tr{weight:g}x{hours:g}h",
@@ -228,7 +208,7 @@ def run_one(split, name: str, seed: int, mixes: tuple[float, ...] = (),
             "valid_ndcg@10": s.get("ndcg@10"), "valid_recall@10": s.get("recall@10"), "valid_mrr@10": s.get("mrr@10"),
             "valid_ppl": s.get("ppl"), "valid_cases": len(split.valid), **(chosen_trend if config == name else {}),
             "fit_seconds": round(fit_s, 1), "score_seconds": round(score_s, 1),
-            "epochs_run": len(hist), "best_epoch": best["epoch"], "trainer_inference_mix": best.get("inference_mix"),
+            "epochs_run": len(hist), "best_epoch": best["epoch"],
             "trainer_val_ndcg@10_best": best.get("ndcg@10"),
             "trainer_val_ndcg@10_per_epoch": [round(h.get("ndcg@10", float("nan")), 4) for h in hist],
             "seconds_per_epoch": round(sum(h["seconds"] for h in hist) / max(1, len(hist)), 1),
@@ -327,12 +307,9 @@ def main() -> None:
     rows = sorted(report["runs"], key=lambda r: (r["protocol"], order.get(r["config"].split("@")[0], -1), r["config"], r["seed"]))
     print(table(rows))
     m, t = _configs(CHOSEN)
-    auto = {"exclude_seen"}  # shipped as None (auto), resolved from the data
-    model_auto = {"trend_train"}  # shipped as None (auto), on with the dense output the candidates train with
     mo, to = GRID[CHOSEN]
-    same = all(getattr(ModelConfig(), k) == getattr(m, k) for k in {**OLD_MODEL, **mo} if k not in model_auto) and \
-        all(bool(ModelConfig().trend_train_active) == getattr(m, k) for k in mo if k in model_auto) and \
-        all(getattr(TrainConfig(), k) == getattr(t, k) for k in {**OLD_TRAIN, **to} if k not in auto)
+    same = all(getattr(ModelConfig(), k) == getattr(m, k) for k in {**OLD_MODEL, **mo}) and \
+        all(getattr(TrainConfig(), k) == getattr(t, k) for k in {**OLD_TRAIN, **to})
     print(f"chosen: {CHOSEN} = {GRID[CHOSEN]}; equal to the current defaults: {same}")
 
 

@@ -1,4 +1,4 @@
-"""The research package beside the product: its command, its scripts, its pins, and the line between
+"""The research package beside the product: its command, its scripts, and the line between
 them (``hrnn_core`` imports neither ``research`` nor its own CLI module)."""
 
 from __future__ import annotations
@@ -70,14 +70,6 @@ def test_leaderboard_table_reads_the_recorded_reports() -> None:
     assert "| hrnn |" in module.table(report)
     seeds = json.loads((results / "leaderboard_ml-100k_temporal.seed_mean.json").read_text())
     assert "gru" in module.seed_table(seeds)
-
-
-@pytest.mark.parametrize("pin", sorted((RESEARCH / "tuning" / "configs").glob("defaults-*.toml")), ids=lambda p: p.name)
-def test_dated_pins_still_load(pin: Path) -> None:
-    """A pin gives an earlier default config back; a key the config no longer knows is an error."""
-    from hrnn_core.config import load_config
-
-    load_config(pin, environ={})
 
 
 def test_tune_hrnn_refuses_candidates_the_configs_no_longer_fit(monkeypatch) -> None:
