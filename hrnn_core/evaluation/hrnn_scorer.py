@@ -34,14 +34,16 @@ from hrnn_core.evaluation.baselines.base import ScoreBatch, Scorer, TrainData
 from hrnn_core.model.checkpoint import load_checkpoint, resolve_device
 from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.errors import HrnnError
-from hrnn_core.model.features import EncodedEvents, encode_events, time_delta_bucket
+from hrnn_core.model.features import EncodedEvents, encode_tables, time_delta_bucket
 from hrnn_core.model.network import StepInputs
 from hrnn_core.model.scoring import CatalogueScorer, popularity
+from hrnn_core.model.steps import gather_steps
 from hrnn_core.model.trend import WindowedPopularity
 
 PLAIN_GRU = {  # the ablation the paper compares against: items and order only
     "use_time_delta": False, "use_feedback": False, "use_user_features": False, "use_user_id": False,
-    "use_context": False, "use_item_meta": False, "trend_weight": 0.0,
+    "user_id_output": False, "user_id_dropout": 0.0, "use_context": False, "use_item_meta": False, "trend_weight": 0.0,
+    "trend_train": False,
 }
 
 
@@ -63,7 +65,9 @@ class HRNNScorer(Scorer):
         self.batch_size = batch_size
         self.checkpoint_path: Path | None = None
         self._encoded: dict[int, tuple[EncodedEvents, np.ndarray, np.ndarray]] = {}
-        self._snapshot_dir: Path | None = None
+        self._snapshot_dir: Path | None = None  # the training snapshot (its users.parquet, if fit got none)
+        self._users: pa.Table | None = None  # users.parquet of the training data (user features)
+        self._item_frequency: np.ndarray | None = None  # training events per item
         self.catalog_size: int | None = None  # the evaluated catalogue (may exceed the model's)
         self.history: list[dict] = []
         self._trend_key: int | None = None  # id of the histories table the scorer's q(t) counts
@@ -82,6 +86,7 @@ class HRNNScorer(Scorer):
         # targets (held out by the trainer); otherwise the trainer holds out events of its own
         es_dir = data.early_stopping_snapshot_dir if self.train_cfg.val_owners > 0 else None
         self._snapshot_dir = Path(es_dir or data.snapshot_dir)
+        self._users, self._item_frequency = data.users, np.asarray(data.item_frequency)
         self.catalog_size = data.n_items
         if self.pretrained:
             # A trained model (e.g. the current champion) evaluated on newer data: no training.
@@ -134,15 +139,10 @@ class HRNNScorer(Scorer):
                 sequences_enc = sequences.set_column(sequences.schema.get_field_index("item_idx"), "item_idx", lists)
             else:
                 sequences_enc = sequences
-            with tempfile.TemporaryDirectory(prefix="hrnn-score-") as tmp:
-                folder = Path(tmp)
-                for name in ("items.parquet", "users.parquet", "item_frequency.parquet", "manifest.json"):
-                    shutil.copy2(self._snapshot_dir / name, folder / name)
-                pq.write_table(sequences_enc, folder / "sequences.parquet")
-                freq = pq.read_table(folder / "item_frequency.parquet")
-                freq = freq.filter(pc.less(freq["item_idx"], self.n_items))  # the model's catalogue
-                pq.write_table(freq, folder / "item_frequency.parquet")
-                enc = encode_events(folder, self.features, self.train_cfg.max_impressions)
+            if self._users is None:  # fit got no users table (or a loaded scorer was pointed at a snapshot)
+                self._users = pq.read_table(self._snapshot_dir / "users.parquet")
+            enc = encode_tables(sequences_enc, self._users, self.features, self.train_cfg.max_impressions,
+                                self._item_frequency)
             if unknown is not None:
                 nxt = np.flatnonzero(unknown) + 1
                 nxt = nxt[nxt < len(item_col)]
@@ -197,21 +197,11 @@ class HRNNScorer(Scorer):
         the flat event index of each step (B, L) and the mask of real (not padding) steps (B, L).
         Step k of a row is the request of its event k, as in training (``encode_events``)."""
         lengths = enc.owner_start[rows + 1] - enc.owner_start[rows]
-        b, length = len(rows), max(1, int(lengths.max()) if len(rows) else 1)
+        length = max(1, int(lengths.max()) if len(rows) else 1)
         n_events = int(enc.owner_start[-1])
         flat = np.minimum(enc.owner_start[rows][:, None] + np.arange(length)[None, :], max(n_events - 1, 0))  # (B, L)
         valid = np.arange(length)[None, :] < lengths[:, None]  # (B, L)
-        take = torch.from_numpy(flat.reshape(-1))
-        users = torch.from_numpy(enc.owner_user[rows])
-        ucat = enc.user_cat[users][:, None].expand(b, length, -1) if len(enc.user_cat) else torch.zeros(b, length, 0)
-        unum = enc.user_num[users][:, None].expand(b, length, -1) if len(enc.user_num) else torch.zeros(b, length, 0)
-        x = StepInputs(prev_item=enc.prev_item[take].reshape(b, length),
-                       prev_type=enc.prev_type[take].reshape(b, length),
-                       prev_value=enc.prev_value[take].reshape(b, length, 2),
-                       time_bucket=enc.time_bucket[take].reshape(b, length),
-                       context=enc.context[take].reshape(b, length, -1), user_cat=ucat, user_num=unum,
-                       reset=torch.zeros(b, length, dtype=torch.bool)).to(self.device)
-        return x, flat, valid
+        return gather_steps(enc, flat, enc.owner_user[rows]).to(self.device), flat, valid
 
     @torch.no_grad()
     def event_states(self, sequences: pa.Table, block_rows: int = 64) -> torch.Tensor:
@@ -254,12 +244,9 @@ class HRNNScorer(Scorer):
         # flat index of each (case, step); the request step is filled in below
         steps = np.arange(length)[None, :]
         flat = np.minimum(first[:, None] + steps, len(ts) - 1)  # (B, L) clipped (padding is ignored)
-        take = torch.from_numpy(flat.reshape(-1))
-        prev_item = enc.prev_item[take].reshape(b, length).clone()
-        prev_type = enc.prev_type[take].reshape(b, length).clone()
-        prev_value = enc.prev_value[take].reshape(b, length, 2).clone()
-        time_bucket = enc.time_bucket[take].reshape(b, length).clone()
-        context = enc.context[take].reshape(b, length, -1).clone()
+        x = gather_steps(enc, flat, enc.owner_user[rows])  # new tensors: the request steps are overwritten
+        prev_item, prev_type, prev_value, time_bucket, context = (
+            x.prev_item, x.prev_type, x.prev_value, x.time_bucket, x.context)
         # The first read step of a truncated history restarts like an owner's first event.
         trunc = first > starts
         prev_item[torch.from_numpy(trunc), 0] = n_items
@@ -283,13 +270,7 @@ class HRNNScorer(Scorer):
                 prev_value[i, k] = torch.tensor([value, float(value != 0.0)])
                 time_bucket[i, k] = int(time_delta_bucket(np.array([t[i] - ts[last]]), fs.time_delta_buckets,
                                                           fs.time_delta_log_base)[0])
-        users = torch.from_numpy(enc.owner_user[rows])
-        ucat = enc.user_cat[users][:, None].expand(b, length, -1) if len(enc.user_cat) else torch.zeros(b, length, 0)
-        unum = enc.user_num[users][:, None].expand(b, length, -1) if len(enc.user_num) else torch.zeros(b, length, 0)
-        x = StepInputs(prev_item=prev_item, prev_type=prev_type, prev_value=prev_value, time_bucket=time_bucket,
-                       context=context, user_cat=ucat, user_num=unum,
-                       reset=torch.zeros(b, length, dtype=torch.bool)).to(self.device)
-        h, _ = self.model(x)  # (B, L, H); padding after the request step cannot affect it (causal)
+        h, _ = self.model(x.to(self.device))  # (B, L, H); padding after the request step cannot affect it (causal)
         return h[torch.arange(b), torch.from_numpy(hist_len).to(self.device)]  # (B, H)
 
     def _scores(self, h_req: torch.Tensor, times: np.ndarray) -> torch.Tensor:

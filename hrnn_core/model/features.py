@@ -368,11 +368,23 @@ class EncodedEvents:
 
 
 def encode_events(snapshot_dir: Path, fs: FeatureSpace, max_impressions: int = 20) -> EncodedEvents:
-    """Encode every event of the snapshot with ``fs`` (which may come from another snapshot)."""
-    snap = read_snapshot(snapshot_dir)
-    seq, users, freq = snap["sequences"], snap["users"], snap["item_frequency"]
-    if len(seq) == 0:
+    """Encode every event of a snapshot folder with ``fs`` (a reader over ``encode_tables``)."""
+    snap = read_snapshot(snapshot_dir, tables=("sequences", "users", "item_frequency"))
+    if len(snap["sequences"]) == 0:
         raise FeatureError(f"snapshot {snapshot_dir} has no sequences; ingest interactions first")
+    freq = snap["item_frequency"]
+    counts = np.zeros(fs.n_items, dtype=np.int64)
+    counts[freq["item_idx"].to_numpy()] = freq["events"].to_numpy()
+    return encode_tables(snap["sequences"], snap["users"], fs, max_impressions, counts)
+
+
+def encode_tables(seq: pa.Table, users: pa.Table, fs: FeatureSpace, max_impressions: int = 20,
+                  item_frequency: np.ndarray | None = None) -> EncodedEvents:
+    """Encode every event of a sequences table (``sequences.parquet`` layout) with ``fs`` (which may
+    come from another snapshot); ``users`` is the ``users.parquet`` table, ``item_frequency`` the
+    (n_items,) training events per item kept as ``EncodedEvents.item_freq`` (None: zeros)."""
+    if len(seq) == 0:
+        raise FeatureError("no sequences to encode; ingest interactions first")
     lengths = seq["n_events"].to_numpy().astype(np.int64)
     start = np.concatenate([[0], np.cumsum(lengths)])
     first = np.zeros(start[-1], dtype=bool)
@@ -395,7 +407,9 @@ def encode_events(snapshot_dir: Path, fs: FeatureSpace, max_impressions: int = 2
     ctx = pc.list_flatten(seq["contexts"])
     imp = _encode_impressions(pc.list_flatten(seq["impressions"]), fs.item_ids, max_impressions)
     counts = np.zeros(n_items, dtype=np.int64)
-    counts[freq["item_idx"].to_numpy()] = freq["events"].to_numpy()
+    if item_frequency is not None:
+        known = np.asarray(item_frequency, dtype=np.int64)[:n_items]
+        counts[:len(known)] = known
     n_users = int(users["user_idx"].to_numpy().max()) + 1 if len(users) else 0
     ucat = torch.zeros((n_users, fs.users.cat_width), dtype=torch.int32)
     unum = torch.zeros((n_users, fs.users.num_width))

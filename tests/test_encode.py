@@ -1,0 +1,63 @@
+"""Encoding events from tables (``features.encode_tables``; ``encode_events`` reads a snapshot folder into
+it) and the one gather of step inputs (``steps.gather_steps``) that training and the evaluation scorer use."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from hrnn_core.config import ModelConfig, TrainConfig
+from hrnn_core.data.datasets.load import synthetic_snapshot
+from hrnn_core.model.features import FeatureSpace, encode_events, encode_tables
+from hrnn_core.model.steps import gather_steps
+from hrnn_core.train.trainer import gather_inputs, prepare_data, user_parallel_windows
+
+MODEL = ModelConfig(hidden_size=16, field_dim=8, input_size=16)
+
+
+@pytest.fixture(scope="module")
+def snap(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthetic_snapshot(tmp_path_factory.mktemp("encode") / "data", n_users=30, n_items=40, n_events=900,
+                              n_genres=4, seed=7)
+
+
+def assert_same(a, b) -> None:
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, torch.Tensor):
+            assert x.dtype == y.dtype and torch.equal(x, y), f.name
+        else:
+            np.testing.assert_array_equal(x, y, err_msg=f.name)
+
+
+def test_the_folder_reader_encodes_what_the_tables_encode(snap) -> None:
+    fs = FeatureSpace.fit(snap, MODEL)
+    seq, users = pq.read_table(snap / "sequences.parquet"), pq.read_table(snap / "users.parquet")
+    freq = pq.read_table(snap / "item_frequency.parquet")
+    counts = np.zeros(fs.n_items, dtype=np.int64)
+    counts[freq["item_idx"].to_numpy()] = freq["events"].to_numpy()
+    from_folder = encode_events(snap, fs, 5)
+    assert_same(from_folder, encode_tables(seq, users, fs, 5, counts))
+    assert from_folder.item_freq.sum() == len(from_folder.target)
+    assert not encode_tables(seq, users, fs, 5).item_freq.any()  # no counts given: zeros
+
+
+def test_gather_steps_is_the_trainers_gather(snap) -> None:
+    data = prepare_data(snap, MODEL, TrainConfig(val_owners=5, progress=False))
+    for idx, reset in user_parallel_windows(data.train_segments, batch_size=7, bptt=6):
+        idx_t, reset_t = torch.from_numpy(idx), torch.from_numpy(reset)
+        expected = gather_inputs(data, idx_t, reset_t)
+        assert_same(gather_steps(data.events, idx_t, data.event_user[idx_t.clamp(min=0)], reset_t), expected)
+    assert (idx < 0).any()  # the last window is padded
+
+    rows = np.array([0, 3, 4])  # one user per row: the same as that user at every step
+    ev = data.events
+    flat = np.minimum(ev.owner_start[rows][:, None] + np.arange(4)[None, :], len(ev.target) - 1)
+    per_row = gather_steps(ev, flat, ev.owner_user[rows])
+    assert_same(per_row, gather_steps(ev, flat, np.repeat(ev.owner_user[rows][:, None], 4, axis=1)))
+    assert not per_row.reset.any()
