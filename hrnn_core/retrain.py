@@ -70,9 +70,10 @@ def _apply_threads(cfg: Config) -> None:
         torch.set_num_threads(cfg.train.threads)
 
 
-def _model_options(cfg: Config, kind: str) -> dict:
+def _model_options(cfg: Config, kind: str, run_dir: Path) -> dict:
+    """The scorer options of ``kind``; a network trains into ``run_dir`` (the run's own folder)."""
     if kind in ("hrnn", "gru"):
-        return {"model": cfg.model, "train": dataclasses.replace(cfg.train, progress=False)}
+        return {"model": cfg.model, "train": dataclasses.replace(cfg.train, progress=False), "run_dir": run_dir}
     return {}
 
 
@@ -80,7 +81,10 @@ def train_and_evaluate(cfg: Config, snapshot: dict, kind: str) -> dict:
     """Fit ``kind`` on the temporal split's training data, score its test cases, save the run.
 
     Writes ``<runs>/<snapshot>/<kind>/``: ``artifact/`` (files for the registry),
-    ``metrics.json`` and ``per_event.npz``. A finished run is reused (idempotent).
+    ``metrics.json`` and ``per_event.npz``; HRNN-meta also ``train/`` (the trainer's run: checkpoints,
+    report), where it is trained once: ``artifact/model.pt`` is that run's checkpoint (a hard link,
+    not a copy), the very model the test cases were scored with. The run is built in
+    ``.<kind>.tmp/`` and published whole. A finished run is reused (idempotent).
     """
     from hrnn_core.evaluation.harness import evaluate_split  # noqa: PLC0415
 
@@ -91,22 +95,27 @@ def train_and_evaluate(cfg: Config, snapshot: dict, kind: str) -> dict:
     _apply_threads(cfg)
     split = _split(cfg, snapshot["path"])
     started = time.time()
-    scorers: dict = {}
-    results = evaluate_split(split, [kind], seed=cfg.train.seed, model_options={kind: _model_options(cfg, kind)},
-                             keep_scorers=scorers)
-    result = results[kind]
     tmp = folder.with_name(f".{kind}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "artifact").mkdir(parents=True)
-    scorers[kind].save(tmp / "artifact")
-    np.savez_compressed(tmp / "per_event.npz", **result.per_event)
-    summary = {
-        "kind": kind, "snapshot_id": snapshot["snapshot_id"], "protocol": split.describe(),
-        "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
-        "fit_seconds": round(result.fit_seconds, 2), "seconds": round(time.time() - started, 2),
-        "artifact": str(folder / "artifact"),
-    }
-    (tmp / "metrics.json").write_text(json.dumps(summary, indent=2))
+    shutil.rmtree(tmp, ignore_errors=True)  # an interrupted attempt's leftovers
+    tmp.mkdir(parents=True)
+    try:
+        scorers: dict = {}
+        results = evaluate_split(split, [kind], seed=cfg.train.seed,
+                                 model_options={kind: _model_options(cfg, kind, tmp / "train")}, keep_scorers=scorers)
+        result = results[kind]
+        (tmp / "artifact").mkdir()
+        scorers[kind].save(tmp / "artifact")
+        np.savez_compressed(tmp / "per_event.npz", **result.per_event)
+        summary = {
+            "kind": kind, "snapshot_id": snapshot["snapshot_id"], "protocol": split.describe(),
+            "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
+            "fit_seconds": round(result.fit_seconds, 2), "seconds": round(time.time() - started, 2),
+            "artifact": str(folder / "artifact"),
+        }
+        (tmp / "metrics.json").write_text(json.dumps(summary, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed attempt leaves no folder behind
+        raise
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)  # publish the run whole
     return summary

@@ -139,7 +139,8 @@ def evaluate_split(split: Split, models: list[str], *, seed: int = 0, model_opti
                    keep_scorers: dict | None = None) -> dict[str, ModelResult]:
     """Fit each model on the split's training data and score its test cases.
 
-    ``keep_scorers``: a dict that receives the fitted scorers (to save them afterwards).
+    ``keep_scorers``: a dict that receives the fitted scorers (to save them afterwards; the caller
+    closes them); scorers not kept are closed here.
     ``model_options[name]["kind"]``: evaluate a variant of a known model under another name
     (e.g. ``{"item_only": {"kind": "hrnn", "model": ...}}``, the ablation's rows).
     """
@@ -180,6 +181,8 @@ def evaluate_split(split: Split, models: list[str], *, seed: int = 0, model_opti
             results[name] = ModelResult(name, summary, per_event, fit_s, score_s, frames)
             if keep_scorers is not None:
                 keep_scorers[name] = scorer
+            elif hasattr(scorer, "close"):  # e.g. HRNN-meta's temporary training folder
+                scorer.close()
             say(f"{name}: ndcg@10 {results[name].metrics.get('ndcg@10', float('nan')):.4f} "
                 f"({fit_s:.1f} s fit, {score_s:.1f} s score)")
     return results

@@ -20,8 +20,10 @@ a real-time system once they happened) before the case's bucket; the plain GRU h
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +55,7 @@ class HRNNScorer(Scorer):
 
     def __init__(self, model: ModelConfig | dict | None = None, train: TrainConfig | dict | None = None,
                  plain_gru: bool = False, device: str = "auto", checkpoint: Path | None = None,
-                 max_history: int | None = None, batch_size: int = 256):
+                 max_history: int | None = None, batch_size: int = 256, run_dir: Path | None = None):
         model_cfg = model if isinstance(model, ModelConfig) else ModelConfig(**(model or {}))
         train_cfg = train if isinstance(train, TrainConfig) else TrainConfig(**(train or {}))
         if plain_gru:
@@ -64,6 +66,10 @@ class HRNNScorer(Scorer):
         self.max_history = max_history  # read at most this many latest events per case (None: all)
         self.batch_size = batch_size
         self.checkpoint_path: Path | None = None
+        # fit trains into run_dir (kept: e.g. the retrain's run folder), else into a temporary folder
+        # that lives as long as the scorer (``close``), so checkpoint_path stays readable for ``save``
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self._run_tmp: weakref.finalize | None = None  # removes the temporary folder (close, or collected)
         self._encoded: dict[int, tuple[EncodedEvents, np.ndarray, np.ndarray]] = {}
         self._snapshot_dir: Path | None = None  # the training snapshot (its users.parquet, if fit got none)
         self._users: pa.Table | None = None  # users.parquet of the training data (user features)
@@ -93,7 +99,12 @@ class HRNNScorer(Scorer):
             # Items added to the catalogue since it was trained get no score (ranked last).
             self._encoded.clear()
             return
-        run_dir = Path(tempfile.mkdtemp(prefix="hrnn-run-"))
+        if self.run_dir is not None:
+            run_dir = self.run_dir
+        else:
+            self.close()  # a scorer fit again drops its previous temporary run
+            run_dir = Path(tempfile.mkdtemp(prefix="hrnn-run-"))
+            self._run_tmp = weakref.finalize(self, shutil.rmtree, run_dir, ignore_errors=True)
         cfg = dataclasses.replace(self.train_cfg, seed=data.seed)
         if cfg.processes > 1:  # data-parallel over local processes (torchrun)
             from hrnn_core.train.distributed import train_distributed  # noqa: PLC0415
@@ -115,9 +126,27 @@ class HRNNScorer(Scorer):
         self._encoded.clear()
 
     def save(self, folder: Path) -> None:
+        """``folder/model.pt``: the checkpoint this scorer scores with. One it trained is hard-linked
+        where the file system allows (the trained file itself, e.g. in the retrain's run folder); a
+        loaded one (``checkpoint=``, e.g. from the model store) is copied."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(self.checkpoint_path, folder / "model.pt")
+        target = folder / "model.pt"
+        target.unlink(missing_ok=True)
+        if not self.pretrained:
+            try:
+                os.link(self.checkpoint_path, target)
+                return
+            except OSError:  # another file system (or no hard links): a copy
+                pass
+        shutil.copy2(self.checkpoint_path, target)
+
+    def close(self) -> None:
+        """Remove the temporary training folder (fit without ``run_dir``); ``save`` needs it, scoring
+        does not (the model is in memory). Also done when the scorer is garbage-collected."""
+        if self._run_tmp is not None:
+            self._run_tmp()  # a finalizer runs once: at close, else when collected or at exit
+            self._run_tmp = None
 
     # ------------------------------------------------------------------ scoring
 
