@@ -3,52 +3,26 @@
 -- their first event) or from an items file (when they enter the catalog, so items nobody
 -- interacted with yet can be recommended from their metadata). A users file adds nothing.
 -- Parameters: $batch_id, $session_prefix (hrnn_core.data.contract.SESSION_OWNER_PREFIX).
-insert into user_index
+create or replace temp table batch_first_seen as
 with batch_ids as (
-    select coalesce(user_id, $session_prefix || session_id) as id, event_id as first_seen
-    from interactions
-    where batch_id = $batch_id
-),
-
-new_ids as (
-    select s.id, min(s.first_seen) as first_seen
-    from batch_ids as s
-    anti join user_index as x on x.user_id = s.id
-    group by s.id
-),
-
-base as (
-    select coalesce(max(user_idx), -1) as top from user_index
-),
-
-final as (
-    select (base.top + row_number() over (order by first_seen, id))::integer, id
-    from new_ids, base
+    select 'user' as kind, coalesce(user_id, $session_prefix || session_id) as id, event_id as first_seen
+    from interactions where batch_id = $batch_id
+    union all
+    select 'item' as kind, item_id as id, event_id as first_seen from interactions where batch_id = $batch_id
+    union all
+    select 'item' as kind, item_id as id, 0 as first_seen from items where batch_id = $batch_id
 )
 
-select * from final;
+select kind, id, min(first_seen) as first_seen from batch_ids group by kind, id;
+
+insert into user_index
+select ((select coalesce(max(user_idx), -1) from user_index) + row_number() over (order by first_seen, id))::integer, id
+from batch_first_seen as s anti join user_index as x on x.user_id = s.id
+where s.kind = 'user';
 
 insert into item_index
-with batch_ids as (
-    select item_id as id, event_id as first_seen from interactions where batch_id = $batch_id
-    union all
-    select item_id as id, 0 as first_seen from items where batch_id = $batch_id
-),
+select ((select coalesce(max(item_idx), -1) from item_index) + row_number() over (order by first_seen, id))::integer, id
+from batch_first_seen as s anti join item_index as x on x.item_id = s.id
+where s.kind = 'item';
 
-new_ids as (
-    select s.id, min(s.first_seen) as first_seen
-    from batch_ids as s
-    anti join item_index as x on x.item_id = s.id
-    group by s.id
-),
-
-base as (
-    select coalesce(max(item_idx), -1) as top from item_index
-),
-
-final as (
-    select (base.top + row_number() over (order by first_seen, id))::integer, id
-    from new_ids, base
-)
-
-select * from final;
+drop table batch_first_seen;
