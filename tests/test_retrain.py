@@ -110,3 +110,48 @@ def test_a_failed_retrain_leaves_no_folder(snap, tmp_root, tmp_path) -> None:
         retrain.train_and_evaluate(cfg, snapshot, "hrnn")
     assert list(retrain.runs_dir(cfg, snap.name).iterdir()) == []
     assert leftovers(tmp_root) == []
+
+
+def test_a_retrain_killed_mid_training_changes_nothing_and_the_next_run_succeeds(snap, tmp_path) -> None:
+    """SIGKILL of the training task: the champion and the model store are untouched, nothing half-written is
+    published (so nothing can be registered), and the next attempt succeeds."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.champions import promote_tiny_champion
+
+    champ = promote_tiny_champion(tmp_path / "champion", n_users=30, n_items=60, n_events=800, seed=3)
+    try:
+        store_before = sorted(str(m.tag) for m in bentoml.models.list())
+        data = tmp_path / "data"
+        overrides = {"paths": {"data_dir": str(data)}, "model": SMALL, "train": {**TRAIN, "epochs": 200}}
+        script = (
+            "import json, sys\n"
+            "from hrnn_core import retrain\n"
+            "from hrnn_core.config import load_config\n"
+            f"cfg = load_config(overrides=json.loads({json.dumps(json.dumps(overrides))}), environ={{}})\n"
+            f"retrain.train_and_evaluate(cfg, {{'snapshot_id': {snap.name!r}, 'path': {str(snap)!r}}}, 'hrnn')\n"
+        )
+        proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+        tmp = retrain.runs_dir(load_config(overrides=overrides, environ={}), snap.name) / ".hrnn.tmp"
+        deadline = time.time() + 120
+        while not list((tmp / "train").glob("*.pt")) and time.time() < deadline:  # an epoch checkpointed
+            assert proc.poll() is None, "the retrain ended before it could be killed"
+            time.sleep(0.2)
+        assert list((tmp / "train").glob("*.pt")), "no checkpoint within 120 s"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+
+        assert not (tmp.parent / "hrnn").exists()  # nothing published, so nothing for register_and_promote
+        assert registry.champion_from_store() == champ.tag
+        assert sorted(str(m.tag) for m in bentoml.models.list()) == store_before
+
+        cfg = load_config(overrides={**overrides, "train": TRAIN}, environ={})
+        run = retrain.train_and_evaluate(cfg, {"snapshot_id": snap.name, "path": str(snap)}, "hrnn")  # the next run
+        assert (Path(run["artifact"]) / "model.pt").exists() and not tmp.exists()
+        assert registry.champion_from_store() == champ.tag
+    finally:
+        bentoml.models.delete(champ.tag)
