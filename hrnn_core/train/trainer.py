@@ -1,20 +1,21 @@
 """Training: user-parallel mini-batches, truncated BPTT, dense or importance-sampled softmax.
 
-The loop (``train``) in phases:
+``train`` runs in named phases:
 
-1. **data**: fit the feature space on the snapshot, encode all events, cap each owner's
-   history at a length percentile (most recent events kept) and hold out each of up to
-   ``val_owners`` owners' last event for validation (or, when the snapshot names its own
-   validation targets in ``holdout.parquet``, hold out all of those and validate on them).
-2. **batches** (GRU4Rec session-parallel, per owner): B slots each follow one owner through
-   windows of T events; when an owner's events run out *inside* a window the slot takes the
-   next owner at once and its state restarts from the learned initial state there. The hidden
-   state is carried from window to window and detached (truncated BPTT).
-3. **step**: lambda of eq. (2) ~ U[0, 1] per batch (or fixed), dense softmax over all items or
-   the sampled softmax (shared negatives from the alias sampler, log-q corrected, impressions
-   as extra negatives), reward weights (3.3), AdamW, gradient clipping, warm-up + cosine LR.
-4. **epoch end**: validation loss/PPL/NDCG@10/Hit@10 on the held-out last events, checkpoint
-   (``last.pt`` every epoch, ``best.pt`` when the metric improves), early stopping.
+1. **prepare** (``_prepare``): the data (``hrnn_core.train.batches.prepare_data``: features, encoded
+   events, capped histories, the validation split), the rules that follow from it (seen items out of
+   the softmax, ``resolve_exclude_seen``; the eq. (5) term in training, ``training_trend``), the
+   seeded model, its optimizers and the negative sampler; ``_resume`` then restores ``last.pt``.
+2. **fit, one epoch** (``_fit_epoch``): every random stream reseeded from ``(seed, epoch)``, ties in
+   a fresh order, then one truncated-BPTT step per window of the user-parallel batches
+   (``hrnn_core.train.batches.user_parallel_windows``): lambda of eq. (2) ~ U[0, 1] per batch (or
+   fixed), the dense softmax over all items or the sampled softmax (shared negatives from the alias
+   sampler, log-q corrected, impressions as extra negatives), reward weights (3.3) (``_step_loss``);
+   AdamW, gradient clipping, warm-up + cosine LR (``_update``).
+3. **validate + early stop** (``_validate_epoch``): loss/PPL/NDCG@10/Hit@10 on the held-out last
+   events, scored as inference scores; the early-stopping decision.
+4. **checkpoint** (``_checkpoint``): ``last.pt`` every epoch, ``best.pt`` when the metric improves.
+5. **post-hoc** (``write_report``): ``report.json`` and the loss curve.
 
 Every epoch reseeds every random stream from ``(seed, epoch)``, so a run resumed from the
 last epoch's checkpoint (``resume=True``) ends with the same weights as an uninterrupted one.
@@ -26,145 +27,32 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hrnn_core.model.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
 from hrnn_core.config import ModelConfig, TrainConfig
-from hrnn_core.errors import HrnnError
-from hrnn_core.model.features import HOLDOUT_FILE, EncodedEvents, FeatureSpace, encode_events
-from hrnn_core.model.losses import dense_softmax_loss, reward_weights, sampled_softmax_loss
+from hrnn_core.model.checkpoint import CheckpointError, load_checkpoint, resolve_device, save_checkpoint
+from hrnn_core.model.losses import LossOut, dense_softmax_loss, reward_weights, sampled_softmax_loss
 from hrnn_core.model.network import FieldBags, HRNNMeta, StepInputs
 from hrnn_core.model.sampler import AliasSampler
 from hrnn_core.model.scoring import CatalogueScorer
 from hrnn_core.model.trend import WindowedPopularity
+from hrnn_core.train.batches import (NonFiniteLossError, TrainData, TrainError, gather_inputs, prepare_data,
+                                     repeat_share, seen_masks, snapshot_times, tie_order, user_parallel_windows)
 
 RANK_SEED_STRIDE = 1_000_003  # hrnn_core.train.distributed: rank r's random streams are seeded + r * this
 
 __all__ = ["TrainConfig", "TrainData", "TrainResult", "NonFiniteLossError", "TrainError",
-           "prepare_data", "user_parallel_windows", "evaluate", "train"]
-
-
-class TrainError(HrnnError):
-    """Training cannot start or continue (bad settings for the data, run folder conflicts)."""
-
-
-class NonFiniteLossError(TrainError):
-    """The loss became NaN or infinite."""
-
-
-@dataclass
-class TrainData:
-    features: FeatureSpace
-    events: EncodedEvents
-    item_cat: torch.Tensor  # (n_items, Wi) item metadata ids
-    item_num: torch.Tensor  # (n_items, 2 Fi)
-    train_segments: np.ndarray  # (n, 2) [start, end) of each owner's training events
-    val_segments: np.ndarray  # (m, 2) [start, end); the last event of each is the validation target
-    max_len: int  # history cap from the length percentile
-    event_user: torch.Tensor  # (E,) user_idx of each event's owner
-
-
-def prepare_data(snapshot_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> TrainData:
-    """Phase 1: features fit on this snapshot, encoded events, capped histories, validation split."""
-    fs = FeatureSpace.fit(snapshot_dir, model_cfg)
-    ev = encode_events(snapshot_dir, fs, train_cfg.max_impressions)
-    item_cat, item_num = fs.item_table(snapshot_dir)
-    start, end = ev.owner_start[:-1], ev.owner_start[1:]
-    lengths = end - start
-    max_len = max(2, int(math.ceil(np.quantile(lengths, train_cfg.max_len_percentile))))
-    start = np.maximum(start, end - max_len)  # keep the most recent events
-    rng = np.random.default_rng(np.random.SeedSequence(train_cfg.seed, spawn_key=(1,)))
-    train_end = end.copy()
-    holdout_file = Path(snapshot_dir) / HOLDOUT_FILE
-    if holdout_file.exists():
-        # the snapshot's own validation targets (Split.write_snapshot(part="train_valid")): every
-        # one is held out of training; up to val_owners of them measure early stopping
-        rows = pq.read_table(holdout_file)["row"].to_numpy()
-        if len(rows) and (rows.min() < 0 or rows.max() >= ev.n_owners or (end[rows] - start[rows] < 2).any()):
-            raise TrainError(f"{holdout_file}: rows must name owners with >= 2 events of this snapshot")
-        train_end[rows] -= 1
-        val = np.sort(rng.permutation(rows)[: train_cfg.val_owners])
-    else:
-        eligible = np.flatnonzero(end - start >= 2)
-        val = np.sort(rng.permutation(eligible)[: train_cfg.val_owners])
-        train_end[val] -= 1  # the held-out last event is never trained on
-    keep = train_end > start
-    owner_of = np.repeat(np.arange(ev.n_owners), np.diff(ev.owner_start))
-    return TrainData(
-        features=fs, events=ev, item_cat=item_cat, item_num=item_num,
-        train_segments=np.stack([start[keep], train_end[keep]], axis=1),
-        val_segments=np.stack([start[val], end[val]], axis=1), max_len=max_len,
-        event_user=torch.from_numpy(ev.owner_user[owner_of]),
-    )
-
-
-def user_parallel_windows(segments: np.ndarray, batch_size: int, bptt: int
-                          ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Phase 2: (B, T) event indices (-1 = padding) and reset flags, owners packed per slot.
-
-    Slots take segments in the given order; a slot whose owner ends mid-window continues with
-    the next owner in the same window (reset flag at that position). Padding appears only when
-    no owner is left.
-    """
-    queue = iter(segments.tolist())
-    cur = [[0, 0] for _ in range(batch_size)]  # per slot: [cursor, end]
-    alive = True
-    while True:
-        idx = np.full((batch_size, bptt), -1, dtype=np.int64)
-        reset = np.zeros((batch_size, bptt), dtype=bool)
-        for b in range(batch_size):
-            pos = 0
-            while pos < bptt:
-                if cur[b][0] >= cur[b][1]:
-                    nxt = next(queue, None) if alive else None
-                    if nxt is None:
-                        alive = False
-                        break
-                    cur[b] = list(nxt)
-                    reset[b, pos] = True
-                m = min(bptt - pos, cur[b][1] - cur[b][0])
-                idx[b, pos:pos + m] = np.arange(cur[b][0], cur[b][0] + m)
-                cur[b][0] += m
-                pos += m
-        if (idx < 0).all():
-            return
-        yield idx, reset
-
-
-def gather_inputs(data: TrainData, idx: torch.Tensor, reset: torch.Tensor) -> StepInputs:
-    """(B, T) event indices (-1 padding) -> model inputs."""
-    ev, safe = data.events, idx.clamp(min=0)
-    user = data.event_user[safe]  # (B, T)
-    return StepInputs(
-        prev_item=ev.prev_item[safe], prev_type=ev.prev_type[safe], prev_value=ev.prev_value[safe],
-        time_bucket=ev.time_bucket[safe], context=ev.context[safe],
-        user_cat=ev.user_cat[user], user_num=ev.user_num[user], reset=reset,
-    )
+           "prepare_data", "user_parallel_windows", "gather_inputs", "evaluate", "train"]
 
 
 EXCLUDE_SEEN_MAX_REPEATS = 0.01  # seen items leave the dense softmax when at most this share of events repeat one
-
-
-def repeat_share(data: TrainData) -> float:
-    """Share of training events whose item their owner already had in its training events."""
-    seg = data.train_segments
-    n = int((seg[:, 1] - seg[:, 0]).sum())
-    if n == 0:
-        return 0.0
-    lengths = seg[:, 1] - seg[:, 0]
-    owner = np.repeat(np.arange(len(seg), dtype=np.int64), lengths)  # segment of each training event
-    idx = seg[owner, 0] + np.arange(n) - (np.cumsum(lengths) - lengths)[owner]  # its event index
-    keys = owner * (data.features.n_items + 1) + data.events.target.numpy()[idx]
-    return float(1.0 - len(np.unique(keys)) / n)
 
 
 def resolve_exclude_seen(cfg: TrainConfig, data: TrainData) -> tuple[bool, float]:
@@ -177,43 +65,6 @@ def resolve_exclude_seen(cfg: TrainConfig, data: TrainData) -> tuple[bool, float
     """
     share = repeat_share(data)
     return cfg.output == "dense" and share <= EXCLUDE_SEEN_MAX_REPEATS, share
-
-
-def seen_masks(seen: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, reset: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T, n_items) items each slot's owner had before each position (``resolve_exclude_seen``).
-
-    ``seen`` (B, n_items) is carried from the previous window (like the hidden state), ``target``
-    (B, T) the events' items, ``valid`` (B, T) real positions, ``reset`` (B, T) a new owner starts.
-    Returns the masks and the state to carry into the next window.
-    """
-    rows = torch.arange(seen.shape[0], device=seen.device)
-    steps = []
-    for k in range(target.shape[1]):
-        seen = seen & ~reset[:, k, None]  # a new owner has seen nothing
-        steps.append(seen)
-        seen = seen.index_put((rows, target[:, k]), seen[rows, target[:, k]] | valid[:, k])
-    return torch.stack(steps, dim=1), seen
-
-
-def tie_order(time_delta: np.ndarray, segments: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(E,) a new event order, each run of equal timestamps inside a training segment shuffled at
-    random (all other positions, held-out events included, stay put).
-
-    Events with one timestamp have no order of their own (a page of ratings sent at once: 76 % of
-    ml-100k's events); their file order is arbitrary, so each epoch presents them in a fresh one.
-    """
-    order = np.arange(len(time_delta))
-    lengths = segments[:, 1] - segments[:, 0]
-    if lengths.sum() == 0:
-        return order
-    seg_of = np.repeat(np.arange(len(segments)), lengths)
-    pos = segments[seg_of, 0] + np.arange(len(seg_of)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    starts_group = (pos == segments[seg_of, 0]) | ~(time_delta[pos] == 0)  # NaN (an owner's first) starts one
-    group = np.cumsum(starts_group)
-    shuffled = pos[np.lexsort((rng.random(len(pos)), group))]  # by group, random inside each
-    order[pos] = shuffled
-    return order
 
 
 def _autocast(device: torch.device):
@@ -278,7 +129,7 @@ def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: tor
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), f"ndcg@{k}": ndcg / n, f"hit@{k}": hits / n}
 
 
-def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: torch.device, cfg: TrainConfig,
+def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: torch.device,
              exclude_seen: bool, trend: TrainTrend | None = None) -> dict:
     """One epoch's validation metrics, scored as inference scores (eq. 2 at ``model.inference_item_meta_mix``);
     ``trend``: the eq. (5) term a model trained with it is scored with."""
@@ -286,15 +137,6 @@ def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: t
                              trend.popularity if trend else None, trend.weight if trend else 0.0)
     return evaluate(model, data, data.val_segments, device, scorer, trend.times if trend else None,
                     exclude_seen=exclude_seen)
-
-
-def snapshot_times(snapshot_dir: Path, n_events: int) -> np.ndarray:
-    """(E,) float64 timestamp of each encoded event (sequences.parquet's flat order, the encoder's)."""
-    seq = pq.read_table(Path(snapshot_dir) / "sequences.parquet", columns=["timestamps"])
-    times = pc.list_flatten(seq["timestamps"]).to_numpy(zero_copy_only=False).astype(np.float64)
-    if len(times) != n_events:
-        raise TrainError(f"{snapshot_dir}: {len(times)} timestamps for {n_events} encoded events")
-    return times
 
 
 @dataclass
@@ -384,6 +226,250 @@ class TrainResult:
     stopped_early: bool
 
 
+@dataclass
+class _Run:
+    """What the phases of one training run share: settings, data, model and the run's position."""
+
+    model_cfg: ModelConfig
+    cfg: TrainConfig
+    device: torch.device
+    dist_ctx: object | None  # hrnn_core.train.distributed.DistContext, or None in a single process
+    rank: int
+    is_main: bool  # rank 0: validates and writes files
+    slots: slice  # this rank's slots of each global batch (all of them alone)
+    data: TrainData
+    exclude_seen: bool  # each event's softmax leaves out its owner's earlier items (resolve_exclude_seen)
+    repeats: float  # the share of training events that repeat an item of their owner
+    has_ties: bool  # some events share their owner's timestamp (tie_order has something to shuffle)
+    trend: TrainTrend | None  # the eq. (5) term in every dense training score (training_trend)
+    type_w: torch.Tensor  # reward weight per event type index (section 3.3)
+    model: HRNNMeta
+    opts: list[torch.optim.Optimizer]
+    sampler: AliasSampler  # negatives of the sampled output, drawn from q
+    steps_per_epoch: int
+    total_steps: int  # the length of the LR schedule
+    log_incl: dict[int, torch.Tensor] = field(default_factory=dict)  # draws per step -> log inclusion probs
+    # the position, saved in every checkpoint (resume)
+    history: list[dict] = field(default_factory=list)  # one metrics dict per epoch
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss of the last log_every steps)
+    next_epoch: int = 0  # the first epoch not yet run
+    step: int = 0
+    best: float | None = None
+    bad_epochs: int = 0
+
+    @property
+    def stopped(self) -> bool:
+        return self.bad_epochs >= self.cfg.patience and self.next_epoch >= self.cfg.min_epochs
+
+
+def _prepare(snapshot_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, device: torch.device,
+             dist_ctx) -> _Run:
+    """Phase 1: the data, the rules that follow from it, the seeded model, its optimizers and sampler."""
+    data = prepare_data(snapshot_dir, model_cfg, cfg)
+    n_items, ev = data.features.n_items, data.events
+    n_events = int((data.train_segments[:, 1] - data.train_segments[:, 0]).sum())
+    if n_events == 0:
+        raise TrainError(f"snapshot {snapshot_dir} has no training events after the validation split")
+    exclude_seen, repeats = resolve_exclude_seen(cfg, data)
+    if cfg.output == "dense" and cfg.batch_size * cfg.bptt * n_items > cfg.max_dense_logits:
+        raise TrainError(f"dense output over {n_items:,} items needs a {cfg.batch_size * cfg.bptt:,} x "
+                         f"{n_items:,} score matrix; set train.output = 'sampled' (or a smaller batch)")
+    trend = training_trend(snapshot_dir, data, model_cfg, cfg.output)  # eq. (5) in every dense score
+    type_w = torch.tensor([cfg.default_event_weight] + [float(cfg.event_type_weights.get(t, cfg.default_event_weight))
+                                                        for t in data.features.event_types], device=device)
+    torch.manual_seed(cfg.seed)
+    model = HRNNMeta(model_cfg, data.features, data.item_cat, data.item_num).to(device)
+    opts = _optimizers(model, cfg)
+    sampler = AliasSampler(ev.item_freq, cfg.sampler_alpha, seed=cfg.seed, device=device)
+    steps_per_epoch = math.ceil(n_events / (cfg.batch_size * cfg.bptt)) + 1
+    rank, is_main = (dist_ctx.rank, dist_ctx.is_main) if dist_ctx is not None else (0, True)
+    slots = dist_ctx.local_slots(cfg.batch_size) if dist_ctx is not None else slice(None)
+    return _Run(model_cfg, cfg, device, dist_ctx, rank, is_main, slots, data, exclude_seen, repeats,
+                has_ties=bool((ev.time_delta == 0).any()), trend=trend, type_w=type_w, model=model, opts=opts,
+                sampler=sampler, steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.epochs)
+
+
+def _resume(run: _Run, last_path: Path) -> None:
+    """Continue from ``last_path``: its weights, optimizer states and position (same snapshot and model)."""
+    ck = load_checkpoint(last_path, run.device)
+    if ck.snapshot_id != run.data.features.snapshot_id:
+        raise TrainError(f"{last_path} was trained on snapshot {ck.snapshot_id}, not "
+                         f"{run.data.features.snapshot_id}; use a new run dir")
+    if ck.raw["model_config"] != dataclasses.asdict(run.model_cfg):
+        raise TrainError(f"{last_path} has a different model config; use a new run dir")
+    if len(ck.raw["optimizer"]) != len(run.opts):
+        raise TrainError(f"{last_path} was trained with another train.output; use a new run dir")
+    run.model.load_state_dict(ck.model.state_dict())
+    for opt, state in zip(run.opts, ck.raw["optimizer"], strict=True):
+        opt.load_state_dict(state)
+    run.next_epoch, run.step = ck.raw["epoch"] + 1, ck.raw["step"]
+    run.best, run.bad_epochs = ck.raw["best"], ck.raw["bad_epochs"]
+    run.history, run.curve = list(ck.raw["history"]), [tuple(c) for c in ck.raw["curve"]]
+
+
+def _epoch_streams(run: _Run, epoch: int) -> tuple[np.ndarray, TrainData, torch.Generator]:
+    """Reseed every random stream from (seed, epoch): the epoch's owner order, its events (ties in a
+    fresh order, the same on every rank) and the lambda draws. Dropout and negatives get a stream per
+    rank (rank 0 = the single-process stream)."""
+    cfg, data = run.cfg, run.data
+    rank_seed = cfg.seed * 100_003 + epoch + run.rank * RANK_SEED_STRIDE
+    torch.manual_seed(rank_seed)
+    run.sampler.generator.manual_seed(rank_seed)
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(2, epoch)))
+    mix_rng = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    segments = data.train_segments[rng.permutation(len(data.train_segments))]
+    if run.has_ties:
+        tie_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(3, epoch)))
+        ev = data.events.reordered(tie_order(data.events.time_delta, data.train_segments, tie_rng),
+                                   data.features.n_items)
+        data = dataclasses.replace(data, events=ev)
+    return segments, data, mix_rng
+
+
+def _step_loss(run: _Run, data: TrainData, idx: torch.Tensor, x: StepInputs, mix: float,
+               hidden: torch.Tensor | None, seen_items: torch.Tensor | None
+               ) -> tuple[LossOut, torch.Tensor, torch.Tensor | None]:
+    """The forward pass and loss of one (B, T) window: (loss, the hidden state to carry, the seen-item
+    state to carry). ``data``: the epoch's events; ``idx`` (B, T) event indices, -1 = padding."""
+    cfg, model, ev, device = run.cfg, run.model, data.events, run.device
+    valid = (idx >= 0).to(device)  # (B, T)
+    flat = idx[idx >= 0]  # (N,) event indices of the valid positions
+    target = ev.target[flat].to(device)  # (N,)
+    weight = reward_weights(ev.event_type[flat].to(device), ev.event_value[flat].to(device),
+                            run.type_w, cfg.event_value_weight)  # (N,)
+    with _autocast(device):
+        out, hidden = model(x, hidden)  # (B, T, H), (L, B, H)
+        h = out[valid]  # (N, H)
+        if cfg.output == "dense":
+            logits = model.scores(h, None, mix)  # (N, n_items)
+            if run.trend is not None:  # eq. (5) at each target's time: the network learns the residual
+                trend = run.trend
+                logits = logits + trend.weight * trend.popularity.log_q_at(trend.times[flat.numpy()]).to(device)
+            if run.exclude_seen:
+                if seen_items is None:
+                    seen_items = torch.zeros(len(idx), model.n_items, dtype=torch.bool, device=device)
+                masks, seen_items = seen_masks(seen_items, ev.target[idx.clamp(min=0)].to(device), valid, x.reset)
+                masks = masks[valid]  # (N, n_items)
+                masks[torch.arange(len(target), device=device), target] = False
+                logits = logits.masked_fill(masks, float("-inf"))
+            return dense_softmax_loss(logits, target, weight), hidden, seen_items
+        neg, _ = run.sampler.draw(cfg.n_negatives)  # (S,) shared negatives, drawn from q
+        cand = torch.cat([target, neg])  # (N + S,) positives first: the diagonal
+        # eq. (4) correction: the log-probability that j's column is present among the
+        # N + S draws: log q_j + const for rare items, 0 for items drawn almost surely
+        n_draws = len(cand)
+        if n_draws not in run.log_incl:
+            run.log_incl[n_draws] = run.sampler.log_inclusion(n_draws)
+        extra_s = extra_i = None
+        if cfg.use_impressions and (ev.impressions[flat] >= 0).any():
+            extra_i = ev.impressions[flat].to(device)  # (N, K)
+            w_i, b_i = model.item_vectors(extra_i.clamp(min=0).reshape(-1), mix)
+            extra_s = torch.einsum("nh,nkh->nk", h, w_i.view(*extra_i.shape, -1)) + b_i.view(extra_i.shape)
+        res = sampled_softmax_loss(model.scores(h, cand, mix), cand, run.log_incl[n_draws][cand], weight,
+                                   extra_s, extra_i)
+        return res, hidden, seen_items
+
+
+def _update(run: _Run, res: LossOut, n: int, params: list[nn.Parameter], sparse_ids: set[int], epoch: int
+            ) -> tuple[float, float, int]:
+    """Backward (summed over ranks in a data-parallel run), clipping and the optimizer step:
+    (the step's mean loss, its summed cross-entropy, its events over all ranks)."""
+    cfg = run.cfg
+    for opt in run.opts:
+        opt.zero_grad(set_to_none=True)
+    if run.dist_ctx is None:
+        step_loss, step_ce = float(res.loss.detach()), float(res.ce.detach().sum())
+        if math.isfinite(step_loss):
+            res.loss.backward()
+    else:  # gradient of the rank's loss sum; the all-reduce turns it into the global mean's
+        (res.loss * max(n, 1)).backward()
+        total = run.dist_ctx.all_reduce_step(params, sparse_ids, torch.stack([
+            torch.tensor(float(n)), res.loss.detach().float().cpu() * max(n, 1), res.ce.detach().float().sum().cpu()]))
+        n = int(total[0])
+        step_loss, step_ce = float(total[1]) / max(n, 1), float(total[2])
+    if not math.isfinite(step_loss):
+        raise NonFiniteLossError(f"loss is {step_loss} at epoch {epoch + 1}, step {run.step}; "
+                                 f"lower train.lr (now {cfg.lr}) or check event values/features")
+    if cfg.grad_clip > 0:
+        _clip_grad_norm(params, cfg.grad_clip)
+    for opt in run.opts:
+        opt.step()
+    return step_loss, step_ce, n
+
+
+def _fit_epoch(run: _Run, epoch: int) -> dict:
+    """Phase 2: one pass over the training events, one truncated-BPTT step per window; the epoch's
+    training metrics."""
+    cfg, model = run.cfg, run.model
+    segments, data, mix_rng = _epoch_streams(run, epoch)
+    params = list(model.parameters())
+    sparse_ids = {id(e.weight) for e in (model.item_in, model.item_w, model.item_b) if e.sparse}
+    model.train()
+    hidden, seen_items, t0, seen, loss_sum, ce_sum, recent, lr = None, None, time.time(), 0, 0.0, 0.0, [], cfg.lr
+    bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+               leave=False, unit="step")
+    for idx_np, reset_np in user_parallel_windows(segments, cfg.batch_size, cfg.bptt):
+        idx_np, reset_np = idx_np[run.slots], reset_np[run.slots]
+        lr = _lr(cfg, run.step, run.total_steps)
+        for opt in run.opts:
+            for g in opt.param_groups:
+                g["lr"] = lr
+        idx = torch.from_numpy(idx_np)
+        x = gather_inputs(data, idx, torch.from_numpy(reset_np)).to(run.device)
+        mix = cfg.item_meta_mix if cfg.item_meta_mix is not None else float(torch.rand(1, generator=mix_rng))
+        hidden = hidden.detach() if hidden is not None else None  # truncated BPTT
+        res, hidden, seen_items = _step_loss(run, data, idx, x, mix, hidden, seen_items)
+        step_loss, step_ce, n = _update(run, res, int((idx >= 0).sum()), params, sparse_ids, epoch)
+        run.step += 1
+        seen += n
+        loss_sum += step_loss * n
+        recent.append(step_loss)
+        ce_sum += step_ce
+        if run.step % cfg.log_every == 0:
+            run.curve.append((run.step, sum(recent) / len(recent)))  # mean over the last log_every steps
+            recent = []
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.3f}", ev_s=f"{seen / max(time.time() - t0, 1e-9):,.0f}")
+    bar.close()
+    seconds = time.time() - t0
+    return {"epoch": epoch + 1, "step": run.step, "train_loss": loss_sum / max(seen, 1),
+            "train_ppl": math.exp(min(ce_sum / max(seen, 1), 50.0)), "events": seen,
+            "seconds": seconds, "events_per_s": seen / max(seconds, 1e-9), "lr": lr}
+
+
+def _validate_epoch(run: _Run, epoch: int, metrics: dict) -> tuple[dict, bool]:
+    """Phase 3: the epoch's validation (rank 0) and early stopping: (the epoch's metrics, whether they
+    improved the early-stopping metric)."""
+    cfg = run.cfg
+    if run.is_main:
+        metrics.update(validate(run.model, run.model_cfg, run.data, run.device, run.exclude_seen, run.trend))
+    if run.dist_ctx is not None:
+        metrics = run.dist_ctx.broadcast(metrics)  # every rank takes rank 0's early-stopping decision
+    run.model.train()
+    run.history.append(metrics)
+    value = metrics.get(cfg.early_stopping_metric)
+    lower_better = cfg.early_stopping_metric == "val_loss"
+    improved = value is None or run.best is None or (value < run.best if lower_better else value > run.best)
+    if improved:
+        run.best, run.bad_epochs = value, 0
+    else:
+        run.bad_epochs += 1
+    run.next_epoch = epoch + 1
+    return metrics, improved
+
+
+def _checkpoint(run: _Run, epoch: int, improved: bool, last_path: Path, best_path: Path) -> None:
+    """Phase 4: ``last.pt`` every epoch (with the optimizers, for resume), ``best.pt`` when it improved."""
+    if not run.is_main:
+        return
+    common = dict(epoch=epoch, step=run.step, best=run.best, bad_epochs=run.bad_epochs, history=run.history,
+                  curve=[list(c) for c in run.curve])
+    features, cfg, freq = run.data.features, run.cfg, run.data.events.item_freq
+    if improved:
+        save_checkpoint(best_path, run.model, features, cfg, freq, **common)
+    save_checkpoint(last_path, run.model, features, cfg, freq, optimizer=[o.state_dict() for o in run.opts], **common)
+
+
 def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = None,
           train_cfg: TrainConfig | None = None, resume: bool = False,
           on_epoch_end: Callable[[int, dict], None] | None = None, dist_ctx=None) -> TrainResult:
@@ -406,193 +492,28 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
     device = dist_ctx.device if dist_ctx is not None else resolve_device(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    rank, is_main = (dist_ctx.rank, dist_ctx.is_main) if dist_ctx is not None else (0, True)
-    slots = dist_ctx.local_slots(cfg.batch_size) if dist_ctx is not None else slice(None)
-
-    # ---- phase 1: data
-    data = prepare_data(snapshot_dir, model_cfg, cfg)
-    n_items, ev = data.features.n_items, data.events
-    n_events = int((data.train_segments[:, 1] - data.train_segments[:, 0]).sum())
-    if n_events == 0:
-        raise TrainError(f"snapshot {snapshot_dir} has no training events after the validation split")
-    exclude_seen, repeats = resolve_exclude_seen(cfg, data)
-    has_ties = bool((data.events.time_delta == 0).any())  # tie_order has nothing to shuffle otherwise
-    if cfg.output == "dense" and cfg.batch_size * cfg.bptt * n_items > cfg.max_dense_logits:
-        raise TrainError(f"dense output over {n_items:,} items needs a {cfg.batch_size * cfg.bptt:,} x "
-                         f"{n_items:,} score matrix; set train.output = 'sampled' (or a smaller batch)")
-    trend = training_trend(snapshot_dir, data, model_cfg, cfg.output)  # eq. (5) in every dense score
-    type_w = torch.tensor([cfg.default_event_weight] + [float(cfg.event_type_weights.get(t, cfg.default_event_weight))
-                                                        for t in data.features.event_types], device=device)
-    torch.manual_seed(cfg.seed)
-    model = HRNNMeta(model_cfg, data.features, data.item_cat, data.item_num).to(device)
-    opts = _optimizers(model, cfg)
-    params = list(model.parameters())
-    sparse_ids = {id(e.weight) for e in (model.item_in, model.item_w, model.item_b) if e.sparse}
-    sampler = AliasSampler(ev.item_freq, cfg.sampler_alpha, seed=cfg.seed, device=device)
-    log_incl: dict[int, torch.Tensor] = {}  # draws per step -> log inclusion probabilities
-    steps_per_epoch = math.ceil(n_events / (cfg.batch_size * cfg.bptt)) + 1
-    total_steps = steps_per_epoch * cfg.epochs
-    history: list[dict] = []
-    curve: list[tuple[int, float]] = []
-    start_epoch, step, best, bad_epochs = 0, 0, None, 0
+    run = _prepare(snapshot_dir, model_cfg, cfg, device, dist_ctx)
     if resume and last_path.exists():
-        ck = load_checkpoint(last_path, device)
-        if ck.snapshot_id != data.features.snapshot_id:
-            raise TrainError(f"{last_path} was trained on snapshot {ck.snapshot_id}, not "
-                             f"{data.features.snapshot_id}; use a new run dir")
-        if ck.raw["model_config"] != dataclasses.asdict(model_cfg):
-            raise TrainError(f"{last_path} has a different model config; use a new run dir")
-        if len(ck.raw["optimizer"]) != len(opts):
-            raise TrainError(f"{last_path} was trained with another train.output; use a new run dir")
-        model.load_state_dict(ck.model.state_dict())
-        for opt, state in zip(opts, ck.raw["optimizer"], strict=True):
-            opt.load_state_dict(state)
-        start_epoch, step = ck.raw["epoch"] + 1, ck.raw["step"]
-        best, bad_epochs = ck.raw["best"], ck.raw["bad_epochs"]
-        history, curve = list(ck.raw["history"]), [tuple(c) for c in ck.raw["curve"]]
-    lower_better = cfg.early_stopping_metric == "val_loss"
-    stopped = bad_epochs >= cfg.patience and start_epoch >= cfg.min_epochs
-
-    for epoch in range(start_epoch, cfg.epochs):
-        if stopped:
+        _resume(run, last_path)
+    for epoch in range(run.next_epoch, cfg.epochs):
+        if run.stopped:
             break
-        # ---- phase 2: batches; every random stream reseeded from (seed, epoch)
-        # dropout and negatives: a stream per rank (rank 0 = the single-process stream)
-        rank_seed = cfg.seed * 100_003 + epoch + rank * RANK_SEED_STRIDE
-        torch.manual_seed(rank_seed)
-        sampler.generator.manual_seed(rank_seed)
-        rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(2, epoch)))
-        mix_rng = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        segments = data.train_segments[rng.permutation(len(data.train_segments))]
-        if has_ties:  # the epoch's events: ties in a fresh order (same stream on every rank)
-            tie_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(3, epoch)))
-            ev = data.events.reordered(tie_order(data.events.time_delta, data.train_segments, tie_rng), n_items)
-            epoch_data = dataclasses.replace(data, events=ev)
-        else:
-            ev, epoch_data = data.events, data
-        model.train()
-        hidden, t0, seen, loss_sum, ce_sum, recent = None, time.time(), 0, 0.0, 0.0, []
-        seen_items = None  # exclude_seen: (B, n_items) items of each slot's owner so far
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
-                   leave=False, unit="step")
-        for idx_np, reset_np in user_parallel_windows(segments, cfg.batch_size, cfg.bptt):
-            # ---- phase 3: one truncated-BPTT step
-            idx_np, reset_np = idx_np[slots], reset_np[slots]  # this rank's slots (all of them alone)
-            lr = _lr(cfg, step, total_steps)
-            for opt in opts:
-                for g in opt.param_groups:
-                    g["lr"] = lr
-            idx = torch.from_numpy(idx_np)
-            valid = (idx >= 0).to(device)  # (B, T)
-            flat = idx[idx >= 0]  # (N,) event indices of the valid positions
-            x = gather_inputs(epoch_data, idx, torch.from_numpy(reset_np)).to(device)
-            target = ev.target[flat].to(device)  # (N,)
-            weight = reward_weights(ev.event_type[flat].to(device), ev.event_value[flat].to(device),
-                                    type_w, cfg.event_value_weight)  # (N,)
-            mix = cfg.item_meta_mix if cfg.item_meta_mix is not None else float(torch.rand(1, generator=mix_rng))
-            hidden = hidden.detach() if hidden is not None else None  # truncated BPTT
-            with _autocast(device):
-                out, hidden = model(x, hidden)  # (B, T, H), (L, B, H)
-                h = out[valid]  # (N, H)
-                if cfg.output == "dense":
-                    logits = model.scores(h, None, mix)  # (N, n_items)
-                    if trend is not None:  # eq. (5) at each target's time: the network learns the residual
-                        logits = logits + trend.weight * trend.popularity.log_q_at(trend.times[flat.numpy()]).to(device)
-                    if exclude_seen:
-                        if seen_items is None:
-                            seen_items = torch.zeros(len(idx), n_items, dtype=torch.bool, device=device)
-                        masks, seen_items = seen_masks(seen_items, ev.target[idx.clamp(min=0)].to(device), valid,
-                                                       x.reset)
-                        masks = masks[valid]  # (N, n_items)
-                        masks[torch.arange(len(target), device=device), target] = False
-                        logits = logits.masked_fill(masks, float("-inf"))
-                    res = dense_softmax_loss(logits, target, weight)
-                else:
-                    neg, _ = sampler.draw(cfg.n_negatives)  # (S,) shared negatives, drawn from q
-                    cand = torch.cat([target, neg])  # (N + S,) positives first: the diagonal
-                    # eq. (4) correction: the log-probability that j's column is present among the
-                    # N + S draws: log q_j + const for rare items, 0 for items drawn almost surely
-                    n_draws = len(cand)
-                    if n_draws not in log_incl:
-                        log_incl[n_draws] = sampler.log_inclusion(n_draws)
-                    cand_log_q = log_incl[n_draws][cand]  # (N + S,)
-                    extra_s = extra_i = None
-                    if cfg.use_impressions and (ev.impressions[flat] >= 0).any():
-                        extra_i = ev.impressions[flat].to(device)  # (N, K)
-                        w_i, b_i = model.item_vectors(extra_i.clamp(min=0).reshape(-1), mix)
-                        extra_s = torch.einsum("nh,nkh->nk", h, w_i.view(*extra_i.shape, -1)) + b_i.view(extra_i.shape)
-                    res = sampled_softmax_loss(model.scores(h, cand, mix), cand, cand_log_q, weight, extra_s, extra_i)
-            for opt in opts:
-                opt.zero_grad(set_to_none=True)
-            n = int(flat.numel())
-            if dist_ctx is None:
-                step_loss, step_ce = float(res.loss.detach()), float(res.ce.detach().sum())
-                if math.isfinite(step_loss):
-                    res.loss.backward()
-            else:  # gradient of the rank's loss sum; the all-reduce turns it into the global mean's
-                (res.loss * max(n, 1)).backward()
-                total = dist_ctx.all_reduce_step(params, sparse_ids, torch.stack([
-                    torch.tensor(float(n)), res.loss.detach().float().cpu() * max(n, 1), res.ce.detach().float().sum().cpu()]))
-                n = int(total[0])
-                step_loss, step_ce = float(total[1]) / max(n, 1), float(total[2])
-            if not math.isfinite(step_loss):
-                raise NonFiniteLossError(f"loss is {step_loss} at epoch {epoch + 1}, step {step}; "
-                                         f"lower train.lr (now {cfg.lr}) or check event values/features")
-            if cfg.grad_clip > 0:
-                _clip_grad_norm(params, cfg.grad_clip)
-            for opt in opts:
-                opt.step()
-            step += 1
-            seen += n
-            loss_sum += step_loss * n
-            recent.append(step_loss)
-            ce_sum += step_ce
-            if step % cfg.log_every == 0:
-                curve.append((step, sum(recent) / len(recent)))  # mean over the last log_every steps
-                recent = []
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.3f}", ev_s=f"{seen / max(time.time() - t0, 1e-9):,.0f}")
-        bar.close()
-
-        # ---- phase 4: validation, checkpoints, early stopping
-        seconds = time.time() - t0
-        metrics = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
-                   "train_ppl": math.exp(min(ce_sum / max(seen, 1), 50.0)), "events": seen,
-                   "seconds": seconds, "events_per_s": seen / max(seconds, 1e-9), "lr": lr}
-        if is_main:
-            metrics.update(validate(model, model_cfg, data, device, cfg, exclude_seen, trend))
-        if dist_ctx is not None:
-            metrics = dist_ctx.broadcast(metrics)  # every rank takes rank 0's early-stopping decision
-        model.train()
-        history.append(metrics)
-        value = metrics.get(cfg.early_stopping_metric)
-        improved = value is None or best is None or (value < best if lower_better else value > best)
-        if improved:
-            best, bad_epochs = value, 0
-        else:
-            bad_epochs += 1
-        stopped = bad_epochs >= cfg.patience and epoch + 1 >= cfg.min_epochs
-        common = dict(epoch=epoch, step=step, best=best, bad_epochs=bad_epochs, history=history,
-                      curve=[list(c) for c in curve])
-        if is_main:
-            if improved:
-                save_checkpoint(best_path, model, data.features, cfg, ev.item_freq, **common)
-            save_checkpoint(last_path, model, data.features, cfg, ev.item_freq, optimizer=[o.state_dict() for o in opts],
-                            **common)
+        metrics, improved = _validate_epoch(run, epoch, _fit_epoch(run, epoch))
+        _checkpoint(run, epoch, improved, last_path, best_path)
         if cfg.progress:
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
             tqdm.write(f"epoch {epoch + 1}: {shown}{' (best)' if improved else ''}")
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
-
-    if not is_main:
-        return TrainResult(run_dir, best_path, last_path, run_dir / "report.json", history, stopped)
+    # ---- phase 5: post-hoc (rank 0)
+    if not run.is_main:
+        return TrainResult(run_dir, best_path, last_path, run_dir / "report.json", run.history, run.stopped)
     if not last_path.exists():
         raise CheckpointError(f"{run_dir}: no epoch finished, nothing to report")
-    report = write_report(run_dir, history, curve, model_cfg, cfg, data, stopped,
+    report = write_report(run_dir, run.history, run.curve, model_cfg, cfg, run.data, run.stopped,
                           world=dist_ctx.world if dist_ctx is not None else 1,
-                          extra={"exclude_seen": exclude_seen, "repeat_share": round(repeats, 6)})
-    return TrainResult(run_dir, best_path, last_path, report, history, stopped)
+                          extra={"exclude_seen": run.exclude_seen, "repeat_share": round(run.repeats, 6)})
+    return TrainResult(run_dir, best_path, last_path, report, run.history, run.stopped)
 
 
 def write_report(run_dir: Path, history: list[dict], curve: list[tuple[int, float]], model_cfg: ModelConfig,
@@ -635,4 +556,3 @@ def best_epoch(history: list[dict], cfg: TrainConfig) -> int | None:
         return history[-1]["epoch"] if history else None
     pick = min if cfg.early_stopping_metric == "val_loss" else max
     return pick(vals, key=lambda v: v[0])[1]  # the first of equal values, as training keeps it
-
