@@ -10,7 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from hrnn_core.evaluation.protocols import (
+    PROTOCOLS,
     build_split,
+    check_protocol,
     cold_start_items,
     default_cut_time,
     leave_one_out,
@@ -278,6 +280,38 @@ def test_build_split_rejects_unknown_names_and_keys():
     with pytest.raises(ProtocolError):
         build_split("temporal", d, test_frac=0.2)
     assert build_split("leave_one_out", d, exclude_seen=False).params == {"exclude_seen": False}
+
+
+@pytest.mark.parametrize("name, params, words", [
+    ("sasrec", {}, ["unknown protocol 'sasrec'"]),
+    ("temporal", {"test_frac": 0.2}, ["test_frac"]),
+    ("temporal", {"test_fraction": "0.2"}, ["test_fraction", "'0.2'"]),
+    ("temporal", {"test_fraction": 1.0}, ["test_fraction", "1.0"]),
+    ("temporal", {"cut_time": float("nan")}, ["cut_time", "nan"]),
+    ("temporal", {"horizon": 0}, ["horizon", "0"]),
+    ("rolling", {"frame_seconds": -1}, ["frame_seconds", "-1"]),
+    ("user_holdout", {"seed": 1.5}, ["seed", "1.5"]),
+    ("user_holdout", {"seed": -1}, ["seed", "-1"]),
+    ("user_holdout", {"test_fraction": 0.6, "valid_fraction": 0.5}, ["test_fraction + valid_fraction"]),
+    ("cold_start_items", {"cold_fraction": 0}, ["cold_fraction"]),
+    ("leave_one_out", {"exclude_seen": 1}, ["exclude_seen"]),
+])
+def test_check_protocol_needs_no_data(tmp_path: Path, name, params, words):
+    """The CLI and the retrain DAG check a protocol before any ingest; build_split checks before it reads."""
+    with pytest.raises(ProtocolError) as info:
+        check_protocol(name, params)
+    for word in words:
+        assert word in str(info.value)
+    with pytest.raises(ProtocolError):
+        build_split(name, tmp_path / "no-such-snapshot", **params)  # not a missing-file error: checked first
+
+
+def test_check_protocol_fills_in_the_defaults():
+    assert check_protocol("temporal", {"test_fraction": 0.2}) == {
+        "cut_time": None, "test_fraction": 0.2, "horizon": None, "valid_fraction": 0.1, "exclude_seen": True}
+    assert check_protocol("user_holdout", {"seed": np.int64(3)})["seed"] == 3  # numpy scalars are numbers too
+    for name in PROTOCOLS:
+        check_protocol(name)
 
 
 def test_write_snapshot_and_load_from_folder(tmp_path: Path):

@@ -5,11 +5,14 @@ folder (``hrnn_core.data.transforms.export_snapshot``) or a loaded ``SnapshotDat
 ``build_split(name, snapshot, **parameters)`` picks one by name. What a Split holds and how each
 protocol fills it (``train``, ``full``, the ``valid``/``test`` cases, ``valid_train``,
 ``exclude_seen``) is described in ``hrnn_core.evaluation.splits``, where the containers live.
+``check_protocol(name, parameters)`` checks a name and its parameters without any data.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +53,7 @@ def leave_one_out(snapshot, exclude_seen: bool = True) -> Split:
     before the test event (validation event included); the validation case reads the events
     before the validation event. No rating threshold, no k-core filter.
     """
+    check_protocol("leave_one_out", {"exclude_seen": exclude_seen})
     data = _data(snapshot)
     lengths = np.diff(data.offsets)
     eligible = lengths >= 3
@@ -87,9 +91,7 @@ def default_cut_time(timestamps: np.ndarray, test_fraction: float) -> float:
 
 
 def _temporal_parts(data: SnapshotData, cut_time, test_fraction, horizon, valid_fraction, exclude_seen):
-    _check_fraction("valid_fraction", valid_fraction)
-    if horizon is not None and horizon <= 0:
-        raise ProtocolError(f"horizon must be > 0 seconds, got {horizon}")
+    # the parameters were checked by the caller (check_protocol)
     t_cut = default_cut_time(data.timestamp, test_fraction) if cut_time is None else float(cut_time)
     end = math.inf if horizon is None else t_cut + float(horizon)
     before = data.timestamp < t_cut
@@ -123,6 +125,8 @@ def temporal(snapshot, cut_time: float | None = None, test_fraction: float = 0.1
     Default T leaves the last ``test_fraction`` of events (by count) for test. Validation: the
     events in the last ``valid_fraction`` (by count) of the pre-T events, see ``Split.valid_train``.
     """
+    check_protocol("temporal", {"cut_time": cut_time, "test_fraction": test_fraction, "horizon": horizon,
+                                "valid_fraction": valid_fraction, "exclude_seen": exclude_seen})
     data = _data(snapshot)
     t_cut, full, train, freq, valid, test, vtrain, vfreq, notes = _temporal_parts(
         data, cut_time, test_fraction, horizon, valid_fraction, exclude_seen)
@@ -138,8 +142,9 @@ def rolling(snapshot, cut_time: float | None = None, test_fraction: float = 0.1,
     A model scored on a frame may use every event before the frame's start (``sequences_before``);
     only frames with at least one event are listed. ``test`` holds all frames' cases.
     """
-    if frame_seconds <= 0:
-        raise ProtocolError(f"frame_seconds must be > 0, got {frame_seconds}")
+    check_protocol("rolling", {"cut_time": cut_time, "test_fraction": test_fraction, "horizon": horizon,
+                               "frame_seconds": frame_seconds, "valid_fraction": valid_fraction,
+                               "exclude_seen": exclude_seen})
     data = _data(snapshot)
     t_cut, full, train, freq, valid, test, vtrain, vfreq, notes = _temporal_parts(
         data, cut_time, test_fraction, horizon, valid_fraction, exclude_seen)
@@ -164,11 +169,9 @@ def user_holdout(snapshot, test_fraction: float = 0.1, valid_fraction: float = 0
     is input (the paper's Table 8). Validation users: a further ``valid_fraction`` of owners, same
     scheme, kept in ``train`` (the protocol trains on all non-test users) and out of ``valid_train``.
     """
-    _check_fraction("test_fraction", test_fraction, allow_zero=False)
-    _check_fraction("valid_fraction", valid_fraction)
-    _check_fraction("target_fraction", target_fraction, allow_zero=False)
-    if test_fraction + valid_fraction >= 1.0:
-        raise ProtocolError("test_fraction + valid_fraction must be < 1")
+    check_protocol("user_holdout", {"test_fraction": test_fraction, "valid_fraction": valid_fraction, "seed": seed,
+                                    "target_fraction": target_fraction, "last_item_only": last_item_only,
+                                    "exclude_seen": exclude_seen})
     data = _data(snapshot)
     lengths = np.diff(data.offsets)
     eligible = np.flatnonzero(lengths >= 2)
@@ -218,8 +221,8 @@ def cold_start_items(snapshot, cold_fraction: float = 0.5, valid_fraction: float
     ``train``, out of ``valid_train``; valid cases rank among them and read the other warm items).
     exclude_seen has no effect here: histories hold warm items only, candidates are cold.
     """
-    _check_fraction("cold_fraction", cold_fraction, allow_zero=False)
-    _check_fraction("valid_fraction", valid_fraction)
+    check_protocol("cold_start_items", {"cold_fraction": cold_fraction, "valid_fraction": valid_fraction,
+                                        "seed": seed, "exclude_seen": exclude_seen})
     data = _data(snapshot)
     perm = np.random.default_rng(seed).permutation(data.n_items)
     n_cold = max(1, round(cold_fraction * data.n_items))
@@ -254,14 +257,68 @@ PROTOCOLS = {"leave_one_out": leave_one_out, "temporal": temporal, "user_holdout
              "cold_start_items": cold_start_items, "rolling": rolling}
 
 
-def build_split(name: str, snapshot, **params) -> Split:
-    """The protocol ``name`` (one of PROTOCOLS) with ``params``; unknown names or keys are errors."""
+def _check_type(protocol: str, key: str, value, annotation: str) -> None:
+    """``value`` fits the parameter's annotation ("float", "float | None", "int", "bool")."""
+    optional = annotation.endswith("| None")
+    kind = annotation.removesuffix("| None").strip()
+    if value is None and optional:
+        return
+    if kind == "bool":
+        ok = isinstance(value, (bool, np.bool_))
+    elif kind == "int":
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    else:  # float
+        ok = (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+              and math.isfinite(float(value)))
+    if not ok:
+        want = {"bool": "true or false", "int": "an integer"}.get(kind, "a finite number")
+        raise ProtocolError(f"{protocol}: {key} must be {want}{' or null' if optional else ''}, got {value!r}")
+
+
+def _check_values(protocol: str, p: dict) -> None:
+    """The range checks that need no data, on the full parameter set ``p`` (defaults filled in)."""
+    for key, allow_zero in (("test_fraction", False), ("cold_fraction", False), ("target_fraction", False),
+                            ("valid_fraction", True)):
+        if key in p:
+            _check_fraction(key, p[key], allow_zero=allow_zero)
+    if p.get("horizon") is not None and p["horizon"] <= 0:
+        raise ProtocolError(f"horizon must be > 0 seconds, got {p['horizon']}")
+    if "frame_seconds" in p and p["frame_seconds"] <= 0:
+        raise ProtocolError(f"frame_seconds must be > 0, got {p['frame_seconds']}")
+    if "seed" in p and p["seed"] < 0:
+        raise ProtocolError(f"seed must be >= 0, got {p['seed']}")
+    if protocol == "user_holdout" and p["test_fraction"] + p["valid_fraction"] >= 1.0:
+        raise ProtocolError("test_fraction + valid_fraction must be < 1")
+
+
+def check_protocol(name: str, params: dict | None = None) -> dict:
+    """Check a protocol and its parameters before any data is read; returns them with defaults filled in.
+
+    ``name`` must be one of PROTOCOLS, every key a parameter of that protocol, every value of the
+    parameter's type (JSON types: numbers, true/false, null where the default is null) and in its
+    range. ProtocolError says which is wrong. ``build_split`` and every protocol call this first,
+    so the CLI and the DAGs can check a protocol before they ingest, snapshot or train.
+    """
     if name not in PROTOCOLS:
         raise ProtocolError(f"unknown protocol {name!r}; choose one of {sorted(PROTOCOLS)}")
-    import inspect  # noqa: PLC0415
-
-    allowed = set(inspect.signature(PROTOCOLS[name]).parameters) - {"snapshot"}
-    unknown = set(params) - allowed
+    params = dict(params or {})
+    signature = inspect.signature(PROTOCOLS[name])
+    allowed = {k: v for k, v in signature.parameters.items() if k != "snapshot"}
+    unknown = set(params) - set(allowed)
     if unknown:
         raise ProtocolError(f"{name} has no parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    full = {k: params.get(k, v.default) for k, v in allowed.items()}
+    for key, value in full.items():
+        _check_type(name, key, value, str(allowed[key].annotation))
+    try:
+        _check_values(name, full)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{name}: {exc}") from None
+    return full
+
+
+def build_split(name: str, snapshot, **params) -> Split:
+    """The protocol ``name`` (one of PROTOCOLS) with ``params``; unknown names, keys or bad values
+    are errors (``check_protocol``), raised before the snapshot is read."""
+    check_protocol(name, params)
     return PROTOCOLS[name](snapshot, **params)
