@@ -27,6 +27,9 @@ from hrnn_core.config import Config
 def run_demo(cfg: Config, say: Callable[[str], None] = print) -> dict:
     started = time.time()
     from hrnn_core.data.datasets.load import fetch_dataset  # noqa: PLC0415
+    from hrnn_core.evaluation.checks import check_retrain_config  # noqa: PLC0415
+
+    check_retrain_config(cfg)  # a model name or gate metric the retrain cannot use fails now, not after the ingest
 
     # The demo's model store lives in the data dir too (unless the user chose one).
     os.environ.setdefault("BENTOML_HOME", str(cfg.paths.bentoml_home))

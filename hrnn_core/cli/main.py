@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from hrnn_core.cli import checks as argcheck
 from hrnn_core.cli.models import models_app
 from hrnn_core.cli.options import ConfigOpt, DataDirOpt, WarehouseOpt, cli_config, guard
 from hrnn_core.errors import HrnnError
@@ -51,7 +52,9 @@ def datasets_fetch(
     """Fetch a dataset into the data dir and convert it to contract files (checksums verified)."""
     from hrnn_core.data.datasets.load import fetch_dataset  # noqa: PLC0415
 
-    paths = fetch_dataset(cli_config(config, data_dir=data_dir), name)
+    cfg = cli_config(config, data_dir=data_dir)
+    argcheck.check_dataset(name)
+    paths = fetch_dataset(cfg, name)
     for table, path in paths.items():
         typer.echo(f"{table}: {path}")
 
@@ -66,12 +69,13 @@ def datasets_synth(
     genres: Annotated[int, typer.Option(help="Number of genres.")] = 20,
     days: Annotated[int, typer.Option(help="Days the log spans.")] = 30,
     cold_items: Annotated[float, typer.Option(help="Fraction of items created during the log.")] = 0.0,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed (>= 0).")] = 0,
     truth: Annotated[bool, typer.Option(help="Also write per-event true log-probabilities.")] = False,
 ) -> None:
     """Generate a seeded synthetic log with known ground truth (streamed to Parquet)."""
     from hrnn_core.data.datasets import synth  # noqa: PLC0415
 
+    argcheck.check_not_file(out, "--out")  # the sizes are checked by synth.SynthConfig before it writes
     paths = synth.generate(
         out, n_users=users, n_items=items, n_events=events, n_genres=genres, days=days,
         cold_items_fraction=cold_items, seed=seed, write_truth=truth,
@@ -122,7 +126,10 @@ def ingest(
     from hrnn_core.data.ingest import ingest_path  # noqa: PLC0415
 
     cfg = cli_config(config, warehouse, data_dir)
+    argcheck.check_exists(path, "--path")
+    argcheck.check_table(table)
     if dataset:
+        argcheck.check_dataset(dataset)
         if path is None:
             if dataset != "ml-100k":
                 raise ContractError(dataset, "--dataset needs --path DIR (the raw dataset folder)")
@@ -155,6 +162,8 @@ def transform(
     from hrnn_core.data.warehouse import connect, run_checks  # noqa: PLC0415
 
     cfg = cli_config(config, warehouse, data_dir)
+    argcheck.check_positive(gap, "--gap")
+    argcheck.require_warehouse(cfg)
     with connect(cfg) as con:
         n_sessions = build_sessions(con, cfg, gap)
         failed = {k: v[:3] for k, v in run_checks(con, cfg).items() if v}
@@ -177,6 +186,8 @@ def snapshot(
     from hrnn_core.data.warehouse import connect  # noqa: PLC0415
 
     cfg = cli_config(config, warehouse, data_dir)
+    argcheck.check_finite(as_of, "--as-of")
+    argcheck.require_warehouse(cfg)
     with connect(cfg) as con:
         snap = export_snapshot(con, cfg, as_of)
     typer.echo(f"snapshot {snap.snapshot_id}: {snap.n_events:,} events, {snap.n_owners:,} sequences, "
@@ -200,13 +211,26 @@ def checks(warehouse: WarehouseOpt = None, data_dir: DataDirOpt = None, config: 
         raise typer.Exit(1)
 
 
+def _config_for_dags(config: Path | None) -> None:
+    """The DAG tasks load their config from $HRNN_CONFIG: point it at --config when given."""
+    import os  # noqa: PLC0415
+
+    if config is not None:
+        os.environ["HRNN_CONFIG"] = str(Path(config).resolve())
+
+
 @app.command("demo")
 @guard
 def demo(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     """The main job on MovieLens-100k through Airflow: ingest, retrain + gate, batch export."""
     from hrnn_core.cli.demo import run_demo  # noqa: PLC0415
 
-    run_demo(cli_config(config, data_dir=data_dir), say=typer.echo)
+    from hrnn_core.evaluation.checks import check_retrain_config  # noqa: PLC0415
+
+    cfg = cli_config(config, data_dir=data_dir)
+    check_retrain_config(cfg)  # the DAGs' settings (run_demo checks them too): before the fetch and the ingest
+    _config_for_dags(config)
+    run_demo(cfg, say=typer.echo)
 
 
 @app.command("airflow")
@@ -218,8 +242,13 @@ def airflow_ui(
 ) -> None:
     """Start the Airflow UI with these DAGs (api-server, scheduler, dag-processor, triggerer)."""
     from hrnn_core.cli.local_airflow import serve_ui  # noqa: PLC0415
+    from hrnn_core.evaluation.checks import check_retrain_config  # noqa: PLC0415
 
-    serve_ui(cli_config(config, data_dir=data_dir), port)
+    cfg = cli_config(config, data_dir=data_dir)
+    argcheck.check_range(port, "--port", 1, 65535)
+    check_retrain_config(cfg)  # the DAGs' settings: fail now, not in the first nightly run
+    _config_for_dags(config)
+    serve_ui(cfg, port)
 
 
 # --------------------------------------------------------------------------- train
@@ -233,7 +262,7 @@ def train_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last epoch checkpoint.")] = False,
     device: Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda (default: train.device).")] = None,
     processes: Annotated[Optional[int], typer.Option(
-        "--processes", min=1, help="Data-parallel processes launched with torchrun (default: train.processes).")] = None,
+        "--processes", help="Data-parallel processes launched with torchrun (default: train.processes).")] = None,
     warehouse: WarehouseOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
@@ -250,10 +279,23 @@ def train_command(
     from hrnn_core.data.transforms import export_snapshot  # noqa: PLC0415
     from hrnn_core.data.warehouse import connect  # noqa: PLC0415
 
+    from hrnn_core.evaluation.checks import check_device  # noqa: PLC0415
+
     cfg = cli_config(config, warehouse, data_dir)
+    argcheck.check_finite(as_of, "--as-of")
+    argcheck.check_run_id(run_id)
+    argcheck.check_range(processes, "--processes", 1)
+    if processes and cfg.train.batch_size % processes:
+        raise argcheck.ArgumentError(f"--processes {processes} must divide train.batch_size ({cfg.train.batch_size}): "
+                                     "each process trains batch_size / processes owners")
     train_cfg = dataclasses.replace(cfg.train, device=device) if device else cfg.train
     if processes:
-        train_cfg = dataclasses.replace(train_cfg, processes=processes)
+        train_cfg = dataclasses.replace(train_cfg, processes=processes)  # ConfigError unless it divides batch_size
+    check_device(train_cfg.device, "--device" if device else "train config: device")
+    if run_id is not None and (cfg.paths.models_dir / run_id / "last.pt").exists() and not resume:
+        raise argcheck.ArgumentError(f"--run-id {run_id}: {cfg.paths.models_dir / run_id} already holds a run; "
+                                   "pass --resume or use another --run-id")
+    argcheck.require_warehouse(cfg)
     with connect(cfg) as con:
         snap = export_snapshot(con, cfg, as_of)
     if run_id is None:
@@ -302,17 +344,35 @@ def evaluate_command(
     from hrnn_core.data.transforms import export_snapshot  # noqa: PLC0415
     from hrnn_core.data.warehouse import connect  # noqa: PLC0415
 
+    from hrnn_core.evaluation.checks import check_device, check_models  # noqa: PLC0415
+    from hrnn_core.evaluation.protocols import check_protocol  # noqa: PLC0415
+
+    # Every argument first: a bad one fails here, before the fetch, the ingest and any training.
     cfg = cli_config(config, warehouse, data_dir)
+    names = check_models([m.strip() for m in models.split(",") if m.strip()], where="--models")
+    protocol_params = argcheck.parse_json_object(params, "--params")
+    check_protocol(protocol, protocol_params)
+    if {"hrnn", "gru"} & set(names):
+        check_device(cfg.train.device, "train config: device")
+    if dataset:
+        argcheck.check_dataset(dataset)
+        argcheck.check_raw_folder(dataset, path)
+    elif path is not None:
+        raise argcheck.ArgumentError(f"--path {path} needs --dataset NAME (the format of the raw folder)")
+    else:
+        argcheck.require_warehouse(cfg, "run `hrnn ingest` first or give --dataset NAME")
+    argcheck.check_not_file(chart and chart.parent, "--chart's folder")
+    argcheck.check_not_file(output and output.parent, "--output's folder")
+
     if dataset:
         cfg = ingest_dataset(cfg, dataset, path, own_warehouse=warehouse is None and data_dir is None)
     with connect(cfg) as con:
         snap = export_snapshot(con, cfg)
-    names = [m.strip() for m in models.split(",") if m.strip()]
     options = {"hrnn": {"model": cfg.model, "train": cfg.train},
                "gru": {"model": cfg.model, "train": cfg.train}}
     chart_path = chart or (output.with_suffix(".png") if output else cfg.paths.reports_dir / f"{dataset or 'warehouse'}-{protocol}.png")
     report = run_evaluation(
-        snap.path, protocol, names, dataset=dataset or "", protocol_params=json.loads(params) if params else None,
+        snap.path, protocol, names, dataset=dataset or "", protocol_params=protocol_params,
         model_options=options, seed=seed, output=output, chart_path=chart_path,
         progress=lambda msg: typer.echo(msg, err=True),
     )
@@ -342,6 +402,11 @@ def export_command(
     from hrnn_core.serving.export import export_all  # noqa: PLC0415
 
     cfg = cli_config(config, data_dir=data_dir)
+    argcheck.check_range(k, "--k", 1, 500)
+    argcheck.check_range(shards, "--shards", 1)
+    argcheck.check_not_file(out, "--out")
+    if model is not None:
+        argcheck.check_store_tag(model)
     m = export_all(cfg, model, k, shards, out)
     typer.echo(f"model {m['model_tag']}: {m['n_users']:,} users x k={m['k']} -> "
                f"{m['files']['recommendations.csv']['rows']:,} rows in {m['seconds']:.1f} s")

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from hrnn_core.cli.checks import require_warehouse
 from hrnn_core.cli.options import ConfigOpt, DataDirOpt, cli_config, guard
 
 models_app = typer.Typer(help="The model registry: list, show, promote, roll back.", no_args_is_help=True)
@@ -50,7 +51,9 @@ def models_show(
     from hrnn_core import registry  # noqa: PLC0415
     from hrnn_core.data.warehouse import connect  # noqa: PLC0415
 
-    with connect(cli_config(config, data_dir=data_dir), read_only=True) as con:
+    cfg = cli_config(config, data_dir=data_dir)
+    require_warehouse(cfg, f"no model is registered yet, so there is no {tag!r}")
+    with connect(cfg, read_only=True) as con:
         typer.echo(json.dumps(registry.show(con, tag), indent=2, default=str))
 
 
@@ -66,7 +69,9 @@ def models_promote(
     from hrnn_core import registry  # noqa: PLC0415
     from hrnn_core.data.warehouse import connect  # noqa: PLC0415
 
-    with connect(cli_config(config, data_dir=data_dir)) as con:
+    cfg = cli_config(config, data_dir=data_dir)
+    require_warehouse(cfg, f"no model is registered yet, so there is no {tag!r} to promote")
+    with connect(cfg) as con:  # registry.promote checks that TAG is registered before it writes
         previous = registry.promote(con, tag, note or "manual promotion")
     typer.echo(f"champion: {tag} (was: {previous or 'none'})")
 
@@ -82,6 +87,8 @@ def models_rollback(
     from hrnn_core import registry  # noqa: PLC0415
     from hrnn_core.data.warehouse import connect  # noqa: PLC0415
 
-    with connect(cli_config(config, data_dir=data_dir)) as con:
+    cfg = cli_config(config, data_dir=data_dir)
+    require_warehouse(cfg, "no model is registered yet: there is no champion to roll back")
+    with connect(cfg) as con:
         tag = registry.rollback(con, note)
     typer.echo(f"champion: {tag} (rolled back)")

@@ -95,14 +95,18 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.n_users >= 1 and self.n_genres >= 1, "n_users and n_genres must be >= 1"),
-            (self.n_items >= self.n_genres, "n_items must be >= n_genres"),
+            (self.n_users >= 1, f"n_users must be >= 1, got {self.n_users}"),
+            (self.n_genres >= 1, f"n_genres must be >= 1, got {self.n_genres}"),
+            (self.n_items >= self.n_genres, f"n_items must be >= n_genres ({self.n_genres}), got {self.n_items}"),
             (self.n_events >= self.n_users * self.min_events_per_user,
-             "n_events must be >= n_users * min_events_per_user"),
-            (0.0 <= self.cold_items_fraction < 1.0, "cold_items_fraction must be in [0, 1)"),
-            (0.0 <= self.epsilon <= 1.0, "epsilon must be in [0, 1]"),
-            (self.span_seconds > 4 * self.min_between_gap_s, "days too short for min_between_gap_s"),
-            (self.mean_session_events >= 1.0, "mean_session_events must be >= 1"),
+             f"n_events must be >= n_users * min_events_per_user ({self.n_users * self.min_events_per_user}), "
+             f"got {self.n_events}"),
+            (0.0 <= self.cold_items_fraction < 1.0, f"cold_items_fraction must be in [0, 1), got {self.cold_items_fraction}"),
+            (0.0 <= self.epsilon <= 1.0, f"epsilon must be in [0, 1], got {self.epsilon}"),
+            (self.span_seconds > 4 * self.min_between_gap_s,
+             f"days ({self.days}) too short for min_between_gap_s ({self.min_between_gap_s} s)"),
+            (self.mean_session_events >= 1.0, f"mean_session_events must be >= 1, got {self.mean_session_events}"),
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
         ]
         for ok, msg in checks:
             if not ok:
