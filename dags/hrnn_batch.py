@@ -42,6 +42,7 @@ def hrnn_batch_recommendations():
 
         from hrnn_core.registry import champion_from_store
 
+        _cfg()  # a missing config file, an unknown key or a bad export.k / n_shards fails here, first
         tag = champion_from_store()
         if tag is None:
             raise AirflowSkipException("no champion yet: the retrain has not promoted a model")

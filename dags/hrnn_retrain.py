@@ -1,4 +1,4 @@
-"""Nightly retrain: snapshot -> train + evaluate every model -> register -> gated promotion.
+"""Nightly retrain: check the config -> snapshot -> train + evaluate every model -> register -> gated promotion.
 
 Each model is one mapped task (HRNN-meta can be routed to GPU workers through the configured
 queue/pool); all are evaluated on the same `temporal` split of the snapshot taken at the end of
@@ -36,6 +36,15 @@ def _cfg():
     doc_md=__doc__,
 )
 def hrnn_retrain():
+    @task(retries=0)
+    def check_config() -> None:
+        """Fail first, before the snapshot, on a setting the run cannot use: an unknown model in
+        retrain.models, an unknown gate metric, bad temporal-protocol parameters, a bad device name
+        (a config file that is missing or has unknown keys already fails in load_config)."""
+        from hrnn_core.evaluation.checks import check_retrain_config
+
+        check_retrain_config(_cfg())
+
     @task(pool=POOL)
     def snapshot(data_interval_end=None) -> dict:
         """Export the training data as of the interval end (Parquet; readers never lock DuckDB)."""
@@ -83,11 +92,14 @@ def hrnn_retrain():
     # HRNN-meta gets its own task so a deployment can route it to GPU workers (config:
     # retrain.hrnn_queue / retrain.hrnn_pool, read here at parse time: config is torch-free).
     retrain_cfg = _cfg().retrain
+    checked = check_config()
     snap = snapshot()
+    kinds = baselines()
+    checked >> [snap, kinds]
     candidate = train_and_evaluate.override(
         task_id="train_hrnn", queue=retrain_cfg.hrnn_queue, pool=retrain_cfg.hrnn_pool
     )(kind="hrnn", snap=snap)
-    runs = train_and_evaluate.partial(snap=snap).expand(kind=baselines())
+    runs = train_and_evaluate.partial(snap=snap).expand(kind=kinds)
     decision = register_and_promote(snap, candidate, runs, evaluate_champion(snap))
     champion_changed(decision) >> announce(decision)
 

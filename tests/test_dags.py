@@ -45,8 +45,8 @@ def test_dagbag_imports_cleanly_without_heavy_modules(tmp_path):
         f"before = set(sys.modules)\n"
         f"bag = DagBag(dag_folder={str(DAGS)!r})\n"
         f"heavy = sorted(m for m in set(sys.modules) - before if m.split('.')[0] in {HEAVY!r})\n"
-        "dags = {d: {'tags': sorted(bag.dags[d].tags), 'retries': [t.retries for t in bag.dags[d].tasks]}"
-        " for d in bag.dags}\n"
+        "dags = {d: {'tags': sorted(bag.dags[d].tags), 'retries': {t.task_id: t.retries for t in bag.dags[d].tasks},"
+        " 'roots': sorted(t.task_id for t in bag.dags[d].roots)} for d in bag.dags}\n"
         "print(json.dumps({'errors': {k: str(v) for k, v in bag.import_errors.items()}, 'heavy': heavy, 'dags': dags}))\n"
     )
     env = airflow_env(tmp_path, tmp_path)
@@ -58,6 +58,60 @@ def test_dagbag_imports_cleanly_without_heavy_modules(tmp_path):
     assert "hrnn_ingest" in out["dags"]
     for dag_id, info in out["dags"].items():
         assert "hrnn" in info["tags"], dag_id
+    # Bad settings fail first: the retrain's config check is its only root (before the snapshot),
+    # and a bad config is not transient (no retries).
+    assert out["dags"]["hrnn_retrain"]["roots"] == ["check_config"]
+    assert out["dags"]["hrnn_retrain"]["retries"]["check_config"] == 0
+    assert out["dags"]["hrnn_ingest"]["roots"] == ["find_new_files"]  # loads the config first
+    assert out["dags"]["hrnn_batch_recommendations"]["roots"] == ["champion", "shards"]
+
+
+@pytest.mark.parametrize("toml, names", [
+    ('[retrain]\nmodels = ["hrnn", "sasrec"]\n', ["retrain config: models", "unknown model 'sasrec'"]),
+    ('[retrain]\nmodels = ["hrnn", "pop", "pop"]\n', ["pop", "more than once"]),
+    ('[retrain]\ngate_metric = "ndcg@11"\n', ["gate_metric 'ndcg@11'"]),
+    ('[retrain]\ngate_metric = "coverage@10"\n', ["gate_metric 'coverage@10'"]),  # no per-event values
+    ('[train]\ndevice = "gpu"\n', ["train config: device", "'gpu'"]),
+    ('[retrain]\nmodels = ["pop"]\n', ["must include hrnn"]),  # load_config's own checks
+    ('[retrain]\nmodles = ["hrnn"]\n', ["modles"]),
+    ('[retrain]\ntest_fraction = 1.5\n', ["test_fraction"]),
+])
+def test_retrain_config_check_names_the_bad_setting(tmp_path, toml, names):
+    """What the retrain DAG's first task (check_config) runs, without Airflow."""
+    from hrnn_core.config import load_config
+    from hrnn_core.errors import HrnnError
+    from hrnn_core.evaluation.checks import check_retrain_config
+
+    conf = tmp_path / "hrnn.toml"
+    conf.write_text(toml)
+    with pytest.raises(HrnnError) as info:
+        check_retrain_config(load_config(conf, environ={}))
+    for name in names:
+        assert name in str(info.value)
+
+
+def test_retrain_config_check_accepts_the_defaults_and_a_gpu_name_anywhere():
+    from hrnn_core.config import load_config
+    from hrnn_core.evaluation.checks import check_retrain_config
+
+    check_retrain_config(load_config(environ={}))
+    # HRNN-meta may train on a GPU worker (retrain.hrnn_queue): the check task need not have one
+    check_retrain_config(load_config(overrides={"train": {"device": "cuda:1"}}, environ={}))
+
+
+def test_retrain_dag_fails_on_a_bad_setting_before_the_snapshot(airflow_home, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    conf = tmp_path / "hrnn.toml"
+    conf.write_text('[retrain]\nmodels = ["hrnn", "sasrec"]\n')
+    env = airflow_env(airflow_home, data)
+    env["HRNN_CONFIG"] = str(conf)
+    proc = subprocess.run([AIRFLOW, "dags", "test", "hrnn_retrain", "2026-11-23T00:00:00+00:00"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "unknown model 'sasrec'" in proc.stdout + proc.stderr
+    # the snapshot task never ran: no warehouse opened, no snapshot, no run folder
+    assert sorted(p.name for p in data.iterdir()) == []
 
 
 def run_dag(home: Path, data_dir: Path, dag_id: str, logical_date: str) -> subprocess.CompletedProcess:
