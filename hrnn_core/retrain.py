@@ -50,7 +50,8 @@ def make_snapshot(cfg: Config, interval_end: float) -> dict:
 
 
 def _split(cfg: Config, snapshot_path: str):
-    from hrnn_core.evaluation.protocols import SnapshotData, build_split  # noqa: PLC0415
+    from hrnn_core.evaluation.protocols import build_split  # noqa: PLC0415
+    from hrnn_core.evaluation.splits import SnapshotData  # noqa: PLC0415
 
     horizon = cfg.retrain.test_horizon_hours
     return build_split("temporal", SnapshotData.load(Path(snapshot_path)),

@@ -19,7 +19,8 @@ from hrnn_core.data.warehouse import connect
 from hrnn_core.errors import HrnnError
 from hrnn_core.evaluation.harness import evaluate_split, train_data
 from hrnn_core.evaluation.hrnn_scorer import HRNNScorer
-from hrnn_core.evaluation.protocols import SnapshotData, build_split
+from hrnn_core.evaluation.protocols import build_split
+from hrnn_core.evaluation.splits import SnapshotData
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

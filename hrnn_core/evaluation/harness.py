@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 from hrnn_core.evaluation.baselines.base import ScoreBatch, Scorer, TrainData
 from hrnn_core.errors import HrnnError
 from hrnn_core.evaluation.metrics import DEFAULT_KS, Accumulator, paired_test
-from hrnn_core.evaluation.protocols import Cases, Split, SnapshotData, build_split
+from hrnn_core.evaluation.protocols import build_split
+from hrnn_core.evaluation.splits import Cases, SnapshotData, Split
 
 DEFAULT_MODELS = ("hrnn", "pop", "recent_pop", "bpr", "fm", "gru")
 HEADLINE = ("ndcg@10", "recall@10", "mrr@10", "precision@10", "coverage@10", "ppl")

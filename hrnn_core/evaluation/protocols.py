@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-# Cases, SnapshotData and Split are also imported from here by harness.py and retrain.py.
 from hrnn_core.evaluation.splits import Cases, Frame, ProtocolError, SnapshotData, Split, select_events
 
 
