@@ -44,8 +44,7 @@ from hrnn_core.model.trend import WindowedPopularity
 
 PLAIN_GRU = {  # the ablation the paper compares against: items and order only
     "use_time_delta": False, "use_feedback": False, "use_user_features": False, "use_user_id": False,
-    "user_id_output": False, "user_id_dropout": 0.0, "use_context": False, "use_item_meta": False, "trend_weight": 0.0,
-    "trend_train": False,
+    "use_context": False, "use_item_meta": False, "trend_weight": 0.0,
 }
 
 
