@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hrnn_core.config import REPO_ROOT, Config
 from hrnn_core.errors import HrnnError
+from hrnn_core.procs import run_group, stop_tree
 
 POOL = "hrnn_warehouse"  # single writer of the DuckDB file (see dags/)
 
@@ -52,7 +53,7 @@ def env(cfg: Config, port: int = 8080) -> dict[str, str]:
 
 
 def run(cfg: Config, *args: str, timeout: float = 3600, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([airflow_bin(), *args], env=env(cfg), capture_output=True, text=True, timeout=timeout)
+    proc = run_group([airflow_bin(), *args], env=env(cfg), timeout=timeout)  # an interrupted demo stops it too
     if check and proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
         raise AirflowError(f"`airflow {' '.join(args)}` failed (exit {proc.returncode}):\n{tail}")
@@ -92,16 +93,7 @@ def serve_ui(cfg: Config, port: int = 8080) -> None:
 
     def stop(*_args) -> None:
         for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + 15
-        for p in procs:
-            try:
-                p.wait(max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+            stop_tree(p, grace=15.0)
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)

@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from hrnn_core.errors import HrnnError
+from hrnn_core.procs import run_group
 
 
 class DistributedError(HrnnError):
@@ -161,7 +162,7 @@ def train_distributed(snapshot_dir: Path, run_dir: Path, model_cfg, train_cfg, r
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: keep gloo's traffic on loopback
     log = Path(log) if log else run_dir / "ddp.log"
     with log.open("w") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
+        proc = run_group(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)  # stops with this process
     if proc.returncode != 0:
         tail = log.read_text()[-3000:]
         raise DistributedError(f"distributed training ({n} processes) failed with exit code {proc.returncode}; "
