@@ -27,6 +27,7 @@ from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.errors import HrnnError
 from hrnn_core.model.features import HOLDOUT_FILE, EncodedEvents, FeatureSpace, encode_events
 from hrnn_core.model.network import StepInputs
+from hrnn_core.model.steps import gather_steps
 
 
 class TrainError(HrnnError):
@@ -117,14 +118,8 @@ def user_parallel_windows(segments: np.ndarray, batch_size: int, bptt: int
 
 
 def gather_inputs(data: TrainData, idx: torch.Tensor, reset: torch.Tensor) -> StepInputs:
-    """(B, T) event indices (-1 padding) -> model inputs."""
-    ev, safe = data.events, idx.clamp(min=0)
-    user = data.event_user[safe]  # (B, T)
-    return StepInputs(
-        prev_item=ev.prev_item[safe], prev_type=ev.prev_type[safe], prev_value=ev.prev_value[safe],
-        time_bucket=ev.time_bucket[safe], context=ev.context[safe],
-        user_cat=ev.user_cat[user], user_num=ev.user_num[user], reset=reset,
-    )
+    """(B, T) event indices (-1 padding) -> model inputs (``hrnn_core.model.steps.gather_steps``)."""
+    return gather_steps(data.events, idx, data.event_user[idx.clamp(min=0)], reset)
 
 
 def repeat_share(data: TrainData) -> float:
