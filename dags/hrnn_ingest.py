@@ -2,7 +2,8 @@
 
 New files (uploads, the service's closed event logs) are validated with Great Expectations and
 loaded one per mapped task; bad rows are quarantined, a file that breaks the contract fails its
-task with the reason. Then sessions are rebuilt and the data checks run. Tasks that
+task with the reason. Then sessions are rebuilt and the data checks run, and the loaded files move
+to the landing archive (kept `ingest.archive_retention_days`). Tasks that
 write the DuckDB file run in the `hrnn_warehouse` pool (1 slot): a single writer.
 Heavy imports stay inside the tasks (this file is parsed every ~30 s).
 """
@@ -52,7 +53,15 @@ def hrnn_ingest():
 
         return transform_warehouse(load_config())
 
-    transform(ingest.expand(path=find_new_files()))
+    @task(trigger_rule="none_failed")  # a failed load fails the run (the next run archives what loaded)
+    def archive(_: dict | None = None) -> dict:
+        """Move what the warehouse now holds out of the landing folder (kept ingest.archive_retention_days)."""
+        from hrnn_core.config import load_config
+        from hrnn_core.data.pipeline import archive_ingested
+
+        return archive_ingested(load_config())
+
+    archive(transform(ingest.expand(path=find_new_files())))
 
 
 hrnn_ingest()

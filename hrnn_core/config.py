@@ -52,6 +52,11 @@ class PathsConfig:
         return Path(self.data_dir) / "landing"
 
     @property
+    def landing_archive_dir(self) -> Path:
+        """Landing files once the warehouse holds them, one folder per day (ingest.archive_retention_days)."""
+        return Path(self.data_dir) / "landing-archive"
+
+    @property
     def runs_dir(self) -> Path:
         """The nightly retrain's models, one folder per snapshot id."""
         return Path(self.data_dir) / "runs"
@@ -108,6 +113,11 @@ class IngestConfig:
     memory_limit: str = "3GB"  # DuckDB memory limit for ingest and transforms
     threads: int = 2  # DuckDB worker threads
     lock_wait_seconds: float = 60.0  # retry opening a warehouse another process writes this long, then fail clearly
+    archive_retention_days: float = 14.0  # ingested landing files are archived, deleted after this (> champion's age)
+
+    def __post_init__(self) -> None:
+        if self.archive_retention_days <= 0:
+            raise ConfigError("ingest config: archive_retention_days must be > 0")
 
 
 # Settings earlier versions had whose chosen value is now the code's behaviour (docs/benchmarks.md, "How the
@@ -264,6 +274,7 @@ class ServeConfig:
     segment_max_seconds: float = 300.0  # ... or when its first event is this old (also checked in background)
     champion_check_seconds: float = 30.0  # how often the model store is polled for a new champion (0 = never)
     default_num_results: int = 25  # num_results of a request that gives none
+    log_overlap_seconds: float = 86_400.0  # logged events kept from this long before the model's cut (late ingests)
 
     def __post_init__(self) -> None:
         checks = [
@@ -273,6 +284,7 @@ class ServeConfig:
             (self.segment_max_events >= 1 and self.segment_max_seconds > 0,
              "segment_max_events must be >= 1 and segment_max_seconds > 0"),
             (self.champion_check_seconds >= 0, "champion_check_seconds must be >= 0 (0 = never)"),
+            (self.log_overlap_seconds >= 0, "log_overlap_seconds must be >= 0"),
             (1 <= self.default_num_results <= 500, "default_num_results must be in [1, 500]"),
         ]
         for ok, msg in checks:

@@ -142,6 +142,8 @@ def test_ingest_dag_end_to_end_and_idempotent(airflow_home, tmp_path):
         assert con.execute("select reason from quarantine").fetchall() == [("missing item_id",)]
         assert con.execute("select count(*) from sessions").fetchall()[0][0] == 2
         before = {t: table_checksum(con, t, "all") for t in tables}
+    assert not [p for p in landing.rglob("*") if p.is_file()]  # loaded files left the landing folder...
+    assert sorted(p.name for p in cfg.paths.landing_archive_dir.rglob("*.csv")) == ["interactions_1.csv", "items_1.csv"]
     # The same interval again: nothing new to load, identical tables.
     proc = run_dag(airflow_home, data, "hrnn_ingest", "2026-11-27T08:00:00+00:00")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

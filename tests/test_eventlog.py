@@ -215,3 +215,36 @@ def test_ingest_while_the_service_writes_loads_every_event_exactly_once(tmp_path
         rows = con.execute('select user_id, item_id, "timestamp" from interactions').fetchall()
     assert cycles >= 2 and len(acked) == n_batches * 3
     assert sorted(rows) == sorted((e.user_id, e.item_id, e.timestamp) for e in acked)  # each once, none lost
+
+
+def test_the_landing_folder_keeps_only_what_is_still_to_load(tmp_path: Path) -> None:
+    """archive_ingested moves what the warehouse holds to the archive (by day) and deletes days past the
+    retention; the log still reads archived segments, from a given time on."""
+    from hrnn_core.config import load_config
+    from hrnn_core.data.pipeline import archive_ingested, find_new_files, ingest_one
+
+    cfg = load_config(overrides={"paths": {"data_dir": str(tmp_path)}, "ingest": {"archive_retention_days": 2}},
+                      environ={})
+    log = EventLog(cfg.paths.landing_dir, archive=cfg.paths.landing_archive_dir)
+    log.append([ev(1)])
+    first = log.rotate()
+    for path in find_new_files(cfg):
+        ingest_one(cfg, path)
+    log.append([ev(2)])
+    second = log.rotate()  # closed, not ingested yet
+    now = time.time()
+    assert archive_ingested(cfg, now=now) == {"archived": 1, "days_deleted": 0}
+    assert [p.name for p in ingestable(cfg.paths.landing_dir)] == [second.name]  # only what is still to load
+    assert [e.item_id for e in log.read_all()] == ["i1", "i2"]  # the log reads its archived segments too
+    assert [p.name for p in log.segments(since=now + 3600)] == []
+    assert [p.name for p in log.segments(since=now - 3600)] == [first.name, second.name]
+    assert find_new_files(cfg) == [str(second)]
+    assert archive_ingested(cfg, now=now + 3 * 86_400) == {"archived": 0, "days_deleted": 1}  # past retention
+    assert [e.item_id for e in log.read_all()] == ["i2"]
+
+
+def test_owner_index_forgets_what_the_model_holds() -> None:
+    index = OwnerIndex()
+    index.add([ev(1, user="a"), ev(5, user="a"), ev(2, user="b")])
+    assert index.forget_before(1_700_000_003.0) == 2
+    assert index.n_events == 1 and len(index) == 1 and [e.item_id for e in index.events_of("a")] == ["i5"]

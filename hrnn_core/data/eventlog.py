@@ -139,8 +139,9 @@ def _csv_line(values: Iterable[str]) -> str:
 class EventLog:
     """Append-only, fsync'ed event log in ``folder`` (the landing folder); thread-safe."""
 
-    def __init__(self, folder: Path, max_events: int = 10_000, max_seconds: float = 300.0):
+    def __init__(self, folder: Path, max_events: int = 10_000, max_seconds: float = 300.0, archive: Path | None = None):
         self.folder = Path(folder)
+        self.archive = Path(archive) if archive is not None else None  # ingested segments (pipeline.archive_ingested)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.max_events = max_events
         self.max_seconds = max_seconds
@@ -256,18 +257,30 @@ class EventLog:
             closed.append(_publish(path))
         return closed
 
-    def segments(self) -> list[Path]:
-        """Closed segments of this log (any process), oldest name first."""
-        return sorted(self.folder.glob(f"{CLOSED_PREFIX}*.csv"))
+    def segments(self, since: float | None = None) -> list[Path]:
+        """Closed segments of this log (any process; the archive's too), oldest first; with ``since``, only
+        those closed at or after it (an earlier one holds no event from ``since`` on)."""
+        found = list(self.folder.glob(f"{CLOSED_PREFIX}*.csv"))
+        if self.archive is not None and self.archive.exists():
+            found += self.archive.glob(f"*/{CLOSED_PREFIX}*.csv")
+        stamped = sorted((_closed_at(p), p.name, p) for p in found)
+        return [p for at, _, p in stamped if since is None or at >= since]
 
-    def read_all(self) -> Iterator[LoggedEvent]:
-        """Every event of the closed segments and of this process's open segment, in log order."""
-        paths = self.segments()
+    def read_all(self, since: float | None = None) -> Iterator[LoggedEvent]:
+        """The events of the closed segments (closed at or after ``since``) and of this process's open
+        segment, in log order."""
+        paths = self.segments(since)
         with self._lock:
             if self._segment is not None:
                 paths.append(self._segment.path)
         for path in paths:
             yield from read_segment(path)
+
+
+def _closed_at(path: Path) -> float:
+    """When a closed segment was published (the UTC time in its name, see ``_publish``)."""
+    stamp = path.name[len(CLOSED_PREFIX):].split("_")[0]
+    return datetime.strptime(stamp, "%Y%m%dT%H%M%S%fZ").replace(tzinfo=timezone.utc).timestamp()
 
 
 def _publish(path: Path) -> Path:
@@ -322,6 +335,19 @@ class OwnerIndex:
             for e in events:
                 self._by_owner.setdefault(e.owner, []).append(e)
                 self._all.append(e)
+
+    def forget_before(self, t: float) -> int:
+        """Drop events with a timestamp before ``t`` (the served model's history holds them); how many."""
+        with self._lock:
+            before = len(self._all)
+            self._all = [e for e in self._all if e.timestamp >= t]
+            for owner in list(self._by_owner):
+                kept = [e for e in self._by_owner[owner] if e.timestamp >= t]
+                if kept:
+                    self._by_owner[owner] = kept
+                else:
+                    del self._by_owner[owner]
+            return before - len(self._all)
 
     def all_events(self) -> list[LoggedEvent]:
         with self._lock:

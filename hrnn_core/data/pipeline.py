@@ -29,13 +29,7 @@ def find_new_files(cfg: Config) -> list[str]:
     from hrnn_core.hashing import file_sha256  # noqa: PLC0415
     from hrnn_core.data.warehouse import connect, table_exists  # noqa: PLC0415
 
-    folder = cfg.paths.landing_dir
-    if not folder.exists():
-        return []
-    candidates = [
-        p for p in folder.rglob("*")
-        if p.is_file() and p.name.endswith(LANDING_SUFFIXES) and not p.name.startswith(".")
-    ]
+    candidates = _landing_files(cfg.paths.landing_dir)
     if not candidates:
         return []
     done: set[str] = set()
@@ -47,6 +41,13 @@ def find_new_files(cfg: Config) -> list[str]:
     new = [p for p in candidates if file_sha256(p) not in done]
     new.sort(key=lambda p: (next((v for k, v in order.items() if p.name.startswith(k)), 2), str(p)))
     return [str(p) for p in new]
+
+
+def _landing_files(folder: Path) -> list[Path]:
+    """Published contract files under ``folder`` (names starting with '.' or ending in '.tmp' are being written)."""
+    if not folder.exists():
+        return []
+    return [p for p in folder.rglob("*") if p.is_file() and p.name.endswith(LANDING_SUFFIXES) and not p.name.startswith(".")]
 
 
 def table_for(path: str | Path) -> str:
@@ -79,3 +80,39 @@ def transform_warehouse(cfg: Config) -> dict:
     if failed:
         raise WarehouseError(f"warehouse checks failed after the transform: {failed}")
     return {"sessions": n_sessions}
+
+
+def archive_ingested(cfg: Config, now: float | None = None) -> dict:
+    """Move landing files the warehouse already holds (by checksum) to ``paths.landing_archive_dir/<UTC day>/``
+    and delete archived days older than ``ingest.archive_retention_days``. The landing folder then holds only
+    what is still to load, so its scan (and the service's start-up read of its event log) does not grow with
+    the log's age; the archive keeps the recent days the service re-reads (``EventLog.read_all``)."""
+    import shutil  # noqa: PLC0415
+    import time  # noqa: PLC0415
+    from datetime import datetime, timezone  # noqa: PLC0415
+
+    from hrnn_core.data.warehouse import connect, table_exists  # noqa: PLC0415
+    from hrnn_core.hashing import file_sha256  # noqa: PLC0415
+
+    now = time.time() if now is None else now
+    landing, archive = cfg.paths.landing_dir, cfg.paths.landing_archive_dir
+    done: set[str] = set()
+    if cfg.paths.warehouse_path.exists():
+        with connect(cfg, read_only=True) as con:
+            if table_exists(con, "ingestion_batches"):
+                done = {r[0] for r in con.execute("select checksum from ingestion_batches").fetchall()}
+    day = archive / datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
+    moved = 0
+    for path in _landing_files(landing):
+        if file_sha256(path) in done:
+            target = day / path.relative_to(landing)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.rename(target)  # same file system: atomic, and the ingest scan never sees half a move
+            moved += 1
+    deleted = 0
+    cutoff = datetime.fromtimestamp(now - cfg.ingest.archive_retention_days * 86_400.0, timezone.utc).strftime("%Y-%m-%d")
+    for folder in sorted(archive.glob("????-??-??")) if archive.exists() else []:
+        if folder.name < cutoff:
+            shutil.rmtree(folder)
+            deleted += 1
+    return {"archived": moved, "days_deleted": deleted}
