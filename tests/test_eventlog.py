@@ -248,3 +248,6 @@ def test_owner_index_forgets_what_the_model_holds() -> None:
     index.add([ev(1, user="a"), ev(5, user="a"), ev(2, user="b")])
     assert index.forget_before(1_700_000_003.0) == 2
     assert index.n_events == 1 and len(index) == 1 and [e.item_id for e in index.events_of("a")] == ["i5"]
+    index.prepend([ev(1, user="a"), ev(2, user="b")])  # an older model is served again: its overlap comes back
+    assert [e.item_id for e in index.events_of("a")] == ["i1", "i5"] and [e.item_id for e in index.all_events()] == [
+        "i1", "i2", "i5"]

@@ -48,7 +48,7 @@ class EventLogError(HrnnError):
     """The event log cannot be written or read (disk full, bad segment, invalid event)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LoggedEvent:
     """One interaction as the log stores it (one CSV row)."""
 
@@ -335,6 +335,17 @@ class OwnerIndex:
             for e in events:
                 self._by_owner.setdefault(e.owner, []).append(e)
                 self._all.append(e)
+
+    def prepend(self, events: Iterable[LoggedEvent]) -> None:
+        """Add events older than every event held (in log order), e.g. when an older model is served again."""
+        events = list(events)
+        with self._lock:
+            older: dict[str, list[LoggedEvent]] = {}
+            for e in events:
+                older.setdefault(e.owner, []).append(e)
+            for owner, mine in older.items():
+                self._by_owner[owner] = mine + self._by_owner.get(owner, [])
+            self._all = events + self._all
 
     def forget_before(self, t: float) -> int:
         """Drop events with a timestamp before ``t`` (the served model's history holds them); how many."""
