@@ -3,7 +3,7 @@
 Endpoints (JSON; request models below, extra fields forbidden, every number finite):
 
 * ``POST /recommend``        top-k items for a user/session with filters and reasons
-* ``POST /recommend_batch``  a list of /recommend requests (adaptive batching)
+* ``POST /recommend_batch``  a list of /recommend requests (one scoring product)
 * ``POST /events``           record up to 100 events (durable before the 200), advance the state
 * ``POST /similar_items``    item-to-item by cosine between decoder item vectors
 * ``GET  /model``            the model being served: tag, training interval, metrics
@@ -24,7 +24,9 @@ Configuration: ``hrnn_core.config`` (``[serve]`` in the TOML file, ``HRNN__SERVE
 
 from __future__ import annotations
 
+import functools
 import hmac
+import json
 import logging
 import math
 import os
@@ -38,9 +40,12 @@ from typing import Annotated, Any, Optional
 
 import bentoml
 import torch
-from bentoml.exceptions import InvalidArgument, NotFound, ServiceUnavailable
+from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound, ServiceUnavailable
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StringConstraints, ValidationError,
+    field_validator, model_validator,
+)
 from starlette.responses import JSONResponse
 
 from hrnn_core.config import load_config
@@ -55,6 +60,23 @@ from hrnn_core.serving.recommend import (
 from hrnn_core.registry import NAMES, champion_from_store
 
 log = logging.getLogger("hrnn.service")
+
+
+class ClientErrorLog(logging.Filter):
+    """BentoML logs each request that fails validation (a 400) as an ERROR with a traceback of some 60 lines, so a
+    client sending bad requests fills the log: one INFO line per request instead (its access log line follows)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ValidationError):
+            record.msg, record.args = "%s: %d validation error(s), answered 400", (
+                record.getMessage().replace("Exception on", "Invalid request to"), exc.error_count())
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLog())  # where BentoML's log_exception logs
 CONFIG = load_config()  # read once at import: the bind address and thread count are service options
 MODEL_NAME = NAMES["hrnn"]
 MAX_EVENTS_PER_CALL = 100
@@ -66,8 +88,35 @@ _NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"  # ids and values travel into CSV files and
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=_NO_CONTROL)]
 FieldName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")]
 Value = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")]
-Context = Annotated[dict[FieldName, Value], Field(max_length=16)]
+# The OpenAPI schema says what validation enforces, as far as a schema can (schemathesis generates requests from
+# it): a key a dict does not name is refused; a time is in [min_timestamp, now + max_future_seconds], of which
+# the schema gives the minimum (no fixed maximum holds while "now" moves: the schema would refuse less than
+# the service, which schemathesis rightly reports) and an example.
+ONLY_NAMED_KEYS = {"additionalProperties": False}
+Context = Annotated[dict[FieldName, Value], Field(max_length=16, json_schema_extra=ONLY_NAMED_KEYS)]
 RESERVED = {"user_id", "session_id", "item_id", "timestamp", "event_type", "event_value", "impression"}
+# The model standardizes an event value in float32 without clipping (hrnn_core.model.features): past ~1e38 x its
+# std the input was inf and every score NaN, for good once such an event was logged. Real values (ratings, prices,
+# dwell seconds) are far inside this bound.
+MAX_EVENT_VALUE = 1e15
+# Numbers, flags and counts as the schema types them (pydantic's lax mode took true and "3" as numbers, "yes"
+# as a flag); a count may be written 3.0, which JSON Schema counts as an integer (3.5 is refused).
+Number = StrictFloat
+Flag = StrictBool
+
+
+def _not_bool_or_str(v: Any) -> Any:
+    if isinstance(v, (bool, str)):
+        raise ValueError("must be a JSON number")
+    return v
+
+
+Count = Annotated[int, Field(ge=1, le=MAX_RESULTS), BeforeValidator(_not_bool_or_str)]
+TIME_RANGE = {"minimum": CONFIG.ingest.min_timestamp, "examples": [1_700_000_000.0],
+              "description": f"epoch seconds, at most now + {CONFIG.ingest.max_future_seconds:.0f}"}
+# a BentoML tag, name[:version] (bentoml._internal.tag.tag_regex; 63 characters each)
+_TAG_PART = r"[a-z0-9](?:[-._a-z0-9]{0,61}[a-z0-9])?"
+Tag = Annotated[str, StringConstraints(max_length=127, pattern=rf"^{_TAG_PART}(?::{_TAG_PART})?$")]
 
 
 def _check_time(t: float, what: str) -> float:
@@ -86,10 +135,11 @@ class Strict(BaseModel):
 
 class EventIn(Strict):
     item_id: Id
-    timestamp: float  # epoch seconds
+    timestamp: Annotated[Number, Field(json_schema_extra=TIME_RANGE)]  # epoch seconds
     event_type: Optional[Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_NO_CONTROL)]] = None
-    event_value: Optional[float] = None
-    context: Optional[Context] = None  # request context fields (device, locale, ...)
+    event_value: Optional[Annotated[Number, Field(ge=-MAX_EVENT_VALUE, le=MAX_EVENT_VALUE)]] = None
+    context: Annotated[Optional[Context], Field(json_schema_extra={"propertyNames": {"not": {"enum": sorted(RESERVED)}}})
+                       ] = None  # request context fields (device, locale, ...)
     impression: Optional[Annotated[list[Annotated[str, StringConstraints(
         min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f|]+$")]], Field(max_length=100)]] = None
 
@@ -122,8 +172,8 @@ class EventsRequest(Owner):
 
 
 class NumericRange(Strict):
-    min: Optional[float] = None
-    max: Optional[float] = None
+    min: Optional[Number] = None
+    max: Optional[Number] = None
 
     @model_validator(mode="after")
     def _order(self) -> NumericRange:
@@ -136,8 +186,9 @@ class ItemFilters(Strict):
     include_items: Optional[Annotated[list[Id], Field(max_length=10_000)]] = None  # only these items
     exclude_items: Annotated[list[Id], Field(max_length=10_000)] = []  # never these items
     metadata: Annotated[dict[FieldName, Annotated[list[Value], Field(min_length=1, max_length=100)]],
-                        Field(max_length=16)] = {}  # e.g. {"genres": ["Comedy", "Drama"]}: any of them
-    numeric: Annotated[dict[FieldName, NumericRange], Field(max_length=16)] = {}  # e.g. {"price": {"max": 10}}
+                        Field(max_length=16, json_schema_extra=ONLY_NAMED_KEYS)] = {}  # e.g. {"genres": ["Comedy", "Drama"]}: any of them
+    numeric: Annotated[dict[FieldName, NumericRange], Field(max_length=16, json_schema_extra=ONLY_NAMED_KEYS)
+                       ] = {}  # e.g. {"price": {"max": 10}}
 
     def to_filters(self, exclude_seen: bool) -> Filters:
         return Filters(
@@ -149,14 +200,14 @@ class ItemFilters(Strict):
 
 
 class UserFilters(ItemFilters):
-    exclude_seen: bool = True  # drop the items of the user's events
+    exclude_seen: Flag = True  # drop the items of the user's events
 
 
 class RecommendRequest(Owner):
     recent_events: Annotated[list[EventIn], Field(max_length=MAX_EVENTS_PER_CALL)] = []  # applied for this request only
     context: Optional[Context] = None  # this request's context (default: the user's latest)
-    at_time: Optional[float] = None  # epoch seconds of the request (default: now)
-    num_results: Annotated[int, Field(ge=1, le=MAX_RESULTS)] = CONFIG.serve.default_num_results
+    at_time: Annotated[Optional[Number], Field(json_schema_extra=TIME_RANGE)] = None  # epoch seconds of the request (default: now)
+    num_results: Count = CONFIG.serve.default_num_results
     filters: UserFilters = Field(default_factory=UserFilters)
 
     @field_validator("at_time")
@@ -167,12 +218,12 @@ class RecommendRequest(Owner):
 
 class SimilarItemsRequest(Strict):
     item_id: Id
-    num_results: Annotated[int, Field(ge=1, le=MAX_RESULTS)] = CONFIG.serve.default_num_results
+    num_results: Count = CONFIG.serve.default_num_results
     filters: ItemFilters = Field(default_factory=ItemFilters)
 
 
 class ReloadRequest(Strict):
-    tag: Optional[Id] = None  # a model tag to serve (pinned); None: follow the store's champion
+    tag: Optional[Tag] = None  # a model tag to serve (pinned); None: follow the store's champion
 
 
 class ItemOut(BaseModel):
@@ -212,9 +263,33 @@ class ModelUnavailable(ServiceUnavailable):
     """No model can be loaded or the event log cannot be written (HTTP 503)."""
 
 
+def error_response(status: int, message: str, **headers: str) -> JSONResponse:
+    """Every error the service gives: ``{"error": message}`` (the OpenAPI schema's ``Error``)."""
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+def json_errors(endpoint):
+    """Answer the endpoint's BadRequest/ItemNotFound/ModelUnavailable as a JSON object. Raised through BentoML
+    (1.4.40: ``_bentoml_impl/server/app.py``), a 4xx came back as a one-element JSON *array* (a stray comma), not
+    the declared object, and each was logged as an ERROR with a traceback."""
+
+    @functools.wraps(endpoint)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return endpoint(*args, **kwargs)
+        except (BadRequest, ItemNotFound) as exc:
+            return error_response(exc.error_code.value, str(exc))
+        except ModelUnavailable as exc:
+            return error_response(503, str(exc), **{"Retry-After": "30"})
+
+    return wrapper
+
+
 OPEN_PATHS = ("/readyz", "/livez", "/healthz")  # health probes stay open
 ADMIN_PREFIX = "/admin/"
 MODEL_PATHS = ("/recommend", "/recommend_batch", "/events", "/similar_items", "/model")  # need a served model
+API_PATHS = ("/recommend", "/recommend_batch", "/events", "/similar_items", "/admin/reload")  # POST, JSON bodies
+ROOT_LIST_PATHS = ("/recommend_batch",)  # the body is a JSON array (BentoML parses it with json.loads)
 NOT_READY: dict[str, str] = {}  # "reason": why no model is served yet (set and cleared by the service)
 
 
@@ -253,8 +328,119 @@ class ApiKeyMiddleware:
         5xx's message and log a traceback per request)."""
         reason = NOT_READY.get("reason")
         if reason and scope["path"] in MODEL_PATHS:
-            return await JSONResponse({"error": reason}, status_code=503, headers={"Retry-After": "30"})(scope, receive, send)
+            return await error_response(503, reason, **{"Retry-After": "30"})(scope, receive, send)
+        if scope["path"] == "/docs.json" and scope["method"] == "GET":
+            return await JSONResponse(self._openapi())(scope, receive, send)
+        if scope["path"] in API_PATHS and scope["method"] == "POST":
+            return await self._json_body(scope, receive, send)
         return await self.app(scope, receive, send)
+
+    async def _json_body(self, scope: dict, receive: Any, send: Any) -> None:
+        """Endpoints take JSON (what the OpenAPI schema declares): BentoML would also parse multipart forms (a
+        malformed one was a 500) and pickles (refused as a 415 whose body was an array); and a body that is not
+        JSON at all, sent to an endpoint taking a JSON array, was a 500 (json.loads raised inside BentoML)."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        media = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media not in ("", "application/json") and not media.endswith("+json"):
+            return await error_response(415, f"send JSON (Content-Type: application/json), not {media!r}")(
+                scope, receive, send)
+        if scope["path"] not in ROOT_LIST_PATHS:
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if body:  # BentoML reads no body as {} (refused by validation), but white space as JSON
+            try:
+                json.loads(body)
+            except ValueError as exc:  # also UnicodeDecodeError
+                return await error_response(400, f"the request body is not JSON: {exc}")(scope, receive, send)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    _specs: dict[bool, dict] = {}  # by "an API key is configured": built once per process
+
+    def _openapi(self) -> dict:
+        keyed = self.key is not None
+        if keyed not in self._specs:
+            self._specs[keyed] = openapi_spec(HRNNService.openapi_spec.asdict(), keyed)
+        return self._specs[keyed]
+
+
+ERROR_SCHEMA = {"type": "object", "title": "Error", "required": ["error"], "properties": {
+    "error": {"type": "string", "title": "Message"},
+    "detail": {"type": "array", "items": {"type": "object"}, "title": "Validation errors (400 only)"}}}
+
+
+def _one_owner_id(schema: dict) -> None:
+    """``Owner``'s rule, a user_id or a session_id, in a request schema (set here: BentoML turns a model-level
+    ``anyOf`` into the request body schema of its first branch)."""
+    if {"user_id", "session_id"} <= set(schema.get("properties", {})):
+        schema["anyOf"] = [{"required": [k], "properties": {k: {"type": "string", "minLength": 1}}}
+                           for k in ("user_id", "session_id")]
+
+
+def openapi_spec(spec: dict, api_key: bool) -> dict:
+    """BentoML's OpenAPI document (``/docs.json``) made to say what the service answers and takes, each where
+    schemathesis found it did not. Answers: every error is ``ERROR_SCHEMA`` (BentoML declared ``detail`` a
+    string, and sends its validation errors there as a list); the API key is a security scheme; the 401 (403:
+    admin endpoints with no key configured), 415 and 503 (no model yet, event log not writable) answers are
+    declared. Requests: a body is required; the request body schemas keep ``null`` for optional fields (BentoML's
+    inline copies dropped it) and say that a user_id or a session_id is needed. Version 3.1.0: BentoML's schemas
+    are JSON Schema (``type: "null"``, ``patternProperties``), not OpenAPI 3.0's dialect."""
+    spec = json.loads(json.dumps(spec))
+    spec["openapi"] = "3.1.0"
+    spec["info"]["description"] = (__doc__ or "").split("\n\n")[0] + (
+        "\n\nEvery request but the health probes needs the API key (`X-API-Key` or `Authorization: Bearer`)."
+        if api_key else "")
+    components = spec.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for name in ("InvalidArgument", "NotFound", "InternalServerError"):
+        schemas[name] = {**ERROR_SCHEMA, "description": schemas.get(name, {}).get("description", name)}
+    schemas["Error"] = ERROR_SCHEMA
+    for schema in schemas.values():
+        _one_owner_id(schema)
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    if api_key:
+        components["securitySchemes"] = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                                         "Bearer": {"type": "http", "scheme": "bearer"}}
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            responses = op.setdefault("responses", {})
+            if "requestBody" in op:
+                op["requestBody"]["required"] = True  # an empty body is refused (400): BentoML left it optional
+                body = op["requestBody"]["content"]["application/json"]["schema"]
+                if body.get("title") in schemas:  # BentoML's inline copy drops null from each optional field's types
+                    body["properties"] = json.loads(json.dumps(schemas[body["title"]]["properties"]))
+                _one_owner_id(body)
+            if path in OPEN_PATHS:
+                if path == "/readyz":
+                    responses["503"] = {"description": "No model is served yet"}
+                continue
+            if api_key:
+                op["security"] = [{"ApiKey": []}, {"Bearer": []}]
+                responses["401"] = {"description": "Missing or wrong API key", "content": error}
+            elif path.startswith(ADMIN_PREFIX):
+                responses["403"] = {"description": "Admin endpoints are disabled: no API key is configured",
+                                    "content": error}
+            if method == "post":
+                responses["415"] = {"description": "The body is not JSON", "content": error}
+            if path in MODEL_PATHS:
+                responses["503"] = {"description": "No model is served yet, or the event log cannot be written",
+                                    "content": error}
+    return spec
 
 
 # --------------------------------------------------------------------------- model store
@@ -463,17 +649,21 @@ class HRNNService:
                                   model_tag=m.tag) for recs in results]
 
     @bentoml.api(route="/recommend")
+    @json_errors
     def recommend(self, req: RecommendRequest, /) -> RecommendResponse:
         """Top items for a user or session, with a reason each."""
         return self._recommend_many([req])[0]
 
-    @bentoml.api(route="/recommend_batch", batchable=True, max_batch_size=64, max_latency_ms=2000)
+    @bentoml.api(route="/recommend_batch")
+    @json_errors
     def recommend_batch(self, reqs: Annotated[list[RecommendRequest], Field(max_length=64)], /
                         ) -> list[RecommendResponse]:
-        """Many /recommend requests at once (concurrent calls are batched together)."""
+        """Many /recommend requests at once (one scoring product for all of them). Not BentoML's adaptive
+        batching across calls: there, one call's bad request failed every call batched with it."""
         return self._recommend_many(reqs)
 
     @bentoml.api(route="/events")
+    @json_errors
     def events(self, req: EventsRequest, /) -> EventsResponse:
         """Record events (durable before the answer) and advance the owner's state; 503 (JSON, with the reason)
         when the log cannot be written (BentoML would hide an exception's message)."""
@@ -487,8 +677,7 @@ class HRNNService:
                 self.log.append(logged)  # durable (fsync) before anything else changes
             except EventLogError as exc:  # nothing was acknowledged or changed; the next call retries the log
                 log.error("event log write failed: %s", exc)
-                return JSONResponse({"error": f"events not recorded: {exc}; retry later"}, status_code=503,
-                                    headers={"Retry-After": "5"})
+                return error_response(503, f"events not recorded: {exc}; retry later", **{"Retry-After": "5"})
             self.owner_log.add(logged)
             m = active.model
             for e in logged:  # one GRU step per event: no history replay
@@ -498,6 +687,7 @@ class HRNNService:
         return EventsResponse(accepted=len(logged), n_events=n, model_tag=m.tag)
 
     @bentoml.api(route="/similar_items")
+    @json_errors
     def similar_items(self, req: SimilarItemsRequest, /) -> RecommendResponse:
         """Items nearest to an item (cosine between decoder item vectors)."""
         _torch_threads(self.cfg.serve.torch_threads)
@@ -512,6 +702,7 @@ class HRNNService:
                                  model_tag=m.tag)
 
     @bentoml.api(route="/admin/reload")
+    @json_errors
     def admin_reload(self, req: ReloadRequest, /) -> ModelInfo:
         """Load a tag (pinned) or the champion (follow the store again) and swap it in."""
         pin = req.tag or os.environ.get("HRNN_MODEL_TAG") or None
@@ -522,6 +713,8 @@ class HRNNService:
             self.switch(tag)
         except RecommendError as exc:
             raise ItemNotFound(str(exc)) from None
+        except (ValueError, BentoMLException) as exc:  # not a tag the store can look up (the pattern lets through)
+            raise BadRequest(f"cannot load model {tag!r}: {exc}") from None
         self._pinned = pin  # only once the model is served
         return ModelInfo(**self.model_info())
 

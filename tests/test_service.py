@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,7 +23,6 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 import torch
-from bentoml.exceptions import InvalidArgument, NotFound
 from starlette.testclient import TestClient
 
 from hrnn_core import registry
@@ -170,8 +170,10 @@ def test_class_filters_reasons_and_similar_items(svc, svcmod, world: World) -> N
                                                 filters={"include_items": ["i1", "i2", "i3", "i4"],
                                                          "exclude_items": ["i2"], "exclude_seen": False})))["items"]
     assert {i["item_id"] for i in got} <= {"i1", "i3", "i4"} and len(got) == 3
-    with pytest.raises(InvalidArgument, match="unknown categorical item field 'genre'"):
-        svc.recommend(m.RecommendRequest(user_id="u2", filters={"metadata": {"genre": ["g1"]}}))
+    refused = svc.recommend(m.RecommendRequest(user_id="u2", filters={"metadata": {"genre": ["g1"]}}))
+    assert refused.status_code == 400  # an object {"error": ...}, as declared (not BentoML's one-element list)
+    assert json.loads(refused.body) == {"error": "unknown categorical item field 'genre' in the metadata filter; "
+                                                 "known: ['genres']"}
 
     # live events on an item the model has never seen: a placeholder once the catalog runs out (q(t) is
     # recounted per model.trend_bucket_seconds, an hour: the events count from the next bucket on)
@@ -196,8 +198,8 @@ def test_class_filters_reasons_and_similar_items(svc, svcmod, world: World) -> N
     sim = dump(svc.similar_items(m.SimilarItemsRequest(item_id="i5", num_results=4)))["items"]
     assert len(sim) == 4 and "i5" not in {i["item_id"] for i in sim}
     assert all(-1.0001 <= i["score"] <= 1.0001 for i in sim)
-    with pytest.raises(NotFound):
-        svc.similar_items(m.SimilarItemsRequest(item_id="nope"))
+    missing = svc.similar_items(m.SimilarItemsRequest(item_id="nope"))
+    assert missing.status_code == 404 and json.loads(missing.body) == {"error": "item 'nope' is not in the model's catalog"}
 
 
 def test_class_hot_swap_keeps_serving_and_follows_the_champion(svcmod, data_dir: Path, world: World,
@@ -260,10 +262,13 @@ def test_no_champion_yet_answers_503_then_loads_one_without_restart(svcmod, data
         assert not svc.__is_ready__()
         calls = [lambda: svc.recommend(m.RecommendRequest(user_id="u1")),
                  lambda: svc.events(m.EventsRequest(**new_events("u1", ["i1"], NOW))),
-                 lambda: svc.similar_items(m.SimilarItemsRequest(item_id="i1")), svc.model_info]
+                 lambda: svc.similar_items(m.SimilarItemsRequest(item_id="i1"))]
         for call in calls:
-            with pytest.raises(m.ModelUnavailable, match="champion .*hrnn models promote"):
-                call()
+            r = call()
+            assert r.status_code == 503 and r.headers["Retry-After"] == "30"
+            assert re.search("champion .*hrnn models promote", json.loads(r.body)["error"])
+        with pytest.raises(m.ModelUnavailable, match="champion .*hrnn models promote"):
+            svc.model_info()
         assert svc.owner_log.n_events == 0  # nothing acknowledged, nothing logged
         store["champion"] = world.tag  # promoted while the service runs
         deadline = time.time() + 20
@@ -314,12 +319,43 @@ def test_asgi_app_in_process(svcmod, data_dir: Path, world: World, monkeypatch: 
             {"user_id": "u1", "filters": {"include_items": ["i"] * 10_001}},
             {"user_id": "u1", "filters": {"numeric": {"price": {"min": 5, "max": 1}}}},
             {"user_id": "u1", "context": {f"k{i}": "v" for i in range(17)}}, {"user_id": "u1", "at_time": -5},
+            # found by schemathesis (tests/test_reliability.py::test_api_fuzzing): a value past ~1e38 x the
+            # model's std made every score NaN (null, or an invalid NaN literal in /recommend_batch's list);
+            # lax pydantic took true / "3" as numbers and "yes" as a flag
+            {"user_id": "u1", "recent_events": [{"item_id": "i1", "timestamp": NOW, "event_value": 1e39}]},
+            {"user_id": "u1", "at_time": True}, {"user_id": "u1", "num_results": "3"}, {"user_id": "u1", "num_results": 2.5},
+            {"user_id": "u1", "filters": {"exclude_seen": "yes"}},
         ]
         for body in bad:
             r = client.post("/recommend", json=body)
             assert r.status_code == 400, (body, r.text)
+        assert client.post("/recommend", json={"user_id": "u1", "num_results": 2.0}).status_code == 200  # an integer
         r = client.post("/similar_items", json={"item_id": "missing"})
-        assert r.status_code == 404 and "not in the model's catalog" in r.text
+        assert r.status_code == 404 and r.json() == {"error": "item 'missing' is not in the model's catalog"}
+        # more schemathesis finds: a 500 each, or a 4xx whose body was a list
+        r = client.post("/admin/reload", json={"tag": "M\u00f5\u00c41"})  # not a BentoML tag: was a 500
+        assert r.status_code == 400 and r.json()["detail"][0]["loc"] == ["tag"]
+        r = client.post("/admin/reload", json={"tag": "hrnn-meta:nosuchversion"})
+        assert r.status_code == 404 and "not in the model store" in r.json()["error"]
+        for raw in (b"\x00", b"\n"):
+            r = client.post("/recommend_batch", content=raw, headers={"Content-Type": "application/json"})
+            assert r.status_code == 400 and "not JSON" in r.json()["error"]  # was a 500 (json.loads inside BentoML)
+        r = client.post("/events", content=b"garbage", headers={"Content-Type": "multipart/form-data"})
+        assert r.status_code == 415 and r.json()["error"].startswith("send JSON")  # was a 500
+        r = client.post("/recommend", content=b"x", headers={"Content-Type": "application/vnd.bentoml+pickle"})
+        assert r.status_code == 415 and isinstance(r.json(), dict)  # BentoML's own 415 was a list
+        r = client.post("/recommend_batch", json=[{"user_id": "u1"}, {"user_id": "u2", "filters": {"metadata": {"x": ["a"]}}}])
+        assert r.status_code == 400 and "unknown categorical item field 'x'" in r.json()["error"]
+
+        spec = client.get("/docs.json").json()  # what the service answers, declared (schemathesis checks it)
+        assert spec["openapi"] == "3.1.0" and set(spec["components"]["securitySchemes"]) == {"ApiKey", "Bearer"}
+        assert spec["components"]["schemas"]["InvalidArgument"]["properties"]["detail"]["type"] == "array"
+        recommend = spec["paths"]["/recommend"]["post"]
+        assert {"200", "400", "401", "404", "415", "503"} <= set(recommend["responses"]) and recommend["security"]
+        body = recommend["requestBody"]
+        assert body["required"] and len(body["content"]["application/json"]["schema"]["anyOf"]) == 2  # an owner id
+        assert "security" not in spec["paths"]["/readyz"]["get"] and "503" in spec["paths"]["/readyz"]["get"]["responses"]
+        assert client.get("/docs.json", headers={"X-API-Key": ""}).status_code == 401
         r = client.post("/recommend", json={"user_id": "u1", "filters": {"metadata": {"nope": ["a"]}}})
         assert r.status_code == 400 and "unknown categorical item field" in r.text and "Traceback" not in r.text
 
@@ -445,9 +481,10 @@ def test_bentoml_serve_over_http(world: World, data_dir: Path, tmp_path: Path) -
         got = c.post("/recommend", json={"user_id": "u1", "num_results": 6, "at_time": at}).json()
         assert_same_ranking(got["items"], reference_top_k(world, "u1", as_events(body), 6, at))
 
-        for raw in [b'{"user_id": "u1",', b'{"user_id": "u1", "at_time": NaN}', b'[1, 2]', b'\xff\xfe']:
-            r = c.post("/recommend", content=raw, headers={"Content-Type": "application/json"})
-            assert r.status_code == 400, raw
+        for raw in [b'{"user_id": "u1",', b'{"user_id": "u1", "at_time": NaN}', b'[1, 2]', b'\xff\xfe', b'\x00']:
+            for path in ("/recommend", "/recommend_batch"):  # /recommend_batch (a JSON array) answered 500 to b'\x00'
+                r = c.post(path, content=raw, headers={"Content-Type": "application/json"})
+                assert r.status_code == 400 and isinstance(r.json()["error"], str), (path, raw, r.text)
         assert c.post("/events", json=new_events("u1", ["i1"] * 101, NOW)).status_code == 400
         assert c.post("/events", json={**new_events("u1", ["i1"], NOW), "extra": True}).status_code == 400
         assert c.post("/events", json={"user_id": "u1", "events": [{"item_id": "i1", "timestamp": 1e300}]}).status_code == 400
