@@ -52,7 +52,6 @@ from hrnn_core.config import load_config
 from hrnn_core.data.contract import owner_id
 from hrnn_core.data.eventlog import EventLog, EventLogError, LoggedEvent, OwnerIndex
 from hrnn_core.model.inference import UserState
-from hrnn_core.data.pipeline import landing_dir
 from hrnn_core.serving.recommend import (
     Filters, RecommendError, Request, ServingModel, UnknownItemError, copy_state, history_with_log,
     load_serving_model, logged_to_event,
@@ -300,7 +299,7 @@ class ApiKeyMiddleware:
 
     def __init__(self, app: Any):
         self.app = app
-        self.key = load_config().serve.api_key
+        self.key = CONFIG.serve.api_key
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
@@ -504,15 +503,15 @@ class HRNNService:
         packaged = bentoml.models.BentoModel(PACKAGED_TAG)
 
     def __init__(self) -> None:
-        self.cfg = cfg = load_config()
+        self.cfg = cfg = CONFIG  # the config read at import: one for the whole service
         self.store = model_store()
-        self.log = EventLog(landing_dir(cfg), cfg.serve.segment_max_events, cfg.serve.segment_max_seconds)
+        self.log = EventLog(cfg.paths.landing_dir, cfg.serve.segment_max_events, cfg.serve.segment_max_seconds,
+                            archive=cfg.paths.landing_archive_dir)
         recovered = self.log.recover()
         if recovered:
             log.warning("closed %d event log segment(s) left open by a stopped process", len(recovered))
-        self.owner_log = OwnerIndex()
-        self.owner_log.add(self.log.read_all())
-        log.info("event log: %d events of %d owners re-read", self.owner_log.n_events, len(self.owner_log))
+        self.owner_log = OwnerIndex()  # logged events from _log_since on (read once a model says from when)
+        self._log_since: float | None = None
         self._locks = [threading.Lock() for _ in range(256)]  # per-owner locks, striped
         self._cache_lock = threading.Lock()
         self._swap_lock = threading.Lock()
@@ -522,7 +521,9 @@ class HRNNService:
                          "retrain (`make demo` or the hrnn_retrain DAG) or `hrnn models promote TAG`, or set HRNN_MODEL_TAG; "
                          "the champion is loaded without a restart once there is one")
         self._active: Active | None = self._build(tag) if tag else None
-        if self._active is None:
+        if self._active is not None:
+            self._sync_log(self._active)
+        else:
             NOT_READY["reason"] = self._missing
             log.warning("not ready: %s", self._missing)
         self._stop = threading.Event()
@@ -563,12 +564,32 @@ class HRNNService:
             try:
                 new.model.trend.add_live(self.owner_log.all_events()[new.live_events:])  # logged while building
                 self._active = new  # the swap: one reference
+                self._sync_log(new)
                 NOT_READY.pop("reason", None)
             finally:
                 for lock in self._locks:
                     lock.release()
         log.info("now serving %s", tag)
         return self.model_info()
+
+    def _sync_log(self, active: Active) -> None:
+        """Hold the logged events the served model lacks: those from ``serve.log_overlap_seconds`` before its
+        snapshot's cut on (older ones are in its history). Memory and start-up then scale with the events since
+        the last retrain, not with the log's age. Called at start and on a swap (owner locks held)."""
+        since = active.model.history.as_of - self.cfg.serve.log_overlap_seconds
+        if self._log_since is not None and since >= self._log_since:
+            forgotten = self.owner_log.forget_before(since)
+            if forgotten:
+                log.info("event log: %d events older than the model's history window forgotten", forgotten)
+        else:  # the first model, or an older one again (a rollback): read what is missing from the log
+            upto = float("inf") if self._log_since is None else self._log_since
+            started = time.time()
+            older = [e for e in self.log.read_all(since) if since <= e.timestamp < upto]
+            self.owner_log.prepend(older)
+            active.model.trend.add_live(older)
+            log.info("event log: %d events of %d owners read in %.1f s", len(older), len(self.owner_log),
+                     time.time() - started)
+        self._log_since = since
 
     def model_info(self) -> dict:
         a = self._serving()

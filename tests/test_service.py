@@ -27,7 +27,7 @@ from starlette.testclient import TestClient
 
 from hrnn_core import registry
 from hrnn_core.model.checkpoint import load_checkpoint
-from hrnn_core.config import Config, ModelConfig, PathsConfig
+from hrnn_core.config import Config, ModelConfig, PathsConfig, load_config
 from hrnn_core.data.eventlog import OPEN_PREFIX, EventLog
 from hrnn_core.model.features import USER_ID_FIELD
 from hrnn_core.model.inference import Event, InferenceEngine
@@ -79,8 +79,17 @@ def data_dir(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
     return d
 
 
+def configure(svcmod, monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    """The service reads its config once, at import (as under `bentoml serve`); a test that changes the
+    environment (its data dir, a serve option) has it read again."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(svcmod, "CONFIG", load_config())
+
+
 @pytest.fixture
-def svc(svcmod, data_dir: Path):
+def svc(svcmod, data_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    configure(svcmod, monkeypatch)
     s = svcmod.HRNNService()
     yield s
     s.shutdown()
@@ -204,7 +213,7 @@ def test_class_filters_reasons_and_similar_items(svc, svcmod, world: World) -> N
 
 def test_class_hot_swap_keeps_serving_and_follows_the_champion(svcmod, data_dir: Path, world: World,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HRNN__SERVE__CHAMPION_CHECK_SECONDS", "1")
+    configure(svcmod, monkeypatch, HRNN__SERVE__CHAMPION_CHECK_SECONDS="1")
     m = svcmod
     svc = m.HRNNService()
     tag_b = None
@@ -252,7 +261,7 @@ def test_class_hot_swap_keeps_serving_and_follows_the_champion(svcmod, data_dir:
 
 def test_no_champion_yet_answers_503_then_loads_one_without_restart(svcmod, data_dir: Path, world: World,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HRNN__SERVE__CHAMPION_CHECK_SECONDS", "1")
+    configure(svcmod, monkeypatch, HRNN__SERVE__CHAMPION_CHECK_SECONDS="1")
     store = {"champion": None}
     monkeypatch.setattr(svcmod, "champion_from_store", lambda name, s=None: store["champion"])
     monkeypatch.setattr(svcmod, "PACKAGED_TAG", None)
@@ -297,12 +306,43 @@ def test_events_answer_503_when_the_log_cannot_be_written(svc, svcmod, monkeypat
     assert [e.item_id for e in svc.owner_log.events_of("u9")] == ["i1", "i2"]
 
 
+def test_the_service_holds_only_the_events_its_model_lacks(svcmod, data_dir: Path, world: World,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logged events older than the model's cut minus serve.log_overlap_seconds are in its history: a restart
+    does not read them, a newer model forgets them, an older model served again reads them back."""
+    from types import SimpleNamespace
+
+    m = svcmod
+    configure(m, monkeypatch)
+    day = m.CONFIG.serve.log_overlap_seconds
+    as_of = json.loads((world.snap / "manifest.json").read_text())["as_of"]
+    svc = m.HRNNService()
+    for t in (as_of - 3 * day, as_of + 10, as_of + 20):
+        svc.events(m.EventsRequest(**new_events("keep", ["i1"], t)))
+    svc.shutdown()
+
+    def model_cut_at(t: float):
+        return SimpleNamespace(model=SimpleNamespace(history=SimpleNamespace(as_of=t), trend=SimpleNamespace(
+            add_live=lambda events: None)))
+
+    svc = m.HRNNService()  # restarted: reads the log from the cut minus the overlap on
+    try:
+        times = lambda: [e.timestamp for e in svc.owner_log.events_of("keep")]  # noqa: E731
+        assert times() == [as_of + 10, as_of + 20]
+        svc._sync_log(model_cut_at(as_of + 15 + day))  # a newer model: what it holds is forgotten
+        assert times() == [as_of + 20] and svc.owner_log.n_events == 1
+        svc._sync_log(model_cut_at(as_of))  # the older model again (a rollback): read back from the log
+        assert times() == [as_of + 10, as_of + 20]
+    finally:
+        svc.shutdown()
+
+
 # --------------------------------------------------------------------------- level 2: ASGI in-process
 
 
 def test_asgi_app_in_process(svcmod, data_dir: Path, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     # One app per process (BentoML registers its Prometheus metrics globally), so with a key.
-    monkeypatch.setenv("HRNN__SERVE__API_KEY", KEY)
+    configure(svcmod, monkeypatch, HRNN__SERVE__API_KEY=KEY)
     with TestClient(svcmod.HRNNService.to_asgi(), headers={"X-API-Key": KEY}) as client:
         assert client.get("/readyz", headers={"X-API-Key": ""}).status_code == 200  # probes stay open
         info = client.get("/model").json()
@@ -376,6 +416,7 @@ def test_admin_is_refused_without_a_configured_key(svcmod, monkeypatch: pytest.M
     from starlette.routing import Route
 
     monkeypatch.delenv("HRNN__SERVE__API_KEY", raising=False)
+    configure(svcmod, monkeypatch)
     inner = Starlette(routes=[Route("/{p:path}", lambda r: PlainTextResponse("ok"), methods=["GET", "POST"])])
     client = TestClient(svcmod.ApiKeyMiddleware(inner))
     assert client.post("/recommend").status_code == 200  # no key: open

@@ -14,11 +14,6 @@ from hrnn_core.config import Config
 LANDING_SUFFIXES = (".csv", ".parquet")
 
 
-def landing_dir(cfg: Config) -> Path:
-    """``cfg.paths.landing_dir`` (kept for bento/service.py, which imports it from here)."""
-    return cfg.paths.landing_dir
-
-
 def find_new_files(cfg: Config) -> list[str]:
     """Contract files in the landing folder not yet ingested (by sha256), oldest name first.
 
