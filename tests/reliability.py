@@ -2,6 +2,8 @@
 in `make test`; long variants marked slow) and the figures of docs/reliability.md:
 
     .venv/bin/python -m tests.reliability crash --kills 12 --clients 16    # writes bench/results/reliability_crash.json
+    .venv/bin/python -m tests.reliability fuzz --examples 200              # writes bench/results/reliability_fuzz.json
+    .venv/bin/python -m tests.reliability load --clients 64 --seconds 30   # writes bench/results/reliability_load.json
 
 Every loop is bounded in count and time; all traffic goes to loopback.
 """
@@ -9,9 +11,13 @@ Every loop is bounded in count and time; all traffic goes to loopback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
+import math
 import os
 import random
+import re
 import signal
 import statistics
 import tempfile
@@ -49,7 +55,10 @@ def crash_under_load(root: Path, kills: int, clients: int = 16, seed: int = 0, l
     lock = threading.Lock()
     restarts: list[float] = []
     errors = Counter()
-    t_event = [1.7e9]
+    # live events come after the champion's snapshot cut (the service holds logged events from
+    # serve.log_overlap_seconds before the cut on; older ones are taken to be in the model's history)
+    cut = json.loads((champ.snap / "manifest.json").read_text())["as_of"]
+    t_event = [cut]
 
     def client(n: int, stop: threading.Event, url: str) -> None:
         owner = owners[n % len(owners)]
@@ -100,7 +109,7 @@ def crash_under_load(root: Path, kills: int, clients: int = 16, seed: int = 0, l
         doubled = [a for a in acked if counts[a] > 1]
         engine = InferenceEngine.from_checkpoint(champ.artifact / "model.pt", device="cpu")
         mismatched = []
-        at = 1.7e9 + 10 * 86_400.0
+        at = t_event[0] + 3600.0
         for owner in owners:
             mine = [logged_to_event(e, "default") for e in records if e.user_id == owner]  # log order, as served
             state = engine.replay([(mine, None)])[0]
@@ -122,11 +131,149 @@ def crash_under_load(root: Path, kills: int, clients: int = 16, seed: int = 0, l
             "client_errors": dict(errors)}
 
 
+@contextlib.contextmanager
+def tiny_server(root: Path, seed: int = 0):
+    """`bentoml serve` (tests.test_service.Server, with its API key) of a tiny champion, in its own data dir."""
+    from tests.champions import promote_tiny_champion  # noqa: PLC0415
+    from tests.test_service import Server  # noqa: PLC0415
+
+    champ = promote_tiny_champion(root / "champion", n_users=60, n_items=150, n_events=2_000, seed=seed)
+    data = root / "serve-data"
+    data.mkdir()
+    (data / "snapshots").symlink_to(champ.cfg.paths.snapshots_dir)
+    os.environ.pop("HRNN_MODEL_TAG", None)
+    server = Server(data, root / "serve.log")
+    try:
+        yield server
+    finally:
+        server.kill(signal.SIGTERM)
+        import bentoml  # noqa: PLC0415
+
+        bentoml.models.delete(champ.tag)
+
+
+def finite_scores(ctx, response, case) -> bool | None:
+    """A schemathesis check of what the schema cannot say: every score is a finite number, null only for a
+    popular-fallback placeholder (a NaN score was serialized as null, or as an invalid NaN literal in a list)."""
+    if response.status_code != 200 or case.operation.path not in ("/recommend", "/recommend_batch", "/similar_items"):
+        return None
+    body = response.json()
+    for answer in body if isinstance(body, list) else [body]:
+        for item in answer["items"]:
+            score = item["score"]
+            if score is None:
+                assert item["reason"] == "popular_fallback", f"null score for a {item['reason']!r} item: {item}"
+            else:
+                assert math.isfinite(score), f"score {score!r}: {item}"
+    return True
+
+
+def fuzz_api(url: str, key: str, examples: int, seed: int = 0) -> dict:
+    """schemathesis against the service's OpenAPI document (``/docs.json``): for every operation, ``examples``
+    requests generated from the schema (positive), and for every POST as many that violate it (negative). Each
+    response goes through schemathesis' checks (no 5xx, status code, content type, headers and body as declared,
+    schema-violating requests refused, the API key enforced) and ``finite_scores``. Not enforced: "positive data
+    acceptance", since some schema-valid requests are refused by design (a filter on a field the model does
+    not have, min > max, an item not in the catalog); those answers are counted. Failures are collected (one per
+    operation, mode and kind), not raised: the result says what was found."""
+    import hypothesis  # noqa: PLC0415
+    import schemathesis  # noqa: PLC0415
+    from schemathesis import GenerationMode  # noqa: PLC0415
+    from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: PLC0415
+
+    auth = {"X-API-Key": key}
+    schema = schemathesis.openapi.from_url(url + "/docs.json", headers=auth, timeout=30)
+    statuses: dict[str, Counter] = {}
+    failures: dict[tuple, dict] = {}
+    refused_valid = Counter()
+    settings = hypothesis.settings(max_examples=examples, deadline=None, database=None,
+                                   suppress_health_check=list(hypothesis.HealthCheck),
+                                   phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
+
+    def one_mode(op, mode: GenerationMode, seen: Counter):
+        @hypothesis.seed(seed)
+        @settings
+        @hypothesis.given(case=op.as_strategy(generation_mode=mode))
+        def run(case) -> None:
+            response = case.call(base_url=url, headers=auth, timeout=60)
+            seen[response.status_code] += 1
+            if mode == GenerationMode.POSITIVE and response.status_code == 400:  # why a schema-valid request was not
+                refused_valid["(requests)"] += 1
+                try:
+                    body = response.json()
+                    why = {f"{d['type']} at {[x for x in d['loc'] if isinstance(x, str)][-1:]}" for d in body.get("detail", [])}
+                    for reason in why or {re.sub(r"'[^']*'", "'...'", str(body.get("error")))[:100]}:
+                        refused_valid[reason] += 1
+                except (ValueError, AttributeError, KeyError, TypeError):  # not the declared body: a check says so
+                    refused_valid["(not an Error object)"] += 1
+            try:
+                case.validate_response(response, headers=auth, additional_checks=[finite_scores],
+                                       excluded_checks=[positive_data_acceptance])
+            except (AssertionError, BaseExceptionGroup) as exc:
+                for failure in getattr(exc, "exceptions", [exc]):
+                    kind = (op.label, mode.value, getattr(failure, "code", "assert"),
+                            getattr(failure, "title", type(failure).__name__))
+                    failures.setdefault(kind, {
+                        "operation": op.label, "mode": mode.value, "code": kind[2], "title": kind[3],
+                        "message": str(failure)[:2000], "status": response.status_code,
+                        "response": response.text[:500],
+                        "curl": case.as_curl_command(headers={"X-API-Key": "KEY"}, base_url=url)[:2000]})
+
+        return run
+
+    started = time.time()
+    operations = [result.ok() for result in schema.get_all_operations()]
+    for op in operations:
+        modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if op.method.lower() == "post" else [])
+        for mode in modes:
+            one_mode(op, mode, statuses.setdefault(f"{op.label} {mode.value}", Counter()))()
+    requests = sum(sum(c.values()) for c in statuses.values())
+    return {"operations": len(operations), "examples_per_operation_and_mode": examples, "requests": requests,
+            "seconds": round(time.time() - started, 1),
+            "responses_5xx": sum(n for c in statuses.values() for code, n in c.items() if code >= 500),
+            "failures": len(failures), "failure_details": list(failures.values()),
+            "statuses": {k: dict(sorted(v.items())) for k, v in statuses.items()},
+            "schema_valid_refused_400": dict(refused_valid.most_common(12))}  # by reason; a request may have several
+
+
+def bench_service_module():
+    """bench/bench_service.py (its load clients), imported by path: bench/ is not a package."""
+    spec = importlib.util.spec_from_file_location("hrnn_bench_service_clients", REPO / "bench" / "bench_service.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fuzz(root: Path, examples: int, seed: int = 0) -> dict:
+    """``fuzz_api`` against a tiny champion served by `bentoml serve`."""
+    from tests.test_service import KEY  # noqa: PLC0415
+
+    with tiny_server(root, seed) as server:
+        result = fuzz_api(server.url, KEY, examples, seed)
+        log = server.log.read_text(errors="replace")
+    result["server_log_tracebacks"] = log.count("Traceback")
+    return result
+
+
+def load(root: Path, clients: int, seconds: float, seed: int = 0) -> dict:
+    """``clients`` loopback clients for ``seconds`` against a tiny champion: /recommend and /events (4 to 1),
+    each client its own users (bench/bench_service.py's ``timed_load``, as the benchmark's load phases)."""
+    from tests.test_service import KEY  # noqa: PLC0415
+
+    bench = bench_service_module()
+    with tiny_server(root, seed) as server:
+        users = [f"u{i}" for i in range(60)]
+        return bench.timed_load(server.url, bench.mixed_requests(users, clients, 25, time.time()), clients, seconds,
+                                key=KEY)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["crash"])
-    parser.add_argument("--kills", type=int, default=12)
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("scenario", choices=["crash", "fuzz", "load"])
+    parser.add_argument("--kills", type=int, default=12, help="crash: kills")
+    parser.add_argument("--clients", type=int, default=16, help="crash, load: concurrent clients")
+    parser.add_argument("--examples", type=int, default=200, help="fuzz: requests per operation and mode")
+    parser.add_argument("--seconds", type=float, default=30.0, help="load: duration")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hrnn-reliability-") as tmp:
@@ -135,9 +282,17 @@ def main() -> None:
         import torch  # noqa: PLC0415
 
         torch.set_num_threads(1)
-        result = crash_under_load(Path(tmp), args.kills, args.clients, args.seed)
-    result["command"] = f".venv/bin/python -m tests.reliability crash --kills {args.kills} --clients {args.clients} --seed {args.seed}"
-    out = REPO / "bench" / "results" / "reliability_crash.json"
+        if args.scenario == "crash":
+            result = crash_under_load(Path(tmp), args.kills, args.clients, args.seed)
+            flags = f"--kills {args.kills} --clients {args.clients}"
+        elif args.scenario == "fuzz":
+            result = fuzz(Path(tmp), args.examples, args.seed)
+            flags = f"--examples {args.examples}"
+        else:
+            result = load(Path(tmp), args.clients, args.seconds, args.seed)
+            flags = f"--clients {args.clients} --seconds {args.seconds:g}"
+    result["command"] = f".venv/bin/python -m tests.reliability {args.scenario} {flags} --seed {args.seed}"
+    out = REPO / "bench" / "results" / f"reliability_{args.scenario}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
