@@ -33,6 +33,12 @@ def assert_all_gone(family: list[psutil.Process], within: float) -> None:
     assert not alive, f"left behind: {[(p.pid, p.cmdline()) for p in alive]}"
 
 
+def default_signals() -> None:
+    """As from a terminal: a job started in the background without job control (CI) inherits SIGINT ignored,
+    and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 STUBBORN = textwrap.dedent("""
     import signal, subprocess, sys, time
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # like `airflow dags test`, which ignored SIGTERM for > 7 s
@@ -52,7 +58,7 @@ PARENT = textwrap.dedent("""
 def test_a_stopped_command_stops_its_whole_tree(sig: int) -> None:
     """hrnn_core.procs.run_group (what the demo runs `airflow dags test` and training runs torchrun with):
     a signal to the parent stops a child that ignores SIGTERM and a grandchild that left the process group."""
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, STUBBORN], cwd=REPO)
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, STUBBORN], cwd=REPO, preexec_fn=default_signals)
     deadline = time.time() + 30
     while len(tree(parent.pid)) < 3 and time.time() < deadline:  # parent, child, grandchild
         time.sleep(0.1)
@@ -83,7 +89,7 @@ def test_hrnn_train_stops_within_seconds(warehouse: dict[str, str], tmp_path: Pa
     env = {**warehouse, "HRNN__TRAIN__EPOCHS": "200", "HRNN__TRAIN__PROGRESS": "false"}
     run_id = f"stop-{int(sig)}"
     proc = subprocess.Popen([HRNN, "train", "--run-id", run_id], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, preexec_fn=default_signals)
     run = Path(env["HRNN_DATA_DIR"]) / "models" / run_id
     deadline = time.time() + 240
     while not list(run.glob("*.pt")) and time.time() < deadline:  # training: an epoch checkpointed
@@ -135,7 +141,8 @@ def test_an_interrupted_demo_leaves_no_process(tmp_path: Path, sig: int) -> None
     """`hrnn demo` (what `make demo` runs; GNU make passes SIGTERM and the terminal's SIGINT on) stopped while
     `airflow dags test` runs."""
     env = {**os.environ, "HRNN_DATA_DIR": str(tmp_path / "data"), "HRNN__TRAIN__THREADS": "1"}
-    proc = subprocess.Popen([HRNN, "demo"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([HRNN, "demo"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=default_signals)
     wait_for_descendant(proc, "dags test", 600)
     time.sleep(3)
     family = tree(proc.pid)
