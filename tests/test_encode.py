@@ -68,3 +68,13 @@ def test_gather_steps_is_the_trainers_gather(snap) -> None:
     per_row = gather_steps(ev, flat, ev.owner_user[rows])
     assert_same(per_row, gather_steps(ev, flat, np.repeat(ev.owner_user[rows][:, None], 4, axis=1)))
     assert not per_row.reset.any()
+
+
+def test_a_huge_event_value_is_clipped_like_every_numeric_field(snap) -> None:
+    """An event value far outside the training range (ingest accepts any finite number) must not make the
+    standardized input, and so every score, overflow: it is clipped to model.numeric_clip."""
+    fs = FeatureSpace.fit(snap, MODEL)
+    assert fs.event_value(1e39) == (MODEL.numeric_clip, 1.0) and fs.event_value(-1e300) == (-MODEL.numeric_clip, 1.0)
+    assert fs.event_value(None) == (0.0, 0.0)
+    enc = encode_events(snap, fs, 5)
+    assert float(enc.prev_value[:, 0].abs().max()) <= MODEL.numeric_clip

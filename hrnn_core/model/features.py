@@ -266,7 +266,8 @@ class FeatureSpace:
         """(standardized value, present flag)."""
         if value is None or not math.isfinite(value):
             return 0.0, 0.0
-        return (value - self.value_mean) / self.value_std, 1.0
+        clip = self.items.clip  # model.numeric_clip, as for every standardized numeric field
+        return float(np.clip((value - self.value_mean) / self.value_std, -clip, clip)), 1.0
 
     def bucket(self, seconds: float | None) -> int:
         return int(time_delta_bucket(seconds, self.time_delta_buckets, self.time_delta_log_base))
@@ -397,7 +398,7 @@ def encode_tables(seq: pa.Table, users: pa.Table, fs: FeatureSpace, max_impressi
     etype = np.nan_to_num(etype.to_numpy(zero_copy_only=False).astype(np.float64), nan=-1).astype(np.int64) + 1
     v = pc.list_flatten(seq["event_values"]).to_numpy(zero_copy_only=False).astype(np.float64)
     present = np.isfinite(v)
-    z = np.where(present, (np.nan_to_num(v) - fs.value_mean) / fs.value_std, 0.0)
+    z = np.where(present, np.clip((np.nan_to_num(v) - fs.value_mean) / fs.value_std, -fs.items.clip, fs.items.clip), 0.0)
     dt = pc.list_flatten(seq["time_deltas"]).to_numpy(zero_copy_only=False).astype(np.float64)
     dt[first] = np.nan  # never carry a delta across owners
     prev = np.roll(np.arange(len(item)), 1)
