@@ -5,8 +5,9 @@ queue/pool); all are evaluated on the same `temporal` split of the snapshot take
 the data interval. The new HRNN-meta becomes champion only if it beats the current champion and
 every baseline on the gating metric; a failure anywhere before that leaves the champion as it
 was. When the champion changes, the `hrnn://model/champion` asset is updated (it triggers the
-batch recommendations DAG). `catchup=True`: a backfill over a date range gives the same state as
-the nightly runs would have.
+batch recommendations DAG). `catchup=False`: unpausing it runs the latest night only (not one
+retrain per day since the start date); backfills are explicit (the UI's Backfill, or `airflow backfill
+create`), and a backfill over a date range gives the same state as the nightly runs would have.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _cfg():
     dag_id="hrnn_retrain",
     schedule="@daily",
     start_date=datetime(2026, 11, 1),
-    catchup=True,
+    catchup=False,  # a new install must not queue a retrain per day since start_date
     max_active_runs=1,
     tags=["hrnn", "train"],
     default_args={"retries": 1, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True},

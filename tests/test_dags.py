@@ -46,6 +46,7 @@ def test_dagbag_imports_cleanly_without_heavy_modules(tmp_path):
         f"bag = DagBag(dag_folder={str(DAGS)!r})\n"
         f"heavy = sorted(m for m in set(sys.modules) - before if m.split('.')[0] in {HEAVY!r})\n"
         "dags = {d: {'tags': sorted(bag.dags[d].tags), 'retries': {t.task_id: t.retries for t in bag.dags[d].tasks},"
+        " 'catchup': bag.dags[d].catchup,"
         " 'roots': sorted(t.task_id for t in bag.dags[d].roots)} for d in bag.dags}\n"
         "print(json.dumps({'errors': {k: str(v) for k, v in bag.import_errors.items()}, 'heavy': heavy, 'dags': dags}))\n"
     )
@@ -58,6 +59,7 @@ def test_dagbag_imports_cleanly_without_heavy_modules(tmp_path):
     assert "hrnn_ingest" in out["dags"]
     for dag_id, info in out["dags"].items():
         assert "hrnn" in info["tags"], dag_id
+        assert info["catchup"] is False, dag_id  # unpausing never queues a run per past interval; backfills are explicit
     # Bad settings fail first: the retrain's config check is its only root (before the snapshot),
     # and a bad config is not transient (no retries).
     assert out["dags"]["hrnn_retrain"]["roots"] == ["check_config"]
