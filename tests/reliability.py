@@ -4,6 +4,7 @@ in `make test`; long variants marked slow) and the figures of docs/reliability.m
     .venv/bin/python -m tests.reliability crash --kills 12 --clients 16    # writes bench/results/reliability_crash.json
     .venv/bin/python -m tests.reliability fuzz --examples 200              # writes bench/results/reliability_fuzz.json
     .venv/bin/python -m tests.reliability load --clients 64 --seconds 30   # writes bench/results/reliability_load.json
+    .venv/bin/python -m tests.reliability soak --days 5 --events-per-day 40000 --clients 4   # writes bench/results/reliability_soak.json
 
 Every loop is bounded in count and time; all traffic goes to loopback.
 """
@@ -269,11 +270,13 @@ def load(root: Path, clients: int, seconds: float, seed: int = 0) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["crash", "fuzz", "load"])
+    parser.add_argument("scenario", choices=["crash", "fuzz", "load", "soak"])
     parser.add_argument("--kills", type=int, default=12, help="crash: kills")
     parser.add_argument("--clients", type=int, default=16, help="crash, load: concurrent clients")
     parser.add_argument("--examples", type=int, default=200, help="fuzz: requests per operation and mode")
     parser.add_argument("--seconds", type=float, default=30.0, help="load: duration")
+    parser.add_argument("--days", type=int, default=5, help="soak: simulated days")
+    parser.add_argument("--events-per-day", type=int, default=200_000, help="soak: events per day")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hrnn-reliability-") as tmp:
@@ -288,9 +291,14 @@ def main() -> None:
         elif args.scenario == "fuzz":
             result = fuzz(Path(tmp), args.examples, args.seed)
             flags = f"--examples {args.examples}"
-        else:
+        elif args.scenario == "load":
             result = load(Path(tmp), args.clients, args.seconds, args.seed)
             flags = f"--clients {args.clients} --seconds {args.seconds:g}"
+        else:
+            from tests.soak import soak  # noqa: PLC0415
+
+            result = soak(Path(tmp), args.days, args.events_per_day, args.clients)
+            flags = f"--days {args.days} --events-per-day {args.events_per_day} --clients {args.clients}"
     result["command"] = f".venv/bin/python -m tests.reliability {args.scenario} {flags} --seed {args.seed}"
     out = REPO / "bench" / "results" / f"reliability_{args.scenario}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

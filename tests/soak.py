@@ -3,22 +3,19 @@ hourly ingests (load + archive) and a nightly champion whose cut is that day's e
 worker's RSS, the logged events it holds, the landing folder and the time a restart takes to be ready.
 Used by tests/test_reliability.py (small) and for the figure in docs/reliability.md:
 
-    .venv/bin/python -m tests.soak --days 5 --events-per-day 200000     # bench/results/reliability_soak.json
+    .venv/bin/python -m tests.reliability soak --days 5 --events-per-day 200000   # bench/results/reliability_soak.json
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 DAY = 86_400.0
 
 
@@ -110,26 +107,3 @@ def soak(root: Path, days: int, events_per_day: int, clients: int = 4, batch: in
         for tag in tags:
             bentoml.models.delete(tag)
     return {"days": days, "events_per_day": events_per_day, "clients": clients, "batch": batch, "rows": rows}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--days", type=int, default=5)
-    parser.add_argument("--events-per-day", type=int, default=200_000)
-    parser.add_argument("--clients", type=int, default=4)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="hrnn-soak-") as tmp:
-        os.environ["BENTOML_HOME"] = str(Path(tmp) / "bentoml")  # a private model store
-        os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
-        import torch  # noqa: PLC0415
-
-        torch.set_num_threads(1)
-        result = soak(Path(tmp), args.days, args.events_per_day, args.clients)
-    result["command"] = (f".venv/bin/python -m tests.soak --days {args.days} --events-per-day {args.events_per_day} "
-                         f"--clients {args.clients}")
-    (REPO / "bench" / "results" / "reliability_soak.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main()

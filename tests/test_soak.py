@@ -1,6 +1,6 @@
 """Soak (issue 22 "Time"), small: three simulated days through /events with the hourly ingests and a nightly
 champion each day. The service holds about one day of events whatever the log's age, the landing folder keeps
-only what is still to load, and a restart does not slow down as the log ages. Figure: tests/soak.py."""
+only what is still to load, and a restart does not slow down as the log ages. Figure: `python -m tests.reliability soak`."""
 
 from __future__ import annotations
 

@@ -269,9 +269,6 @@ class FeatureSpace:
         clip = self.items.clip  # model.numeric_clip, as for every standardized numeric field
         return float(np.clip((value - self.value_mean) / self.value_std, -clip, clip)), 1.0
 
-    def bucket(self, seconds: float | None) -> int:
-        return int(time_delta_bucket(seconds, self.time_delta_buckets, self.time_delta_log_base))
-
     def item_table(self, snapshot_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
         """Item metadata of the catalog: (n_items, cat width) int32, (n_items, num width) float."""
         items = read_snapshot(snapshot_dir, tables=("items",))["items"]
