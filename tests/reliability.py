@@ -268,6 +268,10 @@ def load(root: Path, clients: int, seconds: float, seed: int = 0) -> dict:
                                 key=KEY)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenario", choices=["crash", "fuzz", "load", "soak"])
@@ -279,6 +283,8 @@ def main() -> None:
     parser.add_argument("--events-per-day", type=int, default=200_000, help="soak: events per day")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    # SIGTERM ends the run like Ctrl-C: the finally blocks stop the servers it started (no orphans)
+    signal.signal(signal.SIGTERM, _interrupt)
     with tempfile.TemporaryDirectory(prefix="hrnn-reliability-") as tmp:
         os.environ["BENTOML_HOME"] = str(Path(tmp) / "bentoml")  # a private model store
         os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
