@@ -123,7 +123,7 @@ class IngestConfig:
 # Settings earlier versions had whose chosen value is now the code's behaviour (docs/benchmarks.md, "How the
 # defaults were chosen"): a config file that sets one is an error naming it; checkpoints drop them on load.
 RETIRED_FIELDS = {
-    "model": ("trend_auto", "trend_train", "user_id_output", "user_id_dropout"),
+    "model": ("trend_auto", "trend_train", "user_id_output", "user_id_dropout", "cold_item_score"),
     "train": ("exclude_seen", "shuffle_ties", "logq_correction"),
 }
 
@@ -160,7 +160,7 @@ class ModelConfig:
     trend_window_seconds: float = 30 * 86_400.0  # q_j(t): j's share of the events in [t_b - this, t_b); 7 d: lower
     trend_smoothing: float = 1.0  # add-k smoothing of the window's counts before log q_j(t)
     trend_bucket_seconds: float = 3600.0  # t_b = request time floored to this (q(t) recounted hourly, as the paper)
-    cold_item_score: str = "trained"  # items without training events: "trained" (as any item) or "metadata" (lambda 1)
+    cold_blend_events: float = 0.0  # items with n training events score at lambda + (1 - lambda) k / (k + n); 0: off
 
     @property
     def user_id_active(self) -> bool:
@@ -179,7 +179,7 @@ class ModelConfig:
             (self.trend_weight >= 0.0 and self.trend_smoothing > 0.0 and self.trend_window_seconds > 0.0,
              "trend_weight must be >= 0, trend_smoothing and trend_window_seconds > 0"),
             (self.trend_bucket_seconds > 0.0, "trend_bucket_seconds must be > 0"),
-            (self.cold_item_score in ("trained", "metadata"), "cold_item_score must be 'trained' or 'metadata'"),
+            (self.cold_blend_events >= 0.0, "cold_blend_events must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -275,6 +275,10 @@ class ServeConfig:
     champion_check_seconds: float = 30.0  # how often the model store is polled for a new champion (0 = never)
     default_num_results: int = 25  # num_results of a request that gives none
     log_overlap_seconds: float = 86_400.0  # logged events kept from this long before the model's cut (late ingests)
+    # exploration for new items (hrnn_core.serving.exploration, docs/exploration.md): a young item j ranks by
+    # score_j + exploration_weight * std(the request's scores over the catalogue) / sqrt(1 + events of j so far)
+    exploration_weight: float = 0.0  # 0 = off; 0 until issue 19's closed-loop simulation chooses a default
+    exploration_item_age_days: float = 30.0  # young: creation_timestamp, else first event, less than this ago
 
     def __post_init__(self) -> None:
         checks = [
@@ -286,6 +290,8 @@ class ServeConfig:
             (self.champion_check_seconds >= 0, "champion_check_seconds must be >= 0 (0 = never)"),
             (self.log_overlap_seconds >= 0, "log_overlap_seconds must be >= 0"),
             (1 <= self.default_num_results <= 500, "default_num_results must be in [1, 500]"),
+            (0 <= self.exploration_weight < float("inf"), "exploration_weight must be a finite number >= 0 (0 = off)"),
+            (0 < self.exploration_item_age_days < float("inf"), "exploration_item_age_days must be a finite number > 0"),
         ]
         for ok, msg in checks:
             if not ok:

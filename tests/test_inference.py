@@ -16,7 +16,7 @@ from hrnn_core.model.checkpoint import load_checkpoint
 from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.model.features import USER_ID_FIELD
 from hrnn_core.model.inference import Event, InferenceEngine, InferenceError, UserState
-from hrnn_core.model.scoring import CatalogueScorer, popularity
+from hrnn_core.model.scoring import NO_SCORE, CatalogueScorer, popularity
 from hrnn_core.train.trainer import gather_inputs, prepare_data, train
 from hrnn_core.data.datasets.load import synthetic_snapshot
 
@@ -69,7 +69,7 @@ def test_update_event_by_event_equals_the_batched_training_forward(trained) -> N
         x = gather_inputs(data, torch.arange(s, e)[None], torch.zeros(1, e - s, dtype=torch.bool))
         with torch.no_grad():
             out, hidden = engine.model(x)
-            ref = engine.model.scores(out[0], None, engine.model.cfg.inference_item_meta_mix)
+            ref = engine.scorer.scores(out[0])  # the one scoring function over the batched states
         torch.testing.assert_close(state.hidden, hidden, atol=1e-5, rtol=0)
         torch.testing.assert_close(torch.stack(request_scores), ref, atol=1e-4, rtol=0)
 
@@ -139,26 +139,48 @@ def test_lambda_one_scores_without_id_embeddings(trained) -> None:
     state = engine.init_state({"segment": "s1"})
     assert torch.isfinite(engine.score(state, at_time=1e9)).all()
     engine.scorer = CatalogueScorer(ck.model, ck.item_freq, mix=0.0)
-    assert torch.isnan(engine.score(state, at_time=1e9)).all()
+    scores, warm = engine.score(state, at_time=1e9), torch.as_tensor(ck.item_freq) > 0
+    assert torch.isnan(scores[warm]).all() and torch.isfinite(scores[~warm]).all()  # cold items: metadata only
 
 
 def test_the_cold_item_policy_is_the_models(trained) -> None:
-    """model.cold_item_score: "trained" scores items without training events like every item (their rows
-    were trained as negatives), "metadata" from their metadata alone (lambda = 1); the one policy of
-    every scoring path (hrnn_core.model.scoring)."""
+    """Items without training events are scored from their metadata alone (lambda = 1) plus the model's cold
+    prior, or NO_SCORE without metadata; warm items at the model's lambda (hrnn_core.model.scoring: the one
+    policy of every scoring path)."""
     _, ckpt = trained
     ck = load_checkpoint(ckpt)
     ck.item_freq[:3] = 0  # pretend items 0-2 never occurred in training
+    warm = torch.as_tensor(ck.item_freq) > 0
+    ck.model.item_cat[1] = 0  # ... and item 1 has no metadata
+    ck.model.item_num[1] = 0
+    ck.model.cold_log_prior.fill_(-2.5)
+    items = torch.arange(ck.model.n_items)
     with torch.no_grad():
-        wm, _ = ck.model.item_vectors(torch.arange(ck.model.n_items), 1.0)
-        wi, _ = ck.model.item_vectors(torch.arange(ck.model.n_items), 0.0)
-    cold = torch.as_tensor(np.asarray(ck.item_freq) == 0)
-    assert cold[:3].all()
-    plain = InferenceEngine(_with(ck, inference_item_meta_mix=0.0), device="cpu")
-    torch.testing.assert_close(plain.scorer.vectors()[0], wi)
-    meta = InferenceEngine(_with(ck, cold_item_score="metadata"), device="cpu")
-    torch.testing.assert_close(meta.scorer.vectors()[0][cold], wm[cold])
-    torch.testing.assert_close(meta.scorer.vectors()[0][~cold], wi[~cold])
+        wm, bm = ck.model.item_vectors(items, 1.0)
+        wx, bx = ck.model.item_vectors(items, MODEL.inference_item_meta_mix)
+    engine = InferenceEngine(ck, device="cpu")
+    w, b = engine.scorer.vectors()
+    meta = torch.tensor([True, False, True])
+    torch.testing.assert_close(w[:3][meta], wm[:3][meta])
+    torch.testing.assert_close(b[:3][meta], bm[:3][meta] - 2.5)
+    assert (w[1] == 0).all() and float(b[1]) == NO_SCORE
+    torch.testing.assert_close(w[warm], wx[warm])
+    torch.testing.assert_close(b[warm], bx[warm])
+    with torch.no_grad():  # the untrained id rows of cold items never enter a score
+        ck.model.item_w.weight[:3].normal_(0.0, 100.0)
+        ck.model.item_b.weight[:3].normal_(0.0, 100.0)
+    torch.testing.assert_close(InferenceEngine(ck, device="cpu").scorer.vectors()[0], w)
+
+
+def test_cold_blend_leans_few_event_items_on_metadata(trained) -> None:
+    """model.cold_blend_events = k: an item with n training events scores at lambda + (1 - lambda) k / (k + n)."""
+    _, ckpt = trained
+    ck = load_checkpoint(ckpt)
+    lam0 = MODEL.inference_item_meta_mix
+    blended = InferenceEngine(_with(ck, cold_blend_events=3.0), device="cpu").scorer
+    freq = torch.as_tensor(ck.item_freq).float()
+    expect = lam0 + (1 - lam0) * 3.0 / (3.0 + freq)
+    torch.testing.assert_close(blended._lam, expect.float())
 
 
 def test_trend_term_of_eq5(trained) -> None:
@@ -207,8 +229,10 @@ def test_new_items_are_added_and_scored_from_metadata_only(trained) -> None:
     state = engine.init_state({"segment": "s2"})
     scores = engine.score(state, at_time=1e9)
     assert scores.shape == (n + 2,) and torch.isfinite(scores).all()
-    torch.testing.assert_close(scores[n], scores[3])  # same metadata, same lambda = 1 score
+    # same metadata, same lambda = 1 score, plus the cold prior (item 3 has training events, the new one none)
+    torch.testing.assert_close(scores[n], scores[3] + engine.scorer.prior)
+    assert float(scores[n + 1]) == NO_SCORE  # nothing to score it from: below every other item
     ids = [i for i, _ in engine.top_k(state, n + 2, exclude_seen=False, at_time=1e9)]
-    assert "brand-new" in ids and "no-metadata" in ids
+    assert "brand-new" in ids and ids[-1] == "no-metadata"
     engine.update(state, Event("brand-new", 1e9, "view"))  # no input embedding: fed as "no item"
     assert state.seen == {n} and "brand-new" not in [i for i, _ in engine.top_k(state, n + 2, at_time=1e9 + 5)]

@@ -206,6 +206,9 @@ class HRNNMeta(nn.Module):
         nn.init.zeros_(self.item_b.weight)
         meta = ItemMeta(fs.items, hs + 1) if cfg.use_item_meta else None
         self.meta_out = meta if meta is not None and meta.enabled else None
+        # log prior of an item with no training events (hrnn_core.model.scoring's cold-item policy), set by
+        # training's calibration (``calibrate_cold_prior``); saved with the weights
+        self.register_buffer("cold_log_prior", torch.zeros(()))
 
     # ------------------------------------------------------------------ inputs and recurrence
 
@@ -284,6 +287,20 @@ class HRNNMeta(nn.Module):
         wb = self.meta_out(cat, num)  # (N, H + 1)
         return wb[:, :-1], wb[:, -1]
 
+    def has_metadata(self, cat: torch.Tensor | None = None, num: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,) bool: the item carries metadata the decoder reads (a known category value or a numeric
+        field present); default: every catalogue item. False everywhere without a metadata decoder."""
+        cat = self.item_cat[:-1] if cat is None else cat
+        num = self.item_num[:-1] if num is None else num
+        if self.meta_out is None:
+            return torch.zeros(len(cat), dtype=torch.bool, device=cat.device)
+        present = torch.zeros(len(cat), dtype=torch.bool, device=cat.device)
+        if self.meta_out.bags.n_fields:
+            present |= (cat != 0).any(dim=1)
+        if self.meta_out.numeric is not None:
+            present |= (num[:, 1::2] != 0).any(dim=1)
+        return present
+
     def item_vectors(self, items: torch.Tensor | None = None, mix: float | torch.Tensor = 0.0
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mixed decoder vectors of eq. (2) for ``items`` (C,) or the whole catalog.
@@ -307,9 +324,12 @@ class HRNNMeta(nn.Module):
         if scalar and mix == 1.0:
             return wm, bm
         lam = mix if scalar else mix[:, None]  # scalar or (C, 1)
-        w = (1 - lam) * w + lam * wm  # eq. (2), as mixed vectors: (C, H)
-        b = (1 - mix) * b + mix * bm  # (C,)
-        return w, b
+        w_mix = (1 - lam) * w + lam * wm  # eq. (2), as mixed vectors: (C, H)
+        b_mix = (1 - mix) * b + mix * bm  # (C,)
+        if scalar:
+            return w_mix, b_mix
+        meta_only = mix == 1.0  # these never read their id rows (0 * a non-finite row is not 0)
+        return torch.where(meta_only[:, None], wm, w_mix), torch.where(meta_only, bm, b_mix)
 
     def scores(self, h: torch.Tensor, items: torch.Tensor | None = None, mix: float | torch.Tensor = 0.0) -> torch.Tensor:
         """phi~(h) of eq. (2): h (N, H) -> (N, C) scores of ``items`` (default: all items)."""

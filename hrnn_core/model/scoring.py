@@ -9,10 +9,15 @@ request step) at time ``t``::
     score_j = w~_j . h + b~_j  +  trend_weight * log q_j(t)
 
 * ``w~_j, b~_j``: eq. (2)'s mixed decoder vectors at the model's inference lambda
-  (``model.inference_item_meta_mix``). **Cold items** (no training events) follow the one policy
-  ``model.cold_item_score``: "trained" scores them like every item (with the dense softmax their id rows
-  were trained as negatives of every event), "metadata" with lambda = 1 (their metadata only). Items
-  added after training (``add_items``) have no id row: always lambda = 1.
+  (``model.inference_item_meta_mix``) for items with training events; an item with few events leans
+  on its metadata: lambda_j = lambda + (1 - lambda) * k / (k + n_j), ``k = model.cold_blend_events``.
+* **Cold items** (no training events, and items added after training with ``add_items``): one policy.
+  An item with metadata is scored from it alone (lambda = 1, its untrained id row never enters) plus the
+  model's **cold prior** ``b_cold`` (``HRNNMeta.cold_log_prior``), calibrated after each validation so
+  that the mean probability the softmax gives "the next event is on some cold item" equals the rate at
+  which events in the later half of the training data were an item's first event
+  (``new_item_rate``, ``calibrate_cold_prior``): warm and cold items compete on one probability scale.
+  An item without metadata has nothing to be scored from: ``NO_SCORE``, below every other item.
 * ``log q_j(t)``: eq. (5)'s trend term, ``q(t)`` = the add-k smoothed item shares of the events in
   ``[t_b - model.trend_window_seconds, t_b)``, ``t_b`` = ``t`` floored to ``model.trend_bucket_seconds``
   (``hrnn_core.model.trend.WindowedPopularity``); no popularity given or a weight of 0: no term.
@@ -49,12 +54,16 @@ class CatalogueScorer:
         self.trend = trend
         self.trend_weight = cfg.trend_weight if trend_weight is None else float(trend_weight)
         dev = model.item_w.weight.device
-        self.cold = (torch.as_tensor(item_freq).to(dev) == 0)[: model.n_items]  # (n,) no training events
-        self._lam: float | torch.Tensor = self.mix  # eq. (2)'s lambda, per item where cold items differ
-        if cfg.cold_item_score == "metadata" and model.meta_out is not None and self.mix < 1.0 and bool(self.cold.any()):
-            self._lam = torch.where(self.cold, 1.0, self.mix).float()
+        freq = torch.as_tensor(item_freq).to(dev)[: model.n_items].float()
+        self.cold = freq == 0  # (n,) no training events
+        self.has_meta = model.has_metadata()  # (n,) metadata the decoder reads
+        k = cfg.cold_blend_events
+        blend = k / (k + freq) if k > 0 else self.cold.float()  # 1 for cold items, k / (k + n_j) otherwise
+        self._lam = self.mix + (1.0 - self.mix) * blend  # (n,) eq. (2)'s lambda per item
         h = cfg.hidden_size
         self._new_w, self._new_b = torch.zeros(0, h, device=dev), torch.zeros(0, device=dev)  # added items
+        self._new_raw = (self._new_w, self._new_b)  # their metadata vectors before the cold policy
+        self._new_meta = torch.zeros(0, dtype=torch.bool, device=dev)
         self._full: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
@@ -80,16 +89,38 @@ class CatalogueScorer:
         return self._full
 
     def _model_vectors(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lam = self._lam if isinstance(self._lam, float) else self._lam[items]
-        w, b = self.model.item_vectors(items, lam)
-        return w.float(), b.float()
+        w, b = self.model.item_vectors(items, self._lam[items])
+        return cold_policy(w.float(), b.float(), self.cold[items], self.has_meta[items], self.prior)
+
+    @property
+    def prior(self) -> float:
+        """``b_cold``: the log prior added to every cold item's metadata score."""
+        return float(self.model.cold_log_prior)
+
+    def set_prior(self, value: float) -> None:
+        """Set the model's cold prior (calibration) and drop the vectors formed with the old one."""
+        self.model.cold_log_prior.fill_(float(value))
+        self._full = None
+        if len(self._new_b):
+            self._new_w, self._new_b = cold_policy(*self._new_raw, torch.ones_like(self._new_meta), self._new_meta,
+                                                   self.prior)
 
     @torch.no_grad()
     def add_items(self, cat: torch.Tensor, num: torch.Tensor) -> None:
         """Items that were not in the training catalogue, from their encoded metadata (lambda = 1)."""
-        w, b = self.model.meta_vectors(cat.to(self._new_b.device), num.to(self._new_b.device))
-        self._new_w, self._new_b = torch.cat([self._new_w, w.float()]), torch.cat([self._new_b, b.float()])
+        dev = self._new_b.device
+        cat, num = cat.to(dev), num.to(dev)
+        meta = self.model.has_metadata(cat, num)
+        if self.model.meta_out is not None:
+            w, b = self.model.meta_vectors(cat, num)
+        else:
+            w, b = torch.zeros(len(cat), self.model.cfg.hidden_size, device=dev), torch.zeros(len(cat), device=dev)
+        self._new_raw = (torch.cat([self._new_raw[0], w.float()]), torch.cat([self._new_raw[1], b.float()]))
+        self._new_meta = torch.cat([self._new_meta, meta])
+        self._new_w, self._new_b = cold_policy(*self._new_raw, torch.ones_like(self._new_meta), self._new_meta,
+                                               self.prior)
         self.cold = torch.cat([self.cold, torch.ones(len(b), dtype=torch.bool, device=self.cold.device)])
+        self.has_meta = torch.cat([self.has_meta, meta])
         self._full = None
 
     # ------------------------------------------------------------------ the scoring function
@@ -123,6 +154,61 @@ class CatalogueScorer:
             log_q = self.trend.log_q_at(np.asarray(times, dtype=np.float64)).to(out.device)
             out = out + self.trend_weight * log_q.gather(1, target[:, None].to(out.device)).squeeze(1)
         return out
+
+
+NO_SCORE = -1e9  # the score of an item with nothing to score it from: below every scored item
+
+
+def cold_policy(w: torch.Tensor, b: torch.Tensor, cold: torch.Tensor, has_meta: torch.Tensor, prior: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder vectors (C, H), (C,) with the cold-item policy applied: a cold item's (lambda = 1, metadata)
+    bias gets the cold prior; a cold item without metadata gets a zero vector and ``NO_SCORE``."""
+    if not bool(cold.any()):
+        return w, b
+    blank = cold & ~has_meta
+    w = w.masked_fill(blank[:, None], 0.0)
+    b = torch.where(blank, torch.full_like(b, NO_SCORE), torch.where(cold, b + prior, b))
+    return w, b
+
+
+def new_item_rate(times: np.ndarray, items: np.ndarray) -> float:
+    """The rate at which an event is an item's first: over the later half (in time) of training events
+    ``times``, ``items``, (first events + 1) / (events + 2) (add-one smoothed, never 0 or 1). What the cold
+    prior is calibrated to: how often the next event lands on an item with no earlier event."""
+    if len(items) == 0:
+        return 0.5
+    order = np.argsort(times, kind="stable")
+    first = np.zeros(len(items), dtype=bool)
+    first[order[np.unique(np.asarray(items)[order], return_index=True)[1]]] = True
+    late = times >= np.median(times)
+    return float((first[late].sum() + 1) / (late.sum() + 2))
+
+
+@torch.no_grad()
+def calibrate_cold_prior(scorer: CatalogueScorer, h: torch.Tensor, times: np.ndarray | None, rate: float,
+                         rows: int = 256) -> float:
+    """Set (and return) the cold prior so that the mean over request states ``h`` (N, H) at ``times`` of
+    P(next item is cold) = sum over cold items of softmax(scores) equals ``rate``. One bisection on the
+    prior over per-request log-sum-exps of the warm and the cold (metadata) scores; with no warm or no
+    scorable cold item, or no states, the prior is left as it is."""
+    usable = scorer.cold & scorer.has_meta
+    if len(h) == 0 or not bool(usable.any()) or bool(scorer.cold.all()):
+        return scorer.prior
+    warm_lse, cold_lse = [], []
+    for lo in range(0, len(h), rows):
+        s = scorer.scores(h[lo:lo + rows], None if times is None else times[lo:lo + rows])  # (r, C)
+        warm_lse.append(torch.logsumexp(s[:, ~scorer.cold], dim=1))
+        cold_lse.append(torch.logsumexp(s[:, usable], dim=1) - scorer.prior)
+    gap = (torch.cat(cold_lse) - torch.cat(warm_lse)).double()  # (N,) log odds of "cold" at prior 0
+    lo_b, hi_b = -100.0, 100.0
+    for _ in range(60):  # mean sigmoid(gap + b) is increasing in b
+        mid = (lo_b + hi_b) / 2
+        if float(torch.sigmoid(gap + mid).mean()) < rate:
+            lo_b = mid
+        else:
+            hi_b = mid
+    scorer.set_prior((lo_b + hi_b) / 2)
+    return scorer.prior
 
 
 def _pad(log_q: torch.Tensor, width: int) -> torch.Tensor:

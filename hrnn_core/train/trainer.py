@@ -41,7 +41,7 @@ from hrnn_core.model.checkpoint import CheckpointError, load_checkpoint, resolve
 from hrnn_core.model.losses import LossOut, dense_softmax_loss, reward_weights, sampled_softmax_loss
 from hrnn_core.model.network import FieldBags, HRNNMeta, StepInputs
 from hrnn_core.model.sampler import AliasSampler
-from hrnn_core.model.scoring import CatalogueScorer
+from hrnn_core.model.scoring import CatalogueScorer, calibrate_cold_prior, new_item_rate
 from hrnn_core.model.trend import WindowedPopularity
 from hrnn_core.train.batches import (NonFiniteLossError, TrainData, TrainError, gather_inputs, prepare_data,
                                      repeat_share, seen_masks, snapshot_times, tie_order, user_parallel_windows)
@@ -74,23 +74,13 @@ def _autocast(device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: torch.device,
-             scorer: CatalogueScorer | None = None, times: np.ndarray | None = None, k: int = 10,
-             batch_size: int = 64, item_chunk: int = 65_536, exclude_seen: bool = False) -> dict[str, float]:
-    """Validation on each segment's last event given the rest: loss (mean CE), PPL, NDCG@k, Hit@k.
-
-    Scores come from ``scorer`` (``hrnn_core.model.scoring``: the evaluation's and the service's scoring
-    function; default: the model's own settings without a trend term), at each target's time
-    (``times``: each event's timestamp), over the full catalogue in chunks (never a rows x all-items
-    matrix larger than a chunk). ``exclude_seen``: the owner's earlier items (never the target) leave
-    the ranking and the softmax, as in training (``resolve_exclude_seen``).
-    """
-    if len(segments) == 0:
-        return {}
+def request_states(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: torch.device,
+                   times: np.ndarray | None = None, batch_size: int = 64):
+    """Yield, per block of ``segments`` (similar lengths together), the block's segments, the model's state
+    (b, H) at the request of each segment's last event, its target items (b,) and request times (b,) or
+    None, and the block's flat event indices (b, t) (-1 = padding)."""
     model.eval()
-    scorer = scorer or CatalogueScorer(model, data.events.item_freq)
     order = np.argsort(segments[:, 1] - segments[:, 0], kind="stable")  # similar lengths together
-    ce_sum = ndcg = hits = 0.0
     for lo in range(0, len(order), batch_size):
         seg = segments[order[lo:lo + batch_size]]
         lengths = seg[:, 1] - seg[:, 0]
@@ -102,7 +92,33 @@ def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: tor
             out, _ = model(x)  # (b, t, H)
         h = out[torch.arange(len(seg)), torch.from_numpy(lengths - 1)].float()  # (b, H)
         target = data.events.target[torch.from_numpy(seg[:, 1] - 1)].to(device)  # (b,)
-        at = None if times is None else times[seg[:, 1] - 1]  # (b,) request times
+        yield seg, h, target, None if times is None else times[seg[:, 1] - 1], idx
+
+
+@torch.no_grad()
+def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: torch.device,
+             scorer: CatalogueScorer | None = None, times: np.ndarray | None = None, k: int = 10,
+             batch_size: int = 64, item_chunk: int = 65_536, exclude_seen: bool = False,
+             cold_rate: float | None = None) -> dict[str, float]:
+    """Validation on each segment's last event given the rest: loss (mean CE), PPL, NDCG@k, Hit@k.
+
+    Scores come from ``scorer`` (``hrnn_core.model.scoring``: the evaluation's and the service's scoring
+    function; default: the model's own settings without a trend term), at each target's time
+    (``times``: each event's timestamp), over the full catalogue in chunks (never a rows x all-items
+    matrix larger than a chunk). ``exclude_seen``: the owner's earlier items (never the target) leave
+    the ranking and the softmax, as in training (``resolve_exclude_seen``). ``cold_rate``: first calibrate
+    the model's cold prior on these requests to this rate (``calibrate_cold_prior``).
+    """
+    if len(segments) == 0:
+        return {}
+    scorer = scorer or CatalogueScorer(model, data.events.item_freq)
+    blocks = list(request_states(model, data, segments, device, times, batch_size))
+    if cold_rate is not None:
+        calibrate_cold_prior(scorer, torch.cat([b[1] for b in blocks]),
+                             None if times is None else np.concatenate([b[3] for b in blocks]), cold_rate)
+    ce_sum = ndcg = hits = 0.0
+    for seg, h, target, at, idx in blocks:
+        lengths, t = seg[:, 1] - seg[:, 0], idx.shape[1]
         seen = None
         if exclude_seen:  # (b, n_items): items of the events before the target
             hist = data.events.target[torch.from_numpy(np.maximum(idx, 0))].to(device)  # (b, t)
@@ -126,17 +142,38 @@ def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: tor
         hits += float(top.sum())
     n = len(segments)
     loss = ce_sum / n
-    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), f"ndcg@{k}": ndcg / n, f"hit@{k}": hits / n}
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), f"ndcg@{k}": ndcg / n, f"hit@{k}": hits / n,
+            "cold_log_prior": scorer.prior}
+
+
+CALIBRATION_OWNERS = 1_000  # without validation owners, the cold prior is calibrated on this many training owners
 
 
 def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: torch.device,
-             exclude_seen: bool, trend: TrainTrend | None = None) -> dict:
+             exclude_seen: bool, trend: TrainTrend | None = None, cold_rate: float | None = None) -> dict:
     """One epoch's validation metrics, scored as inference scores (eq. 2 at ``model.inference_item_meta_mix``);
-    ``trend``: the eq. (5) term a model trained with it is scored with."""
+    ``trend``: the eq. (5) term a model trained with it is scored with. ``cold_rate``: the cold prior is
+    calibrated first (on the validation requests, else on the last events of some training owners)."""
     scorer = CatalogueScorer(model, data.events.item_freq, model_cfg.inference_item_meta_mix,
                              trend.popularity if trend else None, trend.weight if trend else 0.0)
-    return evaluate(model, data, data.val_segments, device, scorer, trend.times if trend else None,
-                    exclude_seen=exclude_seen)
+    times = trend.times if trend else None
+    if len(data.val_segments) == 0 and cold_rate is not None:
+        blocks = list(request_states(model, data, data.train_segments[:CALIBRATION_OWNERS], device, times))
+        if blocks:
+            calibrate_cold_prior(scorer, torch.cat([b[1] for b in blocks]),
+                                 None if times is None else np.concatenate([b[3] for b in blocks]), cold_rate)
+        return {"cold_log_prior": scorer.prior}
+    return evaluate(model, data, data.val_segments, device, scorer, times, exclude_seen=exclude_seen,
+                    cold_rate=cold_rate)
+
+
+def training_new_item_rate(snapshot_dir: Path, data: TrainData, times: np.ndarray | None = None) -> float:
+    """``new_item_rate`` of the training events (the validation targets left out): the cold prior's target."""
+    times = snapshot_times(snapshot_dir, len(data.events.target)) if times is None else times
+    a, b = data.train_segments[:, 0], data.train_segments[:, 1]
+    lengths = b - a
+    idx = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(a, lengths)
+    return new_item_rate(times[idx], data.events.target.numpy()[idx])
 
 
 @dataclass
@@ -242,6 +279,7 @@ class _Run:
     repeats: float  # the share of training events that repeat an item of their owner
     has_ties: bool  # some events share their owner's timestamp (tie_order has something to shuffle)
     trend: TrainTrend | None  # the eq. (5) term in every dense training score (training_trend)
+    cold_rate: float  # the cold prior's calibration target (training_new_item_rate)
     type_w: torch.Tensor  # reward weight per event type index (section 3.3)
     model: HRNNMeta
     opts: list[torch.optim.Optimizer]
@@ -285,7 +323,8 @@ def _prepare(snapshot_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, devic
     rank, is_main = (dist_ctx.rank, dist_ctx.is_main) if dist_ctx is not None else (0, True)
     slots = dist_ctx.local_slots(cfg.batch_size) if dist_ctx is not None else slice(None)
     return _Run(model_cfg, cfg, device, dist_ctx, rank, is_main, slots, data, exclude_seen, repeats,
-                has_ties=bool((ev.time_delta == 0).any()), trend=trend, type_w=type_w, model=model, opts=opts,
+                has_ties=bool((ev.time_delta == 0).any()), trend=trend,
+                cold_rate=training_new_item_rate(snapshot_dir, data, trend.times if trend else None), type_w=type_w, model=model, opts=opts,
                 sampler=sampler, steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.epochs)
 
 
@@ -442,7 +481,8 @@ def _validate_epoch(run: _Run, epoch: int, metrics: dict) -> tuple[dict, bool]:
     improved the early-stopping metric)."""
     cfg = run.cfg
     if run.is_main:
-        metrics.update(validate(run.model, run.model_cfg, run.data, run.device, run.exclude_seen, run.trend))
+        metrics.update(validate(run.model, run.model_cfg, run.data, run.device, run.exclude_seen, run.trend,
+                                run.cold_rate))
     if run.dist_ctx is not None:
         metrics = run.dist_ctx.broadcast(metrics)  # every rank takes rank 0's early-stopping decision
     run.model.train()

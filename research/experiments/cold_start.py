@@ -3,7 +3,7 @@
 Half of the catalogue is held out uniformly at random (``cold_start_items`` protocol,
 PROTOCOLS.md section 3); HRNN-meta trains on the events of the other half with lambda ~ U[0, 1]
 per batch (``train.item_meta_mix = None``) and scores the cold items from their metadata alone
-(lambda = 1 in eq. 2: ``ModelConfig.cold_item_score = "metadata"``, the cold items have no
+(lambda = 1 in eq. 2: the cold-item policy of ``hrnn_core.model.scoring``, the cold items have no
 training events). The baseline is uniform random ranking (``random``), the only option for a model that
 ignores metadata ("without any history even item popularity is unknown").
 
@@ -80,13 +80,8 @@ def views(split) -> dict:
 
 def cold_lambda(scorer) -> np.ndarray:
     """(n_items,) lambda of eq. (2) the fitted HRNN scorer applies to each item, by the policy of its
-    scoring function (``hrnn_core.model.scoring.CatalogueScorer``): its lambda, and 1 on the items without
-    training events when the model's ``cold_item_score`` is "metadata" and it has a metadata decoder."""
-    cs = scorer.scorer
-    lam = np.full(scorer.n_items, float(cs.mix))
-    if cs.model.cfg.cold_item_score == "metadata" and cs.model.meta_out is not None:
-        lam[cs.cold[: scorer.n_items].cpu().numpy()] = 1.0
-    return lam
+    scoring function (``hrnn_core.model.scoring.CatalogueScorer``): 1 on the items without training events."""
+    return scorer.scorer._lam[: scorer.n_items].cpu().numpy()
 
 
 def _summary(acc, n_cold: int) -> dict:
@@ -155,7 +150,7 @@ def run_cold_start(snapshot_dir: Path, model_cfg, train_cfg, *, dataset: str = "
         raise ColdStartError("no events on cold items; raise --cold-fraction")
     train_cfg = dataclasses.replace(train_cfg, item_meta_mix=None)  # paper 4.4: lambda ~ U[0, 1] in training
     # Table 7: the cold items from their metadata alone (lambda = 1), no trend term
-    model_cfg = dataclasses.replace(model_cfg, trend_weight=0.0, cold_item_score="metadata")
+    model_cfg = dataclasses.replace(model_cfg, trend_weight=0.0)
     scorers = {"hrnn": make_scorer("hrnn", model=model_cfg, train=train_cfg),
                "random": make_scorer("random")}
     fit_s = {}

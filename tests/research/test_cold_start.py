@@ -3,7 +3,6 @@ HRNN-meta scoring the cold items from metadata only (lambda = 1), via the experi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -98,8 +97,7 @@ def test_cold_items_are_scored_from_metadata_only(cold_snapshot, tmp_path) -> No
     """Garbage id embeddings do not change a single cold-start rank: lambda = 1 on cold items."""
     split = build_split("cold_start_items", SnapshotData.load(cold_snapshot), seed=1)
     cold = split.candidate_mask
-    model = dataclasses.replace(TINY_MODEL, cold_item_score="metadata")  # as run_cold_start scores them
-    scorer = make_scorer("hrnn", model=model, train=TINY_TRAIN, device="cpu")
+    scorer = make_scorer("hrnn", model=TINY_MODEL, train=TINY_TRAIN, device="cpu")
     scorer.fit(train_data(split, "train", 0, tmp_path))
     lam = cold_lambda(scorer)
     assert np.all(lam[cold] == 1.0) and np.all(lam[~cold] == TINY_MODEL.inference_item_meta_mix)
