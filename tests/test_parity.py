@@ -19,6 +19,7 @@ import torch
 
 from hrnn_core.evaluation.baselines.base import ScoreBatch, TrainData
 from hrnn_core.data.contract import owner_id
+from hrnn_core.model.checkpoint import load_checkpoint
 from hrnn_core.serving.export import score_model_shard
 from hrnn_core.evaluation.hrnn_scorer import HRNNScorer
 from hrnn_core.serving.recommend import load_serving_model
@@ -29,12 +30,17 @@ K = 10
 SESSION = "s-parity"
 
 
-@pytest.fixture(params=[0.0, 0.5], ids=["no-trend", "trend"])
+@pytest.fixture(params=[(0.0, 60), (0.5, 60), (0.5, 900)], ids=["no-trend", "trend", "mostly-cold"])
 def champion(request, tmp_path_factory: pytest.TempPathFactory):
+    """mostly-cold: 900 items, most without a training event (cold: metadata + the cold prior, issue 21)."""
     torch.set_num_threads(1)
-    model = dataclasses.replace(TINY_MODEL, trend_weight=request.param)
-    c = promote_tiny_champion(tmp_path_factory.mktemp("parity"), n_users=30, n_items=60, n_events=900, seed=11,
+    trend, n_items = request.param
+    model = dataclasses.replace(TINY_MODEL, trend_weight=trend)
+    c = promote_tiny_champion(tmp_path_factory.mktemp("parity"), n_users=30, n_items=n_items, n_events=900, seed=11,
                               model=model)
+    if n_items > 60:
+        freq = load_checkpoint(c.artifact / "model.pt").item_freq
+        assert (freq == 0).float().mean() > 0.5  # most of the catalogue is cold
     yield c
     bentoml.models.delete(c.tag)
 

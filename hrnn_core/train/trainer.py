@@ -317,6 +317,8 @@ def _prepare(snapshot_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, devic
                                                         for t in data.features.event_types], device=device)
     torch.manual_seed(cfg.seed)
     model = HRNNMeta(model_cfg, data.features, data.item_cat, data.item_num).to(device)
+    with torch.no_grad():  # an item with no training event is never an input here: no random row for later
+        model.item_in.weight[:n_items][torch.as_tensor(ev.item_freq == 0).to(device)] = 0.0
     opts = _optimizers(model, cfg)
     sampler = AliasSampler(ev.item_freq, cfg.sampler_alpha, seed=cfg.seed, device=device)
     steps_per_epoch = math.ceil(n_events / (cfg.batch_size * cfg.bptt)) + 1

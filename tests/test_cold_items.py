@@ -1,0 +1,80 @@
+"""Issue 21: a catalogue where most items have no training events. One cold-item policy in the one scoring
+path (hrnn_core.model.scoring): cold items are scored from metadata plus a calibrated prior, their untrained id
+rows never decide a rank, and the prior puts cold and warm items on one probability scale. (The evaluation,
+export and service agreeing on such a catalogue: tests/test_parity.py, "mostly-cold".)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hrnn_core.data.datasets.load import synthetic_snapshot
+from hrnn_core.evaluation.baselines.base import ScoreBatch
+from hrnn_core.evaluation.harness import make_scorer, train_data
+from hrnn_core.evaluation.protocols import build_split
+from hrnn_core.evaluation.splits import SnapshotData
+from hrnn_core.model.checkpoint import load_checkpoint
+from hrnn_core.model.scoring import CatalogueScorer, calibrate_cold_prior, new_item_rate
+from tests.champions import ONE_EPOCH, TINY_MODEL
+
+
+def test_new_item_rate_counts_first_events_in_the_later_half() -> None:
+    times = np.arange(8, dtype=float)
+    items = np.array([0, 1, 0, 1, 2, 0, 3, 3])  # later half (t >= 3.5): 2 and the first 3 are new
+    assert new_item_rate(times, items) == pytest.approx((2 + 1) / (4 + 2))
+    shuffled = np.random.default_rng(0).permutation(8)  # the order of the arrays does not matter, time does
+    assert new_item_rate(times[shuffled], items[shuffled]) == pytest.approx((2 + 1) / (4 + 2))
+
+
+@pytest.fixture(scope="module")
+def mostly_cold(tmp_path_factory):
+    """A temporal split of a 1,200-item synthetic catalogue with 1,500 events (most items never occur)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("mostly-cold")
+    snap = synthetic_snapshot(root / "data", n_users=60, n_items=1_200, n_events=1_500, n_genres=5, seed=3)
+    split = build_split("temporal", SnapshotData.load(snap))
+    scorer = make_scorer("hrnn", model=TINY_MODEL, train=ONE_EPOCH, device="cpu")
+    scorer.fit(train_data(split, "train", 0, root / "work"))
+    return split, scorer
+
+
+def test_calibration_puts_the_rate_of_new_items_on_cold_items(mostly_cold) -> None:
+    _, scorer = mostly_cold
+    cs: CatalogueScorer = scorer.scorer
+    assert float(cs.cold.float().mean()) > 0.5  # most of the catalogue has no training event
+    h = torch.randn(40, scorer.model.cfg.hidden_size)
+    for rate in (0.02, 0.3):
+        calibrate_cold_prior(cs, h, None, rate)
+        p = torch.softmax(cs.scores(h), dim=1)
+        assert float(p[:, cs.cold].sum(1).mean()) == pytest.approx(rate, abs=1e-4)
+    assert scorer.model.cold_log_prior.item() == cs.prior  # the prior lives in the model (saved with it)
+
+
+def test_trained_models_carry_a_calibrated_prior_and_no_random_input_rows(mostly_cold) -> None:
+    _, scorer = mostly_cold
+    ck = load_checkpoint(scorer.checkpoint_path)
+    assert ck.raw["history"][-1]["cold_log_prior"] == pytest.approx(float(ck.model.cold_log_prior))
+    assert float(ck.model.cold_log_prior) != 0.0
+    cold = torch.as_tensor(ck.item_freq) == 0
+    assert (ck.model.item_in.weight[:-1][cold] == 0).all()  # never an input in training: no random row
+
+
+def test_untrained_id_rows_never_decide_a_rank(mostly_cold) -> None:
+    split, scorer = mostly_cold
+    cases = split.test
+    idx = np.arange(min(64, len(cases)))
+    b = cases.batch(idx)
+    batch = ScoreBatch(cases.sequences, b["rows"], b["pos"], b["owners"], b["target_timestamp"],
+                       target_event_id=cases.target_event_id[idx])
+    before = scorer.score(batch)
+    cold = scorer.scorer.cold
+    with torch.no_grad():  # garbage in every id row of the cold items: decoder and input
+        scorer.model.item_w.weight[cold] = torch.randn(int(cold.sum()), scorer.model.cfg.hidden_size) * 100
+        scorer.model.item_b.weight[cold] = torch.randn(int(cold.sum()), 1) * 100
+    scorer.scorer._full = None
+    torch.testing.assert_close(scorer.score(batch), before)
+    warm_best = before[:, ~cold[: before.shape[1]]].max(dim=1).values
+    blank = cold & ~scorer.scorer.has_meta
+    if bool(blank.any()):  # a cold item without metadata ranks below every trained item
+        assert (before[:, blank[: before.shape[1]]].max(dim=1).values < warm_best).all()
