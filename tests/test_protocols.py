@@ -20,7 +20,7 @@ from hrnn_core.evaluation.protocols import (
     temporal,
     user_holdout,
 )
-from hrnn_core.evaluation.splits import ProtocolError, SnapshotData, select_events
+from hrnn_core.evaluation.splits import Cases, ProtocolError, SnapshotData, select_events
 
 N_ITEMS = 40
 
@@ -345,3 +345,14 @@ def test_on_exported_snapshot_if_present():
     lengths = np.diff(s.data.offsets)
     assert len(s.test) == int((lengths >= 3).sum())
     assert int(s.item_frequency.sum()) == int(lengths.sum() - 2 * len(s.test))
+
+
+def test_repeated_targets_are_counted_and_exclude_seen_warns() -> None:
+    """A target that repeats an item of its history survives exclude_seen (a target is never excluded), so a
+    model that scores seen items high ranks it first among the unseen rest: the split says so (issue 21's
+    e-commerce log, taobao: BPR looked 10x better than it is)."""
+    seq = pa.table({"item_idx": [[1, 2, 1, 3], [4, 4]], "user_idx": [0, 1]})
+    cases = Cases(seq, row=[0, 0, 0, 1, 1], pos=[1, 2, 3, 0, 1], target_offsets=[0, 1, 2, 3, 4, 5],
+                  target_items=[2, 1, 3, 4, 4], target_timestamp=np.zeros(5), target_event_id=np.zeros(5),
+                  n_items=5, exclude_seen=True)
+    assert cases.repeated_targets().tolist() == [False, True, False, False, True]

@@ -264,6 +264,17 @@ class Cases:
     def targets(self, i: int) -> np.ndarray:
         return self.target_items[self.target_offsets[i]:self.target_offsets[i + 1]]
 
+    def repeated_targets(self) -> np.ndarray:
+        """(n,) bool: the case's (first) target is an item of the history it reads (a repeat)."""
+        if len(self.row) == 0:
+            return np.zeros(0, dtype=bool)
+        row_of = np.repeat(np.arange(len(self._offsets) - 1), np.diff(self._offsets))
+        keys = row_of * self.n_items + self._items  # one key per (row, item)
+        uniq, first = np.unique(keys, return_index=True)  # first flat index of each (row, item)
+        case_keys = self.row * self.n_items + self.target_items[self.target_offsets[:-1]]
+        at = np.clip(np.searchsorted(uniq, case_keys), 0, len(uniq) - 1)
+        return (uniq[at] == case_keys) & (first[at] < self._offsets[self.row] + self.pos)
+
     def history_items(self, i: int) -> np.ndarray:
         start = self._offsets[self.row[i]]
         return self._items[start:start + self.pos[i]]
@@ -357,6 +368,12 @@ class Split:
                                                  else "") +
                  (", seen items excluded (exclude_seen on)" if self.params.get("exclude_seen") else
                   ", seen items NOT excluded (exclude_seen off)")]
+        repeats = int(self.test.repeated_targets().sum())
+        lines.append(f"  test targets that repeat an item of their history: {repeats:,} of {len(self.test):,}")
+        if repeats and self.params.get("exclude_seen"):
+            lines.append("  WARNING: with exclude_seen on, a repeated target is ranked among unseen items only, so a "
+                         "model that scores the user's own items high ranks it first; give exclude_seen false for "
+                         "data with repeats (PROTOCOLS.md)")
         return "\n".join(lines)
 
     def sequences_before(self, t: float) -> pa.Table:
