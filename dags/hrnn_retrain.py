@@ -5,7 +5,8 @@ queue/pool); all are evaluated on the same `temporal` split of the snapshot take
 the data interval. The new HRNN-meta becomes champion only if it beats the current champion and
 every baseline on the gating metric; a failure anywhere before that leaves the champion as it
 was. When the champion changes, the `hrnn://model/champion` asset is updated (it triggers the
-batch recommendations DAG). `catchup=False`: unpausing it runs the latest night only (not one
+batch recommendations DAG). Every run writes its HTML report beside it
+(`<data>/runs/<snapshot id>/report.html`). `catchup=False`: unpausing it runs the latest night only (not one
 retrain per day since the start date); backfills are explicit (the UI's Backfill, or `airflow backfill
 create`), and a backfill over a date range gives the same state as the nightly runs would have.
 """
@@ -81,6 +82,14 @@ def hrnn_retrain():
         interval = (data_interval_start.timestamp(), data_interval_end.timestamp())
         return run(_cfg(), snap, [candidate, *runs], champion, interval)
 
+    @task
+    def report(snap: dict, candidate: dict, runs: list[dict], champion: dict | None, decision: dict) -> str:
+        """Write the run's HTML report beside it (<runs>/<snapshot id>/report.html): leaderboard, gate, curves,
+        breakdowns, data."""
+        from hrnn_core.retrain import write_report
+
+        return write_report(_cfg(), snap, [candidate, *runs], champion, decision)
+
     @task.short_circuit
     def champion_changed(decision: dict) -> bool:
         return bool(decision["changed"])
@@ -101,7 +110,9 @@ def hrnn_retrain():
         task_id="train_hrnn", queue=retrain_cfg.hrnn_queue, pool=retrain_cfg.hrnn_pool
     )(kind="hrnn", snap=snap)
     runs = train_and_evaluate.partial(snap=snap).expand(kind=kinds)
-    decision = register_and_promote(snap, candidate, runs, evaluate_champion(snap))
+    champion = evaluate_champion(snap)
+    decision = register_and_promote(snap, candidate, runs, champion)
+    report(snap, candidate, runs, champion, decision)
     champion_changed(decision) >> announce(decision)
 
 

@@ -3,7 +3,7 @@
 snapshot (as of the interval end) -> for each model: fit on the ``temporal`` protocol's training
 data and score its test events (one task per model) -> evaluate the current champion on the same
 split -> register every model -> promote the new HRNN-meta only if it beats the champion and every
-baseline on the gating metric.
+baseline on the gating metric -> write the run's HTML report beside it (``report.html``).
 
 Every step is idempotent on the data interval: the snapshot id is derived from the data and the
 cut, each model's run folder is keyed by (snapshot id, model), a model already registered for
@@ -112,6 +112,7 @@ def train_and_evaluate(cfg: Config, snapshot: dict, kind: str) -> dict:
             "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
             "fit_seconds": round(result.fit_seconds, 2), "seconds": round(time.time() - started, 2),
             "artifact": str(folder / "artifact"),
+            "history": result.history,  # per-epoch numbers, for the report's training curves
         }
         (tmp / "metrics.json").write_text(json.dumps(summary, indent=2))
     except BaseException:
@@ -203,4 +204,47 @@ def register_and_promote(cfg: Config, snapshot: dict, runs: list[dict], champion
         champion = registry.champion(con)
     return {"tags": tags, "candidate": candidate_tag, "promoted": ok and champion == candidate_tag,
             "champion": champion, "changed": champion != previous, "reason": why,
-            "gate_metric": metric, "paired_test_vs": strongest, "paired_test": test}
+            "gate_metric": metric, "paired_test_vs": strongest, "paired_test": test,
+            "compared": {k: v.get(metric) for k, v in others.items()}}  # the numbers the gate compared
+
+
+def _run_result(folder: Path, name: str):
+    """A finished run folder (``metrics.json``, ``per_event.npz``) as the harness's ``ModelResult``."""
+    from hrnn_core.evaluation.harness import ModelResult  # noqa: PLC0415
+
+    run = json.loads((folder / "metrics.json").read_text())
+    with np.load(folder / "per_event.npz") as z:
+        per_event = {k: z[k] for k in z.files}
+    return ModelResult(name, run["metrics"], per_event, float(run.get("fit_seconds", 0.0)), 0.0,
+                       history=run.get("history", []))
+
+
+def write_report(cfg: Config, snapshot: dict, runs: list[dict], champion_run: dict | None,
+                 decision: dict | None) -> str:
+    """The retrain's HTML page, beside its runs: ``<runs>/<snapshot>/report.html`` (its path).
+
+    Every model's run and the champion's (scored on the same split), the gate's ``decision``
+    (``register_and_promote``'s; None: no gate shown), the breakdowns and the snapshot's data section
+    (``hrnn_core.evaluation.report``). Rewritten whole on a rerun of the interval.
+    """
+    from hrnn_core.evaluation.report import gate_section, write_report as write_page  # noqa: PLC0415
+
+    root = runs_dir(cfg, snapshot["snapshot_id"])
+    results = {r["kind"]: _run_result(root / r["kind"], r["kind"]) for r in runs if r}
+    if champion_run:
+        results["champion"] = _run_result(root / "champion", "champion")  # the tag: in the gate's note
+    gate = None
+    if decision and CANDIDATE in results:
+        metric = decision["gate_metric"]
+        ok = bool(decision["promoted"])
+        verdict = "promoted" if ok else "not promoted"
+        gate = gate_section(f"{CANDIDATE} {decision['candidate']}", results[CANDIDATE].metrics,
+                            {k: {metric: v} for k, v in decision.get("compared", {}).items()}, metric, ok,
+                            decision["reason"], verdict=verdict, paired_test_vs=decision.get("paired_test_vs"),
+                            paired_test=decision.get("paired_test"),
+                            note=f"champion before: {champion_run['tag'] if champion_run else 'none'}; "
+                                 f"champion now: {decision['champion']}")
+    path = root / "report.html"
+    write_page(path, _split(cfg, snapshot["path"]), results, gate=gate,
+               title=f"Retrain of snapshot {snapshot['snapshot_id']}")
+    return str(path)

@@ -102,6 +102,13 @@ def test_the_retrain_registers_the_checkpoint_it_trained_and_scored(snap, tmp_ro
         bentoml.models.delete(tag)
     assert retrain.train_and_evaluate(cfg, snapshot, "hrnn") == run  # a finished run is reused
 
+    # the retrain's page, beside its run: the model's curves from the run's own per-epoch history
+    assert [h["epoch"] for h in run["history"]] == [1, 2]
+    page = Path(retrain.write_report(cfg, snapshot, [run], None, None))
+    assert page == folder.parent / "report.html"
+    html = page.read_text(encoding="utf-8")
+    assert 'id="leaderboard"' in html and 'alt="hrnn: training curves per epoch"' in html
+
 
 def test_a_failed_retrain_leaves_no_folder(snap, tmp_root, tmp_path) -> None:
     cfg = load_config(overrides={"paths": {"data_dir": str(tmp_path / "data")}, "model": SMALL,

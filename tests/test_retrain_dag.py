@@ -142,6 +142,8 @@ def test_retrain_gate_idempotency_and_failures(airflow_home, synth, tmp_path):
     assert hrnn > best_baseline, f"HRNN {hrnn} should beat popularity {best_baseline}"
     assert first["champion"].startswith("hrnn@") and first["store_agrees"]
     assert [a for _, a in first["events"]].count("promote") == 1
+    pages = list((tmp_path / "data" / "runs").glob("*/report.html"))  # the run's HTML report, beside it
+    assert len(pages) == 1 and "promoted" in pages[0].read_text(encoding="utf-8")
 
     # The same interval again: identical registry, one entry per model, no new events.
     proc = retrain(airflow_home, env, DAY1)

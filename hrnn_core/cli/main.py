@@ -332,13 +332,14 @@ def evaluate_command(
     models: Annotated[str, typer.Option("--models", help="Comma-separated: hrnn,pop,recent_pop,bpr,fm,gru.")] = "hrnn,pop,recent_pop,bpr,fm,gru",
     output: Annotated[Optional[Path], typer.Option("--output", help="Write the report JSON here (per-event arrays beside it).")] = None,
     chart: Annotated[Optional[Path], typer.Option("--chart", help="PNG chart path (default: beside --output, else data dir).")] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="HTML report path (default: beside --output, else data dir).")] = None,
     params: Annotated[Optional[str], typer.Option("--params", help='Protocol parameters as JSON, e.g. \'{"test_fraction": 0.2}\'.')] = None,
     seed: Annotated[int, typer.Option(help="Seed for splits and fitting.")] = 0,
     warehouse: WarehouseOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Evaluate models on a fixed protocol (full ranking): leaderboard, PNG chart, JSON."""
+    """Evaluate models on a fixed protocol (full ranking): leaderboard, PNG chart, HTML report, JSON."""
     from hrnn_core.data.datasets.load import ingest_dataset  # noqa: PLC0415
     from hrnn_core.evaluation.harness import leaderboard, run_evaluation  # noqa: PLC0415
     from hrnn_core.data.transforms import export_snapshot  # noqa: PLC0415
@@ -363,6 +364,7 @@ def evaluate_command(
         argcheck.require_warehouse(cfg, "run `hrnn ingest` first or give --dataset NAME")
     argcheck.check_not_file(chart and chart.parent, "--chart's folder")
     argcheck.check_not_file(output and output.parent, "--output's folder")
+    argcheck.check_not_file(html and html.parent, "--html's folder")
 
     if dataset:
         cfg = ingest_dataset(cfg, dataset, path, own_warehouse=warehouse is None and data_dir is None)
@@ -380,9 +382,31 @@ def evaluate_command(
     typer.echo(leaderboard(report["_results"]))
     for name, test in report["significance"].items():
         typer.echo(f"  {name}: ndcg@10 diff {test['mean_diff']:+.4f} (95% CI {test['ci_low']:+.4f}..{test['ci_high']:+.4f}, p={test['p_value']:.3g})")
+    html_path = html or (output.with_suffix(".html") if output else cfg.paths.reports_dir / f"{dataset or 'warehouse'}-{protocol}.html")
+    _write_evaluation_page(cfg, report, html_path)
     typer.echo(f"chart: {chart_path}")
+    typer.echo(f"page: {html_path}")
     if output:
         typer.echo(f"report: {output}")
+
+
+def _write_evaluation_page(cfg, report: dict, path: Path) -> None:
+    """The evaluation's HTML page, with what the nightly gate would decide on these numbers (no champion here)."""
+    from hrnn_core import registry  # noqa: PLC0415
+    from hrnn_core.evaluation.report import gate_section, write_report  # noqa: PLC0415
+
+    results, metric = report["_results"], cfg.retrain.gate_metric
+    gate = None
+    others = {k: r.metrics for k, r in results.items() if k != "hrnn"}
+    if "hrnn" in results and others:
+        ok, why = registry.gate(results["hrnn"].metrics, others, metric)
+        gate = gate_section("hrnn", results["hrnn"].metrics, others, metric, ok, why,
+                            verdict="would be promoted" if ok else "would not be promoted",
+                            note="An evaluation, not a retrain: nothing was registered or promoted. This is what the "
+                                 "nightly gate (retrain.gate_metric) would decide against the models evaluated here; "
+                                 "a retrain also compares the current champion.")
+    title = f"Evaluation: {report['dataset'] or 'warehouse'}, {report['protocol']}"
+    write_report(path, report["_split"], results, title=title, gate=gate)
 
 
 # --------------------------------------------------------------------------- export

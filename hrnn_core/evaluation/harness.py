@@ -3,7 +3,8 @@ every test case, and report metrics with per-event arrays for significance tests
 
 ``run_evaluation`` is what ``hrnn evaluate`` and the nightly retrain call:
 snapshot -> ``protocols.build_split`` -> for each model: ``fit(TrainData)`` -> ``score`` the
-test cases in batches -> ``metrics.Accumulator`` -> leaderboard, JSON, PNG chart.
+test cases in batches -> ``metrics.Accumulator`` -> leaderboard, JSON, PNG chart (the HTML page:
+``hrnn_core.evaluation.report``).
 """
 
 from __future__ import annotations
@@ -93,6 +94,17 @@ class ModelResult:
     fit_seconds: float
     score_seconds: float
     frames: list[dict] = field(default_factory=list)  # rolling: per-frame summaries
+    history: list[dict] = field(default_factory=list)  # trained models: one dict per epoch ("epoch", "train_loss", ...)
+
+
+def training_history(scorer: Scorer) -> list[dict]:
+    """Per-epoch numbers of a fitted scorer: the trainer's history (HRNN-meta, GRU: train and validation),
+    or the epoch losses of a baseline trained for a fixed number of epochs (BPR, FM); [] for the others."""
+    history = getattr(scorer, "history", None)
+    if history:
+        return [dict(h) for h in history]
+    losses = getattr(scorer, "losses", None) or []
+    return [{"epoch": i + 1, "train_loss": float(v)} for i, v in enumerate(losses)]
 
 
 def train_data(split: Split, part: str = "train", seed: int = 0, work_dir: Path | None = None) -> TrainData:
@@ -179,7 +191,7 @@ def evaluate_split(split: Split, models: list[str], *, seed: int = 0, model_opti
                 summary["trend_weight"] = float(scorer.trend_weight)
                 if scorer.trend_weight:
                     summary["trend_window_hours"] = float(scorer.trend_window_seconds) / 3600.0
-            results[name] = ModelResult(name, summary, per_event, fit_s, score_s, frames)
+            results[name] = ModelResult(name, summary, per_event, fit_s, score_s, frames, training_history(scorer))
             if keep_scorers is not None:
                 keep_scorers[name] = scorer
             elif hasattr(scorer, "close"):  # e.g. HRNN-meta's temporary training folder
@@ -215,17 +227,17 @@ def leaderboard(results: dict[str, ModelResult]) -> str:
     return "\n".join(lines)
 
 
-def chart(results: dict[str, ModelResult], path: Path, title: str) -> Path:
-    """A PNG: headline metrics per model (bars), or per-frame NDCG@10 lines for rolling."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+def chart_figure(results: dict[str, ModelResult], title: str):
+    """A matplotlib Figure: headline metrics per model (bars), or per-frame NDCG@10 lines for rolling."""
+    from matplotlib.figure import Figure  # noqa: PLC0415 - no pyplot: no global backend state
 
     rolling = any(r.frames for r in results.values())
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig = Figure(figsize=(9, 4.5))
+    ax = fig.subplots()
     if rolling:
         for name, r in results.items():
+            if not r.frames:
+                continue
             xs = [(f["start"] - r.frames[0]["start"]) / 3600 for f in r.frames]
             ax.plot(xs, [f.get("ndcg@10", np.nan) for f in r.frames], marker=".", label=name)
         ax.set_xlabel("hours after the cut")
@@ -241,9 +253,13 @@ def chart(results: dict[str, ModelResult], path: Path, title: str) -> Path:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def chart(results: dict[str, ModelResult], path: Path, title: str) -> Path:
+    """``chart_figure`` as a PNG file (``hrnn evaluate --chart``; the HTML report embeds the same figure)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    chart_figure(results, title).savefig(path, dpi=110)
     return path
 
 
@@ -281,4 +297,5 @@ def run_evaluation(snapshot_dir: Path, protocol: str, models: list[str], *, data
     if chart_path:
         chart(results, Path(chart_path), f"{dataset or data.snapshot_id} - {protocol}")
     report["_results"] = results  # in-process callers (retrain gate) use the per-event arrays
+    report["_split"] = split  # and the split (the HTML report's breakdowns)
     return report

@@ -351,8 +351,11 @@ def _cluster_paired_test(d: np.ndarray, clusters: np.ndarray, n_boot: int, seed:
     sums, sizes = np.bincount(cid, weights=d, minlength=g), np.bincount(cid, minlength=g).astype(np.float64)
     mean = float(d.mean())
     rng = np.random.default_rng(seed)
-    pick = rng.integers(0, g, size=(n_boot, g))  # clusters drawn with replacement, event-weighted mean
-    means = sums[pick].sum(axis=1) / sizes[pick].sum(axis=1)
+    means = np.empty(n_boot)
+    step = max(1, 8_000_000 // g)  # draws per chunk: bounds memory at ~64 MB of indices (10^5 sessions, 2,000 draws)
+    for start in range(0, n_boot, step):  # the same random stream as drawing (n_boot, g) at once
+        pick = rng.integers(0, g, size=(min(n_boot, start + step) - start, g))  # clusters with replacement
+        means[start:start + len(pick)] = sums[pick].sum(axis=1) / sizes[pick].sum(axis=1)  # event-weighted mean
     lo, hi = np.percentile(means, [2.5, 97.5])
     resid = sums - sizes * mean  # per-cluster score of the mean
     se = math.sqrt(g / max(g - 1, 1) * float((resid ** 2).sum())) / len(d)
@@ -367,3 +370,11 @@ def _cluster_paired_test(d: np.ndarray, clusters: np.ndarray, n_boot: int, seed:
         except ImportError:
             p = math.erfc(abs(t) / math.sqrt(2.0))
     return {"mean_diff": mean, "ci_low": float(lo), "ci_high": float(hi), "p_value": float(p), "n_clusters": g}
+
+
+def mean_interval(values, n_boot: int = 2000, seed: int = 0, clusters=None) -> dict[str, float]:
+    """The mean of per-event ``values`` and its 95% bootstrap interval: ``paired_test`` against zero (the same
+    resampling, by event or by whole ``clusters``), so a leaderboard's intervals and its paired tests agree."""
+    a = np.asarray(values, dtype=np.float64)
+    test = paired_test(a, np.zeros_like(a), n_boot=n_boot, seed=seed, clusters=clusters)
+    return {"mean": test["mean_diff"], "ci_low": test["ci_low"], "ci_high": test["ci_high"]}

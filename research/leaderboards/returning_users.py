@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hrnn_core.evaluation.breakdowns import user_segments
 from hrnn_core.evaluation.protocols import build_split
 from hrnn_core.evaluation.splits import SnapshotData
 
@@ -46,9 +47,9 @@ def main() -> None:
     ap.add_argument("--before", default=None, help="git commit of earlier reports (HRNN-meta rows of then)")
     args = ap.parse_args()
     split = build_split(args.protocol, SnapshotData.load(args.snapshot), **json.loads(args.params))
-    known_users = set(split.train["user_idx"].to_pylist())
-    returning = np.array([u in known_users for u in split.test.owner])
-    groups = {"returning": returning, "new": ~returning}
+    segments = user_segments(split)  # the one definition (hrnn_core.evaluation.breakdowns), as in the HTML report
+    returning = segments["returning users"]
+    groups = {"returning": returning, "new": segments["new users"]}
     print(f"{args.protocol}: {len(returning):,} test events; returning users "
           f"{len(set(split.test.owner[returning].tolist()))} ({int(returning.sum()):,} events), new users "
           f"{len(set(split.test.owner[~returning].tolist()))} ({int((~returning).sum()):,} events); "
