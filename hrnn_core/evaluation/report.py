@@ -53,7 +53,10 @@ def _leaderboard(split: Split, results: dict[str, ModelResult], reference: str, 
             if name == reference:
                 continue
             for m in ("ndcg@10", "recall@10"):
-                test = paired_test(results[reference].per_event[m], r.per_event[m], clusters=owners)
+                a, b = results[reference].per_event.get(m), r.per_event.get(m)
+                if a is None or b is None or len(a) != len(b):  # not scored on the same cases: nothing to pair
+                    continue
+                test = paired_test(a, b, clusters=owners)
                 paired.append({"vs": name, "metric": m, **test})
     rolling = any(r.frames for r in results.values())
     return {"rows": rows, "paired": paired, "reference": reference, "metrics": METRICS,
