@@ -90,7 +90,7 @@ def test_the_page_has_every_section_and_needs_no_network(evaluated, tmp_path) ->
                  "cold targets", "Since the previous snapshot", "total variation distance"):
         assert text in html or text in html.replace("&#39;", "'"), text
     assert 'alt="hrnn: training curves per epoch"' in html and 'alt="bpr: training curves per epoch"' in html
-    assert "pop" in html.split('id="training"')[1].split("</section>")[0]  # named as fit without epochs
+    assert "No per-epoch numbers" in html and "pop" in html.split('id="training"')[1].split("</section>")[0]
 
 
 def test_breakdowns_partition_the_test_cases(evaluated) -> None:

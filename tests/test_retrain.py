@@ -104,10 +104,13 @@ def test_the_retrain_registers_the_checkpoint_it_trained_and_scored(snap, tmp_ro
 
     # the retrain's page, beside its run: the model's curves from the run's own per-epoch history
     assert [h["epoch"] for h in run["history"]] == [1, 2]
-    page = Path(retrain.write_report(cfg, snapshot, [run], None, None))
+    decision = {"candidate": tag, "promoted": False, "champion": None, "reason": "ndcg@10 does not beat pop 0.9",
+                "gate_metric": "ndcg@10", "paired_test_vs": None, "paired_test": None, "compared": {"pop": 0.9}}
+    page = Path(retrain.write_report(cfg, snapshot, [run], None, decision))  # register_and_promote's decision
     assert page == folder.parent / "report.html"
     html = page.read_text(encoding="utf-8")
     assert 'id="leaderboard"' in html and 'alt="hrnn: training curves per epoch"' in html
+    assert "not promoted" in html and "does not beat pop 0.9" in html
 
 
 def test_a_failed_retrain_leaves_no_folder(snap, tmp_root, tmp_path) -> None:
