@@ -208,6 +208,7 @@ class RecommendRequest(Owner):
     at_time: Annotated[Optional[Number], Field(json_schema_extra=TIME_RANGE)] = None  # epoch seconds of the request (default: now)
     num_results: Count = CONFIG.serve.default_num_results
     filters: UserFilters = Field(default_factory=UserFilters)
+    explore: Flag = True  # false: no exploration bonus for new items in this answer (serve.exploration_weight)
 
     @field_validator("at_time")
     @classmethod
@@ -228,7 +229,7 @@ class ReloadRequest(Strict):
 class ItemOut(BaseModel):
     item_id: str
     score: Optional[float]  # None for popular-fallback placeholders
-    reason: str  # personalized | cold_start_metadata | trending | popular_fallback | similar
+    reason: str  # personalized | cold_start_metadata | trending | exploration | popular_fallback | similar
 
 
 class RecommendResponse(BaseModel):
@@ -661,7 +662,7 @@ class HRNNService:
             outside = frozenset(e.item_id for e in self.owner_log.events_of(owner)
                                 if e.item_id not in m.engine.item_index)
             requests.append(Request(state, q.num_results, q.filters.to_filters(q.filters.exclude_seen), q.context,
-                                    q.at_time, outside))
+                                    q.at_time, outside, q.explore))
         try:
             results = m.recommender.recommend_many(requests)
         except RecommendError as exc:

@@ -5,14 +5,16 @@ every morning. Users are scored in shards (one mapped task each, the same scorin
 online service: `hrnn_core.serving.recommend`), then merged into one export folder per data interval:
 `recommendations.csv` (user_id,rank,item_id,score), `recommendations.jsonl` (Amazon
 Personalize's batch output shape) and `manifest.json` (model tag, interval, row counts,
-checksums). Re-running an interval replaces its export atomically.
+checksums). Re-running an interval replaces its export atomically. New items are explored as
+the service explores them (`serve.exploration_weight`); a run triggered with `{"explore": false}`
+exports without the bonus.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 CHAMPION = Asset("hrnn://model/champion")
 EXPORT = Asset("hrnn://exports/recommendations")
@@ -32,6 +34,8 @@ def _cfg():
     max_active_runs=1,
     tags=["hrnn", "export"],
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+    params={"explore": Param(True, type="boolean",
+                             description="exploration bonus for new items (serve.exploration_weight); false: none")},
     doc_md=__doc__,
 )
 def hrnn_batch_recommendations():
@@ -53,13 +57,14 @@ def hrnn_batch_recommendations():
         return list(range(_cfg().export.n_shards))
 
     @task
-    def score_shard(shard: int, tag: str, run_id=None) -> str:
+    def score_shard(shard: int, tag: str, run_id=None, params=None) -> str:
         """Top-K for the users of one shard (seen items excluded)."""
         from hrnn_core.serving import export
 
         cfg = _cfg()
         work = cfg.paths.exports_dir / ".work" / run_id.replace(":", "_").replace("+", "_")
-        return str(export.score_shard(cfg, tag, shard, cfg.export.n_shards, cfg.export.k, work))
+        explore = bool((params or {}).get("explore", True))
+        return str(export.score_shard(cfg, tag, shard, cfg.export.n_shards, cfg.export.k, work, explore))
 
     @task(outlets=[EXPORT])
     def merge(tag: str, files: list[str], data_interval_start=None, data_interval_end=None, run_id=None) -> dict:

@@ -28,10 +28,11 @@ class Champion:
 
 
 def promote_tiny_champion(root: Path, *, n_users: int, n_items: int, n_events: int, seed: int,
-                          metrics: dict | None = None, model: ModelConfig = TINY_MODEL) -> Champion:
-    """Train a tiny HRNN-meta for one epoch on a synthetic snapshot, register it and promote it."""
+                          metrics: dict | None = None, model: ModelConfig = TINY_MODEL, **synth_options) -> Champion:
+    """Train a tiny HRNN-meta for one epoch on a synthetic snapshot, register it and promote it
+    (``synth_options``: more ``SynthConfig`` fields, e.g. ``cold_items_fraction`` for items created late)."""
     snap = synthetic_snapshot(root / "data", n_users=n_users, n_items=n_items, n_events=n_events, n_genres=5,
-                              seed=seed)
+                              seed=seed, **synth_options)
     run = train(snap, root / "run", model, ONE_EPOCH)
     art = root / "artifact"
     art.mkdir()

@@ -15,7 +15,9 @@ re-run of the same interval switches the link with one rename (readers see the o
 the new one, never a mix), then removes the old folder.
 
 Scoring time: the snapshot's cut time (``as_of``), each user with their latest context; seen
-items excluded. Anonymous session owners are not exported (batch recommendations are for users).
+items excluded; young items ranked with the exploration bonus of ``serve.exploration_weight`` as the
+service ranks them (``explore=False``: without it for this run; the manifest records the weight used).
+Anonymous session owners are not exported (batch recommendations are for users).
 Events logged by the service after the snapshot are not included: they reach the export once
 ingest has loaded them and a new snapshot (and model) exists.
 """
@@ -58,7 +60,8 @@ def _load(cfg: Config, model_tag: str) -> ServingModel:
     return m
 
 
-def score_model_shard(cfg: Config, m: ServingModel, shard: int, n_shards: int, k: int, work_dir: Path) -> Path:
+def score_model_shard(cfg: Config, m: ServingModel, shard: int, n_shards: int, k: int, work_dir: Path,
+                      explore: bool = True) -> Path:
     """``score_shard`` with an already loaded model."""
     if not (0 <= shard < n_shards):
         raise ExportError(f"shard must be in [0, {n_shards}), got {shard}")
@@ -73,7 +76,7 @@ def score_model_shard(cfg: Config, m: ServingModel, shard: int, n_shards: int, k
         batch = owners[lo:lo + cfg.export.batch_users]
         states = m.engine.replay([(histories[o], m.history.user_features(o)) for _, o in batch])
         recs = m.recommender.recommend_many(
-            [Request(s, k, Filters(exclude_seen=True), None, at_time) for s in states])
+            [Request(s, k, Filters(exclude_seen=True), None, at_time, explore=explore) for s in states])
         for (u, o), items in zip(batch, recs, strict=True):
             for rank, r in enumerate(items, start=1):
                 for name, v in zip(SHARD_SCHEMA.names, (u, o, rank, r.item_id, r.score, r.reason), strict=True):
@@ -81,6 +84,7 @@ def score_model_shard(cfg: Config, m: ServingModel, shard: int, n_shards: int, k
     table = pa.table(cols, schema=SHARD_SCHEMA).replace_schema_metadata({
         "model_tag": m.tag, "snapshot_id": m.history.snapshot_id, "at_time": repr(at_time), "k": str(k),
         "shard": str(shard), "n_shards": str(n_shards), "n_users": str(len(owners)),
+        "exploration_weight": repr(m.recommender.exploration.weight if explore else 0.0),
     })
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -91,10 +95,12 @@ def score_model_shard(cfg: Config, m: ServingModel, shard: int, n_shards: int, k
     return path
 
 
-def score_shard(cfg: Config, model_tag: str, shard: int, n_shards: int, k: int, work_dir: Path) -> Path:
+def score_shard(cfg: Config, model_tag: str, shard: int, n_shards: int, k: int, work_dir: Path,
+                explore: bool = True) -> Path:
     """Top-``k`` (seen items excluded) for the snapshot's users with ``user_idx % n_shards ==
-    shard``; writes ``work_dir/shard-SSSSS-of-NNNNN.parquet`` and returns its path."""
-    return score_model_shard(cfg, _load(cfg, model_tag), shard, n_shards, k, work_dir)
+    shard``; writes ``work_dir/shard-SSSSS-of-NNNNN.parquet`` and returns its path. ``explore=False``:
+    no exploration bonus (``serve.exploration_weight``) in this run."""
+    return score_model_shard(cfg, _load(cfg, model_tag), shard, n_shards, k, work_dir, explore)
 
 
 def _publish(tmp: Path, out_dir: Path) -> None:
@@ -126,10 +132,12 @@ def merge_shards(cfg: Config, model_tag: str, shard_files: Sequence[Path], out_d
     for f, meta in zip(shard_files, metas, strict=True):
         if meta.get("model_tag") != model_tag:
             raise ExportError(f"{f} was scored with {meta.get('model_tag')}, not {model_tag}")
-    keys = {(m["at_time"], m["k"], m["n_shards"], m["snapshot_id"]) for m in metas}
+    keys = {(m["at_time"], m["k"], m["n_shards"], m["snapshot_id"], m.get("exploration_weight", "0.0"))
+            for m in metas}
     if len(keys) != 1:
-        raise ExportError(f"shards differ in scoring time, k, shard count or snapshot: {sorted(keys)}")
-    at_time, k, n_shards, snapshot_id = next(iter(keys))
+        raise ExportError(f"shards differ in scoring time, k, shard count, snapshot or exploration weight: "
+                          f"{sorted(keys)}")
+    at_time, k, n_shards, snapshot_id, exploration_weight = next(iter(keys))
     shards = sorted(int(m["shard"]) for m in metas)
     if shards != list(range(int(n_shards))):
         raise ExportError(f"need each of the {n_shards} shards once, got {shards}")
@@ -161,6 +169,7 @@ def merge_shards(cfg: Config, model_tag: str, shard_files: Sequence[Path], out_d
         manifest = {
             "model_tag": model_tag, "snapshot_id": snapshot_id, "data_interval": list(data_interval),
             "at_time": float(at_time), "k": int(k), "n_shards": int(n_shards), "n_users": n_users,
+            "exploration_weight": float(exploration_weight),
             "created_at": datetime.now(timezone.utc).isoformat(),
             "files": {name: {"rows": rows[name], "bytes": (tmp / name).stat().st_size, "sha256": file_sha256(tmp / name)}
                       for name in FILES},
@@ -184,8 +193,9 @@ def interval_label(end: float | None) -> str:
 
 
 def export_all(cfg: Config, model_tag: str | None = None, k: int | None = None, n_shards: int | None = None,
-               out_dir: Path | None = None) -> dict:
-    """Score every shard with one loaded model and merge (the CLI's `hrnn export`)."""
+               out_dir: Path | None = None, explore: bool = True) -> dict:
+    """Score every shard with one loaded model and merge (the CLI's `hrnn export`); ``explore=False``:
+    no exploration bonus in this run."""
     from hrnn_core.registry import champion_from_store  # noqa: PLC0415
 
     started = time.time()
@@ -201,7 +211,7 @@ def export_all(cfg: Config, model_tag: str | None = None, k: int | None = None, 
     out = Path(out_dir) if out_dir else root / interval_label(interval[1])
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-work-", dir=out.parent) as work:
-        files = [score_model_shard(cfg, m, s, n_shards, k, Path(work)) for s in range(n_shards)]
+        files = [score_model_shard(cfg, m, s, n_shards, k, Path(work), explore) for s in range(n_shards)]
         manifest = merge_shards(cfg, tag, files, out, interval)
     return {**manifest, "seconds": round(time.time() - started, 3)}
 

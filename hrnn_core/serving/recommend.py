@@ -7,7 +7,7 @@ eq. (2) for every catalog item from the tentative step at ``at_time``, plus the 
 ``w * log q_j(t)`` with the model's weight, window and bucket, ``q(t)`` counted over the snapshot's
 events and the live events logged since (``LiveTrend``). Then the filters: exclude the user's items
 (``exclude_seen``), include/exclude lists, item metadata (categorical field value in a set, numeric
-field in a range); then the top k.
+field in a range); then the top k, young items ranked with their exploration bonus (when on).
 
 Each item gets a reason, in the spirit of Amazon Personalize's User-Personalization-v2:
 
@@ -15,6 +15,9 @@ Each item gets a reason, in the spirit of Amazon Personalize's User-Personalizat
 * ``cold_start_metadata``: the user has no events (learned initial state from the user's
   features and the request context) or the item has none (scored by ``model.cold_item_score``);
 * ``trending``: the trend term put the item in the top k (it is not there without it);
+* ``exploration``: the exploration bonus of a young item with few events put it in the top k
+  (``hrnn_core.serving.exploration``; ``serve.exploration_weight`` > 0, and the request did not
+  switch it off); its ``score`` is the ranking score, bonus included, so scores stay in rank order;
 * ``popular_fallback``: a placeholder after the filters left fewer than k scorable items: items
   the model cannot score (not in its catalog, e.g. new items seen only in live events), most
   popular in the trend window first, with no relevance score (``score`` is None).
@@ -42,10 +45,12 @@ from hrnn_core.data.eventlog import LoggedEvent
 from hrnn_core.model.features import USER_ID_FIELD
 from hrnn_core.model.inference import Event, InferenceEngine, InferenceError, UserState
 from hrnn_core.model.scoring import popularity
+from hrnn_core.serving.exploration import Exploration, exploration_from_config
 
 log = logging.getLogger(__name__)
 
 PERSONALIZED, COLD_START, TRENDING, POPULAR = "personalized", "cold_start_metadata", "trending", "popular_fallback"
+EXPLORATION = "exploration"
 SIMILAR = "similar"
 NEG_INF = float("-inf")
 
@@ -70,7 +75,7 @@ class Filters:
 @dataclass(frozen=True)
 class Recommendation:
     item_id: str
-    score: float | None  # the ranking score (eq. 2 + eq. 5); None for popular-fallback placeholders
+    score: float | None  # the ranking score (eq. 2 + eq. 5, + a young item's exploration bonus); None for placeholders
     reason: str
 
 
@@ -82,6 +87,7 @@ class Request:
     context: Mapping[str, str] | None = None  # None: the user's latest context
     at_time: float | None = None  # None: now
     seen_ids: frozenset[str] = frozenset()  # the owner's items outside the catalog (exclude_seen)
+    explore: bool = True  # False: no exploration bonus for this request (serve.exploration_weight applies otherwise)
 
 
 # --------------------------------------------------------------------------- user history
@@ -256,8 +262,9 @@ class LiveTrend:
     for the popular fallback.
     """
 
-    def __init__(self, engine: InferenceEngine, history: SnapshotHistory):
+    def __init__(self, engine: InferenceEngine, history: SnapshotHistory, exploration: Exploration | None = None):
         self.engine, self.as_of = engine, history.as_of
+        self.exploration = exploration  # its event counts and first events follow the live events too
         self.popularity = popularity(engine.model, history.times, history.items, engine.n_items)
         self._unknown: list[tuple[float, str]] = []  # (timestamp, item_id) of live events outside the catalog
         self._popular: dict[float, list[tuple[str, int]]] = {}  # window end -> popular_unknown (cleared on add)
@@ -268,7 +275,10 @@ class LiveTrend:
         if not new:
             return
         idx = np.array([self.engine.item_index.get(e.item_id, -1) for e in new], dtype=np.int64)
-        self.popularity.add(np.array([float(e.timestamp) for e in new]), idx)
+        times = np.array([float(e.timestamp) for e in new])
+        self.popularity.add(times, idx)
+        if self.exploration is not None:
+            self.exploration.add_live(times, idx)
         unknown = [(float(e.timestamp), e.item_id) for e, i in zip(new, idx, strict=True) if i < 0]
         if unknown:
             with self._lock:
@@ -306,6 +316,7 @@ class Recommender:
 
     def __init__(self, engine: InferenceEngine, catalog: Catalog, trend: LiveTrend):
         self.engine, self.catalog, self.trend = engine, catalog, trend
+        self.exploration = trend.exploration  # None or weight 0: no bonus
         engine.scorer.trend = trend.popularity  # eq. (5)'s q(t): the snapshot's events and the live ones
         w, _ = engine.scorer.vectors()  # eq. (2) decoder vectors of the catalog, computed once
         self._unit = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (n, H) for cosine similarity
@@ -327,15 +338,19 @@ class Recommender:
         scorer = self.engine.scorer
         scores = scorer.scores(h, times)  # (B, n): eq. (2) + eq. (5), the evaluation's function
         base = scorer.scores(h, times, trend_weight=0.0) if scorer.uses_trend() else None  # eq. (2) alone
-        return [self._rank(scores[i], None if base is None else base[i], r, float(times[i]))
+        bonus = self.exploration.bonus(scores, times, [r.explore for r in requests]) \
+            if self.exploration is not None and self.exploration.active else None  # (young items (C,), (B, C))
+        return [self._rank(scores[i], None if base is None else base[i], r, float(times[i]),
+                           None if bonus is None else (bonus[0], bonus[1][i]))
                 for i, r in enumerate(requests)]
 
     def recommend(self, request: Request) -> list[Recommendation]:
         return self.recommend_many([request])[0]
 
-    def _rank(self, scores: torch.Tensor, base: torch.Tensor | None, req: Request, t: float) -> list[Recommendation]:
+    def _rank(self, scores: torch.Tensor, base: torch.Tensor | None, req: Request, t: float,
+              bonus: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Recommendation]:
         """Top k of one request; ``scores`` and ``base`` (eq. 2 alone, for the trending reason) are
-        fresh rows owned by the caller and are modified."""
+        fresh rows owned by the caller and are modified; ``bonus``: (young items, their exploration bonus)."""
         eng, st, f = self.engine, req.state, req.filters
         keep = self.catalog.allowed(dataclasses.replace(f, exclude_items=()), eng.item_index) \
             if (f.include_items is not None or f.metadata or f.numeric) else None  # (n,) bool or None
@@ -351,16 +366,25 @@ class Recommender:
             return x
 
         k = min(req.k, eng.n_items)
-        val, idx = torch.topk(mask(scores), k)
+        ranked = mask(scores)
+        explored: set[int] = set()
+        if bonus is not None and bool((bonus[1] > 0).any()):  # young items: filtered ones stay at -inf
+            ranked = ranked.clone()
+            ranked[bonus[0]] += bonus[1]
+        val, idx = torch.topk(ranked, k)
         picked = [(i, v) for i, v in zip(idx.tolist(), val.tolist(), strict=True) if v != NEG_INF]
+        in_top = {i for i, _ in picked}
+        if ranked is not scores and picked:  # items the bonus brought into the top k
+            in_top = set(torch.topk(scores, k).indices.tolist())  # the top k without it
+            explored = {i for i, _ in picked} - in_top
         trending: set[int] = set()
         if base is not None and picked:  # items the trend term brought into the top k
-            trending = {i for i, _ in picked} - set(torch.topk(mask(base), k).indices.tolist())
+            trending = in_top - set(torch.topk(mask(base), k).indices.tolist())
         cold_user = st.n_events == 0
         out = []
         for i, v in picked:
-            reason = TRENDING if i in trending else COLD_START if cold_user or bool(self.catalog.cold[i]) \
-                else PERSONALIZED
+            reason = EXPLORATION if i in explored else TRENDING if i in trending \
+                else COLD_START if cold_user or bool(self.catalog.cold[i]) else PERSONALIZED
             out.append(Recommendation(eng.item_ids[i], v, reason))
         if len(out) < req.k:
             out += self._fallback(req, self.trend.popular_unknown(t), req.k - len(out))
@@ -445,7 +469,9 @@ def load_serving_model(cfg, tag: str, model_store=None, device: str = "cpu") -> 
     snapshot = find_snapshot(Path(cfg.paths.snapshots_dir), meta.get("snapshot_id") or engine.features.snapshot_id)
     history = SnapshotHistory(engine, snapshot)
     catalog = Catalog(engine, snapshot)
-    trend = LiveTrend(engine, history)
+    exploration = exploration_from_config(cfg.serve, engine.item_index, engine.n_items, snapshot, history.times,
+                                          history.items)
+    trend = LiveTrend(engine, history, exploration)
     rec = Recommender(engine, catalog, trend)
     info = {
         "tag": str(model.tag), "snapshot_id": history.snapshot_id or None, "snapshot_as_of": history.as_of
@@ -455,6 +481,7 @@ def load_serving_model(cfg, tag: str, model_store=None, device: str = "cpu") -> 
         "created_at": model.info.creation_time.isoformat(), "n_items": engine.n_items,
         "trend_weight": rec.trend_weight, "trend_window_seconds": trend.popularity.window,
         "trend_bucket_seconds": trend.popularity.bucket,
+        "exploration_weight": exploration.weight, "exploration_item_age_days": cfg.serve.exploration_item_age_days,
     }
     return ServingModel(str(model.tag), engine, history, catalog, trend, rec, info)
 
