@@ -190,7 +190,8 @@ class ModelConfig:
 class TrainConfig:
     """Training loop (hrnn_core.train.trainer); ``hrnn_core.train.trainer`` re-exports it."""
 
-    output: str = "dense"  # "dense" full softmax, or "sampled" importance-sampled softmax (3.1) for huge catalogues
+    # "auto": dense up to 20,000 items, sampled above (docs/benchmarks.md); "dense" full softmax; "sampled" (3.1)
+    output: str = "auto"
     n_negatives: int = 1024  # shared negatives per step drawn from q (sampled output only)
     sampler_alpha: float = 0.75  # q_j proportional to freq_j ** alpha (section 4.6)
     batch_size: int = 32  # owners processed in parallel (user-parallel mini-batches); 64 stopped early and scored lower
@@ -222,7 +223,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.output in ("dense", "sampled"), "output must be 'dense' or 'sampled'"),
+            (self.output in ("auto", "dense", "sampled"), "output must be 'auto', 'dense' or 'sampled'"),
             (self.batch_size >= 1 and self.bptt >= 1, "batch_size and bptt must be >= 1"),
             (0.0 < self.max_len_percentile <= 1.0, "max_len_percentile must be in (0, 1]"),
             (self.n_negatives >= 0 and self.epochs >= 1, "n_negatives >= 0 and epochs >= 1"),

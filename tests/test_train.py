@@ -209,7 +209,7 @@ def test_train_writes_checkpoints_and_report_and_round_trips(snap, tmp_path) -> 
     assert raw["snapshot_id"] == path.name and len(raw["features"]["item_ids"]) == raw["item_freq"].numel()
     ck = load_checkpoint(res.last_checkpoint)
     fs = FeatureSpace.fit(path, SMALL)
-    assert ck.features == fs and ck.model_config == SMALL and ck.train_config == FAST
+    assert ck.features == fs and ck.model_config == SMALL and ck.train_config == dataclasses.replace(FAST, output="dense")  # "auto" resolved
     state = ck.model.state_dict()
     assert set(state) == set(raw["model_state"])
     for k, v in raw["model_state"].items():
@@ -504,3 +504,14 @@ def test_training_adds_the_trend_term_to_every_dense_score_and_to_validation(sna
     assert real_trend(path, data, cfg, "dense") is not None
     assert real_trend(path, data, cfg, "sampled") is None
     assert real_trend(path, data, dataclasses.replace(cfg, trend_weight=0.0)) is None
+
+
+def test_auto_output_is_dense_for_small_catalogues_and_sampled_for_large() -> None:
+    """train.output "auto" (the default): the dense softmax up to DENSE_MAX_ITEMS items, sampled above."""
+    from hrnn_core.train.trainer import DENSE_MAX_ITEMS, resolve_output  # noqa: PLC0415
+
+    auto = TrainConfig()
+    assert auto.output == "auto"
+    assert resolve_output(auto, DENSE_MAX_ITEMS).output == "dense"
+    assert resolve_output(auto, DENSE_MAX_ITEMS + 1).output == "sampled"
+    assert resolve_output(TrainConfig(output="dense"), 10 * DENSE_MAX_ITEMS).output == "dense"  # explicit wins
