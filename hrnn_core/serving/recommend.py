@@ -13,7 +13,8 @@ Each item gets a reason, in the spirit of Amazon Personalize's User-Personalizat
 
 * ``personalized``: ranked from the user's own events, the item by its learned embedding;
 * ``cold_start_metadata``: the user has no events (learned initial state from the user's
-  features and the request context) or the item has none (scored by ``model.cold_item_score``);
+  features and the request context) or the item has none (its metadata plus the cold prior,
+  ``hrnn_core.model.scoring``);
 * ``trending``: the trend term put the item in the top k (it is not there without it);
 * ``exploration``: the exploration bonus of a young item with few events put it in the top k
   (``hrnn_core.serving.exploration``; ``serve.exploration_weight`` > 0, and the request did not
@@ -177,7 +178,7 @@ class Catalog:
         self.n = n = engine.n_items
         self.categorical: dict[str, dict[str, list[int]]] = {}  # field -> value -> item indices
         self.numeric: dict[str, np.ndarray] = {}  # field -> (n,) values, NaN = missing
-        self.cold = engine.scorer.cold[:n].cpu()  # (n,) no training events (model.cold_item_score says how they score)
+        self.cold = engine.scorer.cold[:n].cpu()  # (n,) no training events (scored by the cold-item policy)
         self._masks: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
         if snapshot_dir is None:
