@@ -1,4 +1,4 @@
-"""Issue 21: a catalogue where most items have no training events. One cold-item policy in the one scoring
+"""Issue 21: a catalogue where most items have no training events, and users who repeat items. One cold-item policy in the one scoring
 path (hrnn_core.model.scoring): cold items are scored from metadata plus a calibrated prior, their untrained id
 rows never decide a rank, and the prior puts cold and warm items on one probability scale. (The evaluation,
 export and service agreeing on such a catalogue: tests/test_parity.py, "mostly-cold".)"""
@@ -15,7 +15,7 @@ from hrnn_core.evaluation.harness import make_scorer, train_data
 from hrnn_core.evaluation.protocols import build_split
 from hrnn_core.evaluation.splits import SnapshotData
 from hrnn_core.model.checkpoint import load_checkpoint
-from hrnn_core.model.scoring import CatalogueScorer, calibrate_cold_prior, new_item_rate
+from hrnn_core.model.scoring import CatalogueScorer, calibrate_cold_prior, calibrate_repeat_prior, new_item_rate
 from tests.champions import ONE_EPOCH, TINY_MODEL
 
 
@@ -78,3 +78,25 @@ def test_untrained_id_rows_never_decide_a_rank(mostly_cold) -> None:
     blank = cold & ~scorer.scorer.has_meta
     if bool(blank.any()):  # a cold item without metadata ranks below every trained item
         assert (before[:, blank[: before.shape[1]]].max(dim=1).values < warm_best).all()
+
+
+def test_repeat_term_puts_the_repeat_rate_on_the_owners_items(mostly_cold) -> None:
+    """The repeat term: + b_rep on each request's own items, calibrated so that the mean softmax mass on them
+    is the training data's repeat rate; a model trained where owners repeat items carries one."""
+    _, scorer = mostly_cold
+    cs: CatalogueScorer = scorer.scorer
+    ck = load_checkpoint(scorer.checkpoint_path)
+    assert ck.raw["history"][-1]["repeat_log_prior"] == pytest.approx(float(ck.model.repeat_log_prior))
+    assert float(ck.model.repeat_log_prior) != 0.0  # the synthetic owners repeat items: calibrated
+    rng = np.random.default_rng(0)
+    h = torch.randn(30, scorer.model.cfg.hidden_size)
+    seen = [rng.choice(cs.n_items, size=int(rng.integers(1, 6)), replace=False).tolist() for _ in range(30)]
+    for rate in (0.05, 0.4):
+        calibrate_repeat_prior(cs, h, None, seen, rate)
+        p = torch.softmax(cs.scores(h, seen=seen), dim=1)
+        mass = torch.stack([p[i, s].sum() for i, s in enumerate(seen)])
+        assert float(mass.mean()) == pytest.approx(rate, abs=1e-4)
+        target = torch.tensor([s[0] for s in seen])
+        torch.testing.assert_close(cs.target_scores(h, target, None, seen), cs.scores(h, seen=seen)[torch.arange(30), target])
+        chunk = torch.arange(5, 400)  # a sorted subset of the catalogue scores the same as the whole
+        torch.testing.assert_close(cs.scores(h, items=chunk, seen=seen), cs.scores(h, seen=seen)[:, chunk])

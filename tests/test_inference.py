@@ -69,7 +69,8 @@ def test_update_event_by_event_equals_the_batched_training_forward(trained) -> N
         x = gather_inputs(data, torch.arange(s, e)[None], torch.zeros(1, e - s, dtype=torch.bool))
         with torch.no_grad():
             out, hidden = engine.model(x)
-            ref = engine.scorer.scores(out[0])  # the one scoring function over the batched states
+            seen = [{engine.item_index[e.item_id] for e in events[:k]} for k in range(len(events))]  # before each
+            ref = engine.scorer.scores(out[0], seen=seen)  # the one scoring function over the batched states
         torch.testing.assert_close(state.hidden, hidden, atol=1e-5, rtol=0)
         torch.testing.assert_close(torch.stack(request_scores), ref, atol=1e-4, rtol=0)
 

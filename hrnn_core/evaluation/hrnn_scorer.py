@@ -190,7 +190,9 @@ class HRNNScorer(Scorer):
             self._trend_key = id(batch.sequences)
         out = []
         for lo, h in zip(range(0, len(batch.rows), self.batch_size), self._request_state_blocks(batch)):
-            out.append(self._scores(h, batch.target_timestamp[lo:lo + self.batch_size]))
+            sl = slice(lo, lo + self.batch_size)
+            seen = self._seen(batch.sequences, batch.rows[sl], batch.pos[sl]) if self.scorer.repeat_prior else None
+            out.append(self._scores(h, batch.target_timestamp[sl], seen))
         return torch.cat(out) if out else torch.zeros(0, self.catalog_size or self.n_items)
 
     @property
@@ -301,10 +303,17 @@ class HRNNScorer(Scorer):
         h, _ = self.model(x.to(self.device))  # (B, L, H); padding after the request step cannot affect it (causal)
         return h[torch.arange(b), torch.from_numpy(hist_len).to(self.device)]  # (B, H)
 
-    def _scores(self, h_req: torch.Tensor, times: np.ndarray) -> torch.Tensor:
+    def _seen(self, sequences: pa.Table, rows: np.ndarray, pos: np.ndarray) -> list[list[int]]:
+        """Per case: the model's items among the owner's events before the request (the repeat term's
+        ``seen``, as the service's ``UserState.seen`` holds every event of the user)."""
+        enc, _, _ = self._encode(sequences)
+        items, starts = enc.target.numpy(), enc.owner_start[rows]
+        return [[j for j in items[s:s + p].tolist() if j < self.n_items] for s, p in zip(starts, pos, strict=True)]
+
+    def _scores(self, h_req: torch.Tensor, times: np.ndarray, seen: list[list[int]] | None = None) -> torch.Tensor:
         """(B, H) request states at ``times`` -> (B, catalogue) scores on CPU (``hrnn_core.model.scoring``)."""
         b = h_req.shape[0]
-        scores = self.scorer.scores(h_req, times).cpu()  # (B, n_items)
+        scores = self.scorer.scores(h_req, times, seen=seen).cpu()  # (B, n_items)
         if self.catalog_size and self.catalog_size > self.n_items:  # items newer than the model: ranked last
             pad = torch.full((b, self.catalog_size - self.n_items), -1e9)
             scores = torch.cat([scores, pad], dim=1)

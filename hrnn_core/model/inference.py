@@ -259,7 +259,7 @@ class InferenceEngine:
                    at_times: Sequence[float | None] | None = None) -> torch.Tensor:
         """(B, n_items) scores for a batch of requests (one per state): ``hrnn_core.model.scoring``'s function."""
         h, at = self.request_states(states, contexts, at_times)
-        return self.scorer.scores(h, at)
+        return self.scorer.scores(h, at, seen=[s.seen for s in states])
 
     def score(self, state: UserState, context: Mapping[str, str] | None = None, at_time: float | None = None
               ) -> torch.Tensor:

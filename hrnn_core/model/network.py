@@ -209,6 +209,9 @@ class HRNNMeta(nn.Module):
         # log prior of an item with no training events (hrnn_core.model.scoring's cold-item policy), set by
         # training's calibration (``calibrate_cold_prior``); saved with the weights
         self.register_buffer("cold_log_prior", torch.zeros(()))
+        # log prior added to the items of the owner's own history (hrnn_core.model.scoring's repeat term),
+        # calibrated like the cold prior; 0 = no term (models trained with exclude_seen: seen items never rank)
+        self.register_buffer("repeat_log_prior", torch.zeros(()))
 
     # ------------------------------------------------------------------ inputs and recurrence
 

@@ -18,12 +18,20 @@ request step) at time ``t``::
   which events in the later half of the training data were an item's first event
   (``new_item_rate``, ``calibrate_cold_prior``): warm and cold items compete on one probability scale.
   An item without metadata has nothing to be scored from: ``NO_SCORE``, below every other item.
+* **The repeat term**: ``+ b_rep`` on the items of the request owner's own history (``seen``: what the
+  service's ``UserState.seen``, the evaluation's read history and training validation's history hold),
+  ``b_rep = HRNNMeta.repeat_log_prior`` calibrated after each validation so that the mean probability of
+  "the next item is one the owner already had" equals the training data's repeat rate
+  (``calibrate_repeat_prior``; the trainer leaves it 0 where seen items never rank, ``exclude_seen``).
+  Users of a shop view, cart and buy the same product: BPR's fold-in captured that, the GRU alone did not.
 * ``log q_j(t)``: eq. (5)'s trend term, ``q(t)`` = the add-k smoothed item shares of the events in
   ``[t_b - model.trend_window_seconds, t_b)``, ``t_b`` = ``t`` floored to ``model.trend_bucket_seconds``
   (``hrnn_core.model.trend.WindowedPopularity``); no popularity given or a weight of 0: no term.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -125,13 +133,22 @@ class CatalogueScorer:
 
     # ------------------------------------------------------------------ the scoring function
 
+    @property
+    def repeat_prior(self) -> float:
+        """``b_rep``: the log prior added to the items of the request owner's own history."""
+        return float(self.model.repeat_log_prior)
+
     @torch.no_grad()
     def scores(self, h: torch.Tensor, times: np.ndarray | None = None, items: torch.Tensor | None = None,
-               trend_weight: float | None = None) -> torch.Tensor:
-        """(B, C) float32 scores of ``items`` (default: the whole catalogue) for request states
-        ``h`` (B, H) at request ``times`` (B,) epoch seconds: eq. (2) plus eq. (5)'s term."""
+               trend_weight: float | None = None, seen: Sequence[Iterable[int]] | None = None) -> torch.Tensor:
+        """(B, C) float32 scores of ``items`` (default: the whole catalogue; an ``items`` subset must be
+        sorted) for request states ``h`` (B, H) at request ``times`` (B,) epoch seconds: eq. (2), eq. (5)'s
+        term, and the repeat term on ``seen`` (per row: the owner's items, catalogue indices)."""
         w, b = self.vectors(items)
         out = h.float() @ w.T + b
+        if seen is not None and self.repeat_prior:
+            rows, cols = _seen_cells(seen, items, out.device)
+            out[rows, cols] += self.repeat_prior
         weight = self.trend_weight if trend_weight is None else trend_weight
         if weight and self.trend is not None:
             if times is None:
@@ -146,10 +163,14 @@ class CatalogueScorer:
         return out
 
     @torch.no_grad()
-    def target_scores(self, h: torch.Tensor, target: torch.Tensor, times: np.ndarray | None = None) -> torch.Tensor:
+    def target_scores(self, h: torch.Tensor, target: torch.Tensor, times: np.ndarray | None = None,
+                      seen: Sequence[Iterable[int]] | None = None) -> torch.Tensor:
         """(B,) the score of one item per row (``target`` (B,), model items), as ``scores`` gives it."""
         w, b = self.vectors(target)
         out = (h.float() * w).sum(-1) + b
+        if seen is not None and self.repeat_prior:
+            had = torch.tensor([int(t) in set(s) for t, s in zip(target.tolist(), seen, strict=True)], device=out.device)
+            out = out + self.repeat_prior * had.float()
         if self.trend_weight and self.trend is not None:
             log_q = self.trend.log_q_at(np.asarray(times, dtype=np.float64)).to(out.device)
             out = out + self.trend_weight * log_q.gather(1, target[:, None].to(out.device)).squeeze(1)
@@ -209,6 +230,49 @@ def calibrate_cold_prior(scorer: CatalogueScorer, h: torch.Tensor, times: np.nda
             hi_b = mid
     scorer.set_prior((lo_b + hi_b) / 2)
     return scorer.prior
+
+
+def _seen_cells(seen: Sequence[Iterable[int]], items: torch.Tensor | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, columns) of the score matrix holding each row's seen items (columns of ``items`` when given)."""
+    rows, cols = [], []
+    for i, s in enumerate(seen):
+        idx = sorted(set(int(j) for j in s))
+        rows += [i] * len(idx)
+        cols += idx
+    rows_t, cols_t = torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(cols, dtype=torch.long, device=device)
+    if items is None:
+        return rows_t, cols_t
+    pos = torch.searchsorted(items.to(device), cols_t).clamp(max=max(len(items) - 1, 0))
+    hit = items.to(device)[pos] == cols_t if len(items) else torch.zeros_like(cols_t, dtype=torch.bool)
+    return rows_t[hit], pos[hit]
+
+
+@torch.no_grad()
+def calibrate_repeat_prior(scorer: CatalogueScorer, h: torch.Tensor, times: np.ndarray | None,
+                           seen: Sequence[Iterable[int]], rate: float) -> float:
+    """Set (and return) the repeat prior so that, over the requests with a history, the mean probability of
+    "the next item is one of the owner's own" under the full softmax equals ``rate``; like
+    ``calibrate_cold_prior``, one bisection over per-request log-sum-exps (seen vs the rest)."""
+    keep = [i for i, s in enumerate(seen) if len(set(s))]
+    if not keep:
+        return scorer.repeat_prior
+    gaps = []
+    for i in keep:
+        s = scorer.scores(h[i:i + 1], None if times is None else times[i:i + 1])[0]  # without the term
+        mask = torch.zeros(len(s), dtype=torch.bool, device=s.device)
+        mask[sorted(set(int(j) for j in seen[i]))] = True
+        rest = s[~mask]
+        gaps.append(float(torch.logsumexp(s[mask], 0) - (torch.logsumexp(rest, 0) if len(rest) else torch.tensor(-1e30))))
+    gap = torch.tensor(gaps, dtype=torch.float64)
+    lo_b, hi_b = -100.0, 100.0
+    for _ in range(60):
+        mid = (lo_b + hi_b) / 2
+        if float(torch.sigmoid(gap + mid).mean()) < rate:
+            lo_b = mid
+        else:
+            hi_b = mid
+    scorer.model.repeat_log_prior.fill_((lo_b + hi_b) / 2)
+    return scorer.repeat_prior
 
 
 def _pad(log_q: torch.Tensor, width: int) -> torch.Tensor:

@@ -337,8 +337,9 @@ class Recommender:
         h, times = self.engine.request_states([r.state for r in requests], [r.context for r in requests],
                                               [r.at_time for r in requests])
         scorer = self.engine.scorer
-        scores = scorer.scores(h, times)  # (B, n): eq. (2) + eq. (5), the evaluation's function
-        base = scorer.scores(h, times, trend_weight=0.0) if scorer.uses_trend() else None  # eq. (2) alone
+        seen = [r.state.seen for r in requests]  # the repeat term's items: each user's own
+        scores = scorer.scores(h, times, seen=seen)  # (B, n): eq. (2) + eq. (5) + repeat, the evaluation's function
+        base = scorer.scores(h, times, trend_weight=0.0, seen=seen) if scorer.uses_trend() else None  # no eq. (5)
         bonus = self.exploration.bonus(scores, times, [r.explore for r in requests]) \
             if self.exploration is not None and self.exploration.active else None  # (young items (C,), (B, C))
         return [self._rank(scores[i], None if base is None else base[i], r, float(times[i]),

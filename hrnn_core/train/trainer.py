@@ -41,10 +41,11 @@ from hrnn_core.model.checkpoint import CheckpointError, load_checkpoint, resolve
 from hrnn_core.model.losses import LossOut, dense_softmax_loss, reward_weights, sampled_softmax_loss
 from hrnn_core.model.network import FieldBags, HRNNMeta, StepInputs
 from hrnn_core.model.sampler import AliasSampler
-from hrnn_core.model.scoring import CatalogueScorer, calibrate_cold_prior, new_item_rate
+from hrnn_core.model.scoring import CatalogueScorer, calibrate_cold_prior, calibrate_repeat_prior, new_item_rate
 from hrnn_core.model.trend import WindowedPopularity
 from hrnn_core.train.batches import (NonFiniteLossError, TrainData, TrainError, gather_inputs, prepare_data,
-                                     repeat_share, seen_masks, snapshot_times, tie_order, user_parallel_windows)
+                                     repeat_rate, repeat_share, seen_masks, snapshot_times, tie_order,
+                                     user_parallel_windows)
 
 RANK_SEED_STRIDE = 1_000_003  # hrnn_core.train.distributed: rank r's random streams are seeded + r * this
 
@@ -99,25 +100,30 @@ def request_states(model: HRNNMeta, data: TrainData, segments: np.ndarray, devic
 def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: torch.device,
              scorer: CatalogueScorer | None = None, times: np.ndarray | None = None, k: int = 10,
              batch_size: int = 64, item_chunk: int = 65_536, exclude_seen: bool = False,
-             cold_rate: float | None = None) -> dict[str, float]:
+             cold_rate: float | None = None, repeat_rate: float | None = None) -> dict[str, float]:
     """Validation on each segment's last event given the rest: loss (mean CE), PPL, NDCG@k, Hit@k.
 
     Scores come from ``scorer`` (``hrnn_core.model.scoring``: the evaluation's and the service's scoring
     function; default: the model's own settings without a trend term), at each target's time
     (``times``: each event's timestamp), over the full catalogue in chunks (never a rows x all-items
     matrix larger than a chunk). ``exclude_seen``: the owner's earlier items (never the target) leave
-    the ranking and the softmax, as in training (``resolve_exclude_seen``). ``cold_rate``: first calibrate
-    the model's cold prior on these requests to this rate (``calibrate_cold_prior``).
+    the ranking and the softmax, as in training (``resolve_exclude_seen``). ``cold_rate``, ``repeat_rate``:
+    first calibrate the model's cold prior and repeat term on these requests to these rates
+    (``calibrate_cold_prior``, ``calibrate_repeat_prior``); the repeat term scores the owner's earlier items.
     """
     if len(segments) == 0:
         return {}
     scorer = scorer or CatalogueScorer(model, data.events.item_freq)
     blocks = list(request_states(model, data, segments, device, times, batch_size))
+    histories = [_histories(data, b[0], b[4]) for b in blocks]  # per block, per row: the owner's earlier items
+    all_h = torch.cat([b[1] for b in blocks])
+    all_t = None if times is None else np.concatenate([b[3] for b in blocks])
     if cold_rate is not None:
-        calibrate_cold_prior(scorer, torch.cat([b[1] for b in blocks]),
-                             None if times is None else np.concatenate([b[3] for b in blocks]), cold_rate)
+        calibrate_cold_prior(scorer, all_h, all_t, cold_rate)
+    if repeat_rate is not None:
+        calibrate_repeat_prior(scorer, all_h, all_t, [s for hs in histories for s in hs], repeat_rate)
     ce_sum = ndcg = hits = 0.0
-    for seg, h, target, at, idx in blocks:
+    for (seg, h, target, at, idx), hist_items in zip(blocks, histories, strict=True):
         lengths, t = seg[:, 1] - seg[:, 0], idx.shape[1]
         seen = None
         if exclude_seen:  # (b, n_items): items of the events before the target
@@ -126,12 +132,12 @@ def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: tor
             seen = torch.zeros(len(seg), model.n_items, dtype=torch.bool, device=device)
             seen[torch.arange(len(seg), device=device)[:, None].expand_as(hist)[before], hist[before]] = True
             seen[torch.arange(len(seg), device=device), target] = False
-        pos = scorer.target_scores(h, target, at)  # (b,)
+        pos = scorer.target_scores(h, target, at, hist_items)  # (b,)
         lse = torch.full_like(pos, float("-inf"))
         rank = torch.zeros_like(pos)
         for a in range(0, model.n_items, item_chunk):
             items = torch.arange(a, min(a + item_chunk, model.n_items), device=device)
-            s = scorer.scores(h, at, items)  # (b, chunk)
+            s = scorer.scores(h, at, items, seen=hist_items)  # (b, chunk)
             if seen is not None:
                 s = s.masked_fill(seen[:, a:a + len(items)], float("-inf"))
             lse = torch.logaddexp(lse, torch.logsumexp(s, dim=1))
@@ -143,14 +149,22 @@ def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: tor
     n = len(segments)
     loss = ce_sum / n
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), f"ndcg@{k}": ndcg / n, f"hit@{k}": hits / n,
-            "cold_log_prior": scorer.prior}
+            "cold_log_prior": scorer.prior, "repeat_log_prior": scorer.repeat_prior}
+
+
+def _histories(data: TrainData, seg: np.ndarray, idx: np.ndarray) -> list[list[int]]:
+    """Per segment of a ``request_states`` block: the items of its events before the last (the request's)."""
+    items = data.events.target.numpy()
+    lengths = seg[:, 1] - seg[:, 0]
+    return [items[idx[r, : lengths[r] - 1]].tolist() for r in range(len(seg))]
 
 
 CALIBRATION_OWNERS = 1_000  # without validation owners, the cold prior is calibrated on this many training owners
 
 
 def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: torch.device,
-             exclude_seen: bool, trend: TrainTrend | None = None, cold_rate: float | None = None) -> dict:
+             exclude_seen: bool, trend: TrainTrend | None = None, cold_rate: float | None = None,
+             repeat_rate: float | None = None) -> dict:
     """One epoch's validation metrics, scored as inference scores (eq. 2 at ``model.inference_item_meta_mix``);
     ``trend``: the eq. (5) term a model trained with it is scored with. ``cold_rate``: the cold prior is
     calibrated first (on the validation requests, else on the last events of some training owners)."""
@@ -160,11 +174,15 @@ def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: t
     if len(data.val_segments) == 0 and cold_rate is not None:
         blocks = list(request_states(model, data, data.train_segments[:CALIBRATION_OWNERS], device, times))
         if blocks:
-            calibrate_cold_prior(scorer, torch.cat([b[1] for b in blocks]),
-                                 None if times is None else np.concatenate([b[3] for b in blocks]), cold_rate)
-        return {"cold_log_prior": scorer.prior}
+            all_h = torch.cat([b[1] for b in blocks])
+            all_t = None if times is None else np.concatenate([b[3] for b in blocks])
+            calibrate_cold_prior(scorer, all_h, all_t, cold_rate)
+            if repeat_rate is not None:
+                calibrate_repeat_prior(scorer, all_h, all_t, [s for b in blocks for s in _histories(data, b[0], b[4])],
+                                       repeat_rate)
+        return {"cold_log_prior": scorer.prior, "repeat_log_prior": scorer.repeat_prior}
     return evaluate(model, data, data.val_segments, device, scorer, times, exclude_seen=exclude_seen,
-                    cold_rate=cold_rate)
+                    cold_rate=cold_rate, repeat_rate=repeat_rate)
 
 
 def training_new_item_rate(snapshot_dir: Path, data: TrainData, times: np.ndarray | None = None) -> float:
@@ -280,6 +298,7 @@ class _Run:
     has_ties: bool  # some events share their owner's timestamp (tie_order has something to shuffle)
     trend: TrainTrend | None  # the eq. (5) term in every dense training score (training_trend)
     cold_rate: float  # the cold prior's calibration target (training_new_item_rate)
+    repeat_rate: float | None  # the repeat term's (batches.repeat_rate); None with exclude_seen (no term)
     type_w: torch.Tensor  # reward weight per event type index (section 3.3)
     model: HRNNMeta
     opts: list[torch.optim.Optimizer]
@@ -340,7 +359,8 @@ def _prepare(snapshot_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, devic
     slots = dist_ctx.local_slots(cfg.batch_size) if dist_ctx is not None else slice(None)
     return _Run(model_cfg, cfg, device, dist_ctx, rank, is_main, slots, data, exclude_seen, repeats,
                 has_ties=bool((ev.time_delta == 0).any()), trend=trend,
-                cold_rate=training_new_item_rate(snapshot_dir, data, trend.times if trend else None), type_w=type_w, model=model, opts=opts,
+                cold_rate=training_new_item_rate(snapshot_dir, data, trend.times if trend else None),
+                repeat_rate=None if exclude_seen else repeat_rate(data), type_w=type_w, model=model, opts=opts,
                 sampler=sampler, steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.epochs)
 
 
@@ -498,7 +518,7 @@ def _validate_epoch(run: _Run, epoch: int, metrics: dict) -> tuple[dict, bool]:
     cfg = run.cfg
     if run.is_main:
         metrics.update(validate(run.model, run.model_cfg, run.data, run.device, run.exclude_seen, run.trend,
-                                run.cold_rate))
+                                run.cold_rate, run.repeat_rate))
     if run.dist_ctx is not None:
         metrics = run.dist_ctx.broadcast(metrics)  # every rank takes rank 0's early-stopping decision
     run.model.train()
