@@ -125,13 +125,13 @@ class StudyScorer(HRNNScorer):
             self.scorer.trend = self.popularity(batch.sequences)
         return super().score(batch)
 
-    def _scores(self, h_req: torch.Tensor, times: np.ndarray) -> torch.Tensor:
+    def _scores(self, h_req: torch.Tensor, times: np.ndarray, seen: list[list[int]] | None = None) -> torch.Tensor:
         weight = self.scorer.trend_weight
         if self.trend_mode == "add" or not weight:
-            return super()._scores(h_req, times)  # eq. (5) as the product adds it, with this scorer's q(t)
+            return super()._scores(h_req, times, seen)  # eq. (5) as the product adds it, with this scorer's q(t)
         trend, self.scorer.trend = self.scorer.trend, None  # eq. (2) only, then the ratio term
         try:
-            scores = super()._scores(h_req, times)
+            scores = super()._scores(h_req, times, seen)
         finally:
             self.scorer.trend = trend
         term = self._term(trend, times)

@@ -14,6 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from hrnn_core.train import trainer as train_mod
+from hrnn_core.train import validation as validation_mod
 from hrnn_core.model.checkpoint import load_checkpoint
 from hrnn_core.config import ModelConfig, TrainConfig, load_config
 from hrnn_core.data.datasets import synth
@@ -287,7 +288,7 @@ def test_early_stopping(snap, tmp_path, monkeypatch) -> None:
         calls.append(1)
         return {"val_loss": float(len(calls)), "ndcg@10": 0.0}
 
-    monkeypatch.setattr(train_mod, "evaluate", worse_each_epoch)
+    monkeypatch.setattr(validation_mod, "evaluate", worse_each_epoch)  # what validate() calls
     cfg = TrainConfig(epochs=10, patience=2, batch_size=8, bptt=8, progress=False, min_epochs=0)
     res = train(path, tmp_path / "run", SMALL, cfg)
     assert res.stopped_early and len(res.history) == 3

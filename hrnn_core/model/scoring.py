@@ -1,6 +1,6 @@
 """The one scoring function of HRNN-meta: request states -> scores over the catalogue.
 
-Training-time validation (``hrnn_core.train.trainer.evaluate``), the evaluation harness and so the
+Training-time validation (``hrnn_core.train.validation.evaluate``), the evaluation harness and so the
 promotion gate (``hrnn_core.evaluation.hrnn_scorer``), the batch export and the online service
 (``hrnn_core.serving.recommend``) all score through ``CatalogueScorer.scores``, so the number that promotes
 a model describes the scorer that is served. For a request state ``h`` (the GRU's output at the
