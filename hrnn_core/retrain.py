@@ -53,10 +53,20 @@ def _split(cfg: Config, snapshot_path: str):
     from hrnn_core.evaluation.protocols import build_split  # noqa: PLC0415
     from hrnn_core.evaluation.splits import SnapshotData  # noqa: PLC0415
 
+    from hrnn_core.evaluation.splits import repeat_share  # noqa: PLC0415
+    from hrnn_core.train.trainer import EXCLUDE_SEEN_MAX_REPEATS  # noqa: PLC0415
+
     horizon = cfg.retrain.test_horizon_hours
-    return build_split("temporal", SnapshotData.load(Path(snapshot_path)),
-                       test_fraction=cfg.retrain.test_fraction, valid_fraction=cfg.retrain.valid_fraction,
-                       horizon=horizon * 3600.0 if horizon is not None else None)
+    data = SnapshotData.load(Path(snapshot_path))
+    params = {"test_fraction": cfg.retrain.test_fraction, "valid_fraction": cfg.retrain.valid_fraction,
+              "horizon": horizon * 3600.0 if horizon is not None else None}
+    split = build_split("temporal", data, **params)
+    # Where owners repeat items, excluding seen items would rank a repeated target among unseen items only
+    # (a target is never excluded), rewarding whatever scores the owner's own items high: the gate ranks
+    # every item there, by the trainer's rule on the training events (trainer.resolve_exclude_seen).
+    if repeat_share(split.train) > EXCLUDE_SEEN_MAX_REPEATS:
+        split = build_split("temporal", data, **params, exclude_seen=False)
+    return split
 
 
 def _apply_threads(cfg: Config) -> None:

@@ -20,7 +20,7 @@ from hrnn_core.evaluation.protocols import (
     temporal,
     user_holdout,
 )
-from hrnn_core.evaluation.splits import Cases, ProtocolError, SnapshotData, select_events
+from hrnn_core.evaluation.splits import Cases, ProtocolError, SnapshotData, repeat_share, select_events
 
 N_ITEMS = 40
 
@@ -356,3 +356,4 @@ def test_repeated_targets_are_counted_and_exclude_seen_warns() -> None:
                   target_items=[2, 1, 3, 4, 4], target_timestamp=np.zeros(5), target_event_id=np.zeros(5),
                   n_items=5, exclude_seen=True)
     assert cases.repeated_targets().tolist() == [False, True, False, False, True]
+    assert repeat_share(seq) == pytest.approx(2 / 6)  # the second 1 of row 0 and the second 4 of row 1

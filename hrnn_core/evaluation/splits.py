@@ -155,6 +155,15 @@ def _flat(table: pa.Table, column: str, dtype) -> tuple[np.ndarray, np.ndarray]:
     return offsets - offsets[0], values
 
 
+def repeat_share(sequences: pa.Table) -> float:
+    """Share of a sequences table's events whose item their owner already had (0 for an empty table)."""
+    offsets, items = _flat(sequences, "item_idx", np.int64)
+    if len(items) == 0:
+        return 0.0
+    owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    return float(1.0 - len(np.unique(owner * (int(items.max()) + 1) + items)) / len(items))
+
+
 def select_events(data: SnapshotData, keep: np.ndarray, drop_empty_rows: bool = True) -> pa.Table:
     """The sequences table restricted to events where ``keep`` (flat bool), same schema.
 
