@@ -249,7 +249,7 @@ def _seen_cells(seen: Sequence[Iterable[int]], items: torch.Tensor | None, devic
 
 @torch.no_grad()
 def calibrate_repeat_prior(scorer: CatalogueScorer, h: torch.Tensor, times: np.ndarray | None,
-                           seen: Sequence[Iterable[int]], rate: float) -> float:
+                           seen: Sequence[Iterable[int]], rate: float, rows: int = 64) -> float:
     """Set (and return) the repeat prior so that, over the requests with a history, the mean probability of
     "the next item is one of the owner's own" under the full softmax equals ``rate``; like
     ``calibrate_cold_prior``, one bisection over per-request log-sum-exps (seen vs the rest)."""
@@ -257,15 +257,18 @@ def calibrate_repeat_prior(scorer: CatalogueScorer, h: torch.Tensor, times: np.n
     if not keep:
         return scorer.repeat_prior
     gaps = []
-    for i in keep:
-        s = scorer.scores(h[i:i + 1], None if times is None else times[i:i + 1])[0]  # without the term
-        mask = torch.zeros(len(s), dtype=torch.bool, device=s.device)
-        mask[sorted(set(int(j) for j in seen[i]))] = True
-        rest = s[~mask]
-        gaps.append(float(torch.logsumexp(s[mask], 0) - (torch.logsumexp(rest, 0) if len(rest) else torch.tensor(-1e30))))
-    gap = torch.tensor(gaps, dtype=torch.float64)
+    for lo in range(0, len(keep), rows):
+        block = keep[lo:lo + rows]
+        idx = torch.tensor(block)
+        s = scorer.scores(h[idx], None if times is None else np.asarray(times)[block])  # (r, C), without the term
+        mask = torch.zeros(s.shape, dtype=torch.bool, device=s.device)
+        r, c = _seen_cells([seen[i] for i in block], None, s.device)
+        mask[r, c] = True
+        gaps.append(torch.logsumexp(s.masked_fill(~mask, float("-inf")), 1)
+                    - torch.logsumexp(s.masked_fill(mask, float("-inf")), 1))
+    gap = torch.cat(gaps).double().cpu()
     lo_b, hi_b = -100.0, 100.0
-    for _ in range(60):
+    for _ in range(60):  # mean sigmoid(gap + b) is increasing in b
         mid = (lo_b + hi_b) / 2
         if float(torch.sigmoid(gap + mid).mean()) < rate:
             lo_b = mid
