@@ -160,7 +160,9 @@ class ModelConfig:
     trend_window_seconds: float = 30 * 86_400.0  # q_j(t): j's share of the events in [t_b - this, t_b); 7 d: lower
     trend_smoothing: float = 1.0  # add-k smoothing of the window's counts before log q_j(t)
     trend_bucket_seconds: float = 3600.0  # t_b = request time floored to this (q(t) recounted hourly, as the paper)
-    cold_blend_events: float = 0.0  # items with n training events score at lambda + (1 - lambda) k / (k + n); 0: off
+    # k: an item with n training events scores at lambda + (1 - lambda) k / (k + n); 0 (off): no gain on
+    # ml-100k validation (docs/evaluation/cold_items.md)
+    cold_blend_events: float = 0.0
 
     @property
     def user_id_active(self) -> bool:
