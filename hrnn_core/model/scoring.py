@@ -221,15 +221,22 @@ def calibrate_cold_prior(scorer: CatalogueScorer, h: torch.Tensor, times: np.nda
         warm_lse.append(torch.logsumexp(s[:, ~scorer.cold], dim=1))
         cold_lse.append(torch.logsumexp(s[:, usable], dim=1) - scorer.prior)
     gap = (torch.cat(cold_lse) - torch.cat(warm_lse)).double()  # (N,) log odds of "cold" at prior 0
+    scorer.set_prior(_solve_log_prior(gap, rate))
+    return scorer.prior
+
+
+def _solve_log_prior(gap: torch.Tensor, rate: float) -> float:
+    """The b with mean(sigmoid(gap + b)) = rate (``gap``: per-request log odds at b = 0), by bisection on
+    [-100, 100] (the mean is increasing in b)."""
+    gap = gap.double().cpu()
     lo_b, hi_b = -100.0, 100.0
-    for _ in range(60):  # mean sigmoid(gap + b) is increasing in b
+    for _ in range(60):
         mid = (lo_b + hi_b) / 2
         if float(torch.sigmoid(gap + mid).mean()) < rate:
             lo_b = mid
         else:
             hi_b = mid
-    scorer.set_prior((lo_b + hi_b) / 2)
-    return scorer.prior
+    return (lo_b + hi_b) / 2
 
 
 def _seen_cells(seen: Sequence[Iterable[int]], items: torch.Tensor | None, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,14 +274,7 @@ def calibrate_repeat_prior(scorer: CatalogueScorer, h: torch.Tensor, times: np.n
         gaps.append(torch.logsumexp(s.masked_fill(~mask, float("-inf")), 1)
                     - torch.logsumexp(s.masked_fill(mask, float("-inf")), 1))
     gap = torch.cat(gaps).double().cpu()
-    lo_b, hi_b = -100.0, 100.0
-    for _ in range(60):  # mean sigmoid(gap + b) is increasing in b
-        mid = (lo_b + hi_b) / 2
-        if float(torch.sigmoid(gap + mid).mean()) < rate:
-            lo_b = mid
-        else:
-            hi_b = mid
-    scorer.model.repeat_log_prior.fill_((lo_b + hi_b) / 2)
+    scorer.model.repeat_log_prior.fill_(_solve_log_prior(gap, rate))
     return scorer.repeat_prior
 
 
