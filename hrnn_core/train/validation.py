@@ -65,22 +65,14 @@ def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: tor
         return {}
     scorer = scorer or CatalogueScorer(model, data.events.item_freq)
     blocks = list(request_states(model, data, segments, device, times, batch_size))
-    histories = [_histories(data, b[0], b[4]) for b in blocks]  # per block, per row: the owner's earlier items
-    all_h = torch.cat([b[1] for b in blocks])
-    all_t = None if times is None else np.concatenate([b[3] for b in blocks])
-    if cold_rate is not None:
-        calibrate_cold_prior(scorer, all_h, all_t, cold_rate)
-    if repeat_rate is not None:
-        calibrate_repeat_prior(scorer, all_h, all_t, [s for hs in histories for s in hs], repeat_rate)
+    histories = _calibrate(scorer, data, blocks, times, cold_rate, repeat_rate)
     ce_sum = ndcg = hits = 0.0
-    for (seg, h, target, at, idx), hist_items in zip(blocks, histories, strict=True):
-        lengths, t = seg[:, 1] - seg[:, 0], idx.shape[1]
+    for (seg, h, target, at, _), hist_items in zip(blocks, histories, strict=True):
         seen = None
-        if exclude_seen:  # (b, n_items): items of the events before the target
-            hist = data.events.target[torch.from_numpy(np.maximum(idx, 0))].to(device)  # (b, t)
-            before = torch.from_numpy(np.arange(t)[None, :] < (lengths - 1)[:, None]).to(device)
+        if exclude_seen:  # (b, n_items): items of the events before the target, never the target itself
             seen = torch.zeros(len(seg), model.n_items, dtype=torch.bool, device=device)
-            seen[torch.arange(len(seg), device=device)[:, None].expand_as(hist)[before], hist[before]] = True
+            for r, items in enumerate(hist_items):
+                seen[r, items] = True
             seen[torch.arange(len(seg), device=device), target] = False
         pos = scorer.target_scores(h, target, at, hist_items)  # (b,)
         lse = torch.full_like(pos, float("-inf"))
@@ -100,6 +92,22 @@ def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: tor
     loss = ce_sum / n
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), f"ndcg@{k}": ndcg / n, f"hit@{k}": hits / n,
             "cold_log_prior": scorer.prior, "repeat_log_prior": scorer.repeat_prior}
+
+
+def _calibrate(scorer: CatalogueScorer, data: TrainData, blocks: list, times: np.ndarray | None,
+               cold_rate: float | None, repeat_rate: float | None) -> list[list[list[int]]]:
+    """Calibrate the cold prior and the repeat term on ``request_states`` blocks (either rate None: left as it
+    is); returns each block's per-row histories (the owner's items before the request)."""
+    histories = [_histories(data, b[0], b[4]) for b in blocks]
+    if not blocks:
+        return histories
+    all_h = torch.cat([b[1] for b in blocks])
+    all_t = None if times is None else np.concatenate([b[3] for b in blocks])
+    if cold_rate is not None:
+        calibrate_cold_prior(scorer, all_h, all_t, cold_rate)
+    if repeat_rate is not None:
+        calibrate_repeat_prior(scorer, all_h, all_t, [s for hs in histories for s in hs], repeat_rate)
+    return histories
 
 
 def _histories(data: TrainData, seg: np.ndarray, idx: np.ndarray) -> list[list[int]]:
@@ -123,13 +131,7 @@ def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: t
     times = trend.times if trend else None
     if len(data.val_segments) == 0 and cold_rate is not None:
         blocks = list(request_states(model, data, data.train_segments[:CALIBRATION_OWNERS], device, times))
-        if blocks:
-            all_h = torch.cat([b[1] for b in blocks])
-            all_t = None if times is None else np.concatenate([b[3] for b in blocks])
-            calibrate_cold_prior(scorer, all_h, all_t, cold_rate)
-            if repeat_rate is not None:
-                calibrate_repeat_prior(scorer, all_h, all_t, [s for b in blocks for s in _histories(data, b[0], b[4])],
-                                       repeat_rate)
+        _calibrate(scorer, data, blocks, times, cold_rate, repeat_rate)
         return {"cold_log_prior": scorer.prior, "repeat_log_prior": scorer.repeat_prior}
     return evaluate(model, data, data.val_segments, device, scorer, times, exclude_seen=exclude_seen,
                     cold_rate=cold_rate, repeat_rate=repeat_rate)
