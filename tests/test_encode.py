@@ -16,7 +16,7 @@ from hrnn_core.data.datasets.load import synthetic_snapshot
 from hrnn_core.model.features import FeatureSpace, encode_events, encode_tables
 from hrnn_core.model.network import StepInputs
 from hrnn_core.model.steps import gather_steps
-from hrnn_core.train.trainer import gather_inputs, prepare_data, user_parallel_windows
+from hrnn_core.train.trainer import gather_inputs, owner_windows, prepare_data
 
 MODEL = ModelConfig(hidden_size=16, field_dim=8, input_size=16)
 
@@ -51,16 +51,19 @@ def test_the_folder_reader_encodes_what_the_tables_encode(snap) -> None:
 def test_gather_steps_is_the_trainers_gather(snap) -> None:
     """The trainer gathers with gather_steps; checked here against the field-by-field gather it replaced."""
     data = prepare_data(snap, MODEL, TrainConfig(val_owners=5, progress=False))
-    for idx, reset in user_parallel_windows(data.train_segments, batch_size=7, bptt=6):
-        idx_t, reset_t = torch.from_numpy(idx), torch.from_numpy(reset)
+    padded = False
+    for w in owner_windows(data.train_segments, batch_size=7, bptt=6):
+        padded |= bool((w.idx < 0).any())
+        idx_t = torch.from_numpy(w.idx)
         ev, safe = data.events, idx_t.clamp(min=0)
-        user = data.event_user[safe]
+        user = data.event_user[safe[:, :1]].expand_as(safe)  # one owner per row
+        assert (data.event_user[safe][idx_t >= 0] == user[idx_t >= 0]).all()
         expected = StepInputs(prev_item=ev.prev_item[safe], prev_type=ev.prev_type[safe],
                               prev_value=ev.prev_value[safe], time_bucket=ev.time_bucket[safe],
                               context=ev.context[safe], user_cat=ev.user_cat[user], user_num=ev.user_num[user],
-                              reset=reset_t)
-        assert_same(gather_inputs(data, idx_t, reset_t), expected)
-    assert (idx < 0).any()  # the last window is padded
+                              reset=torch.from_numpy(w.reset), lengths=torch.from_numpy(w.lengths))
+        assert_same(gather_inputs(data, w), expected)
+    assert padded  # rows that end inside a window are padded after their end
 
     rows = np.array([0, 3, 4])  # one user per row: the same as that user at every step
     ev = data.events

@@ -17,7 +17,8 @@ from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.model.features import USER_ID_FIELD
 from hrnn_core.model.inference import Event, InferenceEngine, InferenceError, UserState
 from hrnn_core.model.scoring import NO_SCORE, CatalogueScorer, popularity
-from hrnn_core.train.trainer import gather_inputs, prepare_data, train
+from hrnn_core.model.steps import gather_steps
+from hrnn_core.train.trainer import prepare_data, train
 from hrnn_core.data.datasets.load import synthetic_snapshot
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -66,7 +67,7 @@ def test_update_event_by_event_equals_the_batched_training_forward(trained) -> N
         assert state.seen == batched.seen and state.n_events == batched.n_events == len(events)
 
         s, e = int(data.events.owner_start[o]), int(data.events.owner_start[o + 1])
-        x = gather_inputs(data, torch.arange(s, e)[None], torch.zeros(1, e - s, dtype=torch.bool))
+        x = gather_steps(data.events, torch.arange(s, e)[None], data.event_user[[s]])
         with torch.no_grad():
             out, hidden = engine.model(x)
             seen = [{engine.item_index[e.item_id] for e in events[:k]} for k in range(len(events))]  # before each

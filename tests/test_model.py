@@ -44,12 +44,8 @@ def _inputs(b: int = B, t: int = T, seed: int = 0) -> StepInputs:
         time_bucket=torch.randint(0, 16, (b, t), generator=g), context=torch.randint(0, 3, (b, t, 1), generator=g),
         user_cat=torch.randint(0, 4, (b, t, 1), generator=g).int(),
         user_num=torch.stack([torch.randn(b, t, generator=g), torch.ones(b, t)], dim=-1),
-        reset=torch.zeros(b, t, dtype=torch.bool),
+        reset=torch.zeros(b, dtype=torch.bool),
     )
-
-
-def _slice(x: StepInputs, lo: int, hi: int) -> StepInputs:
-    return StepInputs(**{k: v[:, lo:hi] for k, v in vars(x).items()})
 
 
 def test_shapes_and_decoder_outputs() -> None:
@@ -99,18 +95,39 @@ def test_reset_restarts_and_hidden_carries_across_windows() -> None:
     out_b, h_b = model(_slice(x, 2, T), h_a)
     torch.testing.assert_close(torch.cat([out_a, out_b], dim=1), out, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(h_b, hidden, atol=1e-6, rtol=1e-5)
-    # a reset inside the window equals starting fresh there
-    x.reset[:, 3] = True
-    out_r, _ = model(x)
-    out_fresh, _ = model(_slice(x, 3, T))
-    torch.testing.assert_close(out_r[:, 3:], out_fresh, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(out_r[:, :3], out[:, :3])
-    # one step at a time (the inference path) equals the batched forward
+    # a row that starts a new owner ignores the carried state: it equals starting fresh
+    x_b = _slice(x, 2, T)
+    x_b.reset = torch.tensor([True] + [False] * (B - 1))
+    out_r, _ = model(x_b, h_a)
+    torch.testing.assert_close(out_r[0], model(_slice(x, 2, T))[0][0])
+    torch.testing.assert_close(out_r[1:], out_b[1:])
+    # one step at a time (the service's one-event update) equals the fused window
     h, steps = None, []
     for k in range(T):
         o, h = model(_slice(x, k, k + 1), h)
         steps.append(o)
-    torch.testing.assert_close(torch.cat(steps, dim=1), out_r, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(torch.cat(steps, dim=1), out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h, hidden, atol=1e-5, rtol=1e-5)
+
+
+def _slice(x: StepInputs, lo: int, hi: int) -> StepInputs:
+    return StepInputs(**{k: (v[:, lo:hi] if v is not None and v.dim() > 1 else v) for k, v in vars(x).items()})
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_packed_rows_equal_each_row_alone(layers: int) -> None:
+    """Rows shorter than the window (``lengths``) give the states and last hidden state of the row run alone:
+    padding is never computed, whatever it holds."""
+    model = _model(ModelConfig(**{**vars(CFG), "num_layers": layers})).eval()
+    x = _inputs()
+    x.lengths = torch.tensor([T, 3, 1, 5][:B] + [T] * max(0, B - 4))
+    out, hidden = model(x)
+    for r, n in enumerate(x.lengths.tolist()):
+        alone = StepInputs(**{k: (v[r:r + 1, :n] if k != "reset" else v[r:r + 1]) for k, v in vars(x).items() if k != "lengths"})
+        o, h = model(alone)
+        torch.testing.assert_close(out[r, :n], o[0], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(hidden[:, r], h[:, 0], atol=1e-6, rtol=1e-5)
+        assert (out[r, n:] == (model.user_out(x.user_cat[r, n:, model.user_id_col]) if model.user_out else 0)).all()
 
 
 def test_inputs_matter_and_ablations_build() -> None:

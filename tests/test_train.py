@@ -13,6 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from hrnn_core.model.steps import gather_steps
 from hrnn_core.train import trainer as train_mod
 from hrnn_core.train import validation as validation_mod
 from hrnn_core.model.checkpoint import load_checkpoint
@@ -21,7 +22,7 @@ from hrnn_core.data.datasets import synth
 from hrnn_core.model.features import FeatureSpace
 from hrnn_core.model.losses import LossOut
 from hrnn_core.data.datasets.load import synthetic_snapshot
-from hrnn_core.train.trainer import NonFiniteLossError, TrainError, prepare_data, train, user_parallel_windows
+from hrnn_core.train.trainer import NonFiniteLossError, TrainError, owner_windows, prepare_data, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -49,26 +50,35 @@ def snap(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return d, snapshot.path
 
 
-def test_user_parallel_windows_cover_every_event_once_in_order() -> None:
-    segments = np.array([[0, 5], [5, 6], [6, 20], [20, 23], [30, 31]])
-    seen, resets = [], []
-    windows = list(user_parallel_windows(segments, batch_size=2, bptt=4))
-    for idx, reset in windows:
-        assert idx.shape == reset.shape == (2, 4)
-        for b in range(2):
-            row = idx[b]
+def test_owner_windows_cover_every_event_once_in_order_one_owner_per_row() -> None:
+    segments = np.array([[0, 5], [5, 6], [6, 20], [20, 23], [30, 31], [31, 33], [33, 34]])
+    seen, starts, prev = [], [], None
+    by_slot: dict[int, list[int]] = {}
+    windows = list(owner_windows(segments, batch_size=2, bptt=4))
+    for w in windows:
+        assert w.idx.shape[0] == len(w.lengths) == len(w.reset) == len(w.slot) == len(w.carry)
+        assert w.idx.shape[1] == w.lengths.max() <= 4
+        assert (w.lengths >= 1).all() and int(w.lengths.sum()) <= 2 * 4 or len(w.lengths) == 1  # the event budget
+        for r, row in enumerate(w.idx):
             valid = row[row >= 0]
-            assert (row[: len(valid)] == valid).all()  # padding only at the end
+            assert len(valid) == w.lengths[r] and (row[: len(valid)] == valid).all()  # padding only at the end
+            assert (np.diff(valid) == 1).all()
+            seg = [s for s in segments if s[0] <= valid[0] < s[1]][0]
+            assert valid[-1] < seg[1]  # one owner per row
+            if w.reset[r]:
+                assert valid[0] == seg[0] and w.carry[r] == -1 and w.slot[r] not in by_slot
+                starts.append(int(valid[0]))
+            else:  # a continuing row follows its own previous row, keeping its slot id
+                assert prev is not None and prev.slot[w.carry[r]] == w.slot[r]
+                assert by_slot[int(w.slot[r])][-1] + 1 == valid[0]
+            by_slot.setdefault(int(w.slot[r]), []).extend(valid.tolist())
             seen.extend(valid.tolist())
-            resets.extend(row[reset[b]].tolist())
-    assert sorted(seen) == list(range(23)) + [30]
-    assert sorted(resets) == [0, 5, 6, 20, 30]  # a reset exactly where each owner starts
-    # within a slot, an owner's events come in order across windows
-    slot0 = np.concatenate([w[0][0] for w in windows])
-    slot0 = slot0[slot0 >= 0]
-    for s, e in segments:
-        mine = slot0[(slot0 >= s) & (slot0 < e)]
-        assert (np.diff(mine) == 1).all()
+        assert (w.reset == (w.carry < 0)).all() and (np.argsort(w.reset, kind="stable") == np.arange(len(w.reset))).all()
+        prev = w
+    assert sorted(seen) == list(range(23)) + [30, 31, 32, 33]
+    assert starts == [0, 5, 6, 20, 30, 31, 33]  # each owner starts once, in the given order
+    short = list(owner_windows(np.array([[i, i + 2] for i in range(0, 40, 2)]), batch_size=2, bptt=4))
+    assert [len(w.lengths) for w in short] == [4] * 5  # short owners (sessions) fill a window's events
 
 
 def test_prepare_data_caps_histories_and_holds_out_last_events(snap) -> None:
@@ -143,15 +153,37 @@ def test_leave_one_out_hrnn_trains_on_train_and_stops_on_the_validation_targets(
     assert [valid_by_row[int(o)] for o in owners] == val_targets.tolist()
 
 
-def test_seen_masks_follow_each_slots_owner() -> None:
+def test_seen_masks_follow_each_rows_owner() -> None:
     seen = torch.zeros(2, 6, dtype=torch.bool)
-    target = torch.tensor([[1, 2, 3, 4], [5, 0, 0, 1]])
+    seen[0, 2] = True  # row 0's owner had item 2 before this window
+    target = torch.tensor([[1, 2, 1, 4], [5, 0, 0, 1]])
     valid = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
-    reset = torch.tensor([[1, 0, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)  # slot 0: a new owner at t = 2
-    masks, carry = train_mod.seen_masks(seen, target, valid, reset)
-    got = [[m.nonzero().flatten().tolist() for m in slot] for slot in masks]
-    assert got == [[[], [1], [], [3]], [[], [5], [0, 5], [0, 5]]]  # padding (t >= 2 of slot 1) adds nothing
-    assert carry[0].nonzero().flatten().tolist() == [3, 4] and carry[1].nonzero().flatten().tolist() == [0, 5]
+    masks, carry = train_mod.seen_masks(seen, target, valid)
+    got = [[m.nonzero().flatten().tolist() for m in row] for row in masks]
+    assert got == [[[2], [1, 2], [1, 2], [1, 2]], [[], [5], [0, 5], [0, 5]]]  # padding (t >= 2 of row 1) adds nothing
+    assert carry[0].nonzero().flatten().tolist() == [1, 2, 4] and carry[1].nonzero().flatten().tolist() == [0, 5]
+
+
+def test_carried_windows_give_each_owner_its_whole_sequences_states(snap) -> None:
+    """Training's windows with the carried state (``_carry``: continuing rows found by slot id, new owners
+    from their initial state) give every event the state of its owner's whole sequence in one call."""
+    _, path = snap
+    data = prepare_data(path, SMALL, FAST)
+    torch.manual_seed(0)
+    model = train_mod.HRNNMeta(dataclasses.replace(SMALL, dropout=0.0), data.features, data.item_cat,
+                               data.item_num).eval()
+    got = torch.zeros(len(data.events.target), SMALL.hidden_size)
+    prev = hidden = None
+    with torch.no_grad():
+        for w in owner_windows(data.train_segments[::-1].copy(), batch_size=3, bptt=5):
+            hidden, _ = train_mod._carry(prev, w, hidden, None)
+            out, hidden = model(train_mod.gather_inputs(data, w), hidden)
+            got[torch.from_numpy(w.idx[w.idx >= 0])] = out[torch.from_numpy(w.idx >= 0)]
+            prev = w
+        for a, b in data.train_segments[:5].tolist():
+            idx = torch.arange(a, b)[None]
+            whole, _ = model(gather_steps(data.events, idx, data.event_user[[a]]))
+            torch.testing.assert_close(got[a:b], whole[0], atol=1e-5, rtol=1e-5)
 
 
 def test_exclude_seen_follows_the_training_repeat_share(snap, monkeypatch) -> None:
@@ -396,7 +428,7 @@ def test_sampled_step_on_a_million_items_never_builds_a_batch_by_catalog_matrix(
     x = StepInputs(prev_item=torch.randint(0, n_items, (b, t), generator=g), prev_type=torch.zeros(b, t, dtype=torch.long),
                    prev_value=torch.zeros(b, t, 2), time_bucket=torch.randint(0, 8, (b, t), generator=g),
                    context=torch.zeros(b, t, 0, dtype=torch.long), user_cat=torch.zeros(b, t, 0, dtype=torch.int32),
-                   user_num=torch.zeros(b, t, 0), reset=torch.zeros(b, t, dtype=torch.bool))
+                   user_num=torch.zeros(b, t, 0), reset=torch.zeros(b, dtype=torch.bool))
     target = torch.randint(0, n_items, (b * t,), generator=g)
 
     class LargestTensor(TorchDispatchMode):

@@ -95,7 +95,7 @@ def _step_inputs(fs: FeatureSpace, enc, b: int, t: int, user_cat: torch.Tensor) 
     return StepInputs(prev_item=torch.zeros(b, t, dtype=torch.long), prev_type=torch.zeros(b, t, dtype=torch.long),
                       prev_value=torch.zeros(b, t, 2), time_bucket=torch.zeros(b, t, dtype=torch.long),
                       context=torch.zeros(b, t, fs.context.cat_width, dtype=torch.long), user_cat=user_cat,
-                      user_num=enc.user_num[:b, None].expand(b, t, -1), reset=torch.zeros(b, t, dtype=torch.bool))
+                      user_num=enc.user_num[:b, None].expand(b, t, -1), reset=torch.zeros(b, dtype=torch.bool))
 
 
 def test_the_id_vector_is_added_to_the_state_and_nothing_for_unknown_users(snap) -> None:

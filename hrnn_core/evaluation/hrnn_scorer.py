@@ -231,7 +231,7 @@ class HRNNScorer(Scorer):
         n_events = int(enc.owner_start[-1])
         flat = np.minimum(enc.owner_start[rows][:, None] + np.arange(length)[None, :], max(n_events - 1, 0))  # (B, L)
         valid = np.arange(length)[None, :] < lengths[:, None]  # (B, L)
-        return gather_steps(enc, flat, enc.owner_user[rows]).to(self.device), flat, valid
+        return gather_steps(enc, flat, enc.owner_user[rows], lengths=lengths).to(self.device), flat, valid
 
     @torch.no_grad()
     def event_states(self, sequences: pa.Table, block_rows: int = 64) -> torch.Tensor:
@@ -248,7 +248,7 @@ class HRNNScorer(Scorer):
         order = order[lengths[order] > 0]
         for lo in range(0, len(order), block_rows):
             x, flat, valid = self.row_inputs(enc, order[lo:lo + block_rows])
-            h, _ = self.model(x)  # (B, L, H); causal, so padding after a row's end cannot reach it
+            h, _ = self.model(x)  # (B, L, H); padding after a row's end is never computed
             out[torch.from_numpy(flat[valid])] = h[torch.from_numpy(valid).to(self.device)].float().cpu()
         return out
 
@@ -274,7 +274,7 @@ class HRNNScorer(Scorer):
         # flat index of each (case, step); the request step is filled in below
         steps = np.arange(length)[None, :]
         flat = np.minimum(first[:, None] + steps, len(ts) - 1)  # (B, L) clipped (padding is ignored)
-        x = gather_steps(enc, flat, enc.owner_user[rows])  # new tensors: the request steps are overwritten
+        x = gather_steps(enc, flat, enc.owner_user[rows], lengths=hist_len + 1)  # new tensors: request steps overwritten
         prev_item, prev_type, prev_value, time_bucket, context = (
             x.prev_item, x.prev_type, x.prev_value, x.time_bucket, x.context)
         # The first read step of a truncated history restarts like an owner's first event.
@@ -300,7 +300,7 @@ class HRNNScorer(Scorer):
                 prev_value[i, k] = torch.tensor([value, float(value != 0.0)])
                 time_bucket[i, k] = int(time_delta_bucket(np.array([t[i] - ts[last]]), fs.time_delta_buckets,
                                                           fs.time_delta_log_base)[0])
-        h, _ = self.model(x.to(self.device))  # (B, L, H); padding after the request step cannot affect it (causal)
+        h, _ = self.model(x.to(self.device))  # (B, L, H); padding after the request step is never computed
         return h[torch.arange(b), torch.from_numpy(hist_len).to(self.device)]  # (B, H)
 
     def _seen(self, sequences: pa.Table, rows: np.ndarray, pos: np.ndarray) -> list[list[int]]:

@@ -22,7 +22,7 @@ import torch
 from hrnn_core.config import RETIRED_FIELDS, ModelConfig, TrainConfig
 from hrnn_core.errors import HrnnError
 from hrnn_core.model.features import USER_ID_FIELD, FeatureSpace
-from hrnn_core.model.network import HRNNMeta, drop_user_id_inputs
+from hrnn_core.model.network import HRNNMeta, drop_user_id_inputs, rename_gru_cells
 
 FORMAT_VERSION = 1
 
@@ -101,6 +101,6 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoin
     # older checkpoints: no cold prior and no repeat term (0)
     state = {"cold_log_prior": torch.zeros(()), "repeat_log_prior": torch.zeros(()), **raw["model_state"]}
     model = HRNNMeta(model_cfg, fs, state["item_cat"][:-1], state["item_num"][:-1])
-    model.load_state_dict(drop_user_id_inputs(state, model))
+    model.load_state_dict(drop_user_id_inputs(rename_gru_cells(state), model))
     model.to(resolve_device(device)).eval()
     return Checkpoint(model, fs, model_cfg, train_cfg, raw["snapshot_id"], raw["item_freq"], raw)

@@ -142,20 +142,21 @@ class InferenceEngine:
             np.array(prev, dtype=np.int64), np.array([[s.last_type] for s in states], dtype=np.int64),
             np.array([[s.last_value] for s in states], dtype=np.float32), bucket[:, None].astype(np.int64),
             [dict(c) for c in contexts], torch.cat([s.user_cat for s in states]), torch.cat([s.user_num for s in states]),
-            np.array([[s.hidden is None] for s in states]))
+            np.array([s.hidden is None for s in states]))
 
     def _live_inputs(self, prev: np.ndarray, ptype: np.ndarray, pval: np.ndarray, bucket: np.ndarray,
-                     ctx_rows: list[dict], ucat: torch.Tensor, unum: torch.Tensor, reset: np.ndarray) -> StepInputs:
+                     ctx_rows: list[dict], ucat: torch.Tensor, unum: torch.Tensor, reset: np.ndarray,
+                     lengths: np.ndarray | None = None) -> StepInputs:
         """StepInputs of live events (the engine's one builder; training and evaluation gather theirs from an
         encoded table): (B, T) previous item/type/bucket, (B, T, 2) values, B*T context dicts row-major,
-        (B, W) user fields repeated over T, (B, T) reset flags."""
+        (B, W) user fields repeated over T, (B,) reset flags, (B,) real steps per row (None: all)."""
         b, t_max = prev.shape
         ctx = self.features.context.encode_rows(ctx_rows, [{}] * len(ctx_rows))[0].long().reshape(b, t_max, -1)
         return StepInputs(
             prev_item=torch.from_numpy(prev), prev_type=torch.from_numpy(ptype), prev_value=torch.from_numpy(pval),
             time_bucket=torch.from_numpy(bucket), context=ctx,
             user_cat=ucat.cpu()[:, None].expand(b, t_max, -1), user_num=unum.cpu()[:, None].expand(b, t_max, -1),
-            reset=torch.from_numpy(reset),
+            reset=torch.from_numpy(reset), lengths=None if lengths is None else torch.from_numpy(lengths),
         ).to(self.device)
 
     @torch.no_grad()
@@ -192,9 +193,10 @@ class InferenceEngine:
     def replay(self, histories: Sequence[tuple[Sequence[Event], Mapping | None]]) -> list[UserState]:
         """The state after each (events, user_features) history in one batched forward pass.
 
-        Histories are left-padded to a common length and each owner's first real event restarts
-        the state (reset flag), so padding never reaches it: the result equals ``update`` event by
-        event (tested). The batch export and the service's cold cache read histories through it.
+        Histories are right-padded to a common length and packed by their lengths (the network's one
+        window call: padding is never computed, each row's state is its last real step's): the result
+        equals ``update`` event by event (tested). The batch export and the service's cold cache read
+        histories through it.
         """
         fs, none, dev = self.features, self.model.n_items, self.device
         rows = [_split_user_features(f) for _, f in histories]
@@ -209,28 +211,28 @@ class InferenceEngine:
         ptype = np.zeros((n_b, t_max), dtype=np.int64)
         pval = np.zeros((n_b, t_max, 2), dtype=np.float32)
         bucket = np.zeros((n_b, t_max), dtype=np.int64)
-        reset = np.zeros((n_b, t_max), dtype=bool)
+        lengths = np.array([len(histories[b][0]) for b in busy], dtype=np.int64)
         ctx_rows: list[dict] = [{}] * (n_b * t_max)
         last: list[tuple[list[int], dict]] = []
         for r, b in enumerate(busy):
             events = histories[b][0]
-            n, o = len(events), t_max - len(events)  # o: left padding
+            n = len(events)
             items = [self.item_index.get(e.item_id, -1) for e in events]
-            prev[r, o + 1:] = [i if 0 <= i < none else none for i in items[:-1]]
-            ptype[r, o + 1:] = [fs.event_type_index(e.event_type) for e in events[:-1]]
+            prev[r, 1:n] = [i if 0 <= i < none else none for i in items[:-1]]
+            ptype[r, 1:n] = [fs.event_type_index(e.event_type) for e in events[:-1]]
             if n > 1:
-                pval[r, o + 1:] = [fs.event_value(e.event_value) for e in events[:-1]]
+                pval[r, 1:n] = [fs.event_value(e.event_value) for e in events[:-1]]
                 ts = np.array([float(e.timestamp) for e in events])
-                bucket[r, o + 1:] = time_delta_bucket(np.diff(ts), fs.time_delta_buckets, fs.time_delta_log_base)
-            reset[r, o] = True  # the owner starts here: learned initial state from user + context
+                bucket[r, 1:n] = time_delta_bucket(np.diff(ts), fs.time_delta_buckets, fs.time_delta_log_base)
             c: dict = {}
             for j, e in enumerate(events):
                 c = dict(e.context) if e.context is not None else c
-                ctx_rows[r * t_max + o + j] = c
+                ctx_rows[r * t_max + j] = c
             last.append((items, c))
         idx = torch.tensor(busy)
-        x = self._live_inputs(prev, ptype, pval, bucket, ctx_rows, ucat[idx], unum[idx], reset)
-        _, hidden = self.model(x)  # (L, n_b, H)
+        x = self._live_inputs(prev, ptype, pval, bucket, ctx_rows, ucat[idx], unum[idx], np.ones(n_b, dtype=bool),
+                              lengths)
+        _, hidden = self.model(x)  # (L, n_b, H): each row's state after its last real event
         for r, b in enumerate(busy):
             events, (items, c) = histories[b][0], last[r]
             s, e = states[b], events[-1]

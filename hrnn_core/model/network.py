@@ -20,9 +20,13 @@ where ``w(.)``, ``b(.)`` embed the item's metadata ``f_j`` (multi-valued categor
 embedding means, numeric fields through a linear layer). Because eq. (2) is linear in ``h`` the
 mixed item vectors are formed first and one matrix product scores all items.
 
-The GRU is stepped one event at a time so that an owner's state can be reset to the learned
-initial state *inside* a window (user-parallel batches, ``hrnn_core.train.trainer``), and so that the
-inference engine's single step is the very same computation as training's.
+The recurrence is one fused ``torch.nn.GRU`` call over a whole window (cuDNN on a GPU, ATen's C++
+loop on a CPU; no per-step Python). A window's rows each follow one owner: an owner starts only at a
+row's first step (``StepInputs.reset``), and rows shorter than the window are packed by their
+``lengths``, so padding is never computed and the carried state is each row's own last one. The
+training batches (``hrnn_core.train.batches.owner_windows``), validation, the evaluation scorer, the
+batch export's replay and the service's one-event update all run this same call; the one-event
+update is a window of length 1.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from hrnn_core.config import ModelConfig
 from hrnn_core.model.features import USER_ID_FIELD, FeatureSpace, FieldGroup
@@ -50,10 +55,15 @@ class StepInputs:
     context: torch.Tensor  # (B, T, Fc) request context ids
     user_cat: torch.Tensor  # (B, T, Wu) user categorical ids
     user_num: torch.Tensor  # (B, T, 2 Fu) user numeric features
-    reset: torch.Tensor  # (B, T) bool: start from the initial state here (a new owner)
+    reset: torch.Tensor  # (B,) bool: the row's first step starts a new owner (from its learned initial state)
+    lengths: torch.Tensor | None = None  # (B,) real steps of each row, right padding after; None: all T
 
     def to(self, device: torch.device) -> StepInputs:
-        return StepInputs(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if name != "lengths":  # packing reads the lengths on the CPU
+                moved[name] = value.to(device)
+        return StepInputs(**moved)
 
 
 class FieldBags(nn.Module):
@@ -115,6 +125,21 @@ def _drop_inputs(linear: nn.Linear, cols: slice) -> None:
     keep[cols] = False
     linear.weight = nn.Parameter(linear.weight.detach()[:, keep].clone())
     linear.in_features = int(keep.sum())
+
+
+def rename_gru_cells(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict saved when the recurrence was one ``GRUCell`` per layer (``cells.{i}.weight_ih``, ...)
+    in the fused ``nn.GRU``'s names (``gru.weight_ih_l{i}``, ...): the same gates and the same weights.
+    Other state dicts are returned as they are."""
+    if not any(k.startswith("cells.") for k in state):
+        return state
+    out = {}
+    for key, value in state.items():
+        if key.startswith("cells."):
+            _, layer, name = key.split(".")
+            key = f"gru.{name}_l{layer}"
+        out[key] = value
+    return out
 
 
 def drop_user_id_inputs(state: dict[str, torch.Tensor], model: HRNNMeta) -> dict[str, torch.Tensor]:
@@ -190,9 +215,9 @@ class HRNNMeta(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
         # ---- recurrent core: the initial state is learned and conditioned on user + context
-        self.cells = nn.ModuleList(
-            nn.GRUCell(cfg.input_size if i == 0 else hs, hs) for i in range(cfg.num_layers)
-        )
+        # dropout between stacked layers as on the input and output (nn.GRU applies none after the last layer)
+        self.gru = nn.GRU(cfg.input_size, hs, num_layers=cfg.num_layers, batch_first=True,
+                          dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
         self.init_bias = nn.Parameter(torch.zeros(cfg.num_layers * hs))
         init_in = full_width + self.ctx_width
         self.init_proj = nn.Linear(init_in, cfg.num_layers * hs, bias=False) if init_in else None
@@ -225,7 +250,8 @@ class HRNNMeta(nn.Module):
         return user, ctx
 
     def encode_inputs(self, x: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Field-aware input vectors (B, T, input_size) and initial states (B, T, L, H)."""
+        """Field-aware input vectors (B, T, input_size) and initial states (B, T', L, H): at the first step
+        only (T' = 1), or at every step without ``use_sequence`` (each event starts from its own)."""
         user, ctx = self._raw_user_ctx(x)
         f = [self.fields["item"](self.item_in(x.prev_item))] if "item" in self.fields else []  # (B, T, d)
         if "constant" in self.fields:
@@ -243,45 +269,42 @@ class HRNNMeta(nn.Module):
         if ctx is not None:
             f.append(self.fields["context"](ctx))
         inp = self.drop(self.mix(torch.cat(f, dim=-1)))  # (B, T, input_size)
-        h0 = self.init_bias.expand(*x.prev_item.shape, -1)  # (B, T, L * H)
+        steps = slice(None) if not self.cfg.use_sequence else slice(0, 1)
+        b, t = x.prev_item[:, steps].shape
+        h0 = self.init_bias.expand(b, t, -1)  # (B, T', L * H)
         if self.init_proj is not None:
-            h0 = h0 + self.init_proj(torch.cat([t for t in (user, ctx) if t is not None], dim=-1))
-        h0 = torch.tanh(h0).reshape(*x.prev_item.shape, self.cfg.num_layers, self.cfg.hidden_size)
-        return inp, h0
+            h0 = h0 + self.init_proj(torch.cat([v[:, steps] for v in (user, ctx) if v is not None], dim=-1))
+        return inp, torch.tanh(h0).reshape(b, t, self.cfg.num_layers, self.cfg.hidden_size)
 
     def forward(self, x: StepInputs, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the GRU over a (B, T) block.
+        """Run the GRU over a (B, T) window in one fused call.
 
-        Returns the top layer's states (B, T, H) - ``out[:, k]`` scores the item of request k -
-        and the last hidden state (L, B, H) to carry into the next window (truncated BPTT).
-        Where ``x.reset`` is set (and everywhere at t = 0 when ``hidden`` is None) the state
-        restarts from the learned initial state of that owner.
+        Returns the top layer's states (B, T, H) - ``out[:, k]`` scores the item of request k (zero at
+        padding) - and each row's last hidden state (L, B, H) to carry into the next window (truncated
+        BPTT). A row starts from its owner's learned initial state where ``x.reset`` is set, and every
+        row does when ``hidden`` is None; owners never change inside a row (``StepInputs``).
         """
         inp, h0 = self.encode_inputs(x)
-        t = x.prev_item.shape[1]
-        reset = x.reset.clone()
-        if not self.cfg.use_sequence:  # no memory: every event starts from the initial state
-            reset[:] = True
-        if hidden is None:
-            hidden = h0[:, 0].transpose(0, 1)  # (L, B, H)
-            reset[:, 0] = True
-        hs = list(hidden.unbind(0))  # L x (B, H)
-        out = []
-        for k in range(t):
-            r = reset[:, k, None]  # (B, 1)
-            layer_in = inp[:, k]  # (B, input_size)
-            new = []
-            for i, cell in enumerate(self.cells):
-                h_prev = torch.where(r, h0[:, k, i], hs[i])  # restart owners that begin here
-                h = cell(layer_in, h_prev)  # (B, H)
-                new.append(h)
-                layer_in = self.drop(h) if i + 1 < len(self.cells) else h
-            hs = new
-            out.append(layer_in)
-        top = torch.stack(out, dim=1)  # (B, T, H)
+        b, t = x.prev_item.shape
+        n_layers, hs = self.cfg.num_layers, self.cfg.hidden_size
+        if not self.cfg.use_sequence:  # no memory: every event is one step from its own initial state
+            start = h0.reshape(b * t, n_layers, hs).transpose(0, 1).contiguous()  # (L, B * T, H)
+            top, last = self.gru(inp.reshape(b * t, 1, -1), start)
+            top, hidden = top.reshape(b, t, hs), last.reshape(n_layers, b, t, hs)[:, :, -1]
+        else:
+            start = h0[:, 0].transpose(0, 1)  # (L, B, H)
+            if hidden is not None:
+                start = torch.where(x.reset[None, :, None].to(start.device), start, hidden)
+            lengths = x.lengths
+            if lengths is not None and bool((lengths < t).any()):  # padded rows: pack, never compute padding
+                packed = pack_padded_sequence(inp, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+                top, hidden = self.gru(packed, start.contiguous())
+                top = pad_packed_sequence(top, batch_first=True, total_length=t)[0]  # (B, T, H)
+            else:
+                top, hidden = self.gru(inp, start.contiguous())  # (B, T, H), (L, B, H)
         if self.user_out is not None:  # + u, the owner's id vector (zero for the padding id)
             top = top + self.user_out(x.user_cat[..., self.user_id_col])  # (B, T, H)
-        return self.drop(top), torch.stack(hs, dim=0)  # (B, T, H), (L, B, H)
+        return self.drop(top), hidden  # (B, T, H), (L, B, H)
 
     # ------------------------------------------------------------------ decoder, eq. (2)
 

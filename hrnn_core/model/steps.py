@@ -13,14 +13,15 @@ from hrnn_core.model.network import StepInputs
 
 
 def gather_steps(enc: EncodedEvents, flat: np.ndarray | torch.Tensor, users: np.ndarray | torch.Tensor,
-                 reset: torch.Tensor | None = None) -> StepInputs:
+                 reset: torch.Tensor | None = None, lengths: np.ndarray | torch.Tensor | None = None) -> StepInputs:
     """StepInputs (B, L) of the events at flat positions ``flat`` (B, L) of ``enc``, on CPU.
 
     Step ``(b, l)`` is the request at which event ``flat[b, l]`` happened (``EncodedEvents``).
-    Positions outside ``[0, E)`` (padding such as -1) read the nearest real event; the caller
-    masks them or lets causality keep them from real steps. ``users`` is the user_idx of each
-    row (B,) or of each step (B, L); ``reset`` (B, L) marks steps that start a new owner (None:
-    none do). Every tensor is a new one, so a caller may overwrite steps (e.g. a request step).
+    Positions outside ``[0, E)`` (padding such as -1) read the nearest real event; ``lengths`` (B,)
+    says how many steps of each row are real (the network never computes the rest; None: all).
+    ``users`` is the user_idx of each row (B,) or of each step (B, L); ``reset`` (B,) marks rows whose
+    first step starts a new owner (None: none do). Every tensor is a new one, so a caller may overwrite
+    steps (e.g. a request step).
     """
     flat = torch.as_tensor(flat, dtype=torch.int64)
     b, length = flat.shape
@@ -35,4 +36,5 @@ def gather_steps(enc: EncodedEvents, flat: np.ndarray | torch.Tensor, users: np.
     return StepInputs(prev_item=enc.prev_item[take], prev_type=enc.prev_type[take], prev_value=enc.prev_value[take],
                       time_bucket=enc.time_bucket[take], context=enc.context[take],
                       user_cat=per_user(enc.user_cat), user_num=per_user(enc.user_num),
-                      reset=torch.zeros(b, length, dtype=torch.bool) if reset is None else reset)
+                      reset=torch.zeros(b, dtype=torch.bool) if reset is None else reset,
+                      lengths=None if lengths is None else torch.as_tensor(lengths, dtype=torch.int64))

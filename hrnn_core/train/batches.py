@@ -4,11 +4,13 @@
    owner's history at a length percentile (most recent events kept) and hold out each of up to
    ``val_owners`` owners' last event for validation (or, when the snapshot names its own
    validation targets in ``holdout.parquet``, hold out all of those and validate on them).
-2. **batches** (``user_parallel_windows``, GRU4Rec session-parallel, per owner): B slots each follow
-   one owner through windows of T events; when an owner's events run out *inside* a window the
-   slot takes the next owner at once and its state restarts from the learned initial state there.
+2. **batches** (``owner_windows``, GRU4Rec session-parallel, per owner): each row of a window
+   follows one owner through chunks of up to T events (truncated BPTT, the state carried from
+   window to window); an owner starts only at a row's first step, so the network runs a window in
+   one fused GRU call. A window holds the rows that continue plus new owners until it has
+   ``batch_size * bptt`` events, so short owners (sessions) fill a step as long ones do.
    Each epoch trains the events of one owner that share a timestamp in a fresh order
-   (``tie_order``), and ``seen_masks`` tracks the items each slot's owner had so far.
+   (``tie_order``), and ``seen_masks`` tracks the items each row's owner had so far.
 """
 
 from __future__ import annotations
@@ -84,42 +86,65 @@ def prepare_data(snapshot_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCon
     )
 
 
-def user_parallel_windows(segments: np.ndarray, batch_size: int, bptt: int
-                          ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Phase 2: (B, T) event indices (-1 = padding) and reset flags, owners packed per slot.
+@dataclass
+class Window:
+    """One training window: ``idx`` (B, T) event indices (-1 = padding after a row's end), ``lengths`` (B,)
+    real steps per row, ``reset`` (B,) rows that start a new owner, ``slot`` (B,) each row's slot id (a
+    continuing row keeps its owner's id, so the state it carries is found by id), ``carry`` (B,) the row
+    of the previous window each continuing row follows (-1 for new owners)."""
 
-    Slots take segments in the given order; a slot whose owner ends mid-window continues with
-    the next owner in the same window (reset flag at that position). Padding appears only when
-    no owner is left.
+    idx: np.ndarray
+    lengths: np.ndarray
+    reset: np.ndarray
+    slot: np.ndarray
+    carry: np.ndarray
+
+    def rows(self, keep: np.ndarray) -> Window:
+        """The window's rows ``keep`` (a bool mask or indices), e.g. one rank's share."""
+        return Window(self.idx[keep], self.lengths[keep], self.reset[keep], self.slot[keep], self.carry[keep])
+
+
+def owner_windows(segments: np.ndarray, batch_size: int, bptt: int) -> Iterator[Window]:
+    """Phase 2: windows of up to ``batch_size * bptt`` events, each row one owner's next chunk of <= ``bptt``.
+
+    Owners are taken in the given order. A row whose owner has events left continues in the next
+    window (first, in the same order); then new owners join while the window has room. Padding only
+    follows a row's last real step.
     """
+    budget = batch_size * bptt
     queue = iter(segments.tolist())
-    cur = [[0, 0] for _ in range(batch_size)]  # per slot: [cursor, end]
-    alive = True
-    while True:
-        idx = np.full((batch_size, bptt), -1, dtype=np.int64)
-        reset = np.zeros((batch_size, bptt), dtype=bool)
-        for b in range(batch_size):
-            pos = 0
-            while pos < bptt:
-                if cur[b][0] >= cur[b][1]:
-                    nxt = next(queue, None) if alive else None
-                    if nxt is None:
-                        alive = False
-                        break
-                    cur[b] = list(nxt)
-                    reset[b, pos] = True
-                m = min(bptt - pos, cur[b][1] - cur[b][0])
-                idx[b, pos:pos + m] = np.arange(cur[b][0], cur[b][0] + m)
-                cur[b][0] += m
-                pos += m
-        if (idx < 0).all():
-            return
-        yield idx, reset
+    live: list[tuple[int, list[int]]] = []  # (row in the previous window, [cursor, end, slot])
+    next_slot, pending = 0, next(queue, None)
+    while live or pending is not None:
+        rows, carry, total = [], [], 0
+        for r, row in live:  # continuing owners keep their place and their state
+            rows.append(row)
+            carry.append(r)
+            total += min(bptt, row[1] - row[0])
+        while pending is not None and (total < budget or not rows):
+            take = min(bptt, pending[1] - pending[0])
+            if rows and total + take > budget:
+                break
+            rows.append([pending[0], pending[1], next_slot])
+            carry.append(-1)
+            next_slot, total = next_slot + 1, total + take
+            pending = next(queue, None)
+        lengths = np.array([min(bptt, e - c) for c, e, _ in rows], dtype=np.int64)
+        width = int(lengths.max())
+        idx = np.full((len(rows), width), -1, dtype=np.int64)
+        for r, (c, _, _) in enumerate(rows):
+            idx[r, :lengths[r]] = np.arange(c, c + lengths[r])
+            rows[r][0] += int(lengths[r])
+        carry_arr = np.array(carry, dtype=np.int64)
+        yield Window(idx, lengths, carry_arr < 0, np.array([s for _, _, s in rows], dtype=np.int64), carry_arr)
+        live = [(r, row) for r, row in enumerate(rows) if row[0] < row[1]]
 
 
-def gather_inputs(data: TrainData, idx: torch.Tensor, reset: torch.Tensor) -> StepInputs:
-    """(B, T) event indices (-1 padding) -> model inputs (``hrnn_core.model.steps.gather_steps``)."""
-    return gather_steps(data.events, idx, data.event_user[idx.clamp(min=0)], reset)
+def gather_inputs(data: TrainData, window: Window) -> StepInputs:
+    """A window's event indices -> model inputs (``hrnn_core.model.steps.gather_steps``)."""
+    idx = torch.from_numpy(window.idx)
+    return gather_steps(data.events, idx, data.event_user[idx[:, 0].clamp(min=0)], torch.from_numpy(window.reset),
+                        torch.from_numpy(window.lengths))
 
 
 def repeat_share(data: TrainData) -> float:
@@ -144,21 +169,18 @@ def repeat_rate(data: TrainData) -> float:
     return (repeat_share(data) * n + 1.0) / (with_history + 2.0)
 
 
-def seen_masks(seen: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, reset: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T, n_items) items each slot's owner had before each position (``resolve_exclude_seen``).
+def seen_masks(seen: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, n_items) items each row's owner had before each position (``resolve_exclude_seen``).
 
-    ``seen`` (B, n_items) is carried from the previous window (like the hidden state), ``target``
-    (B, T) the events' items, ``valid`` (B, T) real positions, ``reset`` (B, T) a new owner starts.
+    ``seen`` (B, n_items) is what the row's owner had before the window (carried like the hidden state;
+    all False for a new owner), ``target`` (B, T) the events' items, ``valid`` (B, T) real positions.
     Returns the masks and the state to carry into the next window.
     """
-    rows = torch.arange(seen.shape[0], device=seen.device)
-    steps = []
-    for k in range(target.shape[1]):
-        seen = seen & ~reset[:, k, None]  # a new owner has seen nothing
-        steps.append(seen)
-        seen = seen.index_put((rows, target[:, k]), seen[rows, target[:, k]] | valid[:, k])
-    return torch.stack(steps, dim=1), seen
+    hits = torch.zeros(*target.shape, seen.shape[1], dtype=torch.int32, device=seen.device)
+    hits.scatter_(2, target[..., None], valid[..., None].int())  # (B, T, n_items): the item of each event
+    before = hits.cumsum(dim=1) - hits  # events strictly before each position
+    masks = seen[:, None] | (before > 0)
+    return masks, masks[:, -1] | (hits[:, -1] > 0)
 
 
 def tie_order(time_delta: np.ndarray, segments: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -2,8 +2,8 @@
 
 How one step is split over ``W`` processes (gloo on CPU, nccl on GPUs):
 
-- every rank builds the same global user-parallel windows (B slots, same seed and epoch) and
-  keeps its own B/W slots, so owners (users) are sharded across ranks and each slot's hidden
+- every rank builds the same global windows (same seed and epoch) and keeps the rows whose slot id
+  is its rank modulo W, so owners (users) are sharded across ranks and each slot's hidden
   state lives on exactly one rank; the union of the ranks' batches is the single-process batch;
 - each rank back-propagates the *sum* of its events' weighted losses; the gradients and the
   step's counts are summed over ranks in one all-reduce (sparse item-table gradients of the
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -51,13 +52,10 @@ class DistContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def local_slots(self, batch_size: int) -> slice:
-        """This rank's contiguous block of the global batch's slots."""
-        if batch_size % self.world:
-            raise DistributedError(f"train.batch_size ({batch_size}) must be a multiple of the number of "
-                                   f"processes ({self.world})")
-        per = batch_size // self.world
-        return slice(self.rank * per, (self.rank + 1) * per)
+    def local_rows(self, slot: np.ndarray) -> np.ndarray:
+        """This rank's rows of a global window: those whose slot id is ``rank`` modulo the world (an
+        owner keeps its slot id, so it stays on one rank while its state is carried)."""
+        return slot % self.world == self.rank
 
     def all_reduce_step(self, params: list[torch.nn.Parameter], sparse: set[int], stats: torch.Tensor) -> torch.Tensor:
         """Sum gradients and ``stats`` (whose first entry is the event count) over ranks.

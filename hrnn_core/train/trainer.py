@@ -8,7 +8,7 @@
    seeded model, its optimizers and the negative sampler; ``_resume`` then restores ``last.pt``.
 2. **fit, one epoch** (``_fit_epoch``): every random stream reseeded from ``(seed, epoch)``, ties in
    a fresh order, then one truncated-BPTT step per window of the user-parallel batches
-   (``hrnn_core.train.batches.user_parallel_windows``): lambda of eq. (2) ~ U[0, 1] per batch (or
+   (``hrnn_core.train.batches.owner_windows``): lambda of eq. (2) ~ U[0, 1] per batch (or
    fixed), the dense softmax over all items or the sampled softmax (shared negatives from the alias
    sampler, log-q corrected, impressions as extra negatives), reward weights (3.3) (``_step_loss``);
    AdamW, gradient clipping, warm-up + cosine LR (``_update``).
@@ -43,14 +43,13 @@ from hrnn_core.model.network import FieldBags, HRNNMeta, StepInputs
 from hrnn_core.model.sampler import AliasSampler
 from hrnn_core.train.validation import (  # noqa: F401 - evaluate, validate: re-exported for callers
     TrainTrend, _autocast, evaluate, request_states, training_new_item_rate, training_trend, validate)
-from hrnn_core.train.batches import (NonFiniteLossError, TrainData, TrainError, gather_inputs, prepare_data,
-                                     repeat_rate, repeat_share, seen_masks, tie_order,
-                                     user_parallel_windows)
+from hrnn_core.train.batches import (NonFiniteLossError, TrainData, TrainError, Window, gather_inputs, owner_windows,
+                                     prepare_data, repeat_rate, repeat_share, seen_masks, tie_order)
 
 RANK_SEED_STRIDE = 1_000_003  # hrnn_core.train.distributed: rank r's random streams are seeded + r * this
 
 __all__ = ["TrainConfig", "TrainData", "TrainResult", "NonFiniteLossError", "TrainError",
-           "prepare_data", "user_parallel_windows", "gather_inputs", "evaluate", "train"]
+           "prepare_data", "owner_windows", "gather_inputs", "evaluate", "train"]
 
 
 EXCLUDE_SEEN_MAX_REPEATS = 0.01  # seen items leave the dense softmax when at most this share of events repeat one
@@ -139,7 +138,7 @@ class _Run:
     dist_ctx: object | None  # hrnn_core.train.distributed.DistContext, or None in a single process
     rank: int
     is_main: bool  # rank 0: validates and writes files
-    slots: slice  # this rank's slots of each global batch (all of them alone)
+    rank_of: Callable[[np.ndarray], np.ndarray] | None  # slot ids -> this rank's rows (None: alone)
     data: TrainData
     exclude_seen: bool  # each event's softmax leaves out its owner's earlier items (resolve_exclude_seen)
     repeats: float  # the share of training events that repeat an item of their owner
@@ -204,8 +203,8 @@ def _prepare(snapshot_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, devic
     sampler = AliasSampler(ev.item_freq, cfg.sampler_alpha, seed=cfg.seed, device=device)
     steps_per_epoch = math.ceil(n_events / (cfg.batch_size * cfg.bptt)) + 1
     rank, is_main = (dist_ctx.rank, dist_ctx.is_main) if dist_ctx is not None else (0, True)
-    slots = dist_ctx.local_slots(cfg.batch_size) if dist_ctx is not None else slice(None)
-    return _Run(model_cfg, cfg, device, dist_ctx, rank, is_main, slots, data, exclude_seen, repeats,
+    rank_of = dist_ctx.local_rows if dist_ctx is not None else None
+    return _Run(model_cfg, cfg, device, dist_ctx, rank, is_main, rank_of, data, exclude_seen, repeats,
                 has_ties=bool((ev.time_delta == 0).any()), trend=trend,
                 cold_rate=training_new_item_rate(snapshot_dir, data, trend.times if trend else None),
                 repeat_rate=None if exclude_seen else repeat_rate(data), type_w=type_w, model=model, opts=opts,
@@ -253,7 +252,8 @@ def _step_loss(run: _Run, data: TrainData, idx: torch.Tensor, x: StepInputs, mix
                hidden: torch.Tensor | None, seen_items: torch.Tensor | None
                ) -> tuple[LossOut, torch.Tensor, torch.Tensor | None]:
     """The forward pass and loss of one (B, T) window: (loss, the hidden state to carry, the seen-item
-    state to carry). ``data``: the epoch's events; ``idx`` (B, T) event indices, -1 = padding."""
+    state to carry). ``data``: the epoch's events; ``idx`` (B, T) event indices, -1 = padding;
+    ``seen_items`` (B, n_items) what each row's owner had before the window (None: nothing)."""
     cfg, model, ev, device = run.cfg, run.model, data.events, run.device
     valid = (idx >= 0).to(device)  # (B, T)
     flat = idx[idx >= 0]  # (N,) event indices of the valid positions
@@ -271,7 +271,7 @@ def _step_loss(run: _Run, data: TrainData, idx: torch.Tensor, x: StepInputs, mix
             if run.exclude_seen:
                 if seen_items is None:
                     seen_items = torch.zeros(len(idx), model.n_items, dtype=torch.bool, device=device)
-                masks, seen_items = seen_masks(seen_items, ev.target[idx.clamp(min=0)].to(device), valid, x.reset)
+                masks, seen_items = seen_masks(seen_items, ev.target[idx.clamp(min=0)].to(device), valid)
                 masks = masks[valid]  # (N, n_items)
                 masks[torch.arange(len(target), device=device), target] = False
                 logits = logits.masked_fill(masks, float("-inf"))
@@ -293,6 +293,27 @@ def _step_loss(run: _Run, data: TrainData, idx: torch.Tensor, x: StepInputs, mix
         return res, hidden, seen_items
 
 
+def _carry(prev: Window | None, window: Window, hidden: torch.Tensor | None, seen_items: torch.Tensor | None
+           ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The carried hidden state (L, B, H) and seen items (B, n_items) in ``window``'s row order: the rows of
+    continuing owners (found by slot id in the previous window) take theirs, new owners zeros (their
+    ``reset`` starts them from the initial state)."""
+    if prev is None or hidden is None or not len(window.slot) or window.reset.all():
+        return None, None
+    where = {int(s): r for r, s in enumerate(prev.slot)}
+    rows = torch.tensor([where.get(int(s), 0) for s in window.slot], device=hidden.device)
+    keep = torch.from_numpy(~window.reset).to(hidden.device)
+    hidden = torch.where(keep[None, :, None], hidden.detach()[:, rows], 0.0)
+    if seen_items is not None:
+        seen_items = seen_items[rows] & keep[:, None]
+    return hidden, seen_items
+
+
+def _empty_loss(device: torch.device) -> LossOut:
+    zero = torch.zeros((), device=device)
+    return LossOut(zero, zero.reshape(1)[:0])
+
+
 def _update(run: _Run, res: LossOut, n: int, params: list[nn.Parameter], sparse_ids: set[int], epoch: int
             ) -> tuple[float, float, int]:
     """Backward (summed over ranks in a data-parallel run), clipping and the optimizer step:
@@ -305,7 +326,8 @@ def _update(run: _Run, res: LossOut, n: int, params: list[nn.Parameter], sparse_
         if math.isfinite(step_loss):
             res.loss.backward()
     else:  # gradient of the rank's loss sum; the all-reduce turns it into the global mean's
-        (res.loss * max(n, 1)).backward()
+        if n:
+            (res.loss * n).backward()
         total = run.dist_ctx.all_reduce_step(params, sparse_ids, torch.stack([
             torch.tensor(float(n)), res.loss.detach().float().cpu() * max(n, 1), res.ce.detach().float().sum().cpu()]))
         n = int(total[0])
@@ -329,19 +351,25 @@ def _fit_epoch(run: _Run, epoch: int) -> dict:
     sparse_ids = {id(e.weight) for e in (model.item_in, model.item_w, model.item_b) if e.sparse}
     model.train()
     hidden, seen_items, t0, seen, loss_sum, ce_sum, recent, lr = None, None, time.time(), 0, 0.0, 0.0, [], cfg.lr
+    prev: Window | None = None  # this process's rows of the previous window
     bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
                leave=False, unit="step")
-    for idx_np, reset_np in user_parallel_windows(segments, cfg.batch_size, cfg.bptt):
-        idx_np, reset_np = idx_np[run.slots], reset_np[run.slots]
+    for window in owner_windows(segments, cfg.batch_size, cfg.bptt):
+        if run.rank_of is not None:
+            window = window.rows(run.rank_of(window.slot))
         lr = _lr(cfg, run.step, run.total_steps)
         for opt in run.opts:
             for g in opt.param_groups:
                 g["lr"] = lr
-        idx = torch.from_numpy(idx_np)
-        x = gather_inputs(data, idx, torch.from_numpy(reset_np)).to(run.device)
+        hidden, seen_items = _carry(prev, window, hidden, seen_items)  # detached: truncated BPTT
+        prev = window
+        idx = torch.from_numpy(window.idx)
         mix = cfg.item_meta_mix if cfg.item_meta_mix is not None else float(torch.rand(1, generator=mix_rng))
-        hidden = hidden.detach() if hidden is not None else None  # truncated BPTT
-        res, hidden, seen_items = _step_loss(run, data, idx, x, mix, hidden, seen_items)
+        if len(idx):
+            x = gather_inputs(data, window).to(run.device)
+            res, hidden, seen_items = _step_loss(run, data, idx, x, mix, hidden, seen_items)
+        else:  # a rank with no rows in this window still joins the step's all-reduce
+            res, hidden, seen_items = _empty_loss(run.device), None, None
         step_loss, step_ce, n = _update(run, res, int((idx >= 0).sum()), params, sparse_ids, epoch)
         run.step += 1
         seen += n

@@ -15,7 +15,8 @@ from hrnn_core.config import ModelConfig
 from hrnn_core.model.network import HRNNMeta
 from hrnn_core.model.scoring import CatalogueScorer, calibrate_cold_prior, calibrate_repeat_prior, new_item_rate
 from hrnn_core.model.trend import WindowedPopularity
-from hrnn_core.train.batches import TrainData, gather_inputs, snapshot_times
+from hrnn_core.model.steps import gather_steps
+from hrnn_core.train.batches import TrainData, snapshot_times
 
 
 def _autocast(device: torch.device):
@@ -38,7 +39,7 @@ def request_states(model: HRNNMeta, data: TrainData, segments: np.ndarray, devic
         t = int(lengths.max())
         idx = seg[:, :1] + np.arange(t)[None, :]
         idx = np.where(np.arange(t)[None, :] < lengths[:, None], idx, -1)  # (b, t)
-        x = gather_inputs(data, torch.from_numpy(idx), torch.zeros(idx.shape, dtype=torch.bool)).to(device)
+        x = gather_steps(data.events, idx, data.event_user[torch.from_numpy(seg[:, 0])], lengths=lengths).to(device)
         with _autocast(device):
             out, _ = model(x)  # (b, t, H)
         h = out[torch.arange(len(seg)), torch.from_numpy(lengths - 1)].float()  # (b, H)
@@ -83,7 +84,10 @@ def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: tor
             if seen is not None:
                 s = s.masked_fill(seen[:, a:a + len(items)], float("-inf"))
             lse = torch.logaddexp(lse, torch.logsumexp(s, dim=1))
-            rank += (s > pos[:, None]).sum(1)
+            above = s > pos[:, None]  # the target's own column never counts (its two roundings may differ)
+            mine = torch.nonzero((target >= a) & (target < a + len(items))).flatten()
+            above[mine, target[mine] - a] = False
+            rank += above.sum(1)
         ce_sum += float((lse - pos).sum())
         top = rank < k
         ndcg += float(torch.where(top, 1.0 / torch.log2(rank + 2.0), torch.zeros_like(rank)).sum())

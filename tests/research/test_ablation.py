@@ -10,7 +10,8 @@ import torch
 from hrnn_core.config import ModelConfig, TrainConfig, load_config
 from research.experiments.ablation import ITEM_FEATURES_ONLY, ROWS, format_report, run_synthetic
 from hrnn_core.model.network import HRNNMeta, StepInputs
-from hrnn_core.train.trainer import gather_inputs, prepare_data
+from hrnn_core.model.steps import gather_steps
+from hrnn_core.train.trainer import prepare_data
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -43,7 +44,7 @@ def test_synthetic_ablation_reports_every_row_and_the_generators_floor(report_an
 
 def _with_prev_items(data, items: list[int]) -> StepInputs:
     """Real inputs of an owner's first two events, with the previous items replaced."""
-    x = gather_inputs(data, torch.tensor([[1, 2]]), torch.zeros((1, 2), dtype=torch.bool))
+    x = gather_steps(data.events, torch.tensor([[1, 2]]), data.event_user[[1]])
     return dataclasses.replace(x, prev_item=torch.tensor([items]))
 
 
