@@ -93,8 +93,12 @@ print(json.dumps(out))
 """
 
 
-def run_child(code: str, *args: str, max_address_gb: float | None = None) -> tuple[dict | None, float, float, str]:
+def run_child(code: str, *args: str, max_address_gb: float | None = None, env_path: Path | None = None
+              ) -> tuple[dict | None, float, float, str]:
     """Run ``code`` in a fresh interpreter: (its JSON output or None, wall s, its peak RSS MB, stderr tail).
+
+    ``env_path``: a checkout whose ``hrnn_core`` the child imports (first on PYTHONPATH, its cwd), e.g. a
+    worktree of an earlier commit for a before/after comparison in one run.
 
     ``max_address_gb`` caps the child's address space (RLIMIT_AS) so that a run too large for the
     shared machine fails with an allocation error instead of pushing other jobs out of memory.
@@ -108,8 +112,9 @@ def run_child(code: str, *args: str, max_address_gb: float | None = None) -> tup
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=out, stderr=err, cwd=REPO,
-                                preexec_fn=limit)
+        env = dict(os.environ, PYTHONPATH=str(env_path)) if env_path is not None else None
+        proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=out, stderr=err, cwd=env_path or REPO,
+                                preexec_fn=limit, env=env)
         _, status, usage = os.wait4(proc.pid, 0)  # rusage of this child alone
         code_ = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - t

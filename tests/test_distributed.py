@@ -5,8 +5,10 @@ Stated tolerances:
   summation order differs), so every logged step loss agrees to 1e-4 relative, the GRU weights
   to 1e-3 absolute and the final validation loss to 1e-3 relative;
 - sampled softmax with dropout: each rank draws its own negatives from the same q and its own
-  dropout masks, so the runs differ by sampling noise only: each epoch's mean training loss
-  agrees within 3 % relative.
+  dropout masks, and its candidates are its own rows' positives plus its negatives (half the
+  in-batch positives of one process), so the runs differ by sampling noise and that smaller
+  candidate set: each epoch's mean training loss agrees within 5 % relative (measured: 3.2 % at
+  most with owner-per-row windows, 3 % with the earlier layout).
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def test_sampled_softmax_with_per_rank_negatives_matches_within_noise(snap, tmp_
     two = train_distributed(snap, tmp_path / "two", model, cfg, processes=2)
     for e1, e2 in zip(one.history, two.history, strict=True):
         assert e2["events"] == e1["events"]
-        assert e2["train_loss"] == pytest.approx(e1["train_loss"], rel=0.03)
+        assert e2["train_loss"] == pytest.approx(e1["train_loss"], rel=0.05)
     assert two.history[-1]["train_loss"] < two.history[0]["train_loss"]
 
 

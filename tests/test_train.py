@@ -153,14 +153,14 @@ def test_leave_one_out_hrnn_trains_on_train_and_stops_on_the_validation_targets(
     assert [valid_by_row[int(o)] for o in owners] == val_targets.tolist()
 
 
-def test_seen_masks_follow_each_rows_owner() -> None:
+def test_seen_pairs_follow_each_rows_owner() -> None:
     seen = torch.zeros(2, 6, dtype=torch.bool)
     seen[0, 2] = True  # row 0's owner had item 2 before this window
     target = torch.tensor([[1, 2, 1, 4], [5, 0, 0, 1]])
     valid = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
-    masks, carry = train_mod.seen_masks(seen, target, valid)
-    got = [[m.nonzero().flatten().tolist() for m in row] for row in masks]
-    assert got == [[[2], [1, 2], [1, 2], [1, 2]], [[], [5], [0, 5], [0, 5]]]  # padding (t >= 2 of row 1) adds nothing
+    pos, items, carry = train_mod.seen_pairs(seen, target, valid)
+    got = [sorted({i for p, i in zip(pos.tolist(), items.tolist()) if p == k}) for k in range(6)]  # 6 real events
+    assert got == [[2], [1, 2], [1, 2], [1, 2], [], [5]]  # padding (t >= 2 of row 1) adds nothing
     assert carry[0].nonzero().flatten().tolist() == [1, 2, 4] and carry[1].nonzero().flatten().tolist() == [0, 5]
 
 

@@ -10,7 +10,7 @@
    one fused GRU call. A window holds the rows that continue plus new owners until it has
    ``batch_size * bptt`` events, so short owners (sessions) fill a step as long ones do.
    Each epoch trains the events of one owner that share a timestamp in a fresh order
-   (``tie_order``), and ``seen_masks`` tracks the items each row's owner had so far.
+   (``tie_order``), and ``seen_pairs`` tracks the items each row's owner had so far.
 """
 
 from __future__ import annotations
@@ -169,18 +169,29 @@ def repeat_rate(data: TrainData) -> float:
     return (repeat_share(data) * n + 1.0) / (with_history + 2.0)
 
 
-def seen_masks(seen: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T, n_items) items each row's owner had before each position (``resolve_exclude_seen``).
+def seen_pairs(seen: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The items each row's owner had before each real position (``resolve_exclude_seen``), as pairs.
 
     ``seen`` (B, n_items) is what the row's owner had before the window (carried like the hidden state;
     all False for a new owner), ``target`` (B, T) the events' items, ``valid`` (B, T) real positions.
-    Returns the masks and the state to carry into the next window.
+    Returns (P,) positions (indices into the window's real events in row-major order, as ``out[valid]``),
+    (P,) items, and the state to carry into the next window. Pairs may repeat (an item seen twice).
     """
-    hits = torch.zeros(*target.shape, seen.shape[1], dtype=torch.int32, device=seen.device)
-    hits.scatter_(2, target[..., None], valid[..., None].int())  # (B, T, n_items): the item of each event
-    before = hits.cumsum(dim=1) - hits  # events strictly before each position
-    masks = seen[:, None] | (before > 0)
-    return masks, masks[:, -1] | (hits[:, -1] > 0)
+    b, t = target.shape
+    dev = target.device
+    flat_pos = torch.cumsum(valid.reshape(-1), 0).reshape(b, t) - 1  # (B, T) index among the real events
+    later, earlier = torch.triu_indices(t, t, offset=1, device=dev).flip(0)  # pairs j < k: (k, j)
+    real = valid[:, earlier] & valid[:, later]  # (B, P0)
+    in_pos = flat_pos[:, later][real]
+    in_items = target[:, earlier][real]
+    own_row, own_item = seen.nonzero(as_tuple=True)  # the items each row had before the window
+    steps = valid[own_row]  # (S, T): every real position of that row
+    s_idx, k_idx = steps.nonzero(as_tuple=True)
+    before_pos = flat_pos[own_row[s_idx], k_idx]
+    carry = seen.clone()
+    carry[torch.arange(b, device=dev)[:, None].expand(b, t)[valid], target[valid]] = True
+    return torch.cat([in_pos, before_pos]), torch.cat([in_items, own_item[s_idx]]), carry
 
 
 def tie_order(time_delta: np.ndarray, segments: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -44,7 +44,7 @@ from hrnn_core.model.sampler import AliasSampler
 from hrnn_core.train.validation import (  # noqa: F401 - evaluate, validate: re-exported for callers
     TrainTrend, _autocast, evaluate, request_states, training_new_item_rate, training_trend, validate)
 from hrnn_core.train.batches import (NonFiniteLossError, TrainData, TrainError, Window, gather_inputs, owner_windows,
-                                     prepare_data, repeat_rate, repeat_share, seen_masks, tie_order)
+                                     prepare_data, repeat_rate, repeat_share, seen_pairs, tie_order)
 
 RANK_SEED_STRIDE = 1_000_003  # hrnn_core.train.distributed: rank r's random streams are seeded + r * this
 
@@ -87,7 +87,7 @@ def _optimizers(model: HRNNMeta, cfg: TrainConfig) -> list[torch.optim.Optimizer
     decay = [p for p in params if p.dim() >= 2 and id(p) not in no_decay]
     rest = [p for p in params if not (p.dim() >= 2 and id(p) not in no_decay)]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, lr=cfg.lr)]
+    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)]  # one op per group, not per tensor
     if sparse:
         opts.append(torch.optim.SparseAdam([e.weight for e in item_tables], lr=cfg.lr))
     return opts
@@ -271,10 +271,9 @@ def _step_loss(run: _Run, data: TrainData, idx: torch.Tensor, x: StepInputs, mix
             if run.exclude_seen:
                 if seen_items is None:
                     seen_items = torch.zeros(len(idx), model.n_items, dtype=torch.bool, device=device)
-                masks, seen_items = seen_masks(seen_items, ev.target[idx.clamp(min=0)].to(device), valid)
-                masks = masks[valid]  # (N, n_items)
-                masks[torch.arange(len(target), device=device), target] = False
-                logits = logits.masked_fill(masks, float("-inf"))
+                pos, items, seen_items = seen_pairs(seen_items, ev.target[idx.clamp(min=0)].to(device), valid)
+                keep = items != target[pos]  # the event's own item is never left out
+                logits = logits.index_put((pos[keep], items[keep]), torch.tensor(float("-inf"), device=device))
             return dense_softmax_loss(logits, target, weight), hidden, seen_items
         neg, _ = run.sampler.draw(cfg.n_negatives)  # (S,) shared negatives, drawn from q
         cand = torch.cat([target, neg])  # (N + S,) positives first: the diagonal
