@@ -72,3 +72,29 @@ def test_a_checkpoint_reading_the_id_as_an_input_field_is_refused_by_name(saved,
     torch.save(_as_written_before(raw, fs, user_id_output=False), tmp_path / "input.pt")
     with pytest.raises(CheckpointError, match="user_id_output = false"):
         load_checkpoint(tmp_path / "input.pt")
+
+
+def test_a_checkpoint_of_the_step_path_loads_into_the_fused_gru_with_the_same_states(saved, tmp_path) -> None:
+    """Models registered before the window path kept one ``GRUCell`` per layer (``cells.{i}.weight_ih``, ...);
+    they load into the fused ``nn.GRU`` and a GRUCell stepped over a sequence gives the states it gives."""
+    path, model, fs = saved
+    raw = torch.load(path, weights_only=True)
+    old = dict(raw)
+    old["model_state"] = {(f"cells.{k[-1]}.{k[len('gru.'):-len('_l0')]}" if k.startswith("gru.") else k): v
+                          for k, v in raw["model_state"].items()}
+    assert "cells.0.weight_hh" in old["model_state"] and not any(k.startswith("gru.") for k in old["model_state"])
+    torch.save(old, tmp_path / "cells.pt")
+    loaded = load_checkpoint(tmp_path / "cells.pt").model
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    cell = torch.nn.GRUCell(MODEL.input_size, MODEL.hidden_size)
+    cell.load_state_dict({k.split(".")[-1]: v for k, v in old["model_state"].items() if k.startswith("cells.0.")})
+    x, start = torch.randn(3, 7, MODEL.input_size), torch.randn(3, MODEL.hidden_size)
+    h, steps = start, []
+    with torch.no_grad():
+        for k in range(7):
+            h = cell(x[:, k], h)
+            steps.append(h)
+        fused, last = loaded.gru(x, start[None])
+    torch.testing.assert_close(fused, torch.stack(steps, dim=1), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(last[0], steps[-1], atol=1e-6, rtol=1e-5)

@@ -59,10 +59,14 @@ class StepInputs:
     lengths: torch.Tensor | None = None  # (B,) real steps of each row, right padding after; None: all T
 
     def to(self, device: torch.device) -> StepInputs:
+        """The inputs on ``device``; to a GPU through pinned host memory with non-blocking copies (the next
+        window is gathered on the CPU while the GPU still runs this one)."""
+        device = torch.device(device)
+        cuda = device.type == "cuda"
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         for name, value in moved.items():
-            if name != "lengths":  # packing reads the lengths on the CPU
-                moved[name] = value.to(device)
+            if name != "lengths" and value.device != device:  # packing reads the lengths on the CPU
+                moved[name] = (value.pin_memory() if cuda else value).to(device, non_blocking=cuda)
         return StepInputs(**moved)
 
 
