@@ -201,7 +201,8 @@ def _prepare(snapshot_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, devic
         model.item_in.weight[:n_items][torch.as_tensor(ev.item_freq == 0).to(device)] = 0.0
     opts = _optimizers(model, cfg)
     sampler = AliasSampler(ev.item_freq, cfg.sampler_alpha, seed=cfg.seed, device=device)
-    steps_per_epoch = math.ceil(n_events / (cfg.batch_size * cfg.bptt)) + 1
+    # the LR schedule's length: this order's window count (another epoch's order differs by a window or two)
+    steps_per_epoch = sum(1 for _ in owner_windows(data.train_segments, cfg.batch_size, cfg.bptt)) + 1
     rank, is_main = (dist_ctx.rank, dist_ctx.is_main) if dist_ctx is not None else (0, True)
     rank_of = dist_ctx.local_rows if dist_ctx is not None else None
     return _Run(model_cfg, cfg, device, dist_ctx, rank, is_main, rank_of, data, exclude_seen, repeats,
