@@ -70,15 +70,14 @@ def _split(cfg: Config, snapshot_path: str):
 
 
 def _apply_threads(cfg: Config) -> None:
-    """Use the configured torch thread count in every retrain task, not only in HRNN-meta's.
+    """Apply the thread policy (hrnn_core.threads) in every retrain task, not only in HRNN-meta's.
 
     BPR/FM and the champion's scoring run torch too; left at torch's default on a busy 2-core
     host they spin-wait against each other (BPR took 541 s instead of 8 s in one demo).
     """
-    if cfg.train.threads > 0:
-        import torch  # noqa: PLC0415
+    from hrnn_core.threads import apply_torch_threads  # noqa: PLC0415 - imports torch
 
-        torch.set_num_threads(cfg.train.threads)
+    apply_torch_threads(cfg.train.threads)
 
 
 def _model_options(cfg: Config, kind: str, run_dir: Path) -> dict:

@@ -43,6 +43,7 @@ from hrnn_core.errors import HrnnError
 from hrnn_core.data.contract import is_session_owner
 from hrnn_core.hashing import file_sha256
 from hrnn_core.serving.recommend import Filters, Request, ServingModel, load_serving_model
+from hrnn_core.threads import apply_torch_threads
 
 SHARD_SCHEMA = pa.schema([("user_idx", pa.int64()), ("user_id", pa.string()), ("rank", pa.int32()),
                           ("item_id", pa.string()), ("score", pa.float64()), ("reason", pa.string())])
@@ -54,6 +55,7 @@ class ExportError(HrnnError):
 
 
 def _load(cfg: Config, model_tag: str) -> ServingModel:
+    apply_torch_threads(cfg.train.threads)  # the batch jobs' thread policy (the CLI and the DAG's shard tasks)
     m = load_serving_model(cfg, model_tag)
     if not m.history.snapshot_id:
         raise ExportError(f"model {model_tag} has no snapshot under {cfg.paths.snapshots_dir}: nothing to export")
