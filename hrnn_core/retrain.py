@@ -23,6 +23,7 @@ import numpy as np
 
 from hrnn_core.config import Config
 from hrnn_core.errors import HrnnError
+from hrnn_core.procs import stop_on_sigterm
 
 BASELINES = ("pop", "recent_pop", "bpr", "fm")
 CANDIDATE = "hrnn"
@@ -87,6 +88,7 @@ def _model_options(cfg: Config, kind: str, run_dir: Path) -> dict:
     return {}
 
 
+@stop_on_sigterm()  # Airflow's SIGTERM would let the task run on: stop, clean up, fail
 def train_and_evaluate(cfg: Config, snapshot: dict, kind: str) -> dict:
     """Fit ``kind`` on the temporal split's training data, score its test cases, save the run.
 
@@ -132,6 +134,7 @@ def train_and_evaluate(cfg: Config, snapshot: dict, kind: str) -> dict:
     return summary
 
 
+@stop_on_sigterm()  # Airflow's SIGTERM would let the task run on: stop, clean up, fail
 def evaluate_champion(cfg: Config, snapshot: dict) -> dict | None:
     """Score the current champion on the same split as the candidates (None without one)."""
     import bentoml  # noqa: PLC0415
