@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="alone/busy pairs per setting (the median ratio is reported)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "busy.json")
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda sig, _: sys.exit(128 + sig))  # stopped: children killed, no burner left
     if not (args.snapshot / "manifest.json").exists():
         ap.error(f"--snapshot {args.snapshot}: not a snapshot folder (no manifest.json); see the module docstring")
     if args.epochs < 1 or args.repeats < 1:
