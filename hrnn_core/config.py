@@ -219,7 +219,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda if present, bf16 autocast), "cpu" or "cuda[:n]"
     # torch CPU threads of every batch job (train, evaluate, export, retrain tasks; per process under torchrun);
     # 0 = automatic (hrnn_core.threads: free cores less one kept for a neighbour): torch's own default
-    # spin-waits for cores other processes hold (2.1x slower beside one busy process on 2 cores)
+    # spin-waits for cores other processes hold (4x slower beside one busy process on 2 cores)
     threads: int = 0
     processes: int = 1  # data-parallel training processes (> 1: torchrun, hrnn_core.train.distributed)
     progress: bool = True  # tqdm progress bar with loss and events/s

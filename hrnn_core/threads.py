@@ -3,10 +3,10 @@
 
 Torch's default is one OpenMP thread per physical core, and its threads spin-wait for each other at every
 parallel region. Beside one other busy process that is a disaster on a small machine: a thread waits for a
-core the neighbour holds (ml-100k training with torch's default 2 threads ran 2.1x slower beside a one-thread
-CPU burner on this 2-core machine, 6x in earlier notes; one thread ran 1.1x slower; ``bench/bench_busy.py``).
-``OMP_WAIT_POLICY=PASSIVE`` removes the spinning but made this model's small per-step kernels 2x slower
-alone (threads sleep and wake at every op), so the policy avoids the oversubscription instead:
+core the neighbour holds (ml-100k training with torch's default 2 threads ran 4x slower beside a one-thread
+CPU burner on this 2-core machine, with this policy 1.04x; ``bench/bench_busy.py``, docs/benchmarks.md).
+``OMP_WAIT_POLICY=PASSIVE`` removes the spinning but made this model's small kernels 2x slower alone
+(threads sleep and wake at every op), so the policy avoids the oversubscription instead:
 
     threads = clamp(usable cores - 1 - round(1-minute load average), 1, MAX_AUTO_THREADS)
 
