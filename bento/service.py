@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import bentoml
-import torch
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound, ServiceUnavailable
 from fastapi import FastAPI
 from pydantic import (
@@ -57,6 +56,7 @@ from hrnn_core.serving.recommend import (
     load_serving_model, logged_to_event,
 )
 from hrnn_core.registry import NAMES, champion_from_store
+from hrnn_core.threads import apply_torch_threads
 
 log = logging.getLogger("hrnn.service")
 
@@ -546,7 +546,7 @@ class HRNNService:
         return active
 
     def _build(self, tag: str) -> Active:
-        _torch_threads(self.cfg.serve.torch_threads)
+        _torch_threads(self.cfg.serve)
         started = time.time()
         model = load_serving_model(self.cfg, tag, self.store)
         logged = self.owner_log.all_events()
@@ -649,7 +649,7 @@ class HRNNService:
     # ------------------------------------------------------------------ endpoints
 
     def _recommend_many(self, reqs: Sequence[RecommendRequest]) -> list[RecommendResponse]:
-        _torch_threads(self.cfg.serve.torch_threads)
+        _torch_threads(self.cfg.serve)
         active = self._serving()  # one model for the whole call
         m, default_type = active.model, self.cfg.ingest.default_event_type
         requests = []
@@ -689,7 +689,7 @@ class HRNNService:
     def events(self, req: EventsRequest, /) -> EventsResponse:
         """Record events (durable before the answer) and advance the owner's state; 503 (JSON, with the reason)
         when the log cannot be written (BentoML would hide an exception's message)."""
-        _torch_threads(self.cfg.serve.torch_threads)
+        _torch_threads(self.cfg.serve)
         logged = [_logged(req, e) for e in req.events]
         owner = owner_id(req.user_id, req.session_id)
         with self._lock_for(owner):
@@ -712,7 +712,7 @@ class HRNNService:
     @json_errors
     def similar_items(self, req: SimilarItemsRequest, /) -> RecommendResponse:
         """Items nearest to an item (cosine between decoder item vectors)."""
-        _torch_threads(self.cfg.serve.torch_threads)
+        _torch_threads(self.cfg.serve)
         m = self._serving().model
         try:
             recs = m.recommender.similar_items(req.item_id, req.num_results, req.filters.to_filters(False))
@@ -752,13 +752,13 @@ class HRNNService:
 _thread_state = threading.local()
 
 
-def _torch_threads(n: int) -> None:
-    """Apply ``serve.torch_threads`` in the calling thread: with OpenMP, torch's thread count is
-    per OS thread, and request threads would otherwise use every core (and spin-wait on them,
+def _torch_threads(serve) -> None:
+    """Apply the thread policy (hrnn_core.threads; ``serve.torch_threads``, 0 = automatic, the free cores
+    shared by the ``serve.threads`` request threads) in the calling thread: with OpenMP, torch's thread
+    count is per OS thread, and request threads would otherwise use every core (and spin-wait on them,
     stealing CPU from the event loop)."""
-    if getattr(_thread_state, "torch_threads", None) != n:
-        torch.set_num_threads(n)
-        _thread_state.torch_threads = n
+    if not getattr(_thread_state, "torch_threads", None):
+        _thread_state.torch_threads = apply_torch_threads(serve.torch_threads, share=serve.threads)
 
 
 def _logged(owner: Owner, e: EventIn) -> LoggedEvent:

@@ -217,7 +217,10 @@ class TrainConfig:
     min_epochs: int = 10  # early stopping never stops before this (a noisy early peak under-trained ml-latest-small)
     seed: int = 0  # seeds shuffling, lambda draws, negatives, dropout and initialisation
     device: str = "auto"  # "auto" (cuda if present, bf16 autocast), "cpu" or "cuda[:n]"
-    threads: int = 0  # torch CPU threads (0 = torch's default); 1 is best on a shared small machine
+    # torch CPU threads of every batch job (train, evaluate, export, retrain tasks; per process under torchrun);
+    # 0 = automatic (hrnn_core.threads: free cores less one kept for a neighbour): torch's own default
+    # spin-waits for cores other processes hold (4x slower beside one busy process on 2 cores)
+    threads: int = 0
     processes: int = 1  # data-parallel training processes (> 1: torchrun, hrnn_core.train.distributed)
     progress: bool = True  # tqdm progress bar with loss and events/s
     log_every: int = 10  # steps between recorded training-loss points (report curve)
@@ -271,7 +274,9 @@ class ServeConfig:
     api_key: str | None = None  # guards every endpoint when set (env HRNN__SERVE__API_KEY); admin needs it
     host: str = "127.0.0.1"  # bind address of `bentoml serve` (containers publishing a port: 0.0.0.0)
     threads: int = 4  # request threads of the service worker (torch releases the GIL while scoring)
-    torch_threads: int = 1  # intra-op torch threads per request (1: no oversubscription on small hosts)
+    # intra-op torch threads per request thread; 0 = automatic (hrnn_core.threads: the free cores shared by
+    # the `threads` request threads, so requests never oversubscribe the host; 1 on a 2-core machine)
+    torch_threads: int = 0
     state_cache_size: int = 100_000  # user states kept in memory (LRU); a miss rebuilds from history + log
     segment_max_events: int = 10_000  # an event log segment is closed (published for ingest) at this size
     segment_max_seconds: float = 300.0  # ... or when its first event is this old (also checked in background)
@@ -286,7 +291,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.api_key is None or len(self.api_key) >= 16, "api_key must have at least 16 characters"),
-            (self.threads >= 1 and self.torch_threads >= 1, "threads and torch_threads must be >= 1"),
+            (self.threads >= 1 and self.torch_threads >= 0, "threads must be >= 1 and torch_threads >= 0 (0 = automatic)"),
             (self.state_cache_size >= 1, "state_cache_size must be >= 1"),
             (self.segment_max_events >= 1 and self.segment_max_seconds > 0,
              "segment_max_events must be >= 1 and segment_max_seconds > 0"),

@@ -5,15 +5,21 @@ The child gets a process group of its own, so a terminal's Ctrl-C reaches only t
 the whole group: SIGTERM, and SIGKILL for whatever is still alive ``grace`` seconds later (``airflow dags
 test`` ignored SIGTERM for more than 7 s). Descendants that left the group are found through psutil (a
 BentoML dependency) and stopped the same way. An interrupted command therefore leaves no process behind.
+
+The other side: a long task that receives SIGTERM ends promptly and cleans up (``stop_on_sigterm``). Airflow 3's
+task runner replaces SIGTERM's default with a handler that only calls the operator's ``on_kill`` and lets a
+Python task run on (so ``airflow dags test hrnn_retrain`` kept training after a SIGTERM until the SIGKILL).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL after this long
 
@@ -77,3 +83,26 @@ def run_group(args: Sequence[str], *, env: dict[str, str] | None = None, timeout
             raise KeyboardInterrupt
         raise SystemExit(128 + received[0])
     return subprocess.CompletedProcess(list(args), proc.returncode, out, err)
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``SystemExit(143)`` in the main thread (after calling the handler it
+    replaces, e.g. Airflow's ``on_kill``): the block's ``finally``/``except`` clean-ups run and the process ends
+    within seconds instead of running on (Airflow) or dying mid-write (the default). Outside the main thread
+    (no handlers there) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def stop(sig: int, frame) -> None:
+        if callable(previous):
+            previous(sig, frame)
+        raise SystemExit(128 + sig)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -23,6 +23,7 @@ import numpy as np
 
 from hrnn_core.config import Config
 from hrnn_core.errors import HrnnError
+from hrnn_core.procs import stop_on_sigterm
 
 BASELINES = ("pop", "recent_pop", "bpr", "fm")
 CANDIDATE = "hrnn"
@@ -70,15 +71,14 @@ def _split(cfg: Config, snapshot_path: str):
 
 
 def _apply_threads(cfg: Config) -> None:
-    """Use the configured torch thread count in every retrain task, not only in HRNN-meta's.
+    """Apply the thread policy (hrnn_core.threads) in every retrain task, not only in HRNN-meta's.
 
     BPR/FM and the champion's scoring run torch too; left at torch's default on a busy 2-core
     host they spin-wait against each other (BPR took 541 s instead of 8 s in one demo).
     """
-    if cfg.train.threads > 0:
-        import torch  # noqa: PLC0415
+    from hrnn_core.threads import apply_torch_threads  # noqa: PLC0415 - imports torch
 
-        torch.set_num_threads(cfg.train.threads)
+    apply_torch_threads(cfg.train.threads)
 
 
 def _model_options(cfg: Config, kind: str, run_dir: Path) -> dict:
@@ -88,6 +88,7 @@ def _model_options(cfg: Config, kind: str, run_dir: Path) -> dict:
     return {}
 
 
+@stop_on_sigterm()  # Airflow's SIGTERM would let the task run on: stop, clean up, fail
 def train_and_evaluate(cfg: Config, snapshot: dict, kind: str) -> dict:
     """Fit ``kind`` on the temporal split's training data, score its test cases, save the run.
 
@@ -133,6 +134,7 @@ def train_and_evaluate(cfg: Config, snapshot: dict, kind: str) -> dict:
     return summary
 
 
+@stop_on_sigterm()  # Airflow's SIGTERM would let the task run on: stop, clean up, fail
 def evaluate_champion(cfg: Config, snapshot: dict) -> dict | None:
     """Score the current champion on the same split as the candidates (None without one)."""
     import bentoml  # noqa: PLC0415

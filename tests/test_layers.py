@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 # layer of each module, lowest first; see docs/ARCHITECTURE.md. A sub-package is a layer; the top-level
 # modules are the base (errors, config, hashing), the registry and the retrain orchestration.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("errors", "config", "hashing", "procs")),
+    ("base", ("errors", "config", "hashing", "procs", "threads")),
     ("data", ("data",)),
     ("model", ("model",)),
     ("train", ("train",)),

@@ -104,6 +104,66 @@ def test_hrnn_train_stops_within_seconds(warehouse: dict[str, str], tmp_path: Pa
     assert_all_gone(family, within=5)
 
 
+AIRFLOW_TASK = textwrap.dedent("""
+    import json, signal, sys
+    signal.signal(signal.SIGTERM, lambda *_: None)  # Airflow 3's task runner: SIGTERM only calls on_kill
+    from hrnn_core import retrain
+    from hrnn_core.config import load_config
+    cfg = load_config(overrides=json.loads(sys.argv[1]), environ={})
+    retrain.train_and_evaluate(cfg, json.loads(sys.argv[2]), "hrnn")
+""")
+
+
+def test_a_retrain_task_stops_on_sigterm_within_seconds_and_leaves_the_champion(tmp_path: Path) -> None:
+    """The HRNN-meta retrain task under Airflow's SIGTERM handler (which alone would let it train on): it stops
+    within 5 s, removes its half-built run, publishes nothing (so nothing can be registered), the champion and
+    the model store are unchanged, and the next attempt succeeds."""
+    import json
+
+    import bentoml
+
+    from hrnn_core import registry, retrain
+    from hrnn_core.config import load_config
+    from hrnn_core.data.datasets.load import synthetic_snapshot
+    from tests.champions import promote_tiny_champion
+
+    champ = promote_tiny_champion(tmp_path / "champion", n_users=30, n_items=60, n_events=800, seed=3)
+    try:
+        store_before = sorted(str(m.tag) for m in bentoml.models.list())
+        snap = synthetic_snapshot(tmp_path / "snap", n_users=40, n_items=60, n_events=1500, n_genres=5, seed=5)
+        snapshot = {"snapshot_id": snap.name, "path": str(snap)}
+        train = {"batch_size": 8, "bptt": 8, "progress": False, "val_owners": 10, "threads": 1}
+        overrides = {"paths": {"data_dir": str(tmp_path / "data")},
+                     "model": {"hidden_size": 16, "field_dim": 8, "input_size": 16},
+                     "train": {**train, "epochs": 500, "min_epochs": 500}}  # trains for minutes unless stopped
+        proc = subprocess.Popen([sys.executable, "-c", AIRFLOW_TASK, json.dumps(overrides), json.dumps(snapshot)],
+                                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=default_signals)
+        runs = retrain.runs_dir(load_config(overrides=overrides, environ={}), snap.name)
+        deadline = time.time() + 120
+        while not list((runs / ".hrnn.tmp" / "train").glob("*.pt")) and time.time() < deadline:  # training
+            assert proc.poll() is None, "the retrain task ended before it was stopped"
+            time.sleep(0.2)
+        assert list((runs / ".hrnn.tmp" / "train").glob("*.pt")), "no epoch checkpoint within 120 s"
+        started = time.time()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # never leave it behind, even when the test fails
+        assert time.time() - started < 5, f"took {time.time() - started:.1f} s to stop"
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert sorted(p.name for p in runs.iterdir()) == []  # no half-built run, nothing published
+        assert registry.champion_from_store() == champ.tag
+        assert sorted(str(m.tag) for m in bentoml.models.list()) == store_before
+
+        cfg = load_config(overrides={**overrides, "train": {**train, "epochs": 1}}, environ={})
+        run = retrain.train_and_evaluate(cfg, snapshot, "hrnn")  # the next attempt
+        assert (Path(run["artifact"]) / "model.pt").exists()
+        assert registry.champion_from_store() == champ.tag
+    finally:
+        bentoml.models.delete(champ.tag)
+
+
 def test_the_service_stops_on_sigterm_with_nothing_left(tmp_path: Path) -> None:
     import bentoml
 

@@ -347,6 +347,7 @@ def evaluate_command(
 
     from hrnn_core.evaluation.checks import check_device, check_models  # noqa: PLC0415
     from hrnn_core.evaluation.protocols import check_protocol  # noqa: PLC0415
+    from hrnn_core.threads import apply_torch_threads  # noqa: PLC0415
 
     # Every argument first: a bad one fails here, before the fetch, the ingest and any training.
     cfg = cli_config(config, warehouse, data_dir)
@@ -370,6 +371,7 @@ def evaluate_command(
         cfg = ingest_dataset(cfg, dataset, path, own_warehouse=warehouse is None and data_dir is None)
     with connect(cfg) as con:
         snap = export_snapshot(con, cfg)
+    apply_torch_threads(cfg.train.threads)  # BPR/FM and the scoring too, not only HRNN-meta's training
     options = {"hrnn": {"model": cfg.model, "train": cfg.train},
                "gru": {"model": cfg.model, "train": cfg.train}}
     chart_path = chart or (output.with_suffix(".png") if output else cfg.paths.reports_dir / f"{dataset or 'warehouse'}-{protocol}.png")

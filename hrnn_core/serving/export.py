@@ -43,6 +43,8 @@ from hrnn_core.errors import HrnnError
 from hrnn_core.data.contract import is_session_owner
 from hrnn_core.hashing import file_sha256
 from hrnn_core.serving.recommend import Filters, Request, ServingModel, load_serving_model
+from hrnn_core.procs import stop_on_sigterm
+from hrnn_core.threads import apply_torch_threads
 
 SHARD_SCHEMA = pa.schema([("user_idx", pa.int64()), ("user_id", pa.string()), ("rank", pa.int32()),
                           ("item_id", pa.string()), ("score", pa.float64()), ("reason", pa.string())])
@@ -54,6 +56,7 @@ class ExportError(HrnnError):
 
 
 def _load(cfg: Config, model_tag: str) -> ServingModel:
+    apply_torch_threads(cfg.train.threads)  # the batch jobs' thread policy (the CLI and the DAG's shard tasks)
     m = load_serving_model(cfg, model_tag)
     if not m.history.snapshot_id:
         raise ExportError(f"model {model_tag} has no snapshot under {cfg.paths.snapshots_dir}: nothing to export")
@@ -95,6 +98,7 @@ def score_model_shard(cfg: Config, m: ServingModel, shard: int, n_shards: int, k
     return path
 
 
+@stop_on_sigterm()  # a SIGTERM'd task stops within seconds and leaves no work folder
 def score_shard(cfg: Config, model_tag: str, shard: int, n_shards: int, k: int, work_dir: Path,
                 explore: bool = True) -> Path:
     """Top-``k`` (seen items excluded) for the snapshot's users with ``user_idx % n_shards ==
@@ -192,6 +196,7 @@ def interval_label(end: float | None) -> str:
     return "until-" + datetime.fromtimestamp(end, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
+@stop_on_sigterm()  # a SIGTERM'd task stops within seconds and leaves no work folder
 def export_all(cfg: Config, model_tag: str | None = None, k: int | None = None, n_shards: int | None = None,
                out_dir: Path | None = None, explore: bool = True) -> dict:
     """Score every shard with one loaded model and merge (the CLI's `hrnn export`); ``explore=False``:

@@ -36,6 +36,7 @@ import torch.distributed as dist
 
 from hrnn_core.errors import HrnnError
 from hrnn_core.procs import run_group
+from hrnn_core.threads import choose_threads
 
 
 class DistributedError(HrnnError):
@@ -150,12 +151,15 @@ def train_distributed(snapshot_dir: Path, run_dir: Path, model_cfg, train_cfg, r
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / "last.pt").exists() and not resume:
         raise TrainError(f"{run_dir} already holds a run; pass resume=True (--resume) or use another run dir")
+    # each rank's torch threads: the explicit train.threads, else the automatic policy sharing the free cores
+    # among the n ranks (a rank's own automatic choice would not know about the others)
+    per_rank = choose_threads(train_cfg.threads, share=n)
+    train_cfg = dataclasses.replace(train_cfg, threads=per_rank)
     spec = write_spec(run_dir / "ddp_spec.json", snapshot_dir, run_dir, model_cfg, train_cfg, resume)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
            "-m", "hrnn_core.train.distributed", str(spec)]
     env = dict(os.environ)
-    if train_cfg.threads > 0:
-        env["OMP_NUM_THREADS"] = str(train_cfg.threads)
+    env["OMP_NUM_THREADS"] = str(per_rank)
     if sys.platform.startswith("linux"):
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: keep gloo's traffic on loopback
     log = Path(log) if log else run_dir / "ddp.log"

@@ -442,8 +442,9 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
     if last_path.exists() and not resume:
         raise TrainError(f"{run_dir} already holds a run; pass resume=True (--resume) or use another run dir")
     device = dist_ctx.device if dist_ctx is not None else resolve_device(cfg.device)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    from hrnn_core.threads import apply_torch_threads  # noqa: PLC0415 - the one thread policy
+
+    apply_torch_threads(cfg.threads)  # 0: automatic (hrnn_core.threads)
     run = _prepare(snapshot_dir, model_cfg, cfg, device, dist_ctx)
     cfg = run.cfg  # train.output resolved for this catalogue
     if resume and last_path.exists():

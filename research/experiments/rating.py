@@ -36,15 +36,13 @@ def register(app: typer.Typer) -> None:
         config: RatingConfigOpt = None,
     ) -> None:
         """Tables 4-5: RMSE of rating prediction: rolling average, FM, GRU and HRNN-meta (+ value decoder)."""
-        import torch  # noqa: PLC0415
-
         from hrnn_core.evaluation.protocols import build_split  # noqa: PLC0415
         from hrnn_core.evaluation.splits import SnapshotData  # noqa: PLC0415
+        from hrnn_core.threads import apply_torch_threads  # noqa: PLC0415
         from research.rating import format_table, run_rating  # noqa: PLC0415
 
         cfg = cli_config(config, data_dir=data_dir)
-        if cfg.train.threads > 0:
-            torch.set_num_threads(cfg.train.threads)
+        apply_torch_threads(cfg.train.threads)
         data = SnapshotData.load(dataset_snapshot(cfg, dataset, path, snapshot))
         split = build_split(protocol, data, **(json.loads(params) if params else {}))
         say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
