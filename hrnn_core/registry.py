@@ -29,6 +29,9 @@ from hrnn_core.config import REPO_ROOT
 from hrnn_core.errors import HrnnError
 
 STAGES = ("candidate", "champion", "archived")
+# metadata of an HRNN-meta the retrain registered (hrnn_core.retrain.retrain_plan): warm | full, why, the champion a
+# warm start began from, the data time of its lineage's last full retrain
+LINEAGE_KEYS = ("retrain_mode", "mode_reason", "warm_from", "full_base_as_of")
 NAMES = {  # kind -> BentoML model name
     "hrnn": "hrnn-meta",
     "gru": "baseline-gru",
@@ -265,10 +268,13 @@ def show(con: duckdb.DuckDBPyConnection, tag: str) -> dict:
         "select happened_at, action, previous, note from model_events where tag = $t order by event_seq", {"t": tag}
     ).fetchall()
     model = bentoml.models.get(tag)
+    meta = dict(model.info.metadata)
     return {
         **entry.to_dict(),
+        # how it was trained (hrnn_core.retrain.retrain_plan): warm from which champion, or full, and why
+        "lineage": {k: meta[k] for k in LINEAGE_KEYS if k in meta},
         "labels": dict(model.info.labels),
-        "metadata": dict(model.info.metadata),
+        "metadata": meta,
         "events": [{"at": str(a), "action": b, "previous": c, "note": d} for a, b, c, d in events],
     }
 
