@@ -271,12 +271,20 @@ def show(con: duckdb.DuckDBPyConnection, tag: str) -> dict:
     meta = dict(model.info.metadata)
     return {
         **entry.to_dict(),
-        # how it was trained (hrnn_core.retrain.retrain_plan): warm from which champion, or full, and why
-        "lineage": {k: meta[k] for k in LINEAGE_KEYS if k in meta},
+        "lineage": show_lineage(tag),
         "labels": dict(model.info.labels),
         "metadata": meta,
         "events": [{"at": str(a), "action": b, "previous": c, "note": d} for a, b, c, d in events],
     }
+
+
+def show_lineage(tag: str) -> dict:
+    """How ``tag`` was trained (``hrnn_core.retrain.retrain_plan``): warm from which champion, or full, and why;
+    {} for a model registered without lineage (baselines, models from before warm start)."""
+    import bentoml  # noqa: PLC0415
+
+    meta = bentoml.models.get(tag).info.metadata
+    return {k: meta[k] for k in LINEAGE_KEYS if k in meta}
 
 
 def champion_from_store(name: str = NAMES["hrnn"], store=None) -> str | None:
