@@ -102,7 +102,7 @@ def _best(run_dir: Path) -> Path:
 def replay(cfg, snapshot: Path, work: Path, *, n_days: int, test_fraction: float, max_seconds: float,
            seed: int = 0, say=print) -> dict:
     """Run the replay's next days (state in ``work/state.json``) until ``n_days`` are done or ``max_seconds``
-    would be passed by one more day (estimated from the slowest day so far); the state."""
+    would be passed by one more day (estimated from the slowest day so far; one day at least); the state."""
     data, split = _rolling(snapshot, test_fraction)
     frames = split.frames[: n_days + 1]
     if len(frames) < 2:
@@ -112,8 +112,9 @@ def replay(cfg, snapshot: Path, work: Path, *, n_days: int, test_fraction: float
     state = json.loads(state_path.read_text()) if state_path.exists() else {
         "snapshot_id": data.snapshot_id, "protocol": split.describe(), "days": []}
     started, slowest = time.perf_counter(), max([d.get("seconds", 0.0) for d in state["days"]] + [0.0])
+    first = len(state["days"])  # every call runs at least one day
     for k in range(len(state["days"]), len(frames)):
-        if time.perf_counter() - started + slowest > max_seconds:
+        if k != first and time.perf_counter() - started + slowest > max_seconds:
             say(f"stopping before day {k}: the time budget ({max_seconds:.0f} s) would be passed")
             break
         t0, frame = time.perf_counter(), frames[k]
