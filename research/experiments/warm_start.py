@@ -183,6 +183,7 @@ def chart(report: dict, path: Path, title: str) -> None:
         bottom.plot(xs, [d[line]["metrics"]["ndcg@10"] for d in days], style, label=line)
     top.set_ylabel("training wall time (s)")
     bottom.set_ylabel("NDCG@10 of the day")
+    bottom.set_xticks(xs)
     bottom.set_xlabel("replay day (day 0: both lines are the same full model)")
     top.set_title(title)
     top.legend()
