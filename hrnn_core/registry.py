@@ -283,7 +283,10 @@ def show_lineage(tag: str) -> dict:
     {} for a model registered without lineage (baselines, models from before warm start)."""
     import bentoml  # noqa: PLC0415
 
-    meta = bentoml.models.get(tag).info.metadata
+    try:
+        meta = bentoml.models.get(tag).info.metadata
+    except bentoml.exceptions.NotFound:  # registered, then deleted from the store
+        return {}
     return {k: meta[k] for k in LINEAGE_KEYS if k in meta}
 
 
