@@ -29,6 +29,9 @@ from hrnn_core.config import REPO_ROOT
 from hrnn_core.errors import HrnnError
 
 STAGES = ("candidate", "champion", "archived")
+# metadata of an HRNN-meta the retrain registered (hrnn_core.retrain.retrain_plan): warm | full, why, the champion a
+# warm start began from, the data time of its lineage's last full retrain
+LINEAGE_KEYS = ("retrain_mode", "mode_reason", "warm_from", "full_base_as_of")
 NAMES = {  # kind -> BentoML model name
     "hrnn": "hrnn-meta",
     "gru": "baseline-gru",
@@ -265,12 +268,26 @@ def show(con: duckdb.DuckDBPyConnection, tag: str) -> dict:
         "select happened_at, action, previous, note from model_events where tag = $t order by event_seq", {"t": tag}
     ).fetchall()
     model = bentoml.models.get(tag)
+    meta = dict(model.info.metadata)
     return {
         **entry.to_dict(),
+        "lineage": show_lineage(tag),
         "labels": dict(model.info.labels),
-        "metadata": dict(model.info.metadata),
+        "metadata": meta,
         "events": [{"at": str(a), "action": b, "previous": c, "note": d} for a, b, c, d in events],
     }
+
+
+def show_lineage(tag: str) -> dict:
+    """How ``tag`` was trained (``hrnn_core.retrain.retrain_plan``): warm from which champion, or full, and why;
+    {} for a model registered without lineage (baselines, models from before warm start)."""
+    import bentoml  # noqa: PLC0415
+
+    try:
+        meta = bentoml.models.get(tag).info.metadata
+    except bentoml.exceptions.NotFound:  # registered, then deleted from the store
+        return {}
+    return {k: meta[k] for k in LINEAGE_KEYS if k in meta}
 
 
 def champion_from_store(name: str = NAMES["hrnn"], store=None) -> str | None:

@@ -81,11 +81,63 @@ def _apply_threads(cfg: Config) -> None:
     apply_torch_threads(cfg.train.threads)
 
 
-def _model_options(cfg: Config, kind: str, run_dir: Path) -> dict:
-    """The scorer options of ``kind``; a network trains into ``run_dir`` (the run's own folder)."""
-    if kind in ("hrnn", "gru"):
-        return {"model": cfg.model, "train": dataclasses.replace(cfg.train, progress=False), "run_dir": run_dir}
-    return {}
+def _model_options(cfg: Config, kind: str, run_dir: Path, plan: dict | None = None) -> dict:
+    """The scorer options of ``kind``; a network trains into ``run_dir`` (the run's own folder). ``plan``
+    (``retrain_plan``) warm: HRNN-meta starts from the champion for at most ``retrain.warm_epochs`` epochs,
+    the best kept by the same early-stopping metric (min_epochs 0: a fine-tune needs no minimum)."""
+    if kind not in ("hrnn", "gru"):
+        return {}
+    train = dataclasses.replace(cfg.train, progress=False)
+    if plan and plan["retrain_mode"] == "warm":
+        train = dataclasses.replace(train, epochs=cfg.retrain.warm_epochs, min_epochs=0)
+        return {"model": cfg.model, "train": train, "run_dir": run_dir, "init_from": Path(plan["init_from"])}
+    return {"model": cfg.model, "train": train, "run_dir": run_dir}
+
+
+def _snapshot_as_of(snapshot: dict) -> float:
+    return float(json.loads((Path(snapshot["path"]) / "manifest.json").read_text())["as_of"])
+
+
+def retrain_plan(cfg: Config, snapshot: dict) -> dict:
+    """How tonight's HRNN-meta trains (its lineage, registered with it): ``retrain_mode`` warm | full,
+    ``mode_reason``, ``warm_from`` (the champion's tag, "" for full), ``full_base_as_of`` (the data time of the
+    lineage's last full retrain) and, warm, ``init_from`` (the champion's checkpoint).
+
+    Full when ``retrain.mode`` is full, without a champion, when the lineage's last full retrain is
+    ``retrain.full_every_days`` old (in data time: the snapshot's cut, so a backfill decides as the nights
+    did), when the latest HRNN-meta registered before this snapshot was a warm candidate the gate rejected
+    (it stayed a candidate), or with several training processes. Read from the model store alone.
+    """
+    import bentoml  # noqa: PLC0415
+
+    from hrnn_core import registry  # noqa: PLC0415
+
+    as_of = _snapshot_as_of(snapshot)
+    tag = registry.champion_from_store()
+    if cfg.retrain.mode == "full" or tag is None:
+        return _full_plan(as_of, "retrain.mode = full" if cfg.retrain.mode == "full" else "no champion yet")
+    if cfg.train.processes > 1:
+        return _full_plan(as_of, "a warm start trains in one process (train.processes > 1)")
+    champion = bentoml.models.get(tag)
+    meta = champion.info.metadata
+    base = meta.get("full_base_as_of", meta.get("data_interval_end"))  # before lineage: its own cut
+    if base is None or as_of - float(base) >= cfg.retrain.full_every_days * 86_400:
+        days = "unknown" if base is None else f"{(as_of - float(base)) / 86_400:.1f}"
+        return _full_plan(as_of, f"scheduled: the last full retrain's data is {days} days old "
+                                 f"(retrain.full_every_days = {cfg.retrain.full_every_days:g})")
+    earlier = [m for m in bentoml.models.list(registry.NAMES[CANDIDATE])
+               if m.info.metadata.get("snapshot_id") != snapshot["snapshot_id"]]
+    latest = max(earlier, key=lambda m: m.info.creation_time) if earlier else None
+    if latest is not None and latest.info.metadata.get("retrain_mode") == "warm" \
+            and latest.info.labels.get("stage") == "candidate":
+        return _full_plan(as_of, f"the previous warm candidate {latest.tag} did not pass the gate")
+    return {"retrain_mode": "warm", "warm_from": tag, "full_base_as_of": float(base), "as_of": as_of,
+            "mode_reason": f"warm start from the champion {tag}", "init_from": champion.path_of("model.pt")}
+
+
+def _full_plan(as_of: float, reason: str) -> dict:
+    """A full retrain's lineage: it is its own base (``full_base_as_of``: this snapshot's cut)."""
+    return {"retrain_mode": "full", "warm_from": "", "full_base_as_of": as_of, "as_of": as_of, "mode_reason": reason}
 
 
 @stop_on_sigterm()  # Airflow's SIGTERM would let the task run on: stop, clean up, fail
@@ -98,8 +150,6 @@ def train_and_evaluate(cfg: Config, snapshot: dict, kind: str) -> dict:
     not a copy), the very model the test cases were scored with. The run is built in
     ``.<kind>.tmp/`` and published whole. A finished run is reused (idempotent).
     """
-    from hrnn_core.evaluation.harness import evaluate_split  # noqa: PLC0415
-
     folder = runs_dir(cfg, snapshot["snapshot_id"]) / kind
     done = folder / "metrics.json"
     if done.exists():
@@ -110,11 +160,10 @@ def train_and_evaluate(cfg: Config, snapshot: dict, kind: str) -> dict:
     tmp = folder.with_name(f".{kind}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # an interrupted attempt's leftovers
     tmp.mkdir(parents=True)
+    plan = retrain_plan(cfg, snapshot) if kind == CANDIDATE else None
     try:
         scorers: dict = {}
-        results = evaluate_split(split, [kind], seed=cfg.train.seed,
-                                 model_options={kind: _model_options(cfg, kind, tmp / "train")}, keep_scorers=scorers)
-        result = results[kind]
+        result, plan = _fit_and_score(cfg, split, kind, tmp / "train", plan, scorers)
         (tmp / "artifact").mkdir()
         scorers[kind].save(tmp / "artifact")
         np.savez_compressed(tmp / "per_event.npz", **result.per_event)
@@ -125,6 +174,8 @@ def train_and_evaluate(cfg: Config, snapshot: dict, kind: str) -> dict:
             "artifact": str(folder / "artifact"),
             "history": result.history,  # per-epoch numbers, for the report's training curves
         }
+        if plan is not None:  # HRNN-meta's lineage: registered with it (register_and_promote)
+            summary["lineage"] = {k: v for k, v in plan.items() if k not in ("init_from", "as_of")}
         (tmp / "metrics.json").write_text(json.dumps(summary, indent=2))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed attempt leaves no folder behind
@@ -132,6 +183,23 @@ def train_and_evaluate(cfg: Config, snapshot: dict, kind: str) -> dict:
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)  # publish the run whole
     return summary
+
+
+def _fit_and_score(cfg: Config, split, kind: str, run_dir: Path, plan: dict | None, scorers: dict):
+    """``evaluate_split`` of ``kind`` as ``plan`` says: (its ModelResult, the plan followed). A warm start the
+    champion cannot give (another model config, items gone from the catalogue) trains from scratch instead."""
+    from hrnn_core.evaluation.harness import evaluate_split  # noqa: PLC0415
+    from hrnn_core.train.warm import WarmStartError  # noqa: PLC0415
+
+    try:
+        results = evaluate_split(split, [kind], seed=cfg.train.seed, keep_scorers=scorers,
+                                 model_options={kind: _model_options(cfg, kind, run_dir, plan)})
+    except WarmStartError as exc:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        plan = _full_plan(plan["as_of"], f"warm start impossible: {exc}")
+        results = evaluate_split(split, [kind], seed=cfg.train.seed, keep_scorers=scorers,
+                                 model_options={kind: _model_options(cfg, kind, run_dir, plan)})
+    return results[kind], plan
 
 
 @stop_on_sigterm()  # Airflow's SIGTERM would let the task run on: stop, clean up, fail
@@ -181,7 +249,7 @@ def register_and_promote(cfg: Config, snapshot: dict, runs: list[dict], champion
             ).fetchall()
             tags[kind] = existing[0][0] if existing else registry.register(
                 con, kind, Path(run["artifact"]), metrics=run["metrics"], protocol=run["protocol"],
-                snapshot_id=snapshot["snapshot_id"], data_interval=interval,
+                snapshot_id=snapshot["snapshot_id"], data_interval=interval, extra_metadata=run.get("lineage"),
             )
         candidate_tag = tags[CANDIDATE]
         others = {k: r["metrics"] for k, r in by_kind.items() if k != CANDIDATE}
@@ -255,8 +323,14 @@ def write_report(cfg: Config, snapshot: dict, runs: list[dict], champion_run: di
                             decision["reason"], verdict=verdict, paired_test_vs=decision.get("paired_test_vs"),
                             paired_test=decision.get("paired_test"),
                             note=f"champion before: {champion_run['tag'] if champion_run else 'none'}; "
-                                 f"champion now: {decision['champion']}")
+                                 f"champion now: {decision['champion']}{_lineage_note(runs)}")
     path = root / "report.html"
     write_page(path, _split(cfg, snapshot["path"]), results, gate=gate,
                title=f"Retrain of snapshot {snapshot['snapshot_id']}")
     return str(path)
+
+
+def _lineage_note(runs: list[dict]) -> str:
+    """The candidate's training mode for the report's gate note ("" for a run from before lineage)."""
+    lineage = next((r.get("lineage") for r in runs if r and r.get("kind") == CANDIDATE), None)
+    return f"; {CANDIDATE} trained {lineage['retrain_mode']}: {lineage['mode_reason']}" if lineage else ""

@@ -87,6 +87,10 @@ def summarize(cfg: Config, say: Callable[[str], None], timings: dict, seconds: f
         m = e.metrics
         say(f"  {kind:<12}{m.get('ndcg@10', 0):>10.4f}{m.get('recall@10', 0):>11.4f}{m.get('mrr@10', 0):>9.4f}  {e.tag}")
     say(f"champion: {champion or 'none (HRNN-meta did not beat the baselines; nothing exported)'}")
+    if "hrnn" in latest:  # retrain.mode: warm by default, full on a first run (no champion yet)
+        lineage = registry.show_lineage(latest["hrnn"].tag)
+        if lineage:
+            say(f"HRNN-meta trained {lineage.get('retrain_mode')}: {lineage.get('mode_reason')}")
     export_dir = None
     exports = sorted(cfg.paths.exports_dir.glob("until-*"))
     if exports:

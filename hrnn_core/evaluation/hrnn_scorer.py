@@ -54,7 +54,8 @@ class HRNNScorer(Scorer):
 
     def __init__(self, model: ModelConfig | dict | None = None, train: TrainConfig | dict | None = None,
                  plain_gru: bool = False, device: str = "auto", checkpoint: Path | None = None,
-                 max_history: int | None = None, batch_size: int = 256, run_dir: Path | None = None):
+                 max_history: int | None = None, batch_size: int = 256, run_dir: Path | None = None,
+                 init_from: Path | None = None):
         model_cfg = model if isinstance(model, ModelConfig) else ModelConfig(**(model or {}))
         train_cfg = train if isinstance(train, TrainConfig) else TrainConfig(**(train or {}))
         if plain_gru:
@@ -77,6 +78,7 @@ class HRNNScorer(Scorer):
         self.history: list[dict] = []
         self._trend_key: int | None = None  # id of the histories table the scorer's q(t) counts
         self.pretrained = checkpoint is not None
+        self.init_from = Path(init_from) if init_from is not None else None  # fit: a warm start from it (train)
         if checkpoint is not None:
             self._load(Path(checkpoint))
 
@@ -105,12 +107,12 @@ class HRNNScorer(Scorer):
             run_dir = Path(tempfile.mkdtemp(prefix="hrnn-run-"))
             self._run_tmp = weakref.finalize(self, shutil.rmtree, run_dir, ignore_errors=True)
         cfg = dataclasses.replace(self.train_cfg, seed=data.seed)
-        if cfg.processes > 1:  # data-parallel over local processes (torchrun)
+        if cfg.processes > 1 and self.init_from is None:  # data-parallel over local processes (torchrun)
             from hrnn_core.train.distributed import train_distributed  # noqa: PLC0415
 
             result = train_distributed(self._snapshot_dir, run_dir, self.model_cfg, cfg)
         else:
-            result = train(self._snapshot_dir, run_dir, self.model_cfg, cfg)
+            result = train(self._snapshot_dir, run_dir, self.model_cfg, cfg, init_from=self.init_from)
         self.history = result.history
         self._load(result.best_checkpoint if result.best_checkpoint.exists() else result.last_checkpoint)
 

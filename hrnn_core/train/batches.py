@@ -52,9 +52,11 @@ class TrainData:
     event_user: torch.Tensor  # (E,) user_idx of each event's owner
 
 
-def prepare_data(snapshot_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> TrainData:
-    """Phase 1: features fit on this snapshot, encoded events, capped histories, validation split."""
-    fs = FeatureSpace.fit(snapshot_dir, model_cfg)
+def prepare_data(snapshot_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                 features: FeatureSpace | None = None) -> TrainData:
+    """Phase 1: features fit on this snapshot (or ``features``: a warm start's, ``hrnn_core.train.warm``),
+    encoded events, capped histories, validation split."""
+    fs = features if features is not None else FeatureSpace.fit(snapshot_dir, model_cfg)
     ev = encode_events(snapshot_dir, fs, train_cfg.max_impressions)
     item_cat, item_num = fs.item_table(snapshot_dir)
     start, end = ev.owner_start[:-1], ev.owner_start[1:]

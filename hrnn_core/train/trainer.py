@@ -41,6 +41,7 @@ from hrnn_core.model.checkpoint import CheckpointError, load_checkpoint, resolve
 from hrnn_core.model.losses import LossOut, dense_softmax_loss, reward_weights, sampled_softmax_loss
 from hrnn_core.model.network import FieldBags, HRNNMeta, StepInputs
 from hrnn_core.model.sampler import AliasSampler
+from hrnn_core.train import warm
 from hrnn_core.train.validation import (  # noqa: F401 - evaluate, validate: re-exported for callers
     TrainTrend, _autocast, evaluate, request_states, training_new_item_rate, training_trend, validate)
 from hrnn_core.train.batches import (NonFiniteLossError, TrainData, TrainError, Window, gather_inputs, owner_windows,
@@ -160,6 +161,7 @@ class _Run:
     step: int = 0
     best: float | None = None
     bad_epochs: int = 0
+    warm_start: dict | None = None  # a warm start's growth counts (hrnn_core.train.warm.warm_start); None: from scratch
 
     @property
     def stopped(self) -> bool:
@@ -180,9 +182,12 @@ def resolve_output(cfg: TrainConfig, n_items: int) -> TrainConfig:
 
 
 def _prepare(snapshot_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, device: torch.device,
-             dist_ctx) -> _Run:
-    """Phase 1: the data, the rules that follow from it, the seeded model, its optimizers and sampler."""
-    data = prepare_data(snapshot_dir, model_cfg, cfg)
+             dist_ctx, init_from: Path | None = None) -> _Run:
+    """Phase 1: the data, the rules that follow from it, the seeded model, its optimizers and sampler;
+    ``init_from``: a warm start from that checkpoint (``hrnn_core.train.warm``: its features extended, its weights)."""
+    champion = warm.load_champion(init_from, model_cfg) if init_from is not None else None
+    features = warm.extend_features(champion.features, snapshot_dir, model_cfg) if champion is not None else None
+    data = prepare_data(snapshot_dir, model_cfg, cfg, features)
     n_items, ev = data.features.n_items, data.events
     cfg = resolve_output(cfg, n_items)
     n_events = int((data.train_segments[:, 1] - data.train_segments[:, 0]).sum())
@@ -199,6 +204,7 @@ def _prepare(snapshot_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, devic
     model = HRNNMeta(model_cfg, data.features, data.item_cat, data.item_num).to(device)
     with torch.no_grad():  # an item with no training event is never an input here: no random row for later
         model.item_in.weight[:n_items][torch.as_tensor(ev.item_freq == 0).to(device)] = 0.0
+    grown = warm.warm_start(model, champion, data.features) if champion is not None else None
     opts = _optimizers(model, cfg)
     sampler = AliasSampler(ev.item_freq, cfg.sampler_alpha, seed=cfg.seed, device=device)
     # the LR schedule's length: this order's window count (another epoch's order differs by a window or two)
@@ -206,6 +212,7 @@ def _prepare(snapshot_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, devic
     rank, is_main = (dist_ctx.rank, dist_ctx.is_main) if dist_ctx is not None else (0, True)
     rank_of = dist_ctx.local_rows if dist_ctx is not None else None
     return _Run(model_cfg, cfg, device, dist_ctx, rank, is_main, rank_of, data, exclude_seen, repeats,
+                warm_start=grown,
                 has_ties=bool((ev.time_delta == 0).any()), trend=trend,
                 cold_rate=training_new_item_rate(snapshot_dir, data, trend.times if trend else None),
                 repeat_rate=None if exclude_seen else repeat_rate(data), type_w=type_w, model=model, opts=opts,
@@ -424,7 +431,8 @@ def _checkpoint(run: _Run, epoch: int, improved: bool, last_path: Path, best_pat
 
 def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = None,
           train_cfg: TrainConfig | None = None, resume: bool = False,
-          on_epoch_end: Callable[[int, dict], None] | None = None, dist_ctx=None) -> TrainResult:
+          on_epoch_end: Callable[[int, dict], None] | None = None, dist_ctx=None,
+          init_from: Path | None = None) -> TrainResult:
     """Train HRNN-meta on a snapshot; checkpoints and the report go to ``run_dir``.
 
     ``resume=True`` continues from ``run_dir/last.pt`` (same snapshot and configs required);
@@ -435,6 +443,9 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
     hrnn_core.train.distributed`` under torchrun) makes this process one rank of a data-parallel run:
     it trains its share of each global batch's slots, gradients are summed over ranks, and only
     rank 0 validates and writes files. Without it (or with one process) the loop is unchanged.
+
+    ``init_from`` (a checkpoint with the same model config, e.g. the champion's) starts from its weights
+    instead of a random network: a warm start (``hrnn_core.train.warm``).
     """
     model_cfg, cfg = model_cfg or ModelConfig(), train_cfg or TrainConfig()
     run_dir = Path(run_dir)
@@ -445,7 +456,7 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
     from hrnn_core.threads import apply_torch_threads  # noqa: PLC0415 - the one thread policy
 
     apply_torch_threads(cfg.threads)  # 0: automatic (hrnn_core.threads)
-    run = _prepare(snapshot_dir, model_cfg, cfg, device, dist_ctx)
+    run = _prepare(snapshot_dir, model_cfg, cfg, device, dist_ctx, init_from)
     cfg = run.cfg  # train.output resolved for this catalogue
     if resume and last_path.exists():
         _resume(run, last_path)
@@ -466,7 +477,8 @@ def train(snapshot_dir: Path, run_dir: Path, model_cfg: ModelConfig | None = Non
         raise CheckpointError(f"{run_dir}: no epoch finished, nothing to report")
     report = write_report(run_dir, run.history, run.curve, model_cfg, cfg, run.data, run.stopped,
                           world=dist_ctx.world if dist_ctx is not None else 1,
-                          extra={"exclude_seen": run.exclude_seen, "repeat_share": round(run.repeats, 6)})
+                          extra={"exclude_seen": run.exclude_seen, "repeat_share": round(run.repeats, 6),
+                                 "warm_start": run.warm_start})
     return TrainResult(run_dir, best_path, last_path, report, run.history, run.stopped)
 
 

@@ -1,0 +1,231 @@
+"""``hrnn-research warm-start``: warm-start vs full nightly retraining on a rolling daily replay (issue 19).
+
+The ``rolling`` protocol with daily frames (``frame_seconds`` 86,400): the test period after the cut T is cut
+into days; the model that scores day k may use every event before day k's start (``PROTOCOLS.md``). Two
+lines of nightly models, each retrained before every day on the events before that day:
+
+* ``full``: HRNN-meta trained from scratch (the product's training: ``train.epochs`` with early stopping);
+* ``warm``: the previous day's warm model fine-tuned on the same data (``train(..., init_from=...)``,
+  ``hrnn_core.train.warm``), at most ``retrain.warm_epochs`` epochs with the same early-stopping rule; a full
+  retrain replaces it every ``retrain.full_every_days`` days, as the nightly retrain does (day 0: both lines
+  start from the same full model). The replay promotes every warm model (the retrain's gate, and its
+  fallback to full after a failed gate, are not simulated here).
+
+Per day: each line's training wall time (``HRNNScorer.fit``: features, encoding, epochs, validation) and
+NDCG@10 / Recall@10 on that day's events; over all days: the paired test of warm vs full on the pooled
+per-event NDCG@10 and Recall@10 (whole users resampled). Each day's trainings are saved in the work folder,
+so the replay runs a few days per invocation (``--max-seconds``) and continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+from hrnn_core.cli.options import ConfigOpt, DataDirOpt, cli_config, guard
+from hrnn_core.errors import HrnnError
+from research.experiments import dataset_snapshot, write_report
+
+DAY = 86_400.0
+METRICS = ("ndcg@10", "recall@10")
+# the drifting synthetic stream of the trend experiment, over 10 days so that daily frames exist
+SYNTH_DRIFT = {"n_users": 3000, "n_items": 1000, "n_events": 60_000, "n_genres": 20, "days": 10.0,
+               "drift_amplitude": 3.0, "cold_items_fraction": 0.2, "seed": 0}
+
+
+class WarmStartExperimentError(HrnnError):
+    """The replay cannot run with these inputs."""
+
+
+def _snapshot(cfg, dataset: str, path: Path | None) -> Path:
+    if dataset == "synth-drift":
+        from hrnn_core.data.datasets.load import synthetic_snapshot  # noqa: PLC0415
+
+        return synthetic_snapshot(Path(cfg.paths.data_dir) / "warm-start-synth-drift", **SYNTH_DRIFT)
+    return dataset_snapshot(cfg, dataset, path)
+
+
+def _rolling(snapshot: Path, test_fraction: float):
+    """The rolling split with daily frames; seen items leave the ranking unless owners repeat items (the
+    retrain's rule, ``hrnn_core.retrain._split``)."""
+    from hrnn_core.evaluation.protocols import build_split  # noqa: PLC0415
+    from hrnn_core.evaluation.splits import SnapshotData, repeat_share  # noqa: PLC0415
+    from hrnn_core.train.trainer import EXCLUDE_SEEN_MAX_REPEATS  # noqa: PLC0415
+
+    data = SnapshotData.load(snapshot)
+    params = {"test_fraction": test_fraction, "frame_seconds": DAY, "valid_fraction": 0.1}
+    split = build_split("rolling", data, **params)
+    if repeat_share(split.train) > EXCLUDE_SEEN_MAX_REPEATS:
+        split = build_split("rolling", data, **params, exclude_seen=False)
+    return data, split
+
+
+def _fit(cfg, data, frame_start: float, run_dir: Path, init_from: Path | None, seed: int):
+    """One nightly training on the events before ``frame_start``: (the fitted scorer, its wall seconds)."""
+    from hrnn_core.evaluation.harness import train_data  # noqa: PLC0415
+    from hrnn_core.evaluation.hrnn_scorer import HRNNScorer  # noqa: PLC0415
+    from hrnn_core.evaluation.protocols import build_split  # noqa: PLC0415
+
+    sub = build_split("temporal", data, cut_time=frame_start, valid_fraction=0.0)
+    train = dataclasses.replace(cfg.train, progress=False)
+    if init_from is not None:
+        train = dataclasses.replace(train, epochs=cfg.retrain.warm_epochs, min_epochs=0)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    scorer = HRNNScorer(model=cfg.model, train=train, device=cfg.train.device, run_dir=run_dir / "train",
+                        init_from=init_from)
+    tdata = train_data(sub, "train", seed, run_dir / "data")
+    started = time.perf_counter()
+    scorer.fit(tdata)
+    return scorer, time.perf_counter() - started
+
+
+def _score(scorer, frame, n_items: int) -> tuple[dict, dict]:
+    from hrnn_core.evaluation.harness import score_cases  # noqa: PLC0415
+
+    acc, _ = score_cases(scorer, frame.cases, n_items)
+    summary = acc.summary()
+    return {m: float(summary[m]) for m in METRICS}, {m: acc.per_event(m) for m in METRICS}
+
+
+def _best(run_dir: Path) -> Path:
+    best = run_dir / "train" / "best.pt"
+    return best if best.exists() else run_dir / "train" / "last.pt"
+
+
+def replay(cfg, snapshot: Path, work: Path, *, n_days: int, test_fraction: float, max_seconds: float,
+           seed: int = 0, say=print) -> dict:
+    """Run the replay's next days (state in ``work/state.json``) until ``n_days`` are done or ``max_seconds``
+    would be passed by one more day (estimated from the slowest day so far; one day at least); the state."""
+    data, split = _rolling(snapshot, test_fraction)
+    frames = split.frames[: n_days + 1]
+    if len(frames) < 2:
+        raise WarmStartExperimentError(f"{len(split.frames)} daily test frames: need 2 or more; raise --test-fraction")
+    work.mkdir(parents=True, exist_ok=True)
+    state_path = work / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {
+        "snapshot_id": data.snapshot_id, "protocol": split.describe(), "days": []}
+    started, slowest = time.perf_counter(), max([d.get("seconds", 0.0) for d in state["days"]] + [0.0])
+    first = len(state["days"])  # every call runs at least one day
+    for k in range(len(state["days"]), len(frames)):
+        if k != first and time.perf_counter() - started + slowest > max_seconds:
+            say(f"stopping before day {k}: the time budget ({max_seconds:.0f} s) would be passed")
+            break
+        t0, frame = time.perf_counter(), frames[k]
+        say(f"day {k}: {len(frame.cases):,} test events; full retrain on the events before {frame.start:.0f} ...")
+        full, full_s = _fit(cfg, data, frame.start, work / f"full-{k}", None, seed)
+        day = {"day": k, "start": frame.start, "n_events": len(frame.cases),
+               "full": {"fit_seconds": full_s, "epochs": len(full.history)}}
+        day["full"]["metrics"], per_full = _score(full, frame, split.n_items)
+        base = state["days"][-1]["warm"]["full_base"] if state["days"] else frame.start
+        if k == 0 or frame.start - base >= cfg.retrain.full_every_days * DAY:  # the schedule: the full model
+            day["warm"] = {**day["full"], "mode": "full", "full_base": frame.start}
+            per_warm = per_full
+        else:
+            say(f"day {k}: warm start from day {k - 1}'s warm model ...")
+            warm, warm_s = _fit(cfg, data, frame.start, work / f"warm-{k}", _best(work / f"warm-{k - 1}"), seed)
+            day["warm"] = {"fit_seconds": warm_s, "epochs": len(warm.history), "mode": "warm", "full_base": base}
+            day["warm"]["metrics"], per_warm = _score(warm, frame, split.n_items)
+        if day["warm"]["mode"] == "full":  # the next warm start begins from this day's full model
+            shutil.rmtree(work / f"warm-{k}", ignore_errors=True)
+            shutil.copytree(work / f"full-{k}" / "train", work / f"warm-{k}" / "train")
+        owners = frame.cases.batch(np.arange(len(frame.cases)))["owners"]
+        np.savez_compressed(work / f"day-{k}.npz", owners=owners, **{f"full_{m}": v for m, v in per_full.items()},
+                            **{f"warm_{m}": v for m, v in per_warm.items()})
+        day["seconds"] = time.perf_counter() - t0
+        slowest = max(slowest, day["seconds"])
+        state["days"].append(day)
+        state_path.write_text(json.dumps(state, indent=2, default=float))
+        say(f"day {k}: full {full_s:.0f} s ndcg@10 {day['full']['metrics']['ndcg@10']:.4f} | "
+            f"{day['warm']['mode']} {day['warm']['fit_seconds']:.0f} s ndcg@10 {day['warm']['metrics']['ndcg@10']:.4f}")
+    state["frames_available"] = len(split.frames)
+    return state
+
+
+def summarize(state: dict, work: Path, config: dict) -> dict:
+    """Per-day lines, time ratio and the pooled paired tests over the days after day 0 (where the lines differ)."""
+    from hrnn_core.evaluation.metrics import paired_test  # noqa: PLC0415
+
+    days = [d for d in state["days"] if d["day"] > 0]
+    if not days:
+        raise WarmStartExperimentError("no replay day after day 0 is done yet; run the replay first")
+    arrays = [np.load(work / f"day-{d['day']}.npz") for d in days]
+    owners = np.concatenate([a["owners"] for a in arrays])
+    tests = {m: paired_test(np.concatenate([a[f"warm_{m}"] for a in arrays]),
+                            np.concatenate([a[f"full_{m}"] for a in arrays]), clusters=owners) for m in METRICS}
+    means = {line: {m: float(np.mean(np.concatenate([a[f"{line}_{m}"] for a in arrays]))) for m in METRICS}
+             for line in ("full", "warm")}
+    full_s = sum(d["full"]["fit_seconds"] for d in days)
+    warm_s = sum(d["warm"]["fit_seconds"] for d in days)
+    return {**{k: v for k, v in state.items() if k != "days"}, "config": config, "days": state["days"],
+            "over_days_after_day_0": {"n_days": len(days), "n_events": int(len(owners)),
+                                      "full_fit_seconds": full_s, "warm_fit_seconds": warm_s,
+                                      "time_ratio_full_over_warm": full_s / max(warm_s, 1e-9),
+                                      "mean_per_event": means, "paired_test_warm_minus_full": tests}}
+
+
+def chart(report: dict, path: Path, title: str) -> None:
+    """Two panels, one line per retraining mode: training seconds and NDCG@10 per replay day."""
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    days = report["days"]
+    xs = [d["day"] for d in days]
+    fig = Figure(figsize=(8, 6))
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for line, style in (("full", "o-"), ("warm", "s-")):
+        top.plot(xs, [d[line]["fit_seconds"] for d in days], style, label=line)
+        bottom.plot(xs, [d[line]["metrics"]["ndcg@10"] for d in days], style, label=line)
+    top.set_ylabel("training wall time (s)")
+    bottom.set_ylabel("NDCG@10 of the day")
+    bottom.set_xticks(xs)
+    bottom.set_xlabel("replay day (day 0: both lines are the same full model)")
+    top.set_title(title)
+    top.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def warm_start_command(
+    dataset: Annotated[str, typer.Option(help="ml-100k | synth-drift | another adapter's dataset (with --path).")],
+    work: Annotated[Path, typer.Option(help="Work folder: the replay's state and trainings (resumable).")],
+    output: Annotated[Path, typer.Option(help="Report JSON (the chart beside it, .png).")],
+    days: Annotated[int, typer.Option(help="Replay days after day 0.")] = 4,
+    test_fraction: Annotated[float, typer.Option(help="Share of events in the rolling test period.")] = 0.1,
+    max_seconds: Annotated[float, typer.Option(help="Stop before a day that would pass this wall time.")] = 540.0,
+    path: Annotated[Optional[Path], typer.Option(help="Raw dataset folder (datasets other than ml-100k).")] = None,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Rolling daily replay: warm-start vs full nightly retraining, training time and NDCG@10 / Recall@10."""
+    if days < 1 or not 0 < test_fraction < 1 or max_seconds <= 0:
+        raise WarmStartExperimentError("--days must be >= 1, --test-fraction in (0, 1), --max-seconds > 0")
+    cfg = cli_config(config, None, data_dir)
+    snap = _snapshot(cfg, dataset, path)
+    state = replay(cfg, snap, work, n_days=days, test_fraction=test_fraction, max_seconds=max_seconds, seed=seed,
+                   say=lambda m: typer.echo(m, err=True))
+    if len(state["days"]) < 2:
+        typer.echo(f"{len(state['days'])} day(s) done; run the command again to continue")
+        return
+    config_used = {"model": dataclasses.asdict(cfg.model), "retrain": dataclasses.asdict(cfg.retrain),
+                   "train": {k: v for k, v in dataclasses.asdict(cfg.train).items() if k != "event_type_weights"},
+                   "dataset": dataset, "test_fraction": test_fraction, "seed": seed}
+    report = summarize(state, work, config_used)
+    write_report(output, report)
+    chart(report, output.with_suffix(".png"), f"warm start vs full retrain, {dataset}, rolling daily replay")
+    over = report["over_days_after_day_0"]
+    typer.echo(f"days 1-{over['n_days']}: full {over['full_fit_seconds']:.0f} s, warm {over['warm_fit_seconds']:.0f} s "
+               f"({over['time_ratio_full_over_warm']:.1f}x); NDCG@10 warm - full "
+               f"{over['paired_test_warm_minus_full']['ndcg@10']['mean_diff']:+.4f} "
+               f"(p {over['paired_test_warm_minus_full']['ndcg@10']['p_value']:.3f})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("warm-start")(guard(warm_start_command))

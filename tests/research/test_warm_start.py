@@ -1,0 +1,38 @@
+"""The warm-start replay (research.experiments.warm_start): daily frames, the warm line's schedule, resuming."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hrnn_core.config import load_config
+from hrnn_core.data.datasets.load import synthetic_snapshot
+from research.experiments.warm_start import chart, replay, summarize
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_replay_trains_both_lines_follows_the_full_schedule_and_resumes(tmp_path) -> None:
+    snap = synthetic_snapshot(tmp_path / "data", n_users=40, n_items=60, n_events=1500, n_genres=5, seed=5, days=10)
+    cfg = load_config(overrides={
+        "paths": {"data_dir": str(tmp_path / "data")}, "model": {"hidden_size": 16, "field_dim": 8, "input_size": 16},
+        "train": {"epochs": 2, "batch_size": 8, "bptt": 8, "progress": False, "val_owners": 5, "threads": 1},
+        "retrain": {"warm_epochs": 1, "full_every_days": 2}}, environ={})
+    work = tmp_path / "work"
+    state = replay(cfg, snap, work, n_days=3, test_fraction=0.4, max_seconds=1e-9)  # one day per call: resumes
+    assert len(state["days"]) == 1
+    state = replay(cfg, snap, work, n_days=3, test_fraction=0.4, max_seconds=1e9)
+    days = state["days"]
+    assert [d["day"] for d in days] == [0, 1, 2, 3]
+    assert days[0]["warm"]["mode"] == "full" and days[1]["warm"]["mode"] == "warm"
+    assert days[1]["warm"]["epochs"] == 1 and days[1]["full"]["epochs"] == 2
+    assert days[2]["warm"]["mode"] == "full" and days[2]["warm"]["metrics"] == days[2]["full"]["metrics"]  # 2 days on
+    assert days[3]["warm"]["mode"] == "warm" and days[3]["warm"]["full_base"] == days[2]["start"]
+    report = summarize(state, work, {})
+    over = report["over_days_after_day_0"]
+    assert over["n_days"] == 3 and over["n_events"] == sum(d["n_events"] for d in days[1:])
+    assert set(over["paired_test_warm_minus_full"]) == {"ndcg@10", "recall@10"}
+    chart(report, tmp_path / "chart.png", "test")
+    assert (tmp_path / "chart.png").stat().st_size > 0
+    assert json.loads((work / "state.json").read_text())["days"] == json.loads(json.dumps(days, default=float))
