@@ -1,38 +1,24 @@
 """SASRec (Kang & McAuley 2018, "Self-Attentive Sequential Recommendation"), as a ``Scorer`` ("sasrec").
 
-Model (section 3 of the paper)
-    The owner's last ``n`` items ``s_1..s_n`` (``n`` = ``max_len``) are embedded with the item table M
-    (d x |I|) plus a learned position embedding P: ``E_t = M_{s_t} + P_t`` (3.2), then ``blocks``
-    self-attention blocks (3.3), each ``x + Dropout(SA(LN(x)))`` then ``x + Dropout(FFN(LN(x)))`` with a
-    causal mask (position t attends to positions <= t only: no future item reaches an earlier position)
-    and a two-layer ReLU FFN; a last layer norm. Position t predicts the next item with the shared item
-    embedding (3.4, eq. 6): ``r_{j,t} = F_t . M_j``.
+Model (section 3): the owner's last n items, ``E_t = M_{s_t} + P_t`` (item table M, learned positions P), then
+``blocks`` blocks ``x + Dropout(SA(LN(x)))``, ``x + Dropout(FFN(LN(x)))`` with a causal mask (position t attends
+to positions <= t: no future item reaches an earlier position), a last layer norm, and ``r_{j,t} = F_t . M_j``
+(eq. 6, M shared). Short histories are padded on the left; padding has a zero item vector and no position, and
+no real position attends to it. "Nothing read yet" (an owner's first event, an empty history) is one padding
+step, so it is one learned state wherever it sits in the window.
 
-    Left padding: a short history is padded on the left; padding has a zero item vector and no position
-    vector, and no real position attends to it. The history before the first item (an owner's first
-    event, or a request with an empty history) is one padding step, so "nothing read yet" is one learned
-    state (LN of the zero vector, through the blocks) wherever it sits in the window.
+Training: each owner's training events form windows of n steps from the newest back (the paper keeps only the
+newest window); step t reads the items before event t and predicts it. Full softmax cross-entropy over the
+catalogue (Klenitskiy & Vasilev, RecSys 2023), or past ``trainer.DENSE_MAX_ITEMS`` items the project's
+importance-sampled softmax with the log-q correction (``losses.sampled_softmax_loss``, ``sampler.AliasSampler``).
+As in HRNN-meta's trainer: where owners never repeat items the dense softmax leaves out each event's earlier
+items (``resolve_exclude_seen``'s rule), and equal-timestamp events are trained in a fresh order each epoch
+(``batches.tie_order``). Adam; early stopping on validation NDCG@10 (the best epoch is kept): the protocol's
+validation targets where the harness gives them (leave_one_out), else the held-out last event of up to
+``val_owners`` owners.
 
-Training
-    Each owner's training events form windows of ``max_len`` steps from the newest back (the paper keeps
-    only the newest window; older events train as further windows here): step t reads the items before
-    event t and predicts event t. Loss: the full softmax cross-entropy over the catalogue (Klenitskiy &
-    Vasilev, RecSys 2023: SASRec trained with it beats BERT4Rec; the paper's one sampled negative with a
-    binary loss is weaker), or, past ``hrnn_core.train.trainer.DENSE_MAX_ITEMS`` items, the project's
-    importance-sampled softmax with the log-q correction (``hrnn_core.model.losses.sampled_softmax_loss``,
-    negatives from ``hrnn_core.model.sampler.AliasSampler``), as HRNN-meta's trainer does. Where owners
-    never repeat items (ratings) the dense softmax leaves out each event's earlier items of its owner, as
-    the ranking does and as HRNN-meta's trainer does (``resolve_exclude_seen``'s rule). Events of one owner
-    with one timestamp are trained in a fresh random order each epoch (``hrnn_core.train.batches.tie_order``).
-    Adam, early stopping on validation NDCG@10 (the best epoch's weights are kept): the protocol's
-    validation targets where the harness gives them (``TrainData.early_stopping_snapshot_dir``,
-    leave_one_out), else the last event of up to ``val_owners`` training owners, held out of training.
-
-Scoring
-    The case's readable history (its last ``max_len`` items) -> ``F_n`` -> ``F_n . M_j`` for every item.
-    Items without training events have an untrained row: they get the project's cold-item policy for an
-    item with nothing to score it from (``hrnn_core.model.scoring.cold_policy``: ``NO_SCORE``, ranked below
-    every trained item). Seen items leave the ranking in the harness, as for every model.
+Scoring: the case's last n readable items -> ``F_n . M_j``. Items without training events get the project's
+cold-item policy for an item with nothing to score it from (``scoring.cold_policy``: ``NO_SCORE``).
 """
 
 from __future__ import annotations
@@ -41,6 +27,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -80,22 +67,19 @@ class SASRecConfig:
     early_stopping_metric: str = "ndcg@10"  # what early stopping maximises (harness.best_epoch reads it)
     threads: int = 0  # torch CPU threads (0: torch's default; 1 on a shared small machine)
     score_batch: int = 256  # cases per forward pass when scoring
+    progress: bool = False  # print each epoch's metrics (long fits)
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.hidden >= 1 and self.blocks >= 1 and self.heads >= 1, "hidden, blocks and heads must be >= 1"),
-            (self.hidden % self.heads == 0, f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})"),
-            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
-            (self.max_len >= 0 and self.max_len_cap >= 1, "max_len must be >= 0 (0 = from the data), max_len_cap >= 1"),
-            (0.0 < self.max_len_percentile <= 1.0, "max_len_percentile must be in (0, 1]"),
-            (self.output in ("auto", "dense", "sampled"), "output must be 'auto', 'dense' or 'sampled'"),
-            (self.exclude_seen in ("auto", "on", "off"), "exclude_seen must be 'auto', 'on' or 'off'"),
-            (min(self.batch_size, self.epochs, self.patience, self.n_negatives, self.score_batch) >= 1,
-             "batch_size, epochs, patience, n_negatives and score_batch must be >= 1"),
-            (self.lr > 0 and self.val_owners >= 0, "lr must be > 0 and val_owners >= 0"),
-            (self.early_stopping_metric == "ndcg@10", "early_stopping_metric must be 'ndcg@10'"),
-        ]
-        for ok, msg in checks:
+        counts = (self.hidden, self.blocks, self.heads, self.batch_size, self.epochs, self.patience, self.n_negatives,
+                  self.score_batch, self.max_len_cap)
+        for ok, msg in [
+            (min(counts) >= 1 and self.hidden % self.heads == 0, "sizes, epochs and patience must be >= 1, "
+             "hidden a multiple of heads"),
+            (0.0 <= self.dropout < 1.0 and 0.0 < self.max_len_percentile <= 1.0, "dropout in [0, 1), max_len_percentile in (0, 1]"),
+            (self.max_len >= 0 and self.lr > 0 and self.val_owners >= 0, "max_len >= 0 (0: from the data), lr > 0, val_owners >= 0"),
+            (self.output in ("auto", "dense", "sampled") and self.exclude_seen in ("auto", "on", "off"),
+             "output must be auto, dense or sampled; exclude_seen auto, on or off"),
+            (self.early_stopping_metric == "ndcg@10", "early_stopping_metric must be 'ndcg@10'")]:
             if not ok:
                 raise BaselineError(f"sasrec config: {msg}")
 
@@ -159,10 +143,9 @@ class SASRec(nn.Module):
 # --------------------------------------------------------------------------- training data
 
 
-@dataclass
-class Windows:
-    """Training windows: per window its owner row, inputs (W, n) (padding = n_items), targets (W, n) (-1 none)
-    and each step's position in its row (W, n)."""
+class Windows(NamedTuple):
+    """Training windows: owner row (W,), inputs (W, n) (padding = n_items), targets (W, n) (-1: none), each
+    step's position in its row (W, n)."""
 
     row: np.ndarray
     inputs: np.ndarray
@@ -170,14 +153,19 @@ class Windows:
     position: np.ndarray
 
 
+def _events(offsets: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, position in the row, flat index) of every event in ``[offsets[r], ends[r])`` of each row r."""
+    lengths = ends - offsets[:-1]
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    p = np.arange(len(row)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return row, p, offsets[:-1][row] + p
+
+
 def make_windows(offsets: np.ndarray, items: np.ndarray, ends: np.ndarray, n_items: int, n: int) -> Windows:
     """Windows of ``n`` steps over each row's events ``[offsets[r], ends[r])``, newest first: the step of
     event p reads item p - 1 (padding for a row's first event) and predicts item p."""
-    lengths = ends - offsets[:-1]
-    row = np.repeat(np.arange(len(lengths)), lengths)  # (E',) row of each training event
-    p = np.arange(len(row)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # position in its row
-    idx = offsets[:-1][row] + p  # flat index
-    back = lengths[row] - 1 - p  # 0 = the row's newest training event
+    row, p, idx = _events(offsets, ends)
+    back = ends[row] - 1 - idx  # 0 = the row's newest training event
     chunk = back // n
     key = np.unique(row.astype(np.int64) * (int(chunk.max(initial=0)) + 1) + chunk, return_inverse=True)[1]
     w = key.reshape(-1)
@@ -194,18 +182,27 @@ def make_windows(offsets: np.ndarray, items: np.ndarray, ends: np.ndarray, n_ite
     return Windows(win_row, inputs, targets, position)
 
 
+def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, pool: int = 16) -> list[np.ndarray]:
+    """Index batches in a random order, each drawn from a random pool of ``pool`` batches sorted by length, so
+    a batch's windows have similar lengths and little padding is computed."""
+    order = rng.permutation(len(lengths))
+    batches = []
+    for lo in range(0, len(order), batch_size * pool):
+        group = order[lo:lo + batch_size * pool]
+        group = group[np.argsort(lengths[group], kind="stable")]
+        batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def first_positions(offsets: np.ndarray, items: np.ndarray, ends: np.ndarray, n_items: int):
     """CSR of each row's first position of each of its items: (indptr (rows + 1,), item, position)."""
-    lengths = ends - offsets[:-1]
-    row = np.repeat(np.arange(len(lengths)), lengths)
-    p = np.arange(len(row)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    keys, first = np.unique(row.astype(np.int64) * n_items + items[offsets[:-1][row] + p], return_index=True)
-    indptr = np.searchsorted(keys // n_items, np.arange(len(lengths) + 1))
+    row, p, idx = _events(offsets, ends)
+    keys, first = np.unique(row.astype(np.int64) * n_items + items[idx], return_index=True)
+    indptr = np.searchsorted(keys // n_items, np.arange(len(ends) + 1))
     return indptr, keys % n_items, p[first]
 
 
-@dataclass
-class Validation:
+class Validation(NamedTuple):
     """Validation cases: histories (a sequences table), rows, readable events, target items."""
 
     sequences: pa.Table
@@ -322,6 +319,8 @@ class SASRecScorer(Scorer):
             metrics = {"epoch": epoch + 1, "train_loss": loss, **self._validate(val),
                        "seconds": round(time.perf_counter() - t0, 2)}
             self.history.append(metrics)
+            if cfg.progress:
+                print(f"sasrec epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), flush=True)
             if metrics.get("ndcg@10", 0.0) > best or best_state is None:
                 best, bad = metrics.get("ndcg@10", 0.0), 0
                 best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -341,17 +340,17 @@ class SASRecScorer(Scorer):
         seen = first_positions(offsets, items, ends, n_items) if self.exclude_seen else None
         model.train()
         total, count = 0.0, 0
-        order = rng.permutation(len(win.row))
-        for lo in range(0, len(order), cfg.batch_size):
-            sel = order[lo:lo + cfg.batch_size]
-            target = torch.as_tensor(win.targets[sel], device=dev)  # (B, n)
+        for sel in length_batches((win.targets >= 0).sum(1), cfg.batch_size, rng):
+            width = int((win.targets[sel] >= 0).sum(1).max())  # the batch's longest window: the rest is padding
+            target = torch.as_tensor(win.targets[sel, -width:], device=dev)  # (B, w)
             valid = target >= 0
-            h = model(torch.as_tensor(win.inputs[sel], device=dev))[valid]  # (N, d)
+            h = model(torch.as_tensor(win.inputs[sel, -width:], device=dev))[valid]  # (N, d)
             y = target[valid]  # (N,)
             if sampler is None:
                 logits = h @ model.item_table().T  # (N, n_items), eq. (6)
                 if seen is not None:
-                    logits = logits.masked_fill(self._seen_mask(seen, win, sel, valid, y), float("-inf"))
+                    mask = self._seen_mask(seen, win.row[sel], win.position[sel, -width:], valid, y)
+                    logits = logits.masked_fill(mask, float("-inf"))
                 loss = F.cross_entropy(logits, y, reduction="sum")
             else:
                 loss = self._sampled_loss(h, y, sampler)
@@ -364,19 +363,18 @@ class SASRecScorer(Scorer):
             total, count = total + float(loss.detach()), count + n
         return total / max(count, 1)
 
-    def _seen_mask(self, seen, win: Windows, sel: np.ndarray, valid: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(N, n_items) bool: the items the owner had before each predicted event (never its own target)."""
+    def _seen_mask(self, seen, rows: np.ndarray, position: np.ndarray, valid: torch.Tensor, y: torch.Tensor
+                   ) -> torch.Tensor:
+        """(N, n_items) bool: the items the owner had before each predicted event (never its own target);
+        ``rows`` (B,) the windows' rows, ``position`` (B, w) each step's position in its row."""
         indptr, item, first = seen
-        rows = win.row[sel]
         starts, lengths = indptr[rows], indptr[rows + 1] - indptr[rows]
         which = np.repeat(np.arange(len(rows)), lengths)
         idx = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
-        first_pos = torch.full((len(rows), self.model.n_items), np.iinfo(np.int64).max, dtype=torch.long)
-        first_pos[torch.as_tensor(which), torch.as_tensor(item[idx])] = torch.as_tensor(first[idx])
-        first_pos = first_pos.to(self.device)
-        b_of = torch.arange(len(rows), device=self.device)[:, None].expand_as(valid)[valid]  # (N,) window in batch
-        p = torch.as_tensor(win.position[sel], device=self.device)[valid]  # (N,) position in the row
-        mask = first_pos[b_of] < p[:, None]  # (N, n_items)
+        first_pos = torch.full((len(rows), self.model.n_items), np.iinfo(np.int32).max, dtype=torch.int32)
+        first_pos[torch.as_tensor(which), torch.as_tensor(item[idx])] = torch.as_tensor(first[idx], dtype=torch.int32)
+        p = torch.as_tensor(position, dtype=torch.int32, device=self.device)  # (B, w)
+        mask = (first_pos.to(self.device)[:, None, :] < p[:, :, None])[valid]  # (N, n_items)
         mask[torch.arange(len(y), device=self.device), y] = False
         return mask
 
@@ -430,15 +428,15 @@ class SASRecScorer(Scorer):
         w = model.item_table().float()
         w, b = cold_policy(w, torch.zeros(n_items, device=w.device), ~self.trained_items,
                            torch.zeros(n_items, dtype=torch.bool, device=w.device), 0.0)  # (n, d), (n,)
-        flat = flat_events(batch.sequences)
-        out = []
-        for lo in range(0, len(batch.rows), self.config.score_batch):
-            hist, _ = last_items(flat, np.asarray(batch.rows)[lo:lo + self.config.score_batch],
-                                 np.asarray(batch.pos)[lo:lo + self.config.score_batch], model.max_len)  # (b, n)
-            seq = torch.as_tensor(np.where((hist >= 0) & (hist < n_items), hist, n_items), device=self.device)
-            h = model(seq)[:, -1]  # (b, d): F at the newest item
-            out.append((h.float() @ w.T + b).cpu())  # (b, n_items)
-        return torch.cat(out) if out else torch.zeros(0, n_items)
+        hist, n = last_items(flat_events(batch.sequences), np.asarray(batch.rows), np.asarray(batch.pos), model.max_len)
+        order = np.argsort(n, kind="stable")  # similar lengths together: little padding computed
+        out = torch.zeros(len(order), n_items)
+        for lo in range(0, len(order), self.config.score_batch):
+            sel = order[lo:lo + self.config.score_batch]
+            part = hist[sel, -max(1, int(n[sel].max())):]  # (b, w) the newest w items, -1 = padding
+            seq = torch.as_tensor(np.where((part >= 0) & (part < n_items), part, n_items), device=self.device)
+            out[torch.as_tensor(sel)] = (model(seq)[:, -1].float() @ w.T + b).cpu()  # F at the newest item, eq. (6)
+        return out
 
     # ------------------------------------------------------------------ persistence
 
