@@ -46,7 +46,7 @@ SAMPLED_CHUNK = 2048  # sampled softmax: positions whose (rows x candidates) sco
 
 @dataclass(frozen=True)
 class SASRecConfig:
-    hidden: int = 64  # d: item/position embedding and block width (the paper's 50; 64 tuned on ml-100k validation)
+    hidden: int = 64  # d: item/position embedding and block width (the paper's 50; 64 as HRNN-meta's smallest; 128 untried)
     blocks: int = 2  # self-attention blocks (the paper's 2)
     heads: int = 1  # attention heads (the paper: one head was as good)
     dropout: float = 0.2  # on embeddings, attention weights and block outputs (paper: 0.2 dense data, 0.5 sparse)
