@@ -353,7 +353,7 @@ def evaluate_command(
     names = check_models([m.strip() for m in models.split(",") if m.strip()], where="--models")
     protocol_params = argcheck.parse_json_object(params, "--params")
     check_protocol(protocol, protocol_params)
-    if {"hrnn", "gru"} & set(names):
+    if {"hrnn", "gru", "sasrec"} & set(names):  # the models that train on train.device
         check_device(cfg.train.device, "train config: device")
     if dataset:
         argcheck.check_dataset(dataset)
