@@ -89,8 +89,8 @@ def assert_fails_first(data_dir: Path, args: list[str], *names: str) -> str:
 
 def test_evaluate_unknown_model_fails_before_fetch_and_ingest(data_dir: Path) -> None:
     """The issue's example: it used to fetch, ingest and train HRNN-meta for six minutes first."""
-    out = assert_fails_first(data_dir, ["evaluate", "--dataset", "ml-100k", "--models", "hrnn,sasrec"],
-                             "unknown model 'sasrec'")
+    out = assert_fails_first(data_dir, ["evaluate", "--dataset", "ml-100k", "--models", "hrnn,bert4rec"],
+                             "unknown model 'bert4rec'")
     assert "hrnn" in out and "pop" in out  # it lists the known ones
 
 
@@ -154,7 +154,7 @@ def test_unknown_config_key_fails_first(data_dir: Path, tmp_path: Path, command:
 
 @pytest.mark.parametrize("command", [["demo"], ["airflow"]])
 @pytest.mark.parametrize("setting, names", [
-    ('[retrain]\nmodels = ["hrnn", "sasrec"]\n', ["unknown model 'sasrec'"]),
+    ('[retrain]\nmodels = ["hrnn", "bert4rec"]\n', ["unknown model 'bert4rec'"]),
     ('[retrain]\ngate_metric = "ndcg@11"\n', ["ndcg@11"]),
     ('[train]\ndevice = "gpu"\n', ["'gpu'"]),
 ])

@@ -69,7 +69,7 @@ def test_dagbag_imports_cleanly_without_heavy_modules(tmp_path):
 
 
 @pytest.mark.parametrize("toml, names", [
-    ('[retrain]\nmodels = ["hrnn", "sasrec"]\n', ["retrain config: models", "unknown model 'sasrec'"]),
+    ('[retrain]\nmodels = ["hrnn", "bert4rec"]\n', ["retrain config: models", "unknown model 'bert4rec'"]),
     ('[retrain]\nmodels = ["hrnn", "pop", "pop"]\n', ["pop", "more than once"]),
     ('[retrain]\ngate_metric = "ndcg@11"\n', ["gate_metric 'ndcg@11'"]),
     ('[retrain]\ngate_metric = "coverage@10"\n', ["gate_metric 'coverage@10'"]),  # no per-event values
@@ -105,13 +105,13 @@ def test_retrain_dag_fails_on_a_bad_setting_before_the_snapshot(airflow_home, tm
     data = tmp_path / "data"
     data.mkdir()
     conf = tmp_path / "hrnn.toml"
-    conf.write_text('[retrain]\nmodels = ["hrnn", "sasrec"]\n')
+    conf.write_text('[retrain]\nmodels = ["hrnn", "bert4rec"]\n')
     env = airflow_env(airflow_home, data)
     env["HRNN_CONFIG"] = str(conf)
     proc = subprocess.run([AIRFLOW, "dags", "test", "hrnn_retrain", "2026-11-23T00:00:00+00:00"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
-    assert "unknown model 'sasrec'" in proc.stdout + proc.stderr
+    assert "unknown model 'bert4rec'" in proc.stdout + proc.stderr
     # the snapshot task never ran: no warehouse opened, no snapshot, no run folder
     assert sorted(p.name for p in data.iterdir()) == []
 

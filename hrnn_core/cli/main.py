@@ -329,7 +329,7 @@ def evaluate_command(
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="ml-100k (fetched), or a shared dataset name with --path.")] = None,
     path: Annotated[Optional[Path], typer.Option("--path", help="Raw dataset folder for --dataset (see `hrnn datasets list`).")] = None,
     protocol: Annotated[str, typer.Option("--protocol", help="leave_one_out | temporal | user_holdout | cold_start_items | rolling.")] = "leave_one_out",
-    models: Annotated[str, typer.Option("--models", help="Comma-separated: hrnn,pop,recent_pop,bpr,fm,gru.")] = "hrnn,pop,recent_pop,bpr,fm,gru",
+    models: Annotated[str, typer.Option("--models", help="Comma-separated: hrnn,pop,recent_pop,bpr,fm,gru,sasrec.")] = "hrnn,pop,recent_pop,bpr,fm,gru",
     output: Annotated[Optional[Path], typer.Option("--output", help="Write the report JSON here (per-event arrays beside it).")] = None,
     chart: Annotated[Optional[Path], typer.Option("--chart", help="PNG chart path (default: beside --output, else data dir).")] = None,
     html: Annotated[Optional[Path], typer.Option("--html", help="HTML report path (default: beside --output, else data dir).")] = None,
@@ -354,7 +354,7 @@ def evaluate_command(
     names = check_models([m.strip() for m in models.split(",") if m.strip()], where="--models")
     protocol_params = argcheck.parse_json_object(params, "--params")
     check_protocol(protocol, protocol_params)
-    if {"hrnn", "gru"} & set(names):
+    if {"hrnn", "gru", "sasrec"} & set(names):  # the models that train on train.device
         check_device(cfg.train.device, "train config: device")
     if dataset:
         argcheck.check_dataset(dataset)
@@ -373,7 +373,8 @@ def evaluate_command(
         snap = export_snapshot(con, cfg)
     apply_torch_threads(cfg.train.threads)  # BPR/FM and the scoring too, not only HRNN-meta's training
     options = {"hrnn": {"model": cfg.model, "train": cfg.train},
-               "gru": {"model": cfg.model, "train": cfg.train}}
+               "gru": {"model": cfg.model, "train": cfg.train},
+               "sasrec": {"device": cfg.train.device, "threads": cfg.train.threads}}  # its device and threads as HRNN-meta's
     chart_path = chart or (output.with_suffix(".png") if output else cfg.paths.reports_dir / f"{dataset or 'warehouse'}-{protocol}.png")
     report = run_evaluation(
         snap.path, protocol, names, dataset=dataset or "", protocol_params=protocol_params,

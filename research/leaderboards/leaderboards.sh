@@ -27,22 +27,30 @@ seeds() {  # dataset protocol params-json "seeds": those seeds of hrnn, gru, fm,
   .venv/bin/python research/leaderboards/seed_mean_test.py "$base.json" "${files[@]}" --output "$base.seed_mean.json" \
     --by-owner --params "${3:-"{}"}"
 }
-rerun_hrnn() {  # dataset protocol params-json "seeds": HRNN-meta alone re-run on each seed (a new default),
-  # merged into the existing reports (merge_leaderboard.py: the other models untouched, paired tests
-  # recomputed), then the seed-mean tests again; run it after the seeds above exist
+rerun_hrnn() { rerun_model hrnn "$@"; }
+rerun_model() {  # model dataset protocol params-json "seeds": one model alone (re-)run on each seed (a new
+  # default, or a model added to the leaderboards: sasrec), merged into the existing reports
+  # (merge_leaderboard.py: the other models untouched, paired tests recomputed), then the seed-mean
+  # tests again; run it after the seeds above exist
+  local model="$1"; shift
   local base="bench/results/leaderboard_$1_$2" extra=() files=() tmp
   [ -n "${3:-}" ] && extra+=(--params "$3")
   tmp=$(mktemp -d)
   for seed in $4; do
     local sfx=""; [ "$seed" = 0 ] || sfx=".seed$seed"
-    echo "== $1 / $2, hrnn only, seed $seed ${3:-}"
-    $HRNN evaluate --dataset "$1" --protocol "$2" --models hrnn --seed "$seed" --output "$tmp/run$sfx.json" "${extra[@]}"
-    .venv/bin/python research/leaderboards/merge_leaderboard.py "$base$sfx.json" "$tmp/run$sfx.json" --models hrnn
+    echo "== $1 / $2, $model only, seed $seed ${3:-}"
+    $HRNN evaluate --dataset "$1" --protocol "$2" --models "$model" --seed "$seed" --output "$tmp/run$sfx.json" "${extra[@]}"
+    .venv/bin/python research/leaderboards/merge_leaderboard.py "$base$sfx.json" "$tmp/run$sfx.json" --models "$model"
   done
   rm -rf "$tmp"
-  for f in "$base".seed[0-9]*.json; do files+=("$f"); done  # every seed's report, re-run or not
-  .venv/bin/python research/leaderboards/seed_mean_test.py "$base.json" "${files[@]}" --output "$base.seed_mean.json" \
-    --by-owner --params "${3:-"{}"}"
+  local mean_out="$base.seed_mean.json"
+  if [ "$model" = hrnn ]; then
+    files=("$base.json"); for f in "$base".seed[0-9]*.json; do files+=("$f"); done  # every seed's report, re-run or not
+  else  # an added model: the seed-mean tests over the seeds it ran (seed_mean_test keeps models in every report)
+    mean_out="$base.seed_mean_$model.json"
+    for seed in $4; do if [ "$seed" = 0 ]; then files+=("$base.json"); else files+=("$base.seed$seed.json"); fi; done
+  fi
+  .venv/bin/python research/leaderboards/seed_mean_test.py "${files[@]}" --output "$mean_out" --by-owner --params "${3:-"{}"}"
 }
 only="${1:-all}"
 case "$only" in
@@ -63,4 +71,9 @@ case "$only" in
   rerun-hrnn-ml-100k-temporal) rerun_hrnn ml-100k temporal "" "${SEEDS:-0 1 2 3 4}" ;;
   rerun-hrnn-ml-latest-small) rerun_hrnn ml-latest-small temporal "" "${SEEDS:-0 1 2}" ;;
   rerun-hrnn-yoochoose) rerun_hrnn yoochoose temporal '{"exclude_seen": false}' "${SEEDS:-0 1 2}" ;;
+  # SASRec (issue 20) added to the existing reports, seed by seed (SEEDS="0 1 2" as time allows)
+  sasrec-ml-100k-loo) rerun_model sasrec ml-100k leave_one_out "" "${SEEDS:-0 1 2 3 4}" ;;
+  sasrec-ml-100k-temporal) rerun_model sasrec ml-100k temporal "" "${SEEDS:-0 1 2 3 4}" ;;
+  sasrec-ml-latest-small) rerun_model sasrec ml-latest-small temporal "" "${SEEDS:-0 1 2}" ;;
+  sasrec-yoochoose) rerun_model sasrec yoochoose temporal '{"exclude_seen": false}' "${SEEDS:-0 1 2}" ;;
 esac

@@ -4,6 +4,8 @@ Reads the seed reports' ``.per_event.npz`` (cases in the same order in every run
 model's per-event metric over the seeds and prints the mean over the test events of returning users
 (the user owns training events, so models with ``model.use_user_id`` know their id) and of new users.
 ``--before`` names the same reports at an earlier git commit, for the HRNN-meta rows of then.
+``--popularity`` adds the groups by the target's training popularity (``breakdowns.popularity_buckets``, the
+HTML report's buckets); ``--models hrnn,sasrec`` compares other models (issue 20).
 
     .venv/bin/python research/leaderboards/returning_users.py data/snapshots/a6e23c1cae551bc8 --protocol temporal \\
         bench/results/leaderboard_ml-100k_temporal{,.seed1,.seed2,.seed3,.seed4}.json --before b28e1f1
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hrnn_core.evaluation.breakdowns import user_segments
+from hrnn_core.evaluation.breakdowns import popularity_buckets, user_segments
 from hrnn_core.evaluation.protocols import build_split
 from hrnn_core.evaluation.splits import SnapshotData
 
@@ -45,11 +47,14 @@ def main() -> None:
     ap.add_argument("--params", default="{}")
     ap.add_argument("--models", default="hrnn,gru")
     ap.add_argument("--before", default=None, help="git commit of earlier reports (HRNN-meta rows of then)")
+    ap.add_argument("--popularity", action="store_true", help="also by the target's training popularity")
     args = ap.parse_args()
     split = build_split(args.protocol, SnapshotData.load(args.snapshot), **json.loads(args.params))
     segments = user_segments(split)  # the one definition (hrnn_core.evaluation.breakdowns), as in the HTML report
     returning = segments["returning users"]
     groups = {"returning": returning, "new": segments["new users"]}
+    if args.popularity:
+        groups.update({f"{k} ({int(m.sum())})": m for k, m in (popularity_buckets(split) or {}).items()})
     print(f"{args.protocol}: {len(returning):,} test events; returning users "
           f"{len(set(split.test.owner[returning].tolist()))} ({int(returning.sum()):,} events), new users "
           f"{len(set(split.test.owner[~returning].tolist()))} ({int((~returning).sum()):,} events); "
@@ -58,9 +63,11 @@ def main() -> None:
         cols = {m: per_event(args.reports, m, metric) for m in args.models.split(",")}
         if args.before:
             cols[f"hrnn@{args.before[:7]}"] = per_event(args.reports, "hrnn", metric, args.before)
-        print(f"{metric:<10}{'users':<11}" + "".join(f"{c:>16}" for c in cols))
+        width = max(len(g) for g in groups) + 1
+        print(f"{metric:<10}{'users':<{width}}" + "".join(f"{c:>16}" for c in cols))
         for name, mask in groups.items():
-            print(f"{'':<10}{name:<11}" + "".join(f"{v[mask].mean():>16.4f}" for v in cols.values()))
+            print(f"{'':<10}{name:<{width}}" + "".join(f"{v[mask].mean() if mask.any() else float('nan'):>16.4f}"
+                                                        for v in cols.values()))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,140 @@
+"""Tune SASRec's default config on VALIDATION data only (never on test), as HRNN-meta's was (tune_hrnn.py).
+
+For each protocol on an ml-100k snapshot: ``split = build_split(protocol, snapshot)``; every candidate fits
+``SASRecScorer`` on the split's ``valid_train`` part (early stopping on the last event of up to 1,000 of its
+owners, held out of training, as HRNN-meta's tuning did) and scores ``split.valid`` through the harness
+(``score_cases``: full ranking, the protocol's seen-item exclusion). Test cases are never scored.
+
+Candidates set fields of ``SASRecConfig`` on top of BASE (the paper's settings at d = 64); every other field
+keeps its default. Results are cached per (protocol, candidate, seed) in the JSON, so an interrupted run
+resumes; ``--force`` refits. One fit at a time, torch threads = 1 (shared 2-core machine).
+
+    .venv/bin/python research/tuning/tune_sasrec.py --snapshot data/snapshots/<id>             # every candidate
+    .venv/bin/python research/tuning/tune_sasrec.py --snapshot ... --protocols temporal --only base,h128
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from hrnn_core.evaluation.baselines.sasrec import SASRecConfig, SASRecScorer
+from hrnn_core.evaluation.harness import score_cases, train_data
+from hrnn_core.evaluation.protocols import build_split
+from hrnn_core.evaluation.splits import SnapshotData
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "tune_sasrec.json"
+
+# The paper's settings (2 blocks, one head, dropout 0.2 for MovieLens, lr 1e-3) at d = 64; n from the data
+# (max_len 0: the 90th percentile of training history lengths, capped at 200, the paper's n for MovieLens)
+BASE = {"hidden": 64, "blocks": 2, "heads": 1, "dropout": 0.2, "lr": 1e-3, "max_len": 0}
+
+# name -> overrides of BASE: one change at a time (the issue's grid: hidden, blocks, dropout, lr, max_len)
+GRID: dict[str, dict] = {
+    "base": {},
+    "h128": {"hidden": 128},
+    "b1": {"blocks": 1},
+    "drop0.5": {"dropout": 0.5},
+    "lr3e-3": {"lr": 3e-3},
+    "n50": {"max_len": 50},
+    # stage 2, around lr 3e-3 (stage 1's lr 1e-3 was still climbing when stopped: docs/evaluation/sasrec.md)
+    "lr3e-3_n50": {"lr": 3e-3, "max_len": 50},
+    "lr3e-3_h128": {"lr": 3e-3, "hidden": 128},
+    "lr3e-3_b1": {"lr": 3e-3, "blocks": 1},
+    "lr3e-3_drop0.5": {"lr": 3e-3, "dropout": 0.5},
+}
+MAX_SECONDS = 480.0  # each fit stops after the epoch that passes this (one locked command stays under 10 min)
+CHOSEN = "lr3e-3"  # the candidate whose settings are SASRecConfig's defaults (docs/evaluation/sasrec.md)
+
+
+def config(name: str) -> SASRecConfig:
+    return SASRecConfig(**{**BASE, **GRID[name], "threads": 1, "progress": True, "max_seconds": MAX_SECONDS})
+
+
+def run_one(split, name: str, seed: int) -> dict:
+    """Fit candidate ``name`` on (valid_train, its own held-out events), score ``split.valid``: one row."""
+    cfg = config(name)
+    with tempfile.TemporaryDirectory(prefix="tune-sasrec-") as work:
+        data = train_data(split, "valid_train", seed, Path(work))
+        scorer = SASRecScorer(device="cpu", **dataclasses.asdict(cfg))
+        t = time.perf_counter()
+        scorer.fit(data)
+        fit_s = time.perf_counter() - t
+        acc, score_s = score_cases(scorer, split.valid, split.n_items)
+    s, hist = acc.summary(), scorer.history
+    best = max(hist, key=lambda h: h.get("ndcg@10", -1.0))
+    return {
+        "protocol": split.protocol, "config": name, "seed": seed, "overrides": GRID[name],
+        "valid_ndcg@10": s.get("ndcg@10"), "valid_recall@10": s.get("recall@10"), "valid_mrr@10": s.get("mrr@10"),
+        "valid_ppl": s.get("ppl"), "valid_cases": len(split.valid),
+        "fit_seconds": round(fit_s, 1), "score_seconds": round(score_s, 1),
+        "epochs_run": len(hist), "best_epoch": best["epoch"], "max_len": scorer.model.max_len,
+        "stopped_by_time": hist[-1]["seconds"] > MAX_SECONDS,
+        "exclude_seen_in_training": scorer.exclude_seen,
+        "es_val_ndcg@10_per_epoch": [round(h.get("ndcg@10", float("nan")), 4) for h in hist],
+        "config_full": dataclasses.asdict(cfg),
+    }
+
+
+def table(rows: list[dict]) -> str:
+    head = f"{'protocol':<14}{'config':<16}{'seed':>5}{'NDCG@10':>9}{'Rec@10':>9}{'PPL':>8}{'fit s':>8}{'epochs':>8}{'best':>6}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['protocol']:<14}{r['config']:<16}{r['seed']:>5d}{r['valid_ndcg@10']:>9.4f}"
+                     f"{r['valid_recall@10']:>9.4f}{(r['valid_ppl'] or float('nan')):>8.0f}{r['fit_seconds']:>8.0f}"
+                     f"{r['epochs_run']:>8d}{r['best_epoch']:>6d}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--snapshot", type=Path, required=True, help="snapshot folder (ml-100k)")
+    ap.add_argument("--protocols", default="leave_one_out,temporal")
+    ap.add_argument("--only", default="", help="comma-separated candidate names (default: all of GRID)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--force", action="store_true", help="refit candidates already in --out")
+    ap.add_argument("--params", default="{}", help='protocol parameters as JSON, e.g. \'{"exclude_seen": false}\'')
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    names = [n for n in args.only.split(",") if n] or list(GRID)
+    unknown = set(names) - set(GRID)
+    if unknown:
+        raise SystemExit(f"unknown candidates {sorted(unknown)}; known: {list(GRID)}")
+    report = json.loads(args.out.read_text()) if args.out.exists() else {}
+    report.setdefault("runs", [])
+    report.update({"snapshot": str(args.snapshot), "machine": f"{platform.machine()} {platform.processor()}".strip(),
+                   "torch": torch.__version__, "threads": 1, "base": BASE,
+                   "note": "fit on Split.valid_train, scored on Split.valid; test never scored"})
+    data = SnapshotData.load(args.snapshot)
+    report["snapshot_id"] = data.snapshot_id
+    for protocol in [p for p in args.protocols.split(",") if p]:
+        split = build_split(protocol, data, **json.loads(args.params))
+        print(split.describe(), flush=True)
+        for name in names:
+            key = (protocol, name, args.seed)
+            if any((r["protocol"], r["config"], r["seed"]) == key for r in report["runs"]) and not args.force:
+                print(f"{protocol} {name}: cached", flush=True)
+                continue
+            print(f"{protocol} {name}: fitting ...", flush=True)
+            row = run_one(split, name, args.seed)
+            report["runs"] = [r for r in report["runs"] if (r["protocol"], r["config"], r["seed"]) != key] + [row]
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2, default=float) + "\n")
+            print(f"{protocol} {name}: valid ndcg@10 {row['valid_ndcg@10']:.4f} recall@10 {row['valid_recall@10']:.4f}; "
+                  f"fit {row['fit_seconds']:.0f} s, {row['epochs_run']} epochs (best {row['best_epoch']})", flush=True)
+    order = {n: i for i, n in enumerate(GRID)}
+    print(table(sorted(report["runs"], key=lambda r: (r["protocol"], order.get(r["config"], -1), r["seed"]))))
+    same = config(CHOSEN) == SASRecConfig(threads=1, progress=True, max_seconds=MAX_SECONDS)
+    print(f"chosen: {CHOSEN} = {GRID[CHOSEN]}; equal to the current defaults: {same}")
+
+
+if __name__ == "__main__":
+    main()
