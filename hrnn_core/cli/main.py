@@ -353,7 +353,7 @@ def evaluate_command(
     names = check_models([m.strip() for m in models.split(",") if m.strip()], where="--models")
     protocol_params = argcheck.parse_json_object(params, "--params")
     check_protocol(protocol, protocol_params)
-    if {"hrnn", "gru"} & set(names):
+    if {"hrnn", "gru", "hgru"} & set(names):
         check_device(cfg.train.device, "train config: device")
     if dataset:
         argcheck.check_dataset(dataset)
@@ -371,7 +371,8 @@ def evaluate_command(
     with connect(cfg) as con:
         snap = export_snapshot(con, cfg)
     options = {"hrnn": {"model": cfg.model, "train": cfg.train},
-               "gru": {"model": cfg.model, "train": cfg.train}}
+               "gru": {"model": cfg.model, "train": cfg.train},
+               "hgru": {"model": cfg.model, "train": cfg.train}}
     chart_path = chart or (output.with_suffix(".png") if output else cfg.paths.reports_dir / f"{dataset or 'warehouse'}-{protocol}.png")
     report = run_evaluation(
         snap.path, protocol, names, dataset=dataset or "", protocol_params=protocol_params,
