@@ -185,7 +185,7 @@ def evaluate_split(split: Split, models: list[str], *, seed: int = 0, model_opti
                     facc, _ = score_cases(scorer, frame.cases, split.n_items, batch_size, catalog)
                     frames.append({"start": frame.start, "end": frame.end, **facc.summary()})
             acc, score_s = score_cases(scorer, split.test, split.n_items, batch_size, catalog)
-            per_event = {m: acc.per_event(m) for m in ("ndcg@10", "recall@10", "mrr@10")}
+            per_event = {m: acc.per_event(m) for m in ("ndcg@10", "recall@10", "mrr@10", "mrr@20")}
             summary = acc.summary()
             history = getattr(scorer, "history", None)
             if history:  # trained networks (HRNN-meta, GRU): how long early stopping let them train
@@ -193,6 +193,8 @@ def evaluate_split(split: Split, models: list[str], *, seed: int = 0, model_opti
 
                 summary["epochs_run"] = len(history)
                 summary["best_epoch"] = best_epoch(history, scorer.train_cfg)
+                speeds = [h["events_per_s"] for h in history if "events_per_s" in h]  # training cost (HGRU vs HRNN)
+                summary["train_events_per_s"] = float(np.median(speeds)) if speeds else None
             if getattr(scorer, "trend_weight", None) is not None:  # the eq. (5) term it scored with (0: none)
                 summary["trend_weight"] = float(scorer.trend_weight)
                 if scorer.trend_weight:
