@@ -126,9 +126,10 @@ class HGRUScorer(Scorer):
     name = "hgru"
     outputs_distribution = True  # softmax logits over the catalogue (+ the repeat term, as HRNN-meta's)
 
-    def __init__(self, model: ModelConfig | None = None, train: TrainConfig | None = None,
+    def __init__(self, model: ModelConfig | dict | None = None, train: TrainConfig | dict | None = None,
                  device: str | None = None, batch_size: int = 256):
-        self.model_cfg, self.train_cfg = model or ModelConfig(), train or TrainConfig()  # as the plain GRU's
+        self.model_cfg = ModelConfig(**model) if isinstance(model, dict) else model or ModelConfig()  # the GRU's
+        self.train_cfg = TrainConfig(**train) if isinstance(train, dict) else train or TrainConfig()
         if device is not None:
             self.train_cfg = dataclasses.replace(self.train_cfg, device=device)
         self.device = resolve_device(self.train_cfg.device)
