@@ -110,6 +110,16 @@ def test_ppl_of_uniform_scorer_is_catalog_size():
     assert nll(torch.tensor([[0.0, math.log(3.0)]]), [1]).item() == pytest.approx(-math.log(0.75))
 
 
+def test_ppl_is_infinite_not_an_error_when_a_target_cannot_be_scored():
+    """A model without metadata scores items it never trained on NO_SCORE (-1e9): such a target makes the
+    PPL infinite (taobao's cold targets for the plain GRU and HGRU), not an OverflowError."""
+    acc = Accumulator(n_items=4, ks=(2,))
+    logits = torch.tensor([[3.0, 2.0, 1.0, -1e9], [3.0, 2.0, 1.0, -1e9]])
+    acc.add(logits, [0, 3], logits=logits)
+    summary = acc.summary()
+    assert summary["ppl"] == math.inf and summary["hit@2"] == pytest.approx(0.5)
+
+
 def test_coverage_and_summary_keys():
     acc = Accumulator(n_items=6, ks=(2,))
     scores = torch.tensor([[6.0, 5, 4, 3, 2, 1], [6.0, 5, 4, 3, 2, 1]])

@@ -354,7 +354,7 @@ def evaluate_command(
     names = check_models([m.strip() for m in models.split(",") if m.strip()], where="--models")
     protocol_params = argcheck.parse_json_object(params, "--params")
     check_protocol(protocol, protocol_params)
-    if {"hrnn", "gru", "sasrec"} & set(names):  # the models that train on train.device
+    if {"hrnn", "gru", "hgru", "sasrec"} & set(names):  # the models that train on train.device
         check_device(cfg.train.device, "train config: device")
     if dataset:
         argcheck.check_dataset(dataset)
@@ -374,6 +374,7 @@ def evaluate_command(
     apply_torch_threads(cfg.train.threads)  # BPR/FM and the scoring too, not only HRNN-meta's training
     options = {"hrnn": {"model": cfg.model, "train": cfg.train},
                "gru": {"model": cfg.model, "train": cfg.train},
+               "hgru": {"model": cfg.model, "train": cfg.train},
                "sasrec": {"device": cfg.train.device, "threads": cfg.train.threads}}  # its device and threads as HRNN-meta's
     chart_path = chart or (output.with_suffix(".png") if output else cfg.paths.reports_dir / f"{dataset or 'warehouse'}-{protocol}.png")
     report = run_evaluation(

@@ -74,13 +74,18 @@ def scorer_factories() -> dict[str, Callable[..., Scorer]]:
 
         return SASRecScorer(**kw)
 
+    def hgru(**kw):
+        from hrnn_core.evaluation.baselines.hgru import HGRUScorer  # noqa: PLC0415
+
+        return HGRUScorer(**kw)
+
     def random(**kw):
         from hrnn_core.evaluation.baselines.uniform import UniformRandomScorer  # noqa: PLC0415
 
         return UniformRandomScorer(**kw)
 
     return {"pop": pop, "recent_pop": recent_pop, "bpr": bpr, "fm": fm, "hrnn": hrnn, "gru": gru, "random": random,
-            "sasrec": sasrec}
+            "sasrec": sasrec, "hgru": hgru}
 
 
 def make_scorer(name: str, **options) -> Scorer:
@@ -185,7 +190,7 @@ def evaluate_split(split: Split, models: list[str], *, seed: int = 0, model_opti
                     facc, _ = score_cases(scorer, frame.cases, split.n_items, batch_size, catalog)
                     frames.append({"start": frame.start, "end": frame.end, **facc.summary()})
             acc, score_s = score_cases(scorer, split.test, split.n_items, batch_size, catalog)
-            per_event = {m: acc.per_event(m) for m in ("ndcg@10", "recall@10", "mrr@10")}
+            per_event = {m: acc.per_event(m) for m in ("ndcg@10", "recall@10", "mrr@10", "mrr@20")}
             summary = acc.summary()
             history = getattr(scorer, "history", None)
             if history:  # trained networks (HRNN-meta, GRU): how long early stopping let them train
@@ -193,6 +198,8 @@ def evaluate_split(split: Split, models: list[str], *, seed: int = 0, model_opti
 
                 summary["epochs_run"] = len(history)
                 summary["best_epoch"] = best_epoch(history, scorer.train_cfg)
+                speeds = [h["events_per_s"] for h in history if "events_per_s" in h]  # training cost (HGRU vs HRNN)
+                summary["train_events_per_s"] = float(np.median(speeds)) if speeds else None
             if getattr(scorer, "trend_weight", None) is not None:  # the eq. (5) term it scored with (0: none)
                 summary["trend_weight"] = float(scorer.trend_weight)
                 if scorer.trend_weight:

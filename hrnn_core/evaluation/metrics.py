@@ -291,7 +291,8 @@ class Accumulator:
         for k in self.ks:
             out[f"coverage@{k}"] = float(self._covered[k].sum()) / self.catalog_size
         if self._nll:
-            out["ppl"] = float(math.exp(self.per_event("nll").mean()))
+            mean_nll = float(self.per_event("nll").mean())  # a target scored NO_SCORE (no way to score it): inf
+            out["ppl"] = math.exp(mean_nll) if mean_nll < 709.0 else float("inf")
         out["n_events"] = self.n_events
         out["n_users"] = len(self._owners) if self._owners_given else None
         return out

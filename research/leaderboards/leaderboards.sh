@@ -52,6 +52,28 @@ rerun_model() {  # model dataset protocol params-json "seeds": one model alone (
   fi
   .venv/bin/python research/leaderboards/seed_mean_test.py "${files[@]}" --output "$mean_out" --by-owner --params "${3:-"{}"}"
 }
+hgru_runs() {  # dataset params-json "seeds": HRNN-meta, the plain GRU and HGRU (paper Table 3; docs/evaluation/hgru.md),
+  # one model per `hrnn evaluate` (each under 10 minutes on this machine), merged into one report per seed,
+  # then the paired tests (NDCG@10, Recall@10, MRR@20; whole owners resampled too) of hrnn and of hgru vs the rest
+  local base="bench/results/hgru_$1_temporal" files=() tmp sfx
+  tmp=$(mktemp -d)
+  for seed in $3; do
+    sfx=""; [ "$seed" = 0 ] || sfx=".seed$seed"
+    for m in hrnn gru hgru; do
+      echo "== $1 / temporal, $m, seed $seed"
+      $HRNN evaluate --dataset "$1" --protocol temporal --models "$m" --seed "$seed" --params "$2" --output "$tmp/$m$sfx.json"
+    done
+    cp "$tmp/hrnn$sfx.json" "$base$sfx.json"; cp "$tmp/hrnn$sfx.per_event.npz" "$base$sfx.per_event.npz"
+    .venv/bin/python research/leaderboards/merge_leaderboard.py "$base$sfx.json" "$tmp/gru$sfx.json" --models gru
+    .venv/bin/python research/leaderboards/merge_leaderboard.py "$base$sfx.json" "$tmp/hgru$sfx.json" --models hgru
+    files+=("$base$sfx.json")
+  done
+  rm -rf "$tmp"
+  for ref in hrnn hgru; do
+    .venv/bin/python research/leaderboards/seed_mean_test.py "${files[@]}" --reference "$ref" --by-owner --params "$2" \
+      --metrics ndcg@10,recall@10,mrr@20 --output "$base.tests_$ref.json"
+  done
+}
 only="${1:-all}"
 case "$only" in
   all|ml-100k) run ml-100k leave_one_out; run ml-100k temporal ;;&
@@ -76,4 +98,7 @@ case "$only" in
   sasrec-ml-100k-temporal) rerun_model sasrec ml-100k temporal "" "${SEEDS:-0 1 2 3 4}" ;;
   sasrec-ml-latest-small) rerun_model sasrec ml-latest-small temporal "" "${SEEDS:-0 1 2}" ;;
   sasrec-yoochoose) rerun_model sasrec yoochoose temporal '{"exclude_seen": false}' "${SEEDS:-0 1 2}" ;;
+  # issue 20 (not part of "all"): HRNN-meta vs GRU vs HGRU on the session datasets (taobao: user histories)
+  hgru-yoochoose) hgru_runs yoochoose '{"exclude_seen": false}' "${SEEDS:-0 1 2}" ;;
+  hgru-taobao) hgru_runs taobao '{"exclude_seen": false}' "${SEEDS:-0}" ;;
 esac

@@ -64,7 +64,9 @@ def main() -> None:
     ap.add_argument("--by-owner", action="store_true", help="the same, with the snapshot found in the data dir "
                     "($HRNN_DATA_DIR/snapshots/<the reports' snapshot id>)")
     ap.add_argument("--params", default="{}", help="protocol parameters of the runs (JSON), with --snapshot")
+    ap.add_argument("--metrics", default=",".join(METRICS), help="per-event metrics to test (those in the .per_event.npz)")
     args = ap.parse_args()
+    metrics = [m for m in args.metrics.split(",") if m]
     runs = [load(p) for p in args.reports]
     first = runs[0][0]
     for report, _ in runs[1:]:
@@ -75,16 +77,16 @@ def main() -> None:
     models = sorted(set.intersection(*[set(r["models"]) for r, _ in runs]))
     if args.reference not in models:
         raise SystemExit(f"{args.reference} is not in every report")
-    means = {m: {k: np.mean([arr[f"{m}__{k}"] for _, arr in runs], axis=0) for k in METRICS} for m in models}
+    means = {m: {k: np.mean([arr[f"{m}__{k}"] for _, arr in runs], axis=0) for k in metrics} for m in models}
     out = {"dataset": first["dataset"], "protocol": first["protocol"], "snapshot_id": first["snapshot_id"],
            "n_events": first["n_events"], "runs": [str(p) for p in args.reports], "n_runs": len(runs),
-           "per_run": {m: {k: [float(r["models"][m][k]) for r, _ in runs] for k in METRICS} for m in models},
-           "seed_mean": {m: {k: float(means[m][k].mean()) for k in METRICS} for m in models},
+           "per_run": {m: {k: [float(r["models"][m][k]) for r, _ in runs] for k in metrics} for m in models},
+           "seed_mean": {m: {k: float(means[m][k].mean()) for k in metrics} for m in models},
            "tests": {}}
     print(f"{first['dataset']} / {first['protocol']}: {first['n_events']:,} events, {len(runs)} seeds")
     for m in models:
         cells = "  ".join(f"{k} " + " ".join(f"{v:.4f}" for v in out["per_run"][m][k]) +
-                          f" (mean {out['seed_mean'][m][k]:.4f})" for k in METRICS)
+                          f" (mean {out['seed_mean'][m][k]:.4f})" for k in metrics)
         print(f"  {m:<12}{cells}")
     if args.by_owner and not args.snapshot:
         from hrnn_core.config import default_data_dir  # noqa: PLC0415
@@ -94,7 +96,7 @@ def main() -> None:
     for m in models:
         if m == args.reference:
             continue
-        for k in METRICS:
+        for k in metrics:
             t = paired_test(means[args.reference][k], means[m][k])
             out["tests"][f"{args.reference}_vs_{m}__{k}"] = t
             print(f"  {args.reference} - {m} {k}: {t['mean_diff']:+.4f} (95% CI {t['ci_low']:+.4f}..{t['ci_high']:+.4f}, "
