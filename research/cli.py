@@ -11,6 +11,8 @@ import importlib
 
 import typer
 
+import research.baselines
+from hrnn_core.cli.main import evaluate_command
 from research.experiments import EXPERIMENTS
 
 app = typer.Typer(
@@ -23,6 +25,10 @@ app = typer.Typer(
 
 for _name in EXPERIMENTS:
     importlib.import_module(f"research.experiments.{_name}").register(app)
+
+# `hrnn-research evaluate`: the product's `hrnn evaluate` with the research baselines (sasrec, hgru) known too
+research.baselines.register()
+app.command("evaluate", help="`hrnn evaluate` with the research baselines too: --models ...,sasrec,hgru.")(evaluate_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -346,6 +346,7 @@ def evaluate_command(
     from hrnn_core.data.warehouse import connect  # noqa: PLC0415
 
     from hrnn_core.evaluation.checks import check_device, check_models  # noqa: PLC0415
+    from hrnn_core.evaluation.harness import registered_options  # noqa: PLC0415
     from hrnn_core.evaluation.protocols import check_protocol  # noqa: PLC0415
     from hrnn_core.threads import apply_torch_threads  # noqa: PLC0415
 
@@ -354,7 +355,7 @@ def evaluate_command(
     names = check_models([m.strip() for m in models.split(",") if m.strip()], where="--models")
     protocol_params = argcheck.parse_json_object(params, "--params")
     check_protocol(protocol, protocol_params)
-    if {"hrnn", "gru", "hgru", "sasrec"} & set(names):  # the models that train on train.device
+    if {"hrnn", "gru", *registered_options(cfg)} & set(names):  # the models that train on train.device
         check_device(cfg.train.device, "train config: device")
     if dataset:
         argcheck.check_dataset(dataset)
@@ -373,9 +374,7 @@ def evaluate_command(
         snap = export_snapshot(con, cfg)
     apply_torch_threads(cfg.train.threads)  # BPR/FM and the scoring too, not only HRNN-meta's training
     options = {"hrnn": {"model": cfg.model, "train": cfg.train},
-               "gru": {"model": cfg.model, "train": cfg.train},
-               "hgru": {"model": cfg.model, "train": cfg.train},
-               "sasrec": {"device": cfg.train.device, "threads": cfg.train.threads}}  # its device and threads as HRNN-meta's
+               "gru": {"model": cfg.model, "train": cfg.train}, **registered_options(cfg)}
     chart_path = chart or (output.with_suffix(".png") if output else cfg.paths.reports_dir / f"{dataset or 'warehouse'}-{protocol}.png")
     report = run_evaluation(
         snap.path, protocol, names, dataset=dataset or "", protocol_params=protocol_params,

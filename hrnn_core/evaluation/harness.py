@@ -69,23 +69,27 @@ def scorer_factories() -> dict[str, Callable[..., Scorer]]:
 
         return HRNNScorer(plain_gru=True, **kw)
 
-    def sasrec(**kw):
-        from hrnn_core.evaluation.baselines.sasrec import SASRecScorer  # noqa: PLC0415
-
-        return SASRecScorer(**kw)
-
-    def hgru(**kw):
-        from hrnn_core.evaluation.baselines.hgru import HGRUScorer  # noqa: PLC0415
-
-        return HGRUScorer(**kw)
-
     def random(**kw):
         from hrnn_core.evaluation.baselines.uniform import UniformRandomScorer  # noqa: PLC0415
 
         return UniformRandomScorer(**kw)
 
     return {"pop": pop, "recent_pop": recent_pop, "bpr": bpr, "fm": fm, "hrnn": hrnn, "gru": gru, "random": random,
-            "sasrec": sasrec, "hgru": hgru}
+            **{name: factory for name, (factory, _) in _REGISTERED.items()}}
+
+
+_REGISTERED: dict[str, tuple[Callable[..., Scorer], Callable | None]] = {}  # register_scorer's models
+
+
+def register_scorer(name: str, factory: Callable[..., Scorer], options: Callable | None = None) -> None:
+    """Make a model outside the product known to the harness (``research.baselines.register``): ``factory``
+    builds its scorer, ``options(cfg)`` gives its scorer options from a ``Config`` (``hrnn evaluate``)."""
+    _REGISTERED[name] = (factory, options)
+
+
+def registered_options(cfg) -> dict[str, dict]:
+    """The scorer options of the registered models, from ``cfg``."""
+    return {name: opt(cfg) for name, (_, opt) in _REGISTERED.items() if opt is not None}
 
 
 def make_scorer(name: str, **options) -> Scorer:

@@ -15,7 +15,10 @@ import sys
 from pathlib import Path
 
 from hrnn_core.evaluation.harness import leaderboard, run_evaluation
+from research.baselines import register
 
+
+register()  # sasrec, hgru: known to the harness (research baselines)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

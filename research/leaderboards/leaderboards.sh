@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."  # the repo root
 export HRNN__TRAIN__THREADS="${HRNN__TRAIN__THREADS:-1}" HRNN__TRAIN__PROGRESS=false
-HRNN=.venv/bin/hrnn
+HRNN=.venv/bin/hrnn-research  # `hrnn evaluate` with the research baselines (sasrec, hgru) known
 MODELS=hrnn,pop,recent_pop,bpr,fm,gru
 run() {  # dataset protocol [params-json]; raw data: ../shared/data (hrnn_core.data.datasets.shared_raw_dir)
   local out="bench/results/leaderboard_$1_$2.json" extra=()

@@ -174,7 +174,7 @@ class HGRUScorer(Scorer):
     def _train(self, cfg: TrainConfig, ev: _Events, segments: np.ndarray, val_rows: np.ndarray,
                freq: np.ndarray, repeat_rate: float | None) -> None:
         """The plain GRU's loop (user-parallel windows, truncated BPTT, LR schedule, early stopping)."""
-        from hrnn_core.train.batches import user_parallel_windows  # noqa: PLC0415
+        from hrnn_core.train.batches import owner_windows  # noqa: PLC0415
         from hrnn_core.train.trainer import _lr  # noqa: PLC0415 - warm-up + cosine, a function of the step
 
         net, dev = self.net, self.device
@@ -193,13 +193,18 @@ class HGRUScorer(Scorer):
             torch.manual_seed(cfg.seed * 100_003 + epoch)
             t0, seen, loss_sum, state = time.perf_counter(), 0, 0.0, None
             net.train()
-            for idx_np, reset_np in user_parallel_windows(segments[rng.permutation(len(segments))], cfg.batch_size, cfg.bptt):
+            for w in owner_windows(segments[rng.permutation(len(segments))], cfg.batch_size, cfg.bptt):
                 for g in opt.param_groups:
                     g["lr"] = _lr(cfg, step, total)
-                idx = torch.from_numpy(idx_np)
+                idx = torch.from_numpy(w.idx)
                 safe = idx.clamp(min=0)
-                state = None if state is None else (state[0].detach(), state[1].detach())  # truncated BPTT
-                out, state = net(prev[safe].to(dev), starts[safe].to(dev), torch.from_numpy(reset_np).to(dev), state)
+                reset = torch.zeros(idx.shape, dtype=torch.bool)
+                reset[:, 0] = torch.from_numpy(w.reset)  # one owner per row: a new one only at a row's start
+                if state is not None:  # truncated BPTT: continuing rows take their state, new ones restart
+                    rows, keep = torch.from_numpy(np.maximum(w.carry, 0)).to(dev), torch.from_numpy(~w.reset).to(dev)
+                    state = tuple(torch.where(keep[:, None], t.detach()[rows], 0.0) for t in state)
+                    state = None if w.reset.all() else state
+                out, state = net(prev[safe].to(dev), starts[safe].to(dev), reset.to(dev), state)
                 h, y = out[(idx >= 0).to(dev)], target[idx[idx >= 0]].to(dev)  # (N, H), (N,)
                 if sampler is None:
                     res = dense_softmax_loss(h @ net.item_w.weight.T + net.item_b.weight.T, y)

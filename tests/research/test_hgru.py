@@ -1,4 +1,4 @@
-"""HGRU (session GRU + user GRU, ``hrnn_core.evaluation.baselines.hgru``): the user state moves only at
+"""HGRU (session GRU + user GRU, ``research.baselines.hgru``): the user state moves only at
 session boundaries and never crosses owners, a session starts from it, it learns what only the user
 level can carry, and it runs in ``hrnn evaluate``."""
 
@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.evaluation.baselines.base import ScoreBatch, TrainData
-from hrnn_core.evaluation.baselines.hgru import HGRUNet, HGRUScorer
+from research.baselines.hgru import HGRUNet, HGRUScorer
 from hrnn_core.evaluation.baselines.popularity import PopularityScorer
 from hrnn_core.evaluation.metrics import Accumulator
 from hrnn_core.evaluation.splits import SnapshotData
@@ -121,7 +121,7 @@ def test_hgru_learns_the_users_session_opener_from_its_past_sessions():
 
 def test_hgru_runs_in_hrnn_evaluate(tmp_path: Path):
     """``hrnn evaluate --models hgru,gru,pop`` on a tiny taobao-format log with several sessions per user."""
-    from hrnn_core.cli.main import app
+    from research.cli import app  # hrnn-research evaluate: the product's with sasrec/hgru
 
     raw = tmp_path / "raw"
     raw.mkdir()

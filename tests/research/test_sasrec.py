@@ -1,4 +1,4 @@
-"""SASRec (``hrnn_core.evaluation.baselines.sasrec``): causal, learns a deterministic sequence with the dense and
+"""SASRec (``research.baselines.sasrec``): causal, learns a deterministic sequence with the dense and
 the sampled softmax, leaves seen items out of training where asked, saves and loads, and runs in `hrnn evaluate`."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from hrnn_core.evaluation.baselines.base import ScoreBatch, TrainData
 from hrnn_core.evaluation.baselines.features import BaselineError
-from hrnn_core.evaluation.baselines.sasrec import SASRec, SASRecConfig, SASRecScorer, first_positions, make_windows
+from research.baselines.sasrec import SASRec, SASRecConfig, SASRecScorer, first_positions, make_windows
 from hrnn_core.evaluation.splits import SnapshotData
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -122,7 +122,7 @@ def test_save_load_round_trip_and_bad_config(tmp_path: Path):
 
 
 def test_hrnn_evaluate_runs_sasrec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from hrnn_core.cli.main import app  # noqa: PLC0415
+    from research.cli import app  # noqa: PLC0415 - hrnn-research evaluate: the product's with sasrec/hgru
     from hrnn_core.data.datasets.load import synthetic_snapshot  # noqa: PLC0415
 
     synthetic_snapshot(tmp_path, n_users=30, n_items=40, n_events=900, n_genres=4, seed=3)
