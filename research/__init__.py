@@ -12,3 +12,7 @@
 ``research`` imports ``hrnn_core``; ``hrnn_core`` never imports ``research``. Raw results (JSON,
 per-event arrays) are written to ``bench/results/`` with the benchmarks'.
 """
+
+from research.baselines import register as _register_baselines  # noqa: E402
+
+_register_baselines()  # sasrec, hgru, random: known to the harness wherever research code runs

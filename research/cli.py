@@ -11,7 +11,6 @@ import importlib
 
 import typer
 
-import research.baselines
 from hrnn_core.cli.main import evaluate_command
 from research.experiments import EXPERIMENTS
 
@@ -26,8 +25,8 @@ app = typer.Typer(
 for _name in EXPERIMENTS:
     importlib.import_module(f"research.experiments.{_name}").register(app)
 
-# `hrnn-research evaluate`: the product's `hrnn evaluate` with the research baselines (sasrec, hgru) known too
-research.baselines.register()
+# `hrnn-research evaluate`: the product's `hrnn evaluate` with the research baselines (sasrec, hgru, random) known
+# too (the research package registers them when imported)
 app.command("evaluate", help="`hrnn evaluate` with the research baselines too: --models ...,sasrec,hgru.")(evaluate_command)
 
 

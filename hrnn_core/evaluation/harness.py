@@ -69,12 +69,7 @@ def scorer_factories() -> dict[str, Callable[..., Scorer]]:
 
         return HRNNScorer(plain_gru=True, **kw)
 
-    def random(**kw):
-        from hrnn_core.evaluation.baselines.uniform import UniformRandomScorer  # noqa: PLC0415
-
-        return UniformRandomScorer(**kw)
-
-    return {"pop": pop, "recent_pop": recent_pop, "bpr": bpr, "fm": fm, "hrnn": hrnn, "gru": gru, "random": random,
+    return {"pop": pop, "recent_pop": recent_pop, "bpr": bpr, "fm": fm, "hrnn": hrnn, "gru": gru,
             **{name: factory for name, (factory, _) in _REGISTERED.items()}}
 
 

@@ -1,5 +1,5 @@
 """Research baselines: models the leaderboards compare HRNN-meta with that the product never trains, gates
-with or serves (SASRec, issue 20's modern baseline; HGRU, the paper's Table 3). ``register()`` adds them to
+with or serves (SASRec, issue 20's modern baseline; HGRU, the paper's Table 3; uniform random, Table 7's floor). ``register()`` adds them to
 the evaluation harness (``hrnn_core.evaluation.harness.register_scorer``); ``hrnn-research evaluate`` (the
 product's ``hrnn evaluate`` with these models known) calls it."""
 
@@ -18,6 +18,12 @@ def _hgru(**kw):
     return HGRUScorer(**kw)
 
 
+def _random(**kw):
+    from research.baselines.uniform import UniformRandomScorer  # noqa: PLC0415
+
+    return UniformRandomScorer(**kw)
+
+
 def register() -> None:
     """Make ``sasrec`` and ``hgru`` known to the harness, with the options ``hrnn evaluate`` gives them: SASRec
     its device and threads as HRNN-meta's, HGRU the model and train configs (its sizes and recipe are the
@@ -26,3 +32,4 @@ def register() -> None:
 
     register_scorer("sasrec", _sasrec, lambda cfg: {"device": cfg.train.device, "threads": cfg.train.threads})
     register_scorer("hgru", _hgru, lambda cfg: {"model": cfg.model, "train": cfg.train})
+    register_scorer("random", _random)  # uniform random: the floor of the cold-start table (Table 7)

@@ -114,7 +114,7 @@ def score_cold_start(split, scorers: dict, batch_size: int = 512) -> dict[str, d
 def cold_start_report(split, accs: dict[str, dict], reference: str = "hrnn", baseline: str = "random") -> dict:
     """Metrics of both views, the analytic expectation of uniform random ranking and paired
     tests of ``reference`` against ``baseline`` (bootstrap CI + t-test on per-case values)."""
-    from hrnn_core.evaluation.baselines.uniform import expected_random_metrics  # noqa: PLC0415
+    from research.baselines.uniform import expected_random_metrics  # noqa: PLC0415
     from hrnn_core.evaluation.metrics import paired_test  # noqa: PLC0415
 
     n_cold = int(split.candidate_mask.sum())

@@ -14,11 +14,9 @@ import json
 import sys
 from pathlib import Path
 
+import research  # noqa: F401 - registers the research baselines (sasrec, hgru, random) with the harness
 from hrnn_core.evaluation.harness import leaderboard, run_evaluation
-from research.baselines import register
 
-
-register()  # sasrec, hgru: known to the harness (research baselines)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 
 from research.baselines.sasrec import SASRecConfig, SASRecScorer
-from research.baselines import register
 from hrnn_core.evaluation.harness import score_cases, train_data
 from hrnn_core.evaluation.protocols import build_split
 from hrnn_core.evaluation.splits import SnapshotData
@@ -54,8 +53,6 @@ GRID: dict[str, dict] = {
 MAX_SECONDS = 480.0  # each fit stops after the epoch that passes this (one locked command stays under 10 min)
 CHOSEN = "lr3e-3"  # the candidate whose settings are SASRecConfig's defaults (docs/evaluation/sasrec.md)
 
-
-register()  # sasrec, hgru: known to the harness (research baselines)
 
 def config(name: str) -> SASRecConfig:
     return SASRecConfig(**{**BASE, **GRID[name], "threads": 1, "progress": True, "max_seconds": MAX_SECONDS})

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from hrnn_core.evaluation.baselines.base import TrainData
-from hrnn_core.evaluation.baselines.uniform import UniformRandomScorer, expected_random_metrics
+from research.baselines.uniform import UniformRandomScorer, expected_random_metrics
 from hrnn_core.model.checkpoint import load_checkpoint
 from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.evaluation.harness import make_scorer, train_data
