@@ -250,7 +250,6 @@ def test_checks_without_a_warehouse(data_dir: Path) -> None:
     (["--device", "cuda:x"], ["'cuda:x'"]),
     (["--as-of", "nan"], ["--as-of", "nan"]),
     (["--processes", "0"], ["--processes", "0"]),
-    (["--processes", "5"], ["--processes 5", "batch_size (32)"]),  # 5 does not divide the batch of 32
     (["--run-id", "../elsewhere"], ["'../elsewhere'"]),
     ([], ["warehouse", "does not exist"]),
 ])

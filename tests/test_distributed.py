@@ -80,9 +80,9 @@ def test_sampled_softmax_with_per_rank_negatives_matches_within_noise(snap, tmp_
     assert two.history[-1]["train_loss"] < two.history[0]["train_loss"]
 
 
-def test_batch_must_split_evenly_and_a_failed_rank_is_reported(snap, tmp_path) -> None:
-    with pytest.raises(ConfigError, match="divide batch_size"):
-        TrainConfig(batch_size=9, processes=2)
+def test_processes_must_be_positive_and_a_failed_rank_is_reported(snap, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="processes must be >= 1"):
+        TrainConfig(processes=0)
     with pytest.raises(DistributedError, match="exit code"):  # a rank fails: clear error with the log tail
         train_distributed(tmp_path / "no-such-snapshot", tmp_path / "bad", SMALL, BASE, processes=2)
 

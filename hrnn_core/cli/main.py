@@ -285,9 +285,6 @@ def train_command(
     argcheck.check_finite(as_of, "--as-of")
     argcheck.check_run_id(run_id)
     argcheck.check_range(processes, "--processes", 1)
-    if processes and cfg.train.batch_size % processes:
-        raise argcheck.ArgumentError(f"--processes {processes} must divide train.batch_size ({cfg.train.batch_size}): "
-                                     "each process trains batch_size / processes owners")
     train_cfg = dataclasses.replace(cfg.train, device=device) if device else cfg.train
     if processes:
         train_cfg = dataclasses.replace(train_cfg, processes=processes)  # ConfigError unless it divides batch_size
