@@ -14,11 +14,28 @@ create`), and a backfill over a date range gives the same state as the nightly r
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import Asset, BaseOperatorLink, dag, task
 
 CHAMPION = Asset("hrnn://model/champion")
 POOL = "hrnn_warehouse"
+
+
+class ReportLink(BaseOperatorLink):
+    """The run's HTML report, served by the api-server (plugins/hrnn_reports.py): the report task's extra link
+    "HTML report". Resolved once on the worker when the task ends (Airflow 3 keeps it as an XCom)."""
+
+    name = "HTML report"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        from airflow.configuration import conf
+
+        page = ti_key.xcom_pull(task_ids=ti_key.task_id)  # the task's return value: the page's path
+        if not page:
+            return ""
+        base = (conf.get("api", "base_url", fallback="") or "").rstrip("/")
+        return f"{base}/hrnn/reports/{Path(page).parent.name}"
 
 
 def _cfg():
@@ -112,7 +129,7 @@ def hrnn_retrain():
     runs = train_and_evaluate.partial(snap=snap).expand(kind=kinds)
     champion = evaluate_champion(snap)
     decision = register_and_promote(snap, candidate, runs, champion)
-    report(snap, candidate, runs, champion, decision)
+    report(snap, candidate, runs, champion, decision).operator.operator_extra_links = (ReportLink(),)
     champion_changed(decision) >> announce(decision)
 
 

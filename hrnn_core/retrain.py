@@ -334,3 +334,31 @@ def _lineage_note(runs: list[dict]) -> str:
     """The candidate's training mode for the report's gate note ("" for a run from before lineage)."""
     lineage = next((r.get("lineage") for r in runs if r and r.get("kind") == CANDIDATE), None)
     return f"; {CANDIDATE} trained {lineage['retrain_mode']}: {lineage['mode_reason']}" if lineage else ""
+
+
+def find_report(cfg: Config, run: str | None = None) -> Path:
+    """The HTML page of a retrain run (``hrnn report``, the Airflow UI's link): ``run`` is the run's snapshot id
+    or a unique prefix of it, or the tag of a model the run registered; None: the newest page.
+    Only pages that exist under the runs folder are ever returned (``run`` never becomes a path)."""
+    root = cfg.paths.runs_dir
+    pages = sorted(root.glob("*/report.html"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    if not pages:
+        raise RetrainError(f"no retrain has written a report yet (looked in {root}); the hrnn_retrain DAG writes "
+                           "one per run (`make demo` runs it once)")
+    if run is None:
+        return pages[-1]
+    snapshot_id = run
+    if ":" in run:  # a model tag, e.g. hrnn-meta:abc123: the snapshot its run trained on
+        from hrnn_core import registry  # noqa: PLC0415
+        from hrnn_core.data.warehouse import connect  # noqa: PLC0415
+
+        with connect(cfg, read_only=True) as con:
+            snapshot_id = next((e.snapshot_id for e in registry.entries(con) if e.tag == run), None) or ""
+        if not snapshot_id:
+            raise RetrainError(f"no registered model has the tag {run!r} (`hrnn models list` shows them)")
+    found = [p for p in pages if p.parent.name.startswith(snapshot_id)]
+    if len(found) != 1:
+        known = ", ".join(p.parent.name for p in reversed(pages[-5:]))
+        what = "no retrain report matches" if not found else f"{len(found)} retrain reports match"
+        raise RetrainError(f"{what} {run!r} (newest runs: {known})")
+    return found[0]

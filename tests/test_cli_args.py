@@ -136,6 +136,7 @@ CONFIG_COMMANDS = [
     ["models", "show", "hrnn-meta:abc"],
     ["models", "promote", "hrnn-meta:abc"],
     ["models", "rollback"],
+    ["report"],
 ]
 
 
@@ -315,6 +316,29 @@ def test_models_unknown_tag(data_dir: Path, command: str) -> None:
         assert con.execute("select count(*) from model_events").fetchall()[0][0] == before
 
 
+# --------------------------------------------------------------------------- report
+
+
+def test_report_without_a_retrain(data_dir: Path) -> None:
+    assert_fails_first(data_dir, ["report"], "no retrain has written a report yet")
+
+
+def test_report_finds_a_run_by_snapshot_prefix(data_dir: Path) -> None:
+    import os
+
+    old, new = data_dir / "runs" / "0a1b2c" / "report.html", data_dir / "runs" / "0a9f00" / "report.html"
+    for page in (old, new):
+        page.parent.mkdir(parents=True)
+        page.write_text("<html></html>")
+    os.utime(old, (1, 1))  # the older run
+    assert run("report")[:2] == (0, f"{new}\n")  # the newest
+    assert run("report", "0a1")[:2] == (0, f"{old}\n")
+    for arg, says in (("0a", "2 retrain reports match '0a'"), ("ff", "no retrain report matches 'ff'"),
+                      ("../../etc", "no retrain report matches")):
+        code, out, _ = run("report", arg)
+        assert code == 2 and out.startswith("error: ") and says in out and "Traceback" not in out, out
+
+
 def test_every_command_is_covered() -> None:
     """A new command gets its argument checks and a case here."""
     import typer.main
@@ -325,5 +349,5 @@ def test_every_command_is_covered() -> None:
         names.update({f"{name} {sub}" for sub in cmd.commands} if hasattr(cmd, "commands") else {name})
     covered = {"evaluate", "demo", "airflow", "datasets fetch", "datasets synth", "ingest", "transform",
                "snapshot", "checks", "train", "export", "models list", "models show", "models promote",
-               "models rollback", "datasets list"}  # datasets list: no arguments
+               "models rollback", "datasets list", "report"}  # datasets list: no arguments
     assert names == covered

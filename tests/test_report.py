@@ -120,3 +120,39 @@ def test_snapshot_changes_and_popularity_shift(snapshots) -> None:
     assert snapshot_stats.popularity_shift([1, 0], [1, 0]) == 0.0
     assert snapshot_stats.popularity_shift([1, 0], [0, 3]) == 1.0
     assert snapshot_stats.popularity_shift([0, 0], [1, 1]) is None
+
+
+# What the page asks of the browser: every section, every image decoded, nothing fetched, nothing logged.
+IN_BROWSER = """
+const ids = arguments[0];
+return {
+  sections: ids.filter(id => { const e = document.getElementById(id); return e && e.offsetHeight > 0; }),
+  images: Array.from(document.images).map(i => ({alt: i.alt, ok: i.complete && i.naturalWidth > 0})),
+  fetched: performance.getEntriesByType('resource').map(r => r.name).filter(n => !n.startsWith('data:')),
+  title: document.title,
+};
+"""
+
+
+def test_the_page_renders_in_a_real_browser(evaluated, tmp_path) -> None:
+    """Headless Chromium opens the page from a file: every section shows, every chart decodes as an image,
+    nothing is fetched and the console stays empty."""
+    import os
+
+    from tests import browser
+
+    why = browser.missing()
+    if why:
+        if os.environ.get("HRNN_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"no browser, though HRNN_REQUIRE_BROWSER=1: {why}")
+        pytest.skip(why)
+    split, results = evaluated
+    path = write_report(tmp_path / "run" / "report.html", split, results, title="tiny run in a browser")
+    with browser.chromium() as driver:
+        driver.get(path.resolve().as_uri())
+        seen = driver.execute_script(IN_BROWSER, list(SECTIONS))
+        console = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    assert seen["title"] == "tiny run in a browser"
+    assert seen["sections"] == list(SECTIONS)
+    assert len(seen["images"]) == 6 and all(i["ok"] for i in seen["images"]), seen["images"]
+    assert seen["fetched"] == [] and console == [], (seen["fetched"], console)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_dags import AIRFLOW, airflow_env
+from tests.test_dags import AIRFLOW, REPO, airflow_env
 
 START = int(datetime(2026, 11, 20, tzinfo=timezone.utc).timestamp())
 DAY1 = "2026-11-23T00:00:00+00:00"  # interval [11-23, 11-24): snapshot as of 11-24
@@ -128,6 +128,32 @@ def registry_state(env: dict) -> dict:
     }
 
 
+def assert_report_reachable(home: Path, env: dict, page: Path) -> None:
+    """Where users look for the run's page: the report task's "HTML report" link in the Airflow UI (kept as an
+    XCom by the worker), the api-server's plugin that serves it, and ``hrnn report``."""
+    import json
+    import sqlite3
+    import sys
+
+    with sqlite3.connect(home / "airflow.db") as db:
+        links = db.execute("select value from xcom where dag_id = 'hrnn_retrain' and task_id = 'report' "
+                           "and key = '_link_ReportLink'").fetchall()
+    assert f"/hrnn/reports/{page.parent.name}" in [json.loads(v) for (v,) in links]
+    code = ("import json, sys; sys.path.insert(0, 'plugins')\n"
+            "from fastapi.testclient import TestClient\n"
+            "from hrnn_reports import app\n"
+            "c = TestClient(app)\n"
+            f"print(json.dumps([c.get('/').text, c.get('/{page.parent.name}').text, c.get('/nope').status_code]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    index, served, missing = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert f'href="/hrnn/reports/{page.parent.name}"' in index
+    assert served == page.read_text(encoding="utf-8") and missing == 404
+    hrnn = str(Path(sys.executable).parent / "hrnn")
+    proc = subprocess.run([hrnn, "report"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == str(page), proc.stdout + proc.stderr
+
+
 def test_retrain_gate_idempotency_and_failures(airflow_home, synth, tmp_path):
     env, cfg_path = make_env(airflow_home, tmp_path, '["hrnn", "pop"]')
     ingest(env, synth["items"], synth["users"], synth["upto1"])
@@ -144,6 +170,7 @@ def test_retrain_gate_idempotency_and_failures(airflow_home, synth, tmp_path):
     assert [a for _, a in first["events"]].count("promote") == 1
     pages = list((tmp_path / "data" / "runs").glob("*/report.html"))  # the run's HTML report, beside it
     assert len(pages) == 1 and "promoted" in pages[0].read_text(encoding="utf-8")
+    assert_report_reachable(airflow_home, env, pages[0])
 
     # The same interval again: identical registry, one entry per model, no new events.
     proc = retrain(airflow_home, env, DAY1)

@@ -409,6 +409,20 @@ def _write_evaluation_page(cfg, report: dict, path: Path) -> None:
     write_report(path, report["_split"], results, title=title, gate=gate)
 
 
+@app.command("report")
+@guard
+def report_command(
+    run: Annotated[Optional[str], typer.Argument(help="A retrain run: its snapshot id (or a prefix), or the tag of a "
+                                                       "model it registered. Default: the newest run.")] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Print the path of a retrain run's HTML report (open it in a browser; it needs no network)."""
+    from hrnn_core.retrain import find_report  # noqa: PLC0415
+
+    typer.echo(str(find_report(cli_config(config, data_dir=data_dir), run)))
+
+
 # --------------------------------------------------------------------------- export
 
 

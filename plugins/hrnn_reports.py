@@ -1,0 +1,55 @@
+"""Airflow plugin: the retrain's HTML reports in the Airflow UI.
+
+The api-server serves every retrain run's page (``hrnn_core.retrain.find_report``) under ``/hrnn/reports/``:
+``/hrnn/reports/`` lists the runs, newest first; ``/hrnn/reports/<snapshot id or model tag>`` is one page. The
+``report`` task of ``hrnn_retrain`` links its run's page ("HTML report" among the task's extra links, see
+``dags/hrnn_retrain.py``), and the UI's navigation gets an "HRNN reports" entry. The pages are files the retrain
+wrote (aggregate metrics, no events); they are served by whoever can reach the api-server (bound to 127.0.0.1 by
+``hrnn airflow``). Loaded from ``AIRFLOW__CORE__PLUGINS_FOLDER`` (this folder: ``hrnn airflow``, ``hrnn demo``
+and ``docker/`` set it).
+"""
+
+from __future__ import annotations
+
+import html
+
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import FileResponse, HTMLResponse
+
+PREFIX = "/hrnn/reports"
+app = FastAPI(title="hrnn retrain reports")
+
+
+def _cfg():
+    from hrnn_core.config import load_config  # noqa: PLC0415 - the config is read per request (HRNN_DATA_DIR)
+
+    return load_config()
+
+
+@app.get("/", response_class=HTMLResponse)
+def index() -> str:
+    """Every retrain run that wrote a page, newest first."""
+    root = _cfg().paths.runs_dir
+    pages = sorted(root.glob("*/report.html"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
+    rows = "".join(f'<li><a href="{PREFIX}/{html.escape(p.parent.name)}">{html.escape(p.parent.name)}</a></li>'
+                   for p in pages) or "<li>no retrain has written a report yet</li>"
+    return f"<!doctype html><title>hrnn retrain reports</title><h1>Retrain reports</h1><ul>{rows}</ul>"
+
+
+@app.get("/{run}")
+def page(run: str) -> FileResponse:
+    """One run's page: ``run`` is its snapshot id (or a unique prefix) or the tag of a model it registered."""
+    from hrnn_core.errors import HrnnError  # noqa: PLC0415
+    from hrnn_core.retrain import find_report  # noqa: PLC0415
+
+    try:
+        return FileResponse(find_report(_cfg(), run), media_type="text/html")
+    except HrnnError as e:
+        raise HTTPException(status_code=404, detail=str(e)) from None
+
+
+class HrnnReportsPlugin(AirflowPlugin):
+    name = "hrnn_reports"
+    fastapi_apps = [{"app": app, "url_prefix": PREFIX, "name": "hrnn retrain reports"}]
+    external_views = [{"name": "HRNN reports", "href": f"{PREFIX}/", "destination": "nav"}]
