@@ -7,6 +7,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from hrnn_core import registry
 from hrnn_core.config import Config, ModelConfig, TrainConfig, load_config
 from hrnn_core.train.trainer import train
@@ -28,7 +30,8 @@ class Champion:
 
 
 def promote_tiny_champion(root: Path, *, n_users: int, n_items: int, n_events: int, seed: int,
-                          metrics: dict | None = None, model: ModelConfig = TINY_MODEL, **synth_options) -> Champion:
+                          metrics: dict | None = None, model: ModelConfig = TINY_MODEL,
+                          repeat_log_prior: float | None = None, **synth_options) -> Champion:
     """Train a tiny HRNN-meta for one epoch on a synthetic snapshot, register it and promote it
     (``synth_options``: more ``SynthConfig`` fields, e.g. ``cold_items_fraction`` for items created late)."""
     snap = synthetic_snapshot(root / "data", n_users=n_users, n_items=n_items, n_events=n_events, n_genres=5,
@@ -37,6 +40,10 @@ def promote_tiny_champion(root: Path, *, n_users: int, n_items: int, n_events: i
     art = root / "artifact"
     art.mkdir()
     shutil.copy(run.last_checkpoint, art / "model.pt")
+    if repeat_log_prior is not None:  # the repeat term set by hand (a tiny fit's calibrated one may be ~0)
+        raw = torch.load(art / "model.pt", map_location="cpu", weights_only=True)
+        raw["model_state"]["repeat_log_prior"] = torch.tensor(float(repeat_log_prior))
+        torch.save(raw, art / "model.pt")
     cfg = load_config(overrides={"paths": {"data_dir": str(root / "data")}}, environ={})
     as_of = json.loads((snap / "manifest.json").read_text())["as_of"]
     with connect(cfg) as con:

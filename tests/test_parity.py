@@ -1,6 +1,7 @@
 """Evaluate what you serve: the evaluation path (and so the promotion gate), the batch export and a
 live ``bentoml serve`` give the same scores and top-k for the same users, times and contexts, with and
-without the eq. (5) trend term, for a warm user, a cold user and an anonymous session (hrnn_core.model.scoring)."""
+without the eq. (5) trend term, for a warm user, a cold user and an anonymous session (hrnn_core.model.scoring);
+and with the repeat term (a bias on the owner's own items) where seen items stay rankable (``exclude_seen: false``)."""
 
 from __future__ import annotations
 
@@ -30,14 +31,17 @@ K = 10
 SESSION = "s-parity"
 
 
-@pytest.fixture(params=[(0.0, 60), (0.5, 60), (0.5, 900)], ids=["no-trend", "trend", "mostly-cold"])
+@pytest.fixture(params=[(0.0, 60, None), (0.5, 60, None), (0.5, 900, None), (0.5, 60, 2.0)],
+                ids=["no-trend", "trend", "mostly-cold", "repeats"])
 def champion(request, tmp_path_factory: pytest.TempPathFactory):
-    """mostly-cold: 900 items, most without a training event (cold: metadata + the cold prior, issue 21)."""
+    """mostly-cold: 900 items, most without a training event (cold: metadata + the cold prior, issue 21);
+    repeats: a repeat term of +2 on the owner's own items, compared with seen items left in the ranking."""
     torch.set_num_threads(1)
-    trend, n_items = request.param
+    trend, n_items, repeat = request.param
     model = dataclasses.replace(TINY_MODEL, trend_weight=trend)
     c = promote_tiny_champion(tmp_path_factory.mktemp("parity"), n_users=30, n_items=n_items, n_events=900, seed=11,
-                              model=model)
+                              model=model, repeat_log_prior=repeat)
+    c.repeats = repeat is not None
     if n_items > 60:
         freq = load_checkpoint(c.artifact / "model.pt").item_freq
         assert (freq == 0).float().mean() > 0.5  # most of the catalogue is cold
@@ -120,13 +124,19 @@ def test_the_gate_the_export_and_the_service_score_alike(champion, tmp_path: Pat
     seq = pa.concat_tables([pa.Table.from_pylist(rows, schema=snap_seq.schema), snap_seq.slice(1)])
     scores = eval_scores(c, seq, pa.concat_tables([users, extra_users]), [0, 1, 2], [as_of, as_of, t_session])
     seen = [set(warm["item_idx"]), set(), set(session_row["item_idx"])]
+    exported_gate = top_k(scores[0], seen[0], item_ids)  # the export drops seen items
+    if c.repeats:  # seen items stay in the ranking: the repeat term decides some of the top-k
+        seen = [set(), set(), set()]
     gate = {o: top_k(scores[i], seen[i], item_ids) for i, o in enumerate(["warm", "cold", "session"])}
+    if c.repeats:
+        own = {item_ids[j] for j in warm["item_idx"]}
+        assert any(i in own for i, _ in gate["warm"]), "the repeat term should lift some of the user's own items"
 
     # the batch export (the same user at the snapshot's cut, latest context)
     m = load_serving_model(c.cfg, c.tag, device="cpu")
     shard = pq.read_table(score_model_shard(c.cfg, m, 0, 1, K, tmp_path / "export")).to_pylist()
     exported = [(r["item_id"], r["score"]) for r in shard if r["user_id"] == warm["owner_id"]]
-    assert_same(exported, gate["warm"])
+    assert_same(exported, exported_gate)
 
     # a live `bentoml serve` on 127.0.0.1
     data = tmp_path / "data"
@@ -135,6 +145,8 @@ def test_the_gate_the_export_and_the_service_score_alike(champion, tmp_path: Pat
     server = Server(data, tmp_path / "serve.log")
     try:
         def ask(body: dict) -> list[tuple[str, float]]:
+            if c.repeats:
+                body = {**body, "filters": {"exclude_seen": False}}
             r = server.client.post("/recommend", json={"num_results": K, **body})
             assert r.status_code == 200, r.text
             assert r.json()["model_tag"] == c.tag
