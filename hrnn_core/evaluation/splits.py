@@ -157,11 +157,10 @@ def _flat(table: pa.Table, column: str, dtype) -> tuple[np.ndarray, np.ndarray]:
 
 def repeat_share(sequences: pa.Table) -> float:
     """Share of a sequences table's events whose item their owner already had (0 for an empty table)."""
+    from hrnn_core.train.batches import repeat_share_of  # noqa: PLC0415
+
     offsets, items = _flat(sequences, "item_idx", np.int64)
-    if len(items) == 0:
-        return 0.0
-    owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-    return float(1.0 - len(np.unique(owner * (int(items.max()) + 1) + items)) / len(items))
+    return repeat_share_of(np.repeat(np.arange(len(offsets) - 1), np.diff(offsets)), items)
 
 
 def select_events(data: SnapshotData, keep: np.ndarray, drop_empty_rows: bool = True) -> pa.Table:

@@ -149,17 +149,23 @@ def gather_inputs(data: TrainData, window: Window) -> StepInputs:
                         torch.from_numpy(window.lengths))
 
 
+def repeat_share_of(owner: np.ndarray, item: np.ndarray) -> float:
+    """Share of events whose item their owner already had: one (owner, item) entry per event, any order; 0 when
+    there is none. The one owner of this number: training's exclude-seen rule and repeat term
+    (``repeat_share``), the evaluation's splits and the retrain gate (``hrnn_core.evaluation.splits.repeat_share``)."""
+    if len(item) == 0:
+        return 0.0
+    span = int(item.max()) - int(item.min()) + 1
+    return float(1.0 - len(np.unique(owner.astype(np.int64) * span + (item - item.min()))) / len(item))
+
+
 def repeat_share(data: TrainData) -> float:
     """Share of training events whose item their owner already had in its training events."""
     seg = data.train_segments
-    n = int((seg[:, 1] - seg[:, 0]).sum())
-    if n == 0:
-        return 0.0
     lengths = seg[:, 1] - seg[:, 0]
     owner = np.repeat(np.arange(len(seg), dtype=np.int64), lengths)  # segment of each training event
-    idx = seg[owner, 0] + np.arange(n) - (np.cumsum(lengths) - lengths)[owner]  # its event index
-    keys = owner * (data.features.n_items + 1) + data.events.target.numpy()[idx]
-    return float(1.0 - len(np.unique(keys)) / n)
+    idx = seg[owner, 0] + np.arange(int(lengths.sum())) - (np.cumsum(lengths) - lengths)[owner]  # its event index
+    return repeat_share_of(owner, data.events.target.numpy()[idx])
 
 
 def repeat_rate(data: TrainData) -> float:
