@@ -233,14 +233,54 @@ def run_baseline(split, name: str, seed: int) -> dict:
             "fit_seconds": round(fit_s, 1), "score_seconds": round(score_s, 1), "epochs_run": 0, "best_epoch": 0}
 
 
-def table(rows: list[dict]) -> str:
-    head = (f"{'protocol':<14}{'config':<22}{'seed':>5}{'NDCG@10':>9}{'Rec@10':>9}{'PPL':>8}"
+def table(rows: list[dict], width: int = 22) -> str:
+    """The validation table of a tuning report (``width``: of the config column)."""
+    head = (f"{'protocol':<14}{'config':<{width}}{'seed':>5}{'NDCG@10':>9}{'Rec@10':>9}{'PPL':>8}"
             f"{'fit s':>8}{'epochs':>8}{'best':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['protocol']:<14}{r['config']:<22}{r['seed']:>5d}{r['valid_ndcg@10']:>9.4f}{r['valid_recall@10']:>9.4f}"
-                     f"{(r['valid_ppl'] or float('nan')):>8.0f}{r['fit_seconds']:>8.0f}{r['epochs_run']:>8d}{r['best_epoch']:>6d}")
+        lines.append(f"{r['protocol']:<14}{r['config']:<{width}}{r['seed']:>5d}{r['valid_ndcg@10']:>9.4f}"
+                     f"{r['valid_recall@10']:>9.4f}{(r['valid_ppl'] or float('nan')):>8.0f}{r['fit_seconds']:>8.0f}"
+                     f"{r['epochs_run']:>8d}{r['best_epoch']:>6d}")
     return "\n".join(lines)
+
+
+def open_report(out: Path, snapshot: Path, **extra) -> dict:
+    """A tuning report (``out``), its earlier runs kept: fitted on ``Split.valid_train``, scored on ``Split.valid``."""
+    report = json.loads(out.read_text()) if out.exists() else {}
+    report.setdefault("runs", [])
+    report.update({"snapshot": str(snapshot), "machine": f"{platform.machine()} {platform.processor()}".strip(),
+                   "torch": torch.__version__, "threads": 1,
+                   "note": "fit on Split.valid_train, scored on Split.valid; test never scored", **extra})
+    return report
+
+
+def run_grid(report: dict, out: Path, snapshot: Path, protocols: str, params: str, names: list[str], seed: int,
+             force: bool, fit) -> None:
+    """The tuning loop of every driver: each candidate ``name`` on each protocol's validation split,
+    ``fit(split, name) -> [row, ...]``, each row saved into ``report`` (written to ``out``) as it comes; a candidate
+    already in the report is skipped unless ``force``."""
+    data = SnapshotData.load(snapshot)
+    report["snapshot_id"] = data.snapshot_id
+    for protocol in [p for p in protocols.split(",") if p]:
+        split = build_split(protocol, data, **json.loads(params))
+        print(split.describe(), flush=True)
+        for name in names:
+            key = (protocol, name, seed)
+            done = [r for r in report["runs"] if (r["protocol"], r["config"], r["seed"]) == key]
+            if done and not force:
+                print(f"{protocol} {name}: cached ndcg@10 {done[0]['valid_ndcg@10']:.4f}", flush=True)
+                continue
+            print(f"{protocol} {name}: fitting ...", flush=True)
+            new = fit(split, name)
+            keys = {(r["protocol"], r["config"], r["seed"]) for r in new}
+            report["runs"] = [r for r in report["runs"] if (r["protocol"], r["config"], r["seed"]) not in keys] + new
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=2, default=float) + "\n")
+            for row in new:
+                print(f"{protocol} {row['config']}: valid ndcg@10 {row['valid_ndcg@10']:.4f} recall@10 "
+                      f"{row['valid_recall@10']:.4f} ppl {row['valid_ppl'] or float('nan'):.0f}; fit "
+                      f"{row['fit_seconds']:.0f} s, {row['epochs_run']} epochs (best {row['best_epoch']})", flush=True)
 
 
 def main() -> None:
@@ -274,35 +314,15 @@ def main() -> None:
         print(f"skipping {n}: it sets {', '.join(f)}, which the configs no longer have (a record of earlier "
               "runs; results in bench/results)", flush=True)
     names = [n for n in names if n not in retired]
-    report = json.loads(args.out.read_text()) if args.out.exists() else {}
-    report.setdefault("runs", [])
-    report.update({"snapshot": str(args.snapshot), "machine": f"{platform.machine()} {platform.processor()}".strip(),
-                   "torch": torch.__version__, "threads": 1,
-                   "note": "fit on Split.valid_train, scored on Split.valid; test never scored"})
-    data = SnapshotData.load(args.snapshot)
-    report["snapshot_id"] = data.snapshot_id
-    for protocol in [p for p in args.protocols.split(",") if p]:
-        split = build_split(protocol, data, **json.loads(args.params))
-        print(split.describe(), flush=True)
-        for name in names:
-            key = (protocol, name, args.seed)
-            done = [r for r in report["runs"] if (r["protocol"], r["config"], r["seed"]) == key]
-            if done and not args.force:
-                print(f"{protocol} {name}: cached ndcg@10 {done[0]['valid_ndcg@10']:.4f}", flush=True)
-                continue
-            print(f"{protocol} {name}: fitting ...", flush=True)
-            mixes = tuple(float(m) for m in args.mixes.split(",") if m)
-            trends = tuple(tuple(float(x) for x in t.split(":")) for t in args.trends.split(",") if t)
-            new = ([run_baseline(split, name.split(":", 1)[1], args.seed)] if name.startswith("baseline:")
-                   else run_one(split, name, args.seed, mixes, trends))
-            keys = {(r["protocol"], r["config"], r["seed"]) for r in new}
-            report["runs"] = [r for r in report["runs"] if (r["protocol"], r["config"], r["seed"]) not in keys] + new
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(report, indent=2, default=float) + "\n")
-            for row in new:
-                print(f"{protocol} {row['config']}: valid ndcg@10 {row['valid_ndcg@10']:.4f} recall@10 "
-                      f"{row['valid_recall@10']:.4f} ppl {row['valid_ppl'] or float('nan'):.0f}; fit "
-                      f"{row['fit_seconds']:.0f} s, {row['epochs_run']} epochs (best {row['best_epoch']})", flush=True)
+    report = open_report(args.out, args.snapshot)
+    mixes = tuple(float(m) for m in args.mixes.split(",") if m)
+    trends = tuple(tuple(float(x) for x in t.split(":")) for t in args.trends.split(",") if t)
+
+    def fit(split, name: str) -> list[dict]:
+        return ([run_baseline(split, name.split(":", 1)[1], args.seed)] if name.startswith("baseline:")
+                else run_one(split, name, args.seed, mixes, trends))
+
+    run_grid(report, args.out, args.snapshot, args.protocols, args.params, names, args.seed, args.force, fit)
     order = {n: i for i, n in enumerate(GRID)}
     rows = sorted(report["runs"], key=lambda r: (r["protocol"], order.get(r["config"].split("@")[0], -1), r["config"], r["seed"]))
     print(table(rows))

@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from research.baselines.sasrec import SASRecConfig, SASRecScorer
 from hrnn_core.evaluation.harness import score_cases, train_data
-from hrnn_core.evaluation.protocols import build_split
-from hrnn_core.evaluation.splits import SnapshotData
+from research.baselines.sasrec import SASRecConfig, SASRecScorer
+from research.tuning.tune_hrnn import open_report, run_grid, table
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "tune_sasrec.json"
 
@@ -83,16 +80,6 @@ def run_one(split, name: str, seed: int) -> dict:
     }
 
 
-def table(rows: list[dict]) -> str:
-    head = f"{'protocol':<14}{'config':<16}{'seed':>5}{'NDCG@10':>9}{'Rec@10':>9}{'PPL':>8}{'fit s':>8}{'epochs':>8}{'best':>6}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['protocol']:<14}{r['config']:<16}{r['seed']:>5d}{r['valid_ndcg@10']:>9.4f}"
-                     f"{r['valid_recall@10']:>9.4f}{(r['valid_ppl'] or float('nan')):>8.0f}{r['fit_seconds']:>8.0f}"
-                     f"{r['epochs_run']:>8d}{r['best_epoch']:>6d}")
-    return "\n".join(lines)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--snapshot", type=Path, required=True, help="snapshot folder (ml-100k)")
@@ -108,30 +95,11 @@ def main() -> None:
     unknown = set(names) - set(GRID)
     if unknown:
         raise SystemExit(f"unknown candidates {sorted(unknown)}; known: {list(GRID)}")
-    report = json.loads(args.out.read_text()) if args.out.exists() else {}
-    report.setdefault("runs", [])
-    report.update({"snapshot": str(args.snapshot), "machine": f"{platform.machine()} {platform.processor()}".strip(),
-                   "torch": torch.__version__, "threads": 1, "base": BASE,
-                   "note": "fit on Split.valid_train, scored on Split.valid; test never scored"})
-    data = SnapshotData.load(args.snapshot)
-    report["snapshot_id"] = data.snapshot_id
-    for protocol in [p for p in args.protocols.split(",") if p]:
-        split = build_split(protocol, data, **json.loads(args.params))
-        print(split.describe(), flush=True)
-        for name in names:
-            key = (protocol, name, args.seed)
-            if any((r["protocol"], r["config"], r["seed"]) == key for r in report["runs"]) and not args.force:
-                print(f"{protocol} {name}: cached", flush=True)
-                continue
-            print(f"{protocol} {name}: fitting ...", flush=True)
-            row = run_one(split, name, args.seed)
-            report["runs"] = [r for r in report["runs"] if (r["protocol"], r["config"], r["seed"]) != key] + [row]
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(report, indent=2, default=float) + "\n")
-            print(f"{protocol} {name}: valid ndcg@10 {row['valid_ndcg@10']:.4f} recall@10 {row['valid_recall@10']:.4f}; "
-                  f"fit {row['fit_seconds']:.0f} s, {row['epochs_run']} epochs (best {row['best_epoch']})", flush=True)
+    report = open_report(args.out, args.snapshot, base=BASE)
+    run_grid(report, args.out, args.snapshot, args.protocols, args.params, names, args.seed, args.force,
+             lambda split, name: [run_one(split, name, args.seed)])
     order = {n: i for i, n in enumerate(GRID)}
-    print(table(sorted(report["runs"], key=lambda r: (r["protocol"], order.get(r["config"], -1), r["seed"]))))
+    print(table(sorted(report["runs"], key=lambda r: (r["protocol"], order.get(r["config"], -1), r["seed"])), width=16))
     same = config(CHOSEN) == SASRecConfig(threads=1, progress=True, max_seconds=MAX_SECONDS)
     print(f"chosen: {CHOSEN} = {GRID[CHOSEN]}; equal to the current defaults: {same}")
 
