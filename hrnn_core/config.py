@@ -77,11 +77,6 @@ class PathsConfig:
         return Path(self.data_dir) / "reports"
 
     @property
-    def experiments_dir(self) -> Path:
-        """Work folders of the research experiments."""
-        return Path(self.data_dir) / "experiments"
-
-    @property
     def airflow_home(self) -> Path:
         """AIRFLOW_HOME of the local Airflow (`make airflow`, the demo): sqlite metadata DB, logs."""
         return Path(self.data_dir) / "airflow"

@@ -30,10 +30,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 
 from hrnn_core.evaluation.baselines.features import flat_events
+from hrnn_core.evaluation.hrnn_scorer import HRNNScorer
 from hrnn_core.evaluation.splits import Split
 from research.fm_rating import event_values
 from research.rating_cases import RatedCases, RatingError, rmse
@@ -175,7 +177,7 @@ def _validation_states(scorer, split: Split, valid: RatedCases) -> Callable[[], 
     k = np.minimum(np.searchsorted(ids[order], valid.cases.target_event_id), max(len(ids) - 1, 0))
     if len(ids) and np.array_equal(ids[order[k]], valid.cases.target_event_id):
         where = torch.from_numpy(order[k])
-        return lambda: scorer.event_states(split.train)[where]
+        return lambda: event_states(scorer, split.train)[where]
     return lambda: scorer.request_states(valid.batch())
 
 
@@ -250,7 +252,7 @@ def fit_recurrent_rating(scorer, split: Split, valid: RatedCases, cfg: RatingHea
     if not fit.any():
         raise RatingError("no rated training event is left to fit the rating head on")
     v_states = _validation_states(scorer, split, valid) if len(valid) else None
-    states = scorer.event_states(split.train)  # (E, H): each training event's request state
+    states = event_states(scorer, split.train)  # (E, H): each training event's request state
     head, curve = fit_head(head_factory(scorer, cfg), states[torch.from_numpy(fit)], flat.item[fit], y[fit], cfg,
                            valid=(v_states(), valid.item, valid.rating) if v_states else None)
     info = {"head_epochs": int(np.argmin(curve)) + 1 if curve else cfg.max_epochs,
@@ -264,3 +266,22 @@ def fit_recurrent_rating(scorer, split: Split, valid: RatedCases, cfg: RatingHea
     return head, info
 
 
+@torch.no_grad()
+def event_states(scorer: HRNNScorer, sequences: pa.Table, block_rows: int = 64) -> torch.Tensor:
+    """(E, H) state of every event of ``sequences`` (flat, row order) at its own request step: the rating head's
+    input.
+
+    One causal pass per row instead of one per event: event k's state reads events [0, k) and event k's request
+    inputs, exactly what ``HRNNScorer.request_states`` returns for a case (row, pos=k) whose target is event k
+    (the whole history is read, as with ``max_history=None``).
+    """
+    enc, _, _ = scorer._encode(sequences)  # noqa: SLF001 - research reads the scorer's encoding
+    lengths = np.diff(enc.owner_start)
+    out = torch.zeros(int(enc.owner_start[-1]), scorer.model.cfg.hidden_size)
+    order = np.argsort(lengths, kind="stable")  # similar lengths share a block: little padding
+    order = order[lengths[order] > 0]
+    for lo in range(0, len(order), block_rows):
+        x, flat, valid = scorer.row_inputs(enc, order[lo:lo + block_rows])
+        h, _ = scorer.model(x)  # (B, L, H); padding after a row's end is never computed
+        out[torch.from_numpy(flat[valid])] = h[torch.from_numpy(valid).to(scorer.device)].float().cpu()
+    return out

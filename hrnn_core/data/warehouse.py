@@ -69,14 +69,6 @@ def run_sql(
     return rows
 
 
-def query_sql(con: duckdb.DuckDBPyConnection, cfg: Config, name: str, **params: Any):
-    """A relation-like result of a single-statement SQL file (call ``.df()``/``.to_arrow_table()``)."""
-    statements = split_statements(read_sql(cfg, name))
-    if len(statements) != 1:
-        raise WarehouseError(f"sql/{name}.sql must hold exactly one statement to be queried")
-    return con.execute(statements[0], _params_for(statements[0], params))
-
-
 @contextmanager
 def connect(cfg: Config, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the warehouse (creating it and its schema when writing); close it on exit."""

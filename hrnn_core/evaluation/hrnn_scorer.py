@@ -235,25 +235,6 @@ class HRNNScorer(Scorer):
         valid = np.arange(length)[None, :] < lengths[:, None]  # (B, L)
         return gather_steps(enc, flat, enc.owner_user[rows], lengths=lengths).to(self.device), flat, valid
 
-    @torch.no_grad()
-    def event_states(self, sequences: pa.Table, block_rows: int = 64) -> torch.Tensor:
-        """(E, H) state of every event of ``sequences`` (flat, row order) at its own request step.
-
-        One causal pass per row instead of one per event: event k's state reads events [0, k) and
-        event k's request inputs, exactly what ``request_states`` returns for a case (row, pos=k)
-        whose target is event k (the whole history is read, as with ``max_history=None``).
-        """
-        enc, _, _ = self._encode(sequences)
-        lengths = np.diff(enc.owner_start)
-        out = torch.zeros(int(enc.owner_start[-1]), self.model.cfg.hidden_size)
-        order = np.argsort(lengths, kind="stable")  # similar lengths share a block: little padding
-        order = order[lengths[order] > 0]
-        for lo in range(0, len(order), block_rows):
-            x, flat, valid = self.row_inputs(enc, order[lo:lo + block_rows])
-            h, _ = self.model(x)  # (B, L, H); padding after a row's end is never computed
-            out[torch.from_numpy(flat[valid])] = h[torch.from_numpy(valid).to(self.device)].float().cpu()
-        return out
-
     def _request_state_blocks(self, batch: ScoreBatch):
         enc, ts, ids = self._encode(batch.sequences)
         for lo in range(0, len(batch.rows), self.batch_size):

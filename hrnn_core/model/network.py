@@ -365,7 +365,3 @@ class HRNNMeta(nn.Module):
         """phi~(h) of eq. (2): h (N, H) -> (N, C) scores of ``items`` (default: all items)."""
         w, b = self.item_vectors(items, mix)
         return h @ w.T + b  # (N, C)
-
-    def item_param_names(self) -> set[str]:
-        """Parameters indexed by item id (no weight decay; large when the catalog is)."""
-        return {"item_in.weight", "item_w.weight", "item_b.weight"}

@@ -17,7 +17,7 @@ from hrnn_core.config import ModelConfig, TrainConfig, load_config
 from hrnn_core.evaluation.protocols import temporal
 from hrnn_core.evaluation.splits import SnapshotData
 from research.rating import mae, rated_cases, rmse, rolling_average, run_rating
-from research.rating_head import RatingHead, RatingHeadConfig, fit_head, predict_head
+from research.rating_head import RatingHead, RatingHeadConfig, event_states, fit_head, predict_head
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -150,7 +150,7 @@ def test_event_states_equal_the_request_states_that_rank(planted, tmp_path: Path
     split = temporal(SnapshotData.load(planted[1]))
     scorer = HRNNScorer(model=SMALL, train=FAST, device="cpu")
     scorer.fit(train_data(split, "train", 0, tmp_path))
-    states = scorer.event_states(split.train)  # (E, H)
+    states = event_states(scorer, split.train)  # (E, H)
     seq = split.train
     offsets = np.concatenate([[0], np.cumsum(seq["n_events"].to_numpy())])
     rows = np.repeat(np.arange(seq.num_rows), seq["n_events"].to_numpy())
@@ -181,8 +181,8 @@ def test_a_state_never_reads_its_own_events_value(planted, tmp_path: Path):
     scorer.fit(train_data(split, "train", 0, tmp_path))
     k = 5  # the 6th event of the first row
     old = split.train["event_values"].combine_chunks().values.to_numpy(zero_copy_only=False)[k]
-    before = scorer.event_states(split.train)
-    after = scorer.event_states(with_value(split.train, k, 1.0 if old >= 3 else 5.0))
+    before = event_states(scorer, split.train)
+    after = event_states(scorer, with_value(split.train, k, 1.0 if old >= 3 else 5.0))
     torch.testing.assert_close(after[:k + 1], before[:k + 1])
     assert not torch.allclose(after[k + 1], before[k + 1])
 
