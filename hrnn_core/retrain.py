@@ -336,17 +336,22 @@ def _lineage_note(runs: list[dict]) -> str:
     return f"; {CANDIDATE} trained {lineage['retrain_mode']}: {lineage['mode_reason']}" if lineage else ""
 
 
+def report_pages(cfg: Config) -> list[Path]:
+    """The HTML pages the retrain runs wrote, newest first."""
+    root = cfg.paths.runs_dir
+    return sorted(root.glob("*/report.html"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
+
+
 def find_report(cfg: Config, run: str | None = None) -> Path:
     """The HTML page of a retrain run (``hrnn report``, the Airflow UI's link): ``run`` is the run's snapshot id
     or a unique prefix of it, or the tag of a model the run registered; None: the newest page.
     Only pages that exist under the runs folder are ever returned (``run`` never becomes a path)."""
-    root = cfg.paths.runs_dir
-    pages = sorted(root.glob("*/report.html"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    pages = report_pages(cfg)
     if not pages:
-        raise RetrainError(f"no retrain has written a report yet (looked in {root}); the hrnn_retrain DAG writes "
-                           "one per run (`make demo` runs it once)")
+        raise RetrainError(f"no retrain has written a report yet (looked in {cfg.paths.runs_dir}); the "
+                           "hrnn_retrain DAG writes one per run (`make demo` runs it once)")
     if run is None:
-        return pages[-1]
+        return pages[0]
     snapshot_id = run
     if ":" in run:  # a model tag, e.g. hrnn-meta:abc123: the snapshot its run trained on
         from hrnn_core import registry  # noqa: PLC0415
@@ -358,7 +363,7 @@ def find_report(cfg: Config, run: str | None = None) -> Path:
             raise RetrainError(f"no registered model has the tag {run!r} (`hrnn models list` shows them)")
     found = [p for p in pages if p.parent.name.startswith(snapshot_id)]
     if len(found) != 1:
-        known = ", ".join(p.parent.name for p in reversed(pages[-5:]))
+        known = ", ".join(p.parent.name for p in pages[:5])
         what = "no retrain report matches" if not found else f"{len(found)} retrain reports match"
         raise RetrainError(f"{what} {run!r} (newest runs: {known})")
     return found[0]

@@ -30,10 +30,10 @@ def _cfg():
 @app.get("/", response_class=HTMLResponse)
 def index() -> str:
     """Every retrain run that wrote a page, newest first."""
-    root = _cfg().paths.runs_dir
-    pages = sorted(root.glob("*/report.html"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
+    from hrnn_core.retrain import report_pages  # noqa: PLC0415
+
     rows = "".join(f'<li><a href="{PREFIX}/{html.escape(p.parent.name)}">{html.escape(p.parent.name)}</a></li>'
-                   for p in pages) or "<li>no retrain has written a report yet</li>"
+                   for p in report_pages(_cfg())) or "<li>no retrain has written a report yet</li>"
     return f"<!doctype html><title>hrnn retrain reports</title><h1>Retrain reports</h1><ul>{rows}</ul>"
 
 
