@@ -412,12 +412,15 @@ def charts(report: dict, folder: Path) -> list[Path]:
 
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
+    ref = np.cumsum([d["expected_reward"] for d in sim[keys[0]]["per_day_all_replicates"]])
     for k in keys:
         days = sim[k]["per_day_all_replicates"]
-        ax.plot([d["day"] for d in days], np.cumsum([d["expected_reward"] for d in days]), "o-", label=f"weight {k}")
+        gain = np.cumsum([d["expected_reward"] for d in days]) / ref - 1.0
+        ax.plot([d["day"] for d in days], 100 * gain, "o-", label=f"weight {k}")
+    ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_xlabel("simulated day")
-    ax.set_ylabel("cumulative true reward (sum of click probabilities shown)")
-    ax.set_title("closed loop: cumulative true reward per exploration weight")
+    ax.set_ylabel(f"cumulative true reward vs weight {keys[0]} (%)")
+    ax.set_title("closed loop: cumulative true reward (all replicates)")
     ax.legend()
     save(fig, "exploration_reward.png")
 
