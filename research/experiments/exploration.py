@@ -337,11 +337,9 @@ def ndcg_cost(cfg, snapshot: Path, weights: tuple[float, ...], work: Path, say=p
     from hrnn_core.evaluation.harness import train_data  # noqa: PLC0415
     from hrnn_core.evaluation.hrnn_scorer import HRNNScorer  # noqa: PLC0415
     from hrnn_core.evaluation.metrics import paired_test  # noqa: PLC0415
-    from hrnn_core.evaluation.protocols import build_split  # noqa: PLC0415
-    from hrnn_core.evaluation.splits import SnapshotData  # noqa: PLC0415
+    from research.experiments.warm_start import _rolling  # noqa: PLC0415 - the same daily rolling split
 
-    data = SnapshotData.load(snapshot)
-    split = build_split("rolling", data, test_fraction=0.1, frame_seconds=DAY, valid_fraction=0.1)
+    data, split = _rolling(snapshot, 0.1)  # seen items excluded unless owners repeat items (the retrain's rule)
     items = pq.read_table(snapshot / "items.parquet", columns=["item_idx", "item_id"]).to_pydict()
     index = dict(zip(items["item_id"], items["item_idx"], strict=True))
     age = cfg.serve.exploration_item_age_days
