@@ -193,7 +193,9 @@ def _run_weight(work: Path, world: dict, s: SimSettings, seed: int, weight: floa
         click = uniforms[shown_u, shown_i] < p
         t_of = dict(zip(users.tolist(), times.tolist(), strict=True))
         cu, ci = shown_u[click], shown_i[click]
-        ct = np.array([t_of[u] for u in cu.tolist()]) + 30.0 * (np.arange(len(cu)) % 10 + 1)  # clicks after the request
+        # clicks 30-300 s after the request (distinct times within a user: a user's clicks are contiguous here,
+        # at most k of them; not necessarily in rank order)
+        ct = np.array([t_of[u] for u in cu.tolist()]) + 30.0 * (np.arange(len(cu)) % 10 + 1)
         per_user_reward = np.bincount(shown_u, weights=p, minlength=world["n_users"])
         day_rec = {"day": day, "impressions": len(shown_i), "expected_reward": float(p.sum()),
                    "clicks": int(click.sum()), "new_item_impressions": int(new_item[shown_i].sum()),
@@ -227,8 +229,8 @@ def _run_weight(work: Path, world: dict, s: SimSettings, seed: int, weight: floa
 
 
 def _days_to_events(state: dict, world: dict, n_events: int, s: SimSettings) -> dict:
-    """Per new item: whole days from its creation to the end of the day of its ``n_events``-th simulated event
-    (None: not reached by the end of the simulation, censored)."""
+    """Per new item: days (fractional) from its creation to the end of the simulated day of its ``n_events``-th
+    event (None: not reached by the end of the simulation, censored)."""
     creation, start = world["creation"], world["sim_start"]
     counts = np.zeros(world["n_items"], dtype=np.int64)
     reached: dict[int, float] = {}
