@@ -16,7 +16,7 @@ from research.experiments import EXPERIMENTS
 
 app = typer.Typer(
     help="hrnn-research: reproduce the paper's tables and figures (ablation, time deltas, cold start, "
-         "rating prediction, trend correction). Results: docs/evaluation/.",
+         "rating prediction, trend correction, warm start, exploration). Results: docs/evaluation/.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -110,7 +110,7 @@ def test_config_checks_the_knobs() -> None:
         ServeConfig(exploration_weight=-1.0)
     with pytest.raises(ConfigError, match="exploration_item_age_days"):
         ServeConfig(exploration_item_age_days=0.0)
-    assert ServeConfig().exploration_weight == 0.0  # off until the closed-loop simulation chooses a default
+    assert ServeConfig().exploration_weight > 0  # on by default (chosen by issue 19's simulation, docs/exploration.md)
 
 
 # --------------------------------------------------------------------------- through the recommender
@@ -140,6 +140,20 @@ def test_young_items_are_explored_with_reason_exploration(champion: Champion) ->
     j = engine.item_index[r.item_id]
     expected = float(s[j]) + 3.0 * float(s.std()) / math.sqrt(1 + ex.events(j))
     assert r.score == pytest.approx(expected, abs=1e-4)
+
+
+def test_exploration_is_on_by_default(champion: Champion) -> None:
+    """The champion's config carries the defaults (``load_config(environ={})``): a young item of the synthetic
+    log (created within the default ``exploration_item_age_days`` before the cut) is explored."""
+    assert champion.cfg.serve.exploration_weight == ServeConfig().exploration_weight > 0
+    m = load_serving_model(champion.cfg, champion.tag)
+    assert m.info["exploration_weight"] == ServeConfig().exploration_weight
+    at = as_of(champion)
+    explored = [r for rs in recommend_all(m, at).values() for r in rs if r.reason == EXPLORATION]
+    assert explored
+    age = ServeConfig().exploration_item_age_days * DAY_SECONDS
+    ex = m.recommender.exploration
+    assert all(ex.item_age_seconds(m.engine.item_index[r.item_id], at) < age for r in explored)
 
 
 def test_never_explored_when_the_weight_is_zero_or_the_request_says_no(champion: Champion) -> None:
@@ -232,7 +246,8 @@ def test_export_ranks_as_the_service_does(service, champion: Champion, tmp_path:
         checked += EXPLORATION in {i.reason for i in resp.items}
     assert checked > 0  # explored items were compared too
     off = export_all(cfg, champion.tag, k=K, out_dir=tmp_path / "off", explore=False)
-    plain = export_all(champion.cfg, champion.tag, k=K, out_dir=tmp_path / "plain")
+    plain = export_all(dataclasses.replace(champion.cfg, serve=dataclasses.replace(champion.cfg.serve, exploration_weight=0.0)),
+                       champion.tag, k=K, out_dir=tmp_path / "plain")  # weight 0: the ranking without exploration
     assert off["exploration_weight"] == 0.0
     assert off["files"]["recommendations.csv"]["sha256"] == plain["files"]["recommendations.csv"]["sha256"]
 

@@ -453,6 +453,19 @@ def find_snapshot(snapshots_dir: Path, snapshot_id: str | None) -> Path | None:
     return None
 
 
+def scoring_path(serve_cfg, engine: InferenceEngine, snapshot: Path | None
+                 ) -> tuple[SnapshotHistory, Catalog, LiveTrend, Recommender]:
+    """The serving objects of ``engine`` over its snapshot (histories, filters' metadata, the trend and
+    exploration counts, the recommender), with ``serve_cfg``'s exploration settings; the service, the
+    export and research simulations (``research/experiments/exploration.py``) all rank through these."""
+    history = SnapshotHistory(engine, snapshot)
+    catalog = Catalog(engine, snapshot)
+    exploration = exploration_from_config(serve_cfg, engine.item_index, engine.n_items, snapshot, history.times,
+                                          history.items)
+    trend = LiveTrend(engine, history, exploration)
+    return history, catalog, trend, Recommender(engine, catalog, trend)
+
+
 def load_serving_model(cfg, tag: str, model_store=None, device: str = "cpu") -> ServingModel:
     """Load ``tag`` from the BentoML model store (``model_store``: an explicit store, else the
     current one) with its snapshot, catalog metadata and trend index."""
@@ -469,12 +482,8 @@ def load_serving_model(cfg, tag: str, model_store=None, device: str = "cpu") -> 
     engine = InferenceEngine.from_checkpoint(checkpoint, device=device)
     meta, labels = dict(model.info.metadata), dict(model.info.labels)
     snapshot = find_snapshot(Path(cfg.paths.snapshots_dir), meta.get("snapshot_id") or engine.features.snapshot_id)
-    history = SnapshotHistory(engine, snapshot)
-    catalog = Catalog(engine, snapshot)
-    exploration = exploration_from_config(cfg.serve, engine.item_index, engine.n_items, snapshot, history.times,
-                                          history.items)
-    trend = LiveTrend(engine, history, exploration)
-    rec = Recommender(engine, catalog, trend)
+    history, catalog, trend, rec = scoring_path(cfg.serve, engine, snapshot)
+    exploration = trend.exploration
     info = {
         "tag": str(model.tag), "snapshot_id": history.snapshot_id or None, "snapshot_as_of": history.as_of
         if history.snapshot_id else None,

@@ -5,7 +5,7 @@ inside the command so ``hrnn-research --help`` stays fast. The numbers they prin
 recorded in ``docs/evaluation/<topic>.md``, each next to the command that produced it.
 """
 
-EXPERIMENTS: tuple[str, ...] = ("ablation", "cold_start", "time_deltas", "rating", "trend", "warm_start")  # module names under research.experiments, in --help order
+EXPERIMENTS: tuple[str, ...] = ("ablation", "cold_start", "time_deltas", "rating", "trend", "warm_start", "exploration")  # module names under research.experiments, in --help order
 
 
 def dataset_snapshot(cfg, dataset: str, path=None, snapshot=None):

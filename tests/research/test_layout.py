@@ -34,7 +34,7 @@ def test_hrnn_research_lists_every_experiment_and_hrnn_has_none() -> None:
     from research.cli import app
 
     out = CliRunner().invoke(app, ["--help"]).output
-    for command in ("ablation", "cold-start", "time-deltas", "rating", "trend"):
+    for command in ("ablation", "cold-start", "time-deltas", "rating", "trend", "warm-start", "exploration"):
         assert command in out
     assert "experiments" not in CliRunner().invoke(product, ["--help"]).output
 
