@@ -118,7 +118,7 @@ class IngestConfig:
 # Settings earlier versions had whose chosen value is now the code's behaviour (docs/benchmarks.md, "How the
 # defaults were chosen"): a config file that sets one is an error naming it; checkpoints drop them on load.
 RETIRED_FIELDS = {
-    "model": ("trend_auto", "trend_train", "user_id_output", "user_id_dropout", "cold_item_score"),
+    "model": ("trend_auto", "trend_train", "user_id_output", "user_id_dropout", "cold_item_score", "cold_blend_events"),
     "train": ("exclude_seen", "shuffle_ties", "logq_correction"),
 }
 
@@ -155,9 +155,6 @@ class ModelConfig:
     trend_window_seconds: float = 30 * 86_400.0  # q_j(t): j's share of the events in [t_b - this, t_b); 7 d: lower
     trend_smoothing: float = 1.0  # add-k smoothing of the window's counts before log q_j(t)
     trend_bucket_seconds: float = 3600.0  # t_b = request time floored to this (q(t) recounted hourly, as the paper)
-    # k: an item with n training events scores at lambda + (1 - lambda) k / (k + n); 0 (off): no gain on
-    # ml-100k validation (docs/evaluation/cold_items.md)
-    cold_blend_events: float = 0.0
 
     @property
     def user_id_active(self) -> bool:
@@ -176,7 +173,6 @@ class ModelConfig:
             (self.trend_weight >= 0.0 and self.trend_smoothing > 0.0 and self.trend_window_seconds > 0.0,
              "trend_weight must be >= 0, trend_smoothing and trend_window_seconds > 0"),
             (self.trend_bucket_seconds > 0.0, "trend_bucket_seconds must be > 0"),
-            (self.cold_blend_events >= 0.0, "cold_blend_events must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:

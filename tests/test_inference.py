@@ -174,17 +174,6 @@ def test_the_cold_item_policy_is_the_models(trained) -> None:
     torch.testing.assert_close(InferenceEngine(ck, device="cpu").scorer.vectors()[0], w)
 
 
-def test_cold_blend_leans_few_event_items_on_metadata(trained) -> None:
-    """model.cold_blend_events = k: an item with n training events scores at lambda + (1 - lambda) k / (k + n)."""
-    _, ckpt = trained
-    ck = load_checkpoint(ckpt)
-    lam0 = MODEL.inference_item_meta_mix
-    blended = InferenceEngine(_with(ck, cold_blend_events=3.0), device="cpu").scorer
-    freq = torch.as_tensor(ck.item_freq).float()
-    expect = lam0 + (1 - lam0) * 3.0 / (3.0 + freq)
-    torch.testing.assert_close(blended._lam, expect.float())
-
-
 def test_trend_term_of_eq5(trained) -> None:
     """The engine adds eq. (5) once it has a popularity (hrnn_core.serving.recommend gives it the service's):
     + trend_weight * log q_j(t), q = the add-k smoothed shares of the window before t's bucket."""
