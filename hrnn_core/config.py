@@ -315,7 +315,7 @@ class ExportConfig:
 
     k: int = 25  # recommendations per user
     n_shards: int = 1  # users are split by user_idx % n_shards (the batch DAG maps one task per shard)
-    batch_users: int = 256  # users scored together (one batched history pass and one matrix product)
+    batch_users: int = 256  # users scored together (one history pass, one matrix product); fewer at 250k+ items
     out_dir: Path | None = None  # None -> <data_dir>/exports
 
     def __post_init__(self) -> None:

@@ -143,3 +143,28 @@ def test_export_scores_equal_the_service(champion, tmp_path: Path, monkeypatch: 
                 assert i.score == pytest.approx(float(r["score"]), abs=1e-4)
     finally:
         svc.shutdown()
+
+
+def test_a_large_catalogue_scores_fewer_users_at_once(champion, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """export.batch_users shrinks so that users x items stays under the scoring cap (as the evaluation's batches):
+    with a cap of 3 users' worth of items the export scores 3 users at a time and writes the same ranking."""
+    from hrnn_core.model import scoring
+    from hrnn_core.serving import export as export_mod
+    from hrnn_core.serving.recommend import Recommender
+
+    cfg, tag, _ = champion
+    full = score_shard(cfg, tag, 0, 1, K, tmp_path / "full")
+    sizes: list[int] = []
+    original = Recommender.recommend_many
+
+    def counting(self, requests):
+        sizes.append(len(requests))
+        return original(self, requests)
+
+    n_items = export_mod._load(cfg, tag).engine.n_items
+    monkeypatch.setattr(scoring, "MAX_SCORE_ELEMENTS", 3 * n_items)
+    monkeypatch.setattr(Recommender, "recommend_many", counting)
+    capped = score_shard(cfg, tag, 0, 1, K, tmp_path / "capped")
+    assert max(sizes) == 3 and sum(sizes) == pq.read_table(full).num_rows // K
+    a, b = pq.read_table(full).to_pydict(), pq.read_table(capped).to_pydict()
+    assert a["item_id"] == b["item_id"] and a["score"] == pytest.approx(b["score"], abs=1e-5)

@@ -24,12 +24,10 @@ from hrnn_core.errors import HrnnError
 from hrnn_core.evaluation.metrics import DEFAULT_KS, Accumulator, paired_test
 from hrnn_core.evaluation.protocols import build_split
 from hrnn_core.evaluation.splits import Cases, SnapshotData, Split
+from hrnn_core.model.scoring import rows_per_batch
 
 DEFAULT_MODELS = ("hrnn", "pop", "recent_pop", "bpr", "fm", "gru")
 HEADLINE = ("ndcg@10", "recall@10", "mrr@10", "precision@10", "coverage@10", "ppl")
-
-
-MAX_SCORE_ELEMENTS = 64_000_000  # cap on cases x items scored at once (score_cases)
 
 
 class EvaluationError(HrnnError):
@@ -152,7 +150,7 @@ def score_cases(scorer: Scorer, cases: Cases, n_items: int, batch_size: int = 51
     n = len(cases)
     # rows x catalogue matrices (scores, float64 log-softmax for PPL, masks) stay ~1 GB each: on
     # a 1M-item catalogue 512 rows would need 4 GB per copy and tens of GB in all
-    batch_size = max(1, min(batch_size, MAX_SCORE_ELEMENTS // max(n_items, 1)))
+    batch_size = rows_per_batch(batch_size, n_items)
     for lo in range(0, n, batch_size):
         idx = np.arange(lo, min(n, lo + batch_size))
         b = cases.batch(idx)

@@ -51,6 +51,15 @@ def popularity(model: HRNNMeta, times: np.ndarray, items: np.ndarray, n_items: i
                               smoothing=cfg.trend_smoothing)
 
 
+MAX_SCORE_ELEMENTS = 64_000_000  # cap on requests x items scored at once (the evaluation and the export)
+
+
+def rows_per_batch(wanted: int, n_items: int) -> int:
+    """Requests to score together: ``wanted``, fewer for a large catalogue (requests x items <= MAX_SCORE_ELEMENTS:
+    256 MB of float32 scores; 64 requests at 1M items)."""
+    return max(1, min(wanted, MAX_SCORE_ELEMENTS // max(n_items, 1)))
+
+
 class CatalogueScorer:
     """Scores of a model's catalogue (plus items added after training) for request states."""
 

@@ -42,6 +42,7 @@ from hrnn_core.config import Config
 from hrnn_core.errors import HrnnError
 from hrnn_core.data.contract import is_session_owner
 from hrnn_core.hashing import file_sha256
+from hrnn_core.model.scoring import rows_per_batch
 from hrnn_core.serving.recommend import Filters, Request, ServingModel, load_serving_model
 from hrnn_core.procs import stop_on_sigterm
 from hrnn_core.threads import apply_torch_threads
@@ -75,8 +76,9 @@ def score_model_shard(cfg: Config, m: ServingModel, shard: int, n_shards: int, k
     histories = {o: m.history.events_of(o) for _, o in owners}
     owners.sort(key=lambda uo: len(histories[uo[1]]))  # similar lengths per batch: little padding
     cols: dict[str, list] = {name: [] for name in SHARD_SCHEMA.names}
-    for lo in range(0, len(owners), cfg.export.batch_users):
-        batch = owners[lo:lo + cfg.export.batch_users]
+    step = rows_per_batch(cfg.export.batch_users, m.engine.n_items)
+    for lo in range(0, len(owners), step):
+        batch = owners[lo:lo + step]
         states = m.engine.replay([(histories[o], m.history.user_features(o)) for _, o in batch])
         recs = m.recommender.recommend_many(
             [Request(s, k, Filters(exclude_seen=True), None, at_time, explore=explore) for s in states])
