@@ -69,6 +69,7 @@ def run_demo(cfg: Config, say: Callable[[str], None] = print) -> dict:
 def summarize(cfg: Config, say: Callable[[str], None], timings: dict, seconds: float) -> dict:
     from hrnn_core import registry  # noqa: PLC0415
     from hrnn_core.data.warehouse import connect  # noqa: PLC0415
+    from hrnn_core.retrain import report_pages  # noqa: PLC0415
 
     with connect(cfg, read_only=True) as con:
         n, users, items = con.execute(
@@ -91,6 +92,9 @@ def summarize(cfg: Config, say: Callable[[str], None], timings: dict, seconds: f
         lineage = registry.show_lineage(latest["hrnn"].tag)
         if lineage:
             say(f"HRNN-meta trained {lineage.get('retrain_mode')}: {lineage.get('mode_reason')}")
+    pages = report_pages(cfg)
+    if pages:
+        say(f"report: {pages[0]} (open it in a browser; `hrnn report` prints it again)")
     export_dir = None
     exports = sorted(cfg.paths.exports_dir.glob("until-*"))
     if exports:
