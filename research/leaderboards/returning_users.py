@@ -5,7 +5,9 @@ model's per-event metric over the seeds and prints the mean over the test events
 (the user owns training events, so models with ``model.use_user_id`` know their id) and of new users.
 ``--before`` names the same reports at an earlier git commit, for the HRNN-meta rows of then.
 ``--popularity`` adds the groups by the target's training popularity (``breakdowns.popularity_buckets``, the
-HTML report's buckets); ``--models hrnn,sasrec`` compares other models (issue 20).
+HTML report's buckets); ``--repeats`` the groups by whether the target repeats an item of the owner's history
+(``Cases.repeated_targets``; sessions that repeat items: yoochoose); ``--models hrnn,sasrec`` compares other
+models (issue 20).
 
     .venv/bin/python research/leaderboards/returning_users.py data/snapshots/a6e23c1cae551bc8 --protocol temporal \\
         bench/results/leaderboard_ml-100k_temporal{,.seed1,.seed2,.seed3,.seed4}.json --before b28e1f1
@@ -48,6 +50,7 @@ def main() -> None:
     ap.add_argument("--models", default="hrnn,gru")
     ap.add_argument("--before", default=None, help="git commit of earlier reports (HRNN-meta rows of then)")
     ap.add_argument("--popularity", action="store_true", help="also by the target's training popularity")
+    ap.add_argument("--repeats", action="store_true", help="also by whether the target repeats a history item")
     args = ap.parse_args()
     split = build_split(args.protocol, SnapshotData.load(args.snapshot), **json.loads(args.params))
     segments = user_segments(split)  # the one definition (hrnn_core.evaluation.breakdowns), as in the HTML report
@@ -55,6 +58,10 @@ def main() -> None:
     groups = {"returning": returning, "new": segments["new users"]}
     if args.popularity:
         groups.update({f"{k} ({int(m.sum())})": m for k, m in (popularity_buckets(split) or {}).items()})
+    if args.repeats:
+        repeated = split.test.repeated_targets()
+        groups.update({f"repeat of history ({int(repeated.sum())})": repeated,
+                       f"new to the owner ({int((~repeated).sum())})": ~repeated})
     print(f"{args.protocol}: {len(returning):,} test events; returning users "
           f"{len(set(split.test.owner[returning].tolist()))} ({int(returning.sum()):,} events), new users "
           f"{len(set(split.test.owner[~returning].tolist()))} ({int((~returning).sum()):,} events); "
