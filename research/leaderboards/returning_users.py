@@ -6,7 +6,8 @@ model's per-event metric over the seeds and prints the mean over the test events
 ``--before`` names the same reports at an earlier git commit, for the HRNN-meta rows of then.
 ``--popularity`` adds the groups by the target's training popularity (``breakdowns.popularity_buckets``, the
 HTML report's buckets); ``--repeats`` the groups by whether the target repeats an item of the owner's history
-(``Cases.repeated_targets``; sessions that repeat items: yoochoose); ``--models hrnn,sasrec`` compares other
+(``Cases.repeated_targets``; sessions that repeat items: yoochoose; with ``--popularity`` also crossed with the
+buckets); ``--models hrnn,sasrec`` compares other
 models (issue 20); ``--json FILE`` writes the group means and, per group, the paired tests of the first model
 against each other one on the seed-mean per-event values (per event, and with whole owners resampled).
 
@@ -65,6 +66,11 @@ def main() -> None:
         repeated = split.test.repeated_targets()
         groups.update({f"repeat of history ({int(repeated.sum())})": repeated,
                        f"new to the owner ({int((~repeated).sum())})": ~repeated})
+        if args.popularity:  # the two crossed: is a gap on rare targets the repeats' or not?
+            for k, m in (popularity_buckets(split) or {}).items():
+                for label, r in (("repeat", repeated), ("new", ~repeated)):
+                    if (m & r).any():
+                        groups[f"{k}, {label} ({int((m & r).sum())})"] = m & r
     print(f"{args.protocol}: {len(returning):,} test events; returning users "
           f"{len(set(split.test.owner[returning].tolist()))} ({int(returning.sum()):,} events), new users "
           f"{len(set(split.test.owner[~returning].tolist()))} ({int((~returning).sum()):,} events); "
