@@ -2,6 +2,7 @@
 
     .venv/bin/python research/leaderboards/leaderboard_table.py bench/results/leaderboard_<dataset>_<protocol>.json ...  (not the .seedN files)
     .venv/bin/python research/leaderboards/leaderboard_table.py bench/results/leaderboard_<dataset>_<protocol>.seed_mean.json   (seed tables)
+    (also the ``.seed_mean_<model>.json`` files of a model added over fewer seeds: sasrec)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ def table(report: dict) -> str:
     lines = [f"### {report['dataset']} / {report['protocol']}",
              "", f"{report['n_events']:,} test events, {report['n_users']:,} users. "
                  f"{report.get('protocol_description', '').splitlines()[0] if report.get('protocol_description') else ''}",
-             "", "| model | NDCG@10 | Recall@10 | MRR@10 | PPL | fit s | epochs (best) |",
+             "", "| model | NDCG@10 | Recall@10 | MRR@10 | PPL | fit s (shared 2-core CPU, context only) | epochs (best) |",
              "|---|---|---|---|---|---|---|"]
     for name, m in sorted(models.items(), key=lambda kv: -kv[1].get("ndcg@10", 0.0)):
         ppl = f"{m['ppl']:.1f}" if isinstance(m.get("ppl"), float) else "-"
@@ -67,5 +68,5 @@ if __name__ == "__main__":
         sys.exit(f"no such report: {', '.join(missing)} (research/leaderboards/leaderboards.sh writes them)")
     for path in paths:
         report = json.loads(Path(path).read_text())
-        print(seed_table(report) if path.endswith(".seed_mean.json") else table(report))
+        print(seed_table(report) if ".seed_mean" in Path(path).name else table(report))
         print()

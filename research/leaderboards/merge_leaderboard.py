@@ -22,6 +22,16 @@ import numpy as np
 from hrnn_core.evaluation.harness import ModelResult, chart, significance
 
 SAME = ("dataset", "protocol", "protocol_description", "snapshot_id", "n_events")
+# lines of a split's description that count something about the split without defining it: a report recorded
+# before the line existed is still the same split (the run's own description is kept as protocol_description_now)
+INFORMATIONAL = ("test targets that repeat an item of their history",)
+
+
+def split_description(text: str | None) -> str | None:
+    """``text`` without its informational lines (``INFORMATIONAL``): what defines the split."""
+    if text is None:
+        return None
+    return "\n".join(line for line in text.split("\n") if not line.strip().startswith(INFORMATIONAL))
 
 
 def load(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -35,9 +45,13 @@ def merge(base_path: Path, new_path: Path, models: list[str]) -> dict:
     base, base_arrays = load(base_path)
     new, new_arrays = load(new_path)
     for key in SAME:
-        if base.get(key) != new.get(key):
+        same = (split_description(base.get(key)) == split_description(new.get(key)) if key == "protocol_description"
+                else base.get(key) == new.get(key))
+        if not same:
             raise SystemExit(f"{new_path} is not the same split as {base_path}: {key} differs "
                              f"({new.get(key)!r} vs {base.get(key)!r})")
+    if base.get("protocol_description") != new.get("protocol_description"):
+        base["protocol_description_now"] = new.get("protocol_description")
     for name in models:
         if name not in new["models"]:
             raise SystemExit(f"{new_path} has no model {name!r} (it has {', '.join(new['models'])})")
