@@ -231,11 +231,9 @@ def test_a_warm_retrain_records_its_lineage_and_the_gate_sees_it(two, tmp_path, 
 
 
 def test_the_warm_fine_tune_settings_come_from_the_retrain_config() -> None:
-    cfg = load_config(overrides={"retrain": {"warm_epochs": 4, "warm_lr_scale": 0.5}}, environ={})
+    cfg = load_config(overrides={"retrain": {"warm_epochs": 4}}, environ={})
     train = retrain.warm_train_config(cfg.train, cfg.retrain)
     assert (train.epochs, train.min_epochs) == (4, 0)
-    assert train.lr == pytest.approx(cfg.train.lr * 0.5)
-    assert train.batch_size == cfg.train.batch_size  # everything else is the ordinary training's
-    for bad in (0.0, 1.5):
-        with pytest.raises(ConfigError):
-            load_config(overrides={"retrain": {"warm_lr_scale": bad}}, environ={})
+    assert dataclasses.replace(train, epochs=cfg.train.epochs, min_epochs=cfg.train.min_epochs) == cfg.train
+    with pytest.raises(ConfigError):
+        load_config(overrides={"retrain": {"warm_epochs": 0}}, environ={})

@@ -192,7 +192,8 @@ def _validation_frames(data, test_cut: float, n_days: int, test_fraction: float)
 def tune(cfg, snapshot: Path, work: Path, *, variants: list[tuple[int, float]], n_days: int, test_fraction: float,
          seed: int = 0, say=print) -> dict:
     """Warm-start settings on validation frames only: one full model trained before the first of the
-    ``n_days + 1`` days before the test cut, then per variant (warm_epochs, warm_lr_scale) a chain of warm
+    ``n_days + 1`` days before the test cut, then per variant (``retrain.warm_epochs``, a factor on the warm
+    fine-tune's peak learning rate ``train.lr``) a chain of warm
     starts over the next ``n_days`` days (each from the previous day's warm model, as the replay does),
     NDCG@10 / Recall@10 per day. Resumable (``work/tune.json``)."""
     data, test_split = _rolling(snapshot, test_fraction)
@@ -222,8 +223,8 @@ def tune(cfg, snapshot: Path, work: Path, *, variants: list[tuple[int, float]], 
     for epochs, scale in variants:
         name = f"warm_e{epochs}_lr{scale:g}"
         run = state["runs"].setdefault(name, {"warm_epochs": epochs, "warm_lr_scale": scale, "days": []})
-        vcfg = dataclasses.replace(cfg, retrain=dataclasses.replace(cfg.retrain, warm_epochs=epochs,
-                                                                    warm_lr_scale=scale))
+        vcfg = dataclasses.replace(cfg, retrain=dataclasses.replace(cfg.retrain, warm_epochs=epochs),
+                                   train=dataclasses.replace(cfg.train, lr=cfg.train.lr * scale))  # warm fits only
         for k in range(len(run["days"]) + 1, len(frames)):
             start = work / "base" if k == 1 else work / f"{name}-{k - 1}"
             say(f"{name}: validation day {k} ...")
@@ -338,7 +339,8 @@ def warm_start_tune_command(
     dataset: Annotated[str, typer.Option(help="ml-100k | synth-drift | another adapter's dataset (with --path).")],
     work: Annotated[Path, typer.Option(help="Work folder: the tuning's state and trainings (resumable).")],
     output: Annotated[Path, typer.Option(help="Report JSON: every variant's validation metrics and the choice.")],
-    variants: Annotated[str, typer.Option(help="warm_epochs:warm_lr_scale pairs; the first is the current setting.")]
+    variants: Annotated[str, typer.Option(help="WARM_EPOCHS:LR_FACTOR pairs (the fine-tune's peak LR = train.lr x "
+                                                "LR_FACTOR); the first is the current setting.")]
     = "3:1,3:0.3,5:1,5:0.3,8:0.3",
     days: Annotated[int, typer.Option(help="Validation days of warm starts (after the base model's day).")] = 3,
     test_fraction: Annotated[float, typer.Option(help="Share of events in the rolling test period (not read).")] = 0.1,
@@ -348,7 +350,7 @@ def warm_start_tune_command(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Choose retrain.warm_epochs / warm_lr_scale on the daily frames just before the test period (never the test)."""
+    """Choose retrain.warm_epochs and the fine-tune's learning rate on the days just before the test period."""
     if days < 1 or not 0 < test_fraction < 1:
         raise WarmStartExperimentError("--days must be >= 1 and --test-fraction in (0, 1)")
     chosen_variants = _parse_variants(variants)
