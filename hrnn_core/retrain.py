@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hrnn_core.config import Config
+from hrnn_core.config import Config, RetrainConfig, TrainConfig
 from hrnn_core.errors import HrnnError
 from hrnn_core.procs import stop_on_sigterm
 
@@ -81,6 +81,13 @@ def _apply_threads(cfg: Config) -> None:
     apply_torch_threads(cfg.train.threads)
 
 
+def warm_train_config(train: TrainConfig, retrain: RetrainConfig) -> TrainConfig:
+    """The training settings of a warm start (the fine-tune of the champion): ``train``'s, with at most
+    ``retrain.warm_epochs`` epochs (also the cosine decay's length), the best kept by the same early-stopping
+    metric (``min_epochs`` 0: a fine-tune needs no minimum); docs/warm_start.md."""
+    return dataclasses.replace(train, epochs=retrain.warm_epochs, min_epochs=0)
+
+
 def _model_options(cfg: Config, kind: str, run_dir: Path, plan: dict | None = None) -> dict:
     """The scorer options of ``kind``; a network trains into ``run_dir`` (the run's own folder). ``plan``
     (``retrain_plan``) warm: HRNN-meta starts from the champion for at most ``retrain.warm_epochs`` epochs,
@@ -89,7 +96,7 @@ def _model_options(cfg: Config, kind: str, run_dir: Path, plan: dict | None = No
         return {}
     train = dataclasses.replace(cfg.train, progress=False)
     if plan and plan["retrain_mode"] == "warm":
-        train = dataclasses.replace(train, epochs=cfg.retrain.warm_epochs, min_epochs=0)
+        train = warm_train_config(train, cfg.retrain)
         return {"model": cfg.model, "train": train, "run_dir": run_dir, "init_from": Path(plan["init_from"])}
     return {"model": cfg.model, "train": train, "run_dir": run_dir}
 

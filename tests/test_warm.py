@@ -20,6 +20,7 @@ import torch
 from hrnn_core import registry, retrain
 from hrnn_core.config import ModelConfig, TrainConfig, load_config
 from hrnn_core.data.warehouse import connect
+from hrnn_core.errors import ConfigError
 from hrnn_core.model.checkpoint import load_checkpoint
 from hrnn_core.model.features import FieldGroup, encode_events
 from hrnn_core.model.steps import gather_steps
@@ -227,3 +228,12 @@ def test_a_warm_retrain_records_its_lineage_and_the_gate_sees_it(two, tmp_path, 
         shown = registry.show(con, decision["candidate"])
     assert shown["lineage"]["retrain_mode"] == "warm" and shown["lineage"]["warm_from"] == champ
     assert shown["lineage"]["full_base_as_of"] == float(CUT)
+
+
+def test_the_warm_fine_tune_settings_come_from_the_retrain_config() -> None:
+    cfg = load_config(overrides={"retrain": {"warm_epochs": 4}}, environ={})
+    train = retrain.warm_train_config(cfg.train, cfg.retrain)
+    assert (train.epochs, train.min_epochs) == (4, 0)
+    assert dataclasses.replace(train, epochs=cfg.train.epochs, min_epochs=cfg.train.min_epochs) == cfg.train
+    with pytest.raises(ConfigError):
+        load_config(overrides={"retrain": {"warm_epochs": 0}}, environ={})

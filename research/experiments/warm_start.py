@@ -68,15 +68,17 @@ def _rolling(snapshot: Path, test_fraction: float):
 
 
 def _fit(cfg, data, frame_start: float, run_dir: Path, init_from: Path | None, seed: int):
-    """One nightly training on the events before ``frame_start``: (the fitted scorer, its wall seconds)."""
+    """One nightly training on the events before ``frame_start``: (the fitted scorer, its wall seconds); warm
+    (``init_from``) with the product's warm-start settings (``hrnn_core.retrain.warm_train_config``)."""
     from hrnn_core.evaluation.harness import train_data  # noqa: PLC0415
     from hrnn_core.evaluation.hrnn_scorer import HRNNScorer  # noqa: PLC0415
     from hrnn_core.evaluation.protocols import build_split  # noqa: PLC0415
+    from hrnn_core.retrain import warm_train_config  # noqa: PLC0415
 
     sub = build_split("temporal", data, cut_time=frame_start, valid_fraction=0.0)
     train = dataclasses.replace(cfg.train, progress=False)
     if init_from is not None:
-        train = dataclasses.replace(train, epochs=cfg.retrain.warm_epochs, min_epochs=0)
+        train = warm_train_config(train, cfg.retrain)
     shutil.rmtree(run_dir, ignore_errors=True)
     scorer = HRNNScorer(model=cfg.model, train=train, device=cfg.train.device, run_dir=run_dir / "train",
                         init_from=init_from)
@@ -170,6 +172,101 @@ def summarize(state: dict, work: Path, config: dict) -> dict:
                                       "mean_per_event": means, "paired_test_warm_minus_full": tests}}
 
 
+def _validation_frames(data, test_cut: float, n_days: int, test_fraction: float):
+    """The ``n_days + 1`` daily frames just before the test period's cut (validation frames: no test event),
+    as a rolling split cut ``n_days + 1`` days before it, its horizon ending at the test cut."""
+    from hrnn_core.evaluation.protocols import build_split  # noqa: PLC0415
+    from hrnn_core.evaluation.splits import repeat_share  # noqa: PLC0415
+    from hrnn_core.train.trainer import EXCLUDE_SEEN_MAX_REPEATS  # noqa: PLC0415
+
+    span = (n_days + 1) * DAY
+    params = {"cut_time": test_cut - span, "horizon": span, "frame_seconds": DAY, "valid_fraction": 0.1}
+    split = build_split("rolling", data, **params)
+    if repeat_share(split.train) > EXCLUDE_SEEN_MAX_REPEATS:
+        split = build_split("rolling", data, **params, exclude_seen=False)
+    if max(f.end for f in split.frames) > test_cut + 1e-6:
+        raise WarmStartExperimentError("a validation frame reaches into the test period")
+    return split
+
+
+def tune(cfg, snapshot: Path, work: Path, *, variants: list[tuple[int, float]], n_days: int, test_fraction: float,
+         seed: int = 0, say=print) -> dict:
+    """Warm-start settings on validation frames only: one full model trained before the first of the
+    ``n_days + 1`` days before the test cut, then per variant (``retrain.warm_epochs``, a factor on the warm
+    fine-tune's peak learning rate ``train.lr``) a chain of warm
+    starts over the next ``n_days`` days (each from the previous day's warm model, as the replay does),
+    NDCG@10 / Recall@10 per day. Resumable (``work/tune.json``)."""
+    data, test_split = _rolling(snapshot, test_fraction)
+    split = _validation_frames(data, test_split.cut_time, n_days, test_fraction)
+    frames = split.frames
+    if len(frames) < 2:
+        raise WarmStartExperimentError(f"{len(frames)} non-empty validation days; need 2 or more")
+    work.mkdir(parents=True, exist_ok=True)
+    state_path = work / "tune.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {
+        "snapshot_id": data.snapshot_id, "test_cut": test_split.cut_time, "protocol": split.describe(), "runs": {}}
+
+    def save() -> None:
+        state_path.write_text(json.dumps(state, indent=2, default=float))
+
+    if "base" not in state["runs"]:
+        say(f"full model on the events before validation day 0 ({frames[0].start:.0f}) ...")
+        full, secs = _fit(cfg, data, frames[0].start, work / "base", None, seed)
+        per_day = []
+        for k, frame in enumerate(frames):  # the base model unretrained: the 'no retrain' reference
+            metrics, per = _score(full, frame, split.n_items)
+            np.savez_compressed(work / f"base-day-{k}.npz", owners=frame.cases.batch(np.arange(len(frame.cases)))["owners"],
+                                **per)
+            per_day.append({"day": k, "start": frame.start, "n_events": len(frame.cases), "metrics": metrics})
+        state["runs"]["base"] = {"fit_seconds": secs, "epochs": len(full.history), "days": per_day}
+        save()
+    for epochs, scale in variants:
+        name = f"warm_e{epochs}_lr{scale:g}"
+        run = state["runs"].setdefault(name, {"warm_epochs": epochs, "warm_lr_scale": scale, "days": []})
+        vcfg = dataclasses.replace(cfg, retrain=dataclasses.replace(cfg.retrain, warm_epochs=epochs),
+                                   train=dataclasses.replace(cfg.train, lr=cfg.train.lr * scale))  # warm fits only
+        for k in range(len(run["days"]) + 1, len(frames)):
+            start = work / "base" if k == 1 else work / f"{name}-{k - 1}"
+            say(f"{name}: validation day {k} ...")
+            warm, secs = _fit(vcfg, data, frames[k].start, work / f"{name}-{k}", _best(start), seed)
+            metrics, per = _score(warm, frames[k], split.n_items)
+            np.savez_compressed(work / f"{name}-day-{k}.npz", **per)
+            run["days"].append({"day": k, "fit_seconds": secs, "epochs": len(warm.history), "metrics": metrics})
+            save()
+            say(f"{name}: day {k} ndcg@10 {metrics['ndcg@10']:.4f}")
+    return state
+
+
+def summarize_tuning(state: dict, work: Path, variants: list[tuple[int, float]], config: dict) -> dict:
+    """Per variant: pooled NDCG@10 / Recall@10 over validation days 1..n, paired tests against the current
+    setting (the first variant) and the unretrained base; the choice: the highest pooled NDCG@10."""
+    from hrnn_core.evaluation.metrics import paired_test  # noqa: PLC0415
+
+    n = len(state["runs"]["base"]["days"])
+    owners = np.concatenate([np.load(work / f"base-day-{k}.npz")["owners"] for k in range(1, n)])
+    per = {"base": {m: np.concatenate([np.load(work / f"base-day-{k}.npz")[m] for k in range(1, n)]) for m in METRICS}}
+    names = [f"warm_e{e}_lr{s:g}" for e, s in variants]
+    for name in names:
+        per[name] = {m: np.concatenate([np.load(work / f"{name}-day-{k}.npz")[m] for k in range(1, n)]) for m in METRICS}
+    table = {}
+    for name in ["base", *names]:
+        run = state["runs"][name]
+        table[name] = {**{k: v for k, v in run.items() if k != "days"}, "days": run["days"],
+                       "mean_per_event": {m: float(per[name][m].mean()) for m in METRICS}}
+        if name != "base":
+            table[name]["warm_fit_seconds"] = sum(d["fit_seconds"] for d in run["days"])
+            table[name]["paired_test_vs_current"] = {m: paired_test(per[name][m], per[names[0]][m], clusters=owners)
+                                                     for m in METRICS}
+            table[name]["paired_test_vs_no_retrain"] = {m: paired_test(per[name][m], per["base"][m], clusters=owners)
+                                                        for m in METRICS}
+    chosen = max(names, key=lambda k: table[k]["mean_per_event"]["ndcg@10"])
+    return {**{k: v for k, v in state.items() if k != "runs"}, "config": config, "n_validation_days": n - 1,
+            "n_validation_events": int(len(owners)), "current": names[0], "variants": table,
+            "rule": "highest pooled validation NDCG@10 over validation days 1..n", "chosen": chosen,
+            "chosen_settings": {"warm_epochs": table[chosen]["warm_epochs"],
+                                "warm_lr_scale": table[chosen]["warm_lr_scale"]}}
+
+
 def chart(report: dict, path: Path, title: str) -> None:
     """Two panels, one line per retraining mode: training seconds and NDCG@10 per replay day."""
     from matplotlib.figure import Figure  # noqa: PLC0415
@@ -200,6 +297,7 @@ def warm_start_command(
     test_fraction: Annotated[float, typer.Option(help="Share of events in the rolling test period.")] = 0.1,
     max_seconds: Annotated[float, typer.Option(help="Stop before a day that would pass this wall time.")] = 540.0,
     path: Annotated[Optional[Path], typer.Option(help="Raw dataset folder (datasets other than ml-100k).")] = None,
+    snapshot: Annotated[Optional[Path], typer.Option(help="An existing snapshot folder (skips the ingest).")] = None,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
@@ -208,7 +306,7 @@ def warm_start_command(
     if days < 1 or not 0 < test_fraction < 1 or max_seconds <= 0:
         raise WarmStartExperimentError("--days must be >= 1, --test-fraction in (0, 1), --max-seconds > 0")
     cfg = cli_config(config, None, data_dir)
-    snap = _snapshot(cfg, dataset, path)
+    snap = Path(snapshot) if snapshot is not None else _snapshot(cfg, dataset, path)
     state = replay(cfg, snap, work, n_days=days, test_fraction=test_fraction, max_seconds=max_seconds, seed=seed,
                    say=lambda m: typer.echo(m, err=True))
     if len(state["days"]) < 2:
@@ -227,5 +325,50 @@ def warm_start_command(
                f"(p {over['paired_test_warm_minus_full']['ndcg@10']['p_value']:.3f})")
 
 
+def _parse_variants(text: str) -> list[tuple[int, float]]:
+    try:
+        out = [(int(e), float(s)) for e, s in (v.split(":") for v in text.split(","))]
+    except ValueError as err:
+        raise WarmStartExperimentError(f"--variants: EPOCHS:LR_SCALE,... expected, got {text!r}") from err
+    if not out or any(e < 1 or not 0 < s <= 1 for e, s in out):
+        raise WarmStartExperimentError("--variants: epochs >= 1 and learning-rate scales in (0, 1]")
+    return out
+
+
+def warm_start_tune_command(
+    dataset: Annotated[str, typer.Option(help="ml-100k | synth-drift | another adapter's dataset (with --path).")],
+    work: Annotated[Path, typer.Option(help="Work folder: the tuning's state and trainings (resumable).")],
+    output: Annotated[Path, typer.Option(help="Report JSON: every variant's validation metrics and the choice.")],
+    variants: Annotated[str, typer.Option(help="WARM_EPOCHS:LR_FACTOR pairs (the fine-tune's peak LR = train.lr x "
+                                                "LR_FACTOR); the first is the current setting.")]
+    = "3:1,3:0.3,5:1,5:0.3,8:0.3",
+    days: Annotated[int, typer.Option(help="Validation days of warm starts (after the base model's day).")] = 3,
+    test_fraction: Annotated[float, typer.Option(help="Share of events in the rolling test period (not read).")] = 0.1,
+    path: Annotated[Optional[Path], typer.Option(help="Raw dataset folder (datasets other than ml-100k).")] = None,
+    snapshot: Annotated[Optional[Path], typer.Option(help="An existing snapshot folder (skips the ingest).")] = None,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Choose retrain.warm_epochs and the fine-tune's learning rate on the days just before the test period."""
+    if days < 1 or not 0 < test_fraction < 1:
+        raise WarmStartExperimentError("--days must be >= 1 and --test-fraction in (0, 1)")
+    chosen_variants = _parse_variants(variants)
+    cfg = cli_config(config, None, data_dir)
+    snap = Path(snapshot) if snapshot is not None else _snapshot(cfg, dataset, path)
+    state = tune(cfg, snap, work, variants=chosen_variants, n_days=days, test_fraction=test_fraction, seed=seed,
+                 say=lambda m: typer.echo(m, err=True))
+    config_used = {"model": dataclasses.asdict(cfg.model), "retrain": dataclasses.asdict(cfg.retrain),
+                   "train": {k: v for k, v in dataclasses.asdict(cfg.train).items() if k != "event_type_weights"},
+                   "dataset": dataset, "test_fraction": test_fraction, "seed": seed}
+    report = summarize_tuning(state, work, chosen_variants, config_used)
+    write_report(output, report)
+    for name, row in report["variants"].items():
+        typer.echo(f"{name}: validation NDCG@10 {row['mean_per_event']['ndcg@10']:.4f} "
+                   f"Recall@10 {row['mean_per_event']['recall@10']:.4f}")
+    typer.echo(f"chosen: {report['chosen']}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("warm-start")(guard(warm_start_command))
+    app.command("warm-start-tune")(guard(warm_start_tune_command))

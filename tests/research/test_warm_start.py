@@ -8,7 +8,7 @@ import pytest
 
 from hrnn_core.config import load_config
 from hrnn_core.data.datasets.load import synthetic_snapshot
-from research.experiments.warm_start import chart, replay, summarize
+from research.experiments.warm_start import chart, replay, summarize, summarize_tuning, tune
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -36,3 +36,22 @@ def test_replay_trains_both_lines_follows_the_full_schedule_and_resumes(tmp_path
     chart(report, tmp_path / "chart.png", "test")
     assert (tmp_path / "chart.png").stat().st_size > 0
     assert json.loads((work / "state.json").read_text())["days"] == json.loads(json.dumps(days, default=float))
+
+
+def test_tuning_reads_only_the_days_before_the_test_period_and_chooses_the_best_variant(tmp_path) -> None:
+    snap = synthetic_snapshot(tmp_path / "data", n_users=40, n_items=60, n_events=1500, n_genres=5, seed=5, days=10)
+    cfg = load_config(overrides={
+        "paths": {"data_dir": str(tmp_path / "data")}, "model": {"hidden_size": 16, "field_dim": 8, "input_size": 16},
+        "train": {"epochs": 2, "batch_size": 8, "bptt": 8, "progress": False, "val_owners": 5, "threads": 1}},
+        environ={})
+    work, variants = tmp_path / "tune", [(1, 1.0), (2, 0.3)]
+    state = tune(cfg, snap, work, variants=variants, n_days=2, test_fraction=0.3)
+    base_days = state["runs"]["base"]["days"]
+    assert len(base_days) == 3 and base_days[-1]["start"] + 86_400 <= state["test_cut"]  # validation frames only
+    assert [d["epochs"] for d in state["runs"]["warm_e1_lr1"]["days"]] == [1, 1]
+    assert [d["day"] for d in state["runs"]["warm_e2_lr0.3"]["days"]] == [1, 2]
+    report = summarize_tuning(tune(cfg, snap, work, variants=variants, n_days=2, test_fraction=0.3), work, variants, {})
+    means = {k: v["mean_per_event"]["ndcg@10"] for k, v in report["variants"].items() if k != "base"}
+    assert report["chosen"] == max(means, key=means.get) and report["current"] == "warm_e1_lr1"
+    assert report["chosen_settings"] == {k: report["variants"][report["chosen"]][k]
+                                         for k in ("warm_epochs", "warm_lr_scale")}
