@@ -27,6 +27,7 @@ class Champion:
     tag: str  # the promoted BentoML tag (callers delete it when done: the test store is shared)
     snap: Path  # the synthetic snapshot it was trained on
     artifact: Path  # folder holding model.pt
+    repeat_log_prior: float | None = None  # the repeat term set by hand (None: as trained)
 
 
 def promote_tiny_champion(root: Path, *, n_users: int, n_items: int, n_events: int, seed: int,
@@ -49,4 +50,4 @@ def promote_tiny_champion(root: Path, *, n_users: int, n_items: int, n_events: i
     with connect(cfg) as con:
         tag = registry.register(con, "hrnn", art, metrics=metrics, snapshot_id=snap.name, data_interval=(1.7e9, as_of))
         registry.promote(con, tag)
-    return Champion(cfg, tag, snap, art)
+    return Champion(cfg, tag, snap, art, repeat_log_prior)

@@ -41,7 +41,6 @@ def champion(request, tmp_path_factory: pytest.TempPathFactory):
     model = dataclasses.replace(TINY_MODEL, trend_weight=trend)
     c = promote_tiny_champion(tmp_path_factory.mktemp("parity"), n_users=30, n_items=n_items, n_events=900, seed=11,
                               model=model, repeat_log_prior=repeat)
-    c.repeats = repeat is not None
     if n_items > 60:
         freq = load_checkpoint(c.artifact / "model.pt").item_freq
         assert (freq == 0).float().mean() > 0.5  # most of the catalogue is cold
@@ -98,6 +97,7 @@ def assert_same(got: list[tuple[str, float]], ref: list[tuple[str, float]]) -> N
 
 def test_the_gate_the_export_and_the_service_score_alike(champion, tmp_path: Path) -> None:
     c = champion
+    repeats = c.repeat_log_prior is not None
     snap_seq = pq.read_table(c.snap / "sequences.parquet")
     users = pq.read_table(c.snap / "users.parquet")
     as_of = json.loads((c.snap / "manifest.json").read_text())["as_of"]
@@ -125,10 +125,10 @@ def test_the_gate_the_export_and_the_service_score_alike(champion, tmp_path: Pat
     scores = eval_scores(c, seq, pa.concat_tables([users, extra_users]), [0, 1, 2], [as_of, as_of, t_session])
     seen = [set(warm["item_idx"]), set(), set(session_row["item_idx"])]
     exported_gate = top_k(scores[0], seen[0], item_ids)  # the export drops seen items
-    if c.repeats:  # seen items stay in the ranking: the repeat term decides some of the top-k
+    if repeats:  # seen items stay in the ranking: the repeat term decides some of the top-k
         seen = [set(), set(), set()]
     gate = {o: top_k(scores[i], seen[i], item_ids) for i, o in enumerate(["warm", "cold", "session"])}
-    if c.repeats:
+    if repeats:
         own = {item_ids[j] for j in warm["item_idx"]}
         assert any(i in own for i, _ in gate["warm"]), "the repeat term should lift some of the user's own items"
 
@@ -145,7 +145,7 @@ def test_the_gate_the_export_and_the_service_score_alike(champion, tmp_path: Pat
     server = Server(data, tmp_path / "serve.log")
     try:
         def ask(body: dict) -> list[tuple[str, float]]:
-            if c.repeats:
+            if repeats:
                 body = {**body, "filters": {"exclude_seen": False}}
             r = server.client.post("/recommend", json={"num_results": K, **body})
             assert r.status_code == 200, r.text
