@@ -27,12 +27,12 @@ class Champion:
     tag: str  # the promoted BentoML tag (callers delete it when done: the test store is shared)
     snap: Path  # the synthetic snapshot it was trained on
     artifact: Path  # folder holding model.pt
-    repeat_log_prior: tuple[float, ...] | None = None  # the repeat term per recency bucket set by hand (None: as trained)
+    repeat_log_prior: float | None = None  # the repeat term set by hand (None: as trained)
 
 
 def promote_tiny_champion(root: Path, *, n_users: int, n_items: int, n_events: int, seed: int,
                           metrics: dict | None = None, model: ModelConfig = TINY_MODEL,
-                          repeat_log_prior: tuple[float, ...] | None = None, **synth_options) -> Champion:
+                          repeat_log_prior: float | None = None, **synth_options) -> Champion:
     """Train a tiny HRNN-meta for one epoch on a synthetic snapshot, register it and promote it
     (``synth_options``: more ``SynthConfig`` fields, e.g. ``cold_items_fraction`` for items created late)."""
     snap = synthetic_snapshot(root / "data", n_users=n_users, n_items=n_items, n_events=n_events, n_genres=5,
@@ -43,7 +43,7 @@ def promote_tiny_champion(root: Path, *, n_users: int, n_items: int, n_events: i
     shutil.copy(run.last_checkpoint, art / "model.pt")
     if repeat_log_prior is not None:  # the repeat term set by hand (a tiny fit's calibrated one may be ~0)
         raw = torch.load(art / "model.pt", map_location="cpu", weights_only=True)
-        raw["model_state"]["repeat_log_prior"] = torch.tensor(repeat_log_prior, dtype=torch.float32)
+        raw["model_state"]["repeat_log_prior"] = torch.tensor(float(repeat_log_prior))
         torch.save(raw, art / "model.pt")
     cfg = load_config(overrides={"paths": {"data_dir": str(root / "data")}}, environ={})
     as_of = json.loads((snap / "manifest.json").read_text())["as_of"]

@@ -22,7 +22,7 @@ import torch
 from hrnn_core.config import RETIRED_FIELDS, ModelConfig, TrainConfig
 from hrnn_core.errors import HrnnError
 from hrnn_core.model.features import USER_ID_FIELD, FeatureSpace
-from hrnn_core.model.network import REPEAT_BUCKETS, HRNNMeta, drop_user_id_inputs, rename_gru_cells
+from hrnn_core.model.network import HRNNMeta, drop_user_id_inputs, rename_gru_cells
 
 FORMAT_VERSION = 1
 
@@ -98,9 +98,8 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoin
     if raw["model_config"].get("user_id_output") is False and USER_ID_FIELD in fs.users.cat_fields:
         raise CheckpointError(f"{path} reads the user id as an input field (model.user_id_output = false), which "
                               "this version no longer has (the id is an output vector); retrain")
-    # older checkpoints: no cold prior and no repeat term (0), or one repeat prior for every recency bucket
+    # older checkpoints: no cold prior and no repeat term (0)
     state = {"cold_log_prior": torch.zeros(()), "repeat_log_prior": torch.zeros(()), **raw["model_state"]}
-    state["repeat_log_prior"] = state["repeat_log_prior"].reshape(-1).expand(REPEAT_BUCKETS).clone()
     model = HRNNMeta(model_cfg, fs, state["item_cat"][:-1], state["item_num"][:-1])
     model.load_state_dict(drop_user_id_inputs(rename_gru_cells(state), model))
     model.to(resolve_device(device)).eval()

@@ -43,12 +43,6 @@ from hrnn_core.model.features import USER_ID_FIELD, FeatureSpace, FieldGroup
 
 __all__ = ["HRNNMeta", "ModelConfig", "StepInputs"]
 
-# The repeat term's recency buckets (hrnn_core.model.scoring): an owner's item by its rank among the owner's
-# distinct items ordered by last event, 0 = the latest: 0 | 1 | 2 | 3-4 | 5-9 | 10-19 | 20+: near ranks
-# apart because a session's next click is most often on one of its last few items.
-REPEAT_RANKS = (1, 2, 3, 5, 10, 20)
-REPEAT_BUCKETS = len(REPEAT_RANKS) + 1
-
 
 @dataclass
 class StepInputs:
@@ -244,9 +238,9 @@ class HRNNMeta(nn.Module):
         # log prior of an item with no training events (hrnn_core.model.scoring's cold-item policy), set by
         # training's calibration (``calibrate_cold_prior``); saved with the weights
         self.register_buffer("cold_log_prior", torch.zeros(()))
-        # log priors added to the items of the owner's own history by recency bucket (hrnn_core.model.scoring's
-        # repeat term), fitted after each validation; 0 = no term (exclude_seen: seen items never rank)
-        self.register_buffer("repeat_log_prior", torch.zeros(REPEAT_BUCKETS))
+        # log prior added to the items of the owner's own history (hrnn_core.model.scoring's repeat term),
+        # calibrated like the cold prior; 0 = no term (models trained with exclude_seen: seen items never rank)
+        self.register_buffer("repeat_log_prior", torch.zeros(()))
 
     # ------------------------------------------------------------------ inputs and recurrence
 

@@ -18,15 +18,12 @@ request step) at time ``t``::
   which events in the later half of the training data were an item's first event
   (``new_item_rate``, ``calibrate_cold_prior``): warm and cold items compete on one probability scale.
   An item without metadata has nothing to be scored from: ``NO_SCORE``, below every other item.
-* **The repeat term**: ``+ b_rep[k]`` on the items of the request owner's own history (``seen``: what the
-  service's ``UserState.seen``, the evaluation's read history and training validation's history hold, oldest
-  first), ``k`` the item's **recency bucket**: its rank among the owner's distinct items by last event (0 = the
-  latest), bucketed by ``REPEAT_RANKS``. ``b_rep = HRNNMeta.repeat_log_prior`` (one log prior per bucket) is
-  fitted after each validation by maximum likelihood of which bucket (or none) each validation target fell in,
-  the model's own scores as offsets (``calibrate_repeat_prior``; the trainer leaves it 0 where seen items never
-  rank, ``exclude_seen``). Users of a shop view, cart and buy the same product, and a session's next click is
-  most often on the item it just left: one bias for every seen item lifted popular repeats only; by recency, a
-  rarely clicked item the session just had competes too (docs/evaluation/sasrec.md).
+* **The repeat term**: ``+ b_rep`` on the items of the request owner's own history (``seen``: what the
+  service's ``UserState.seen``, the evaluation's read history and training validation's history hold),
+  ``b_rep = HRNNMeta.repeat_log_prior`` calibrated after each validation so that the mean probability of
+  "the next item is one the owner already had" equals the training data's repeat rate
+  (``calibrate_repeat_prior``; the trainer leaves it 0 where seen items never rank, ``exclude_seen``).
+  Users of a shop view, cart and buy the same product: BPR's fold-in captured that, the GRU alone did not.
 * ``log q_j(t)``: eq. (5)'s trend term, ``q(t)`` = the add-k smoothed item shares of the events in
   ``[t_b - model.trend_window_seconds, t_b)``, ``t_b`` = ``t`` floored to ``model.trend_bucket_seconds``
   (``hrnn_core.model.trend.WindowedPopularity``); no popularity given or a weight of 0: no term.
@@ -34,13 +31,12 @@ request step) at time ``t``::
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from hrnn_core.model.network import REPEAT_BUCKETS, REPEAT_RANKS, HRNNMeta
+from hrnn_core.model.network import HRNNMeta
 from hrnn_core.model.trend import WindowedPopularity
 
 ITEM_CHUNK = 65_536  # items whose vectors are formed at once
@@ -145,25 +141,21 @@ class CatalogueScorer:
     # ------------------------------------------------------------------ the scoring function
 
     @property
-    def repeat_priors(self) -> torch.Tensor:
-        """``b_rep`` (REPEAT_BUCKETS,): the log prior added to an item of the request owner's own history, by
-        its recency bucket."""
-        return self.model.repeat_log_prior
-
-    @property
-    def has_repeat_term(self) -> bool:
-        return bool(self.model.repeat_log_prior.any())
+    def repeat_prior(self) -> float:
+        """``b_rep``: the log prior added to the items of the request owner's own history."""
+        return float(self.model.repeat_log_prior)
 
     @torch.no_grad()
     def scores(self, h: torch.Tensor, times: np.ndarray | None = None, items: torch.Tensor | None = None,
                trend_weight: float | None = None, seen: Sequence[Iterable[int]] | None = None) -> torch.Tensor:
         """(B, C) float32 scores of ``items`` (default: the whole catalogue; an ``items`` subset must be
         sorted) for request states ``h`` (B, H) at request ``times`` (B,) epoch seconds: eq. (2), eq. (5)'s
-        term, and the repeat term on ``seen`` (per row: the owner's items, oldest first, catalogue indices)."""
+        term, and the repeat term on ``seen`` (per row: the owner's items, catalogue indices)."""
         w, b = self.vectors(items)
         out = h.float() @ w.T + b
-        if seen is not None and self.has_repeat_term:
-            add_repeat_term(out, seen, self.repeat_priors, items)
+        if seen is not None and self.repeat_prior:
+            rows, cols = _seen_cells(seen, items, out.device)
+            out[rows, cols] += self.repeat_prior
         weight = self.trend_weight if trend_weight is None else trend_weight
         if weight and self.trend is not None:
             if times is None:
@@ -183,9 +175,9 @@ class CatalogueScorer:
         """(B,) the score of one item per row (``target`` (B,), model items), as ``scores`` gives it."""
         w, b = self.vectors(target)
         out = (h.float() * w).sum(-1) + b
-        if seen is not None and self.has_repeat_term:
-            k = target_buckets(seen, target).to(out.device)  # (B,) -1: not the owner's
-            out = out + torch.where(k >= 0, self.repeat_priors.to(out.device)[k.clamp(min=0)], 0.0)
+        if seen is not None and self.repeat_prior:
+            had = torch.tensor([int(t) in set(s) for t, s in zip(target.tolist(), seen, strict=True)], device=out.device)
+            out = out + self.repeat_prior * had.float()
         if self.trend_weight and self.trend is not None:
             log_q = self.trend.log_q_at(np.asarray(times, dtype=np.float64)).to(out.device)
             out = out + self.trend_weight * log_q.gather(1, target[:, None].to(out.device)).squeeze(1)
@@ -254,102 +246,43 @@ def _solve_log_prior(gap: torch.Tensor, rate: float) -> float:
     return (lo_b + hi_b) / 2
 
 
-def recency_buckets(history: Iterable[int]) -> dict[int, int]:
-    """item -> recency bucket of an owner's history (oldest first; items may repeat): the bucket of the item's
-    rank among the owner's distinct items ordered by their last event, 0 = the latest (``REPEAT_RANKS``)."""
-    order: dict[int, None] = {}
-    for j in reversed(list(history)):
-        order.setdefault(int(j))
-    return {j: bisect_right(REPEAT_RANKS, rank) for rank, j in enumerate(order)}
-
-
-def target_buckets(seen: Sequence[Iterable[int]], target: torch.Tensor) -> torch.Tensor:
-    """(B,) long: the recency bucket of each row's ``target`` item in that row's history, -1 if not in it."""
-    return torch.tensor([recency_buckets(s).get(int(t), -1) for t, s in zip(target.tolist(), seen, strict=True)],
-                        dtype=torch.long)
-
-
-def _seen_cells(seen: Sequence[Iterable[int]], items: torch.Tensor | None, device
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rows, columns, recency buckets) of the score matrix cells holding each row's seen items (columns of
-    ``items`` when given)."""
-    rows, cols, buckets = [], [], []
+def _seen_cells(seen: Sequence[Iterable[int]], items: torch.Tensor | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, columns) of the score matrix holding each row's seen items (columns of ``items`` when given)."""
+    rows, cols = [], []
     for i, s in enumerate(seen):
-        rb = recency_buckets(s)
-        rows += [i] * len(rb)
-        cols += list(rb)
-        buckets += list(rb.values())
-    rows_t, cols_t, bk_t = (torch.tensor(x, dtype=torch.long, device=device) for x in (rows, cols, buckets))
+        idx = sorted(set(int(j) for j in s))
+        rows += [i] * len(idx)
+        cols += idx
+    rows_t, cols_t = torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(cols, dtype=torch.long, device=device)
     if items is None:
-        return rows_t, cols_t, bk_t
+        return rows_t, cols_t
     pos = torch.searchsorted(items.to(device), cols_t).clamp(max=max(len(items) - 1, 0))
     hit = items.to(device)[pos] == cols_t if len(items) else torch.zeros_like(cols_t, dtype=torch.bool)
-    return rows_t[hit], pos[hit], bk_t[hit]
-
-
-def add_repeat_term(out: torch.Tensor, seen: Sequence[Iterable[int]], priors: torch.Tensor,
-                    items: torch.Tensor | None = None) -> torch.Tensor:
-    """Add (in place) each row's repeat term to scores ``out`` (B, C): ``priors[k]`` on the row's seen items,
-    ``k`` their recency bucket; columns are ``items`` when given, else catalogue indices."""
-    rows, cols, bk = _seen_cells(seen, items, out.device)
-    out[rows, cols] += priors.to(out.device, out.dtype)[bk]
-    return out
+    return rows_t[hit], pos[hit]
 
 
 @torch.no_grad()
 def calibrate_repeat_prior(scorer: CatalogueScorer, h: torch.Tensor, times: np.ndarray | None,
-                           seen: Sequence[Iterable[int]], targets: torch.Tensor, rows: int = 64) -> torch.Tensor:
-    """Fit (and return) the repeat term's per-bucket log priors on requests (states ``h``, ``times``, histories
-    ``seen``, next items ``targets``): maximum likelihood of the bucket each target fell in (or "not the
-    owner's"), the model's scores as fixed offsets, with a unit ridge so that a bucket no target used stays
-    finite. Requests without a history carry no information and are skipped; none left: unchanged."""
-    keep = [i for i, s in enumerate(seen) if len(s)]
+                           seen: Sequence[Iterable[int]], rate: float, rows: int = 64) -> float:
+    """Set (and return) the repeat prior so that, over the requests with a history, the mean probability of
+    "the next item is one of the owner's own" under the full softmax equals ``rate``; like
+    ``calibrate_cold_prior``, one bisection over per-request log-sum-exps (seen vs the rest)."""
+    keep = [i for i, s in enumerate(seen) if len(set(s))]
     if not keep:
-        return scorer.repeat_priors
-    offsets, labels = [], []
+        return scorer.repeat_prior
+    gaps = []
     for lo in range(0, len(keep), rows):
         block = keep[lo:lo + rows]
         idx = torch.tensor(block)
         s = scorer.scores(h[idx], None if times is None else np.asarray(times)[block])  # (r, C), without the term
-        hist = [seen[i] for i in block]
-        r, c, bk = _seen_cells(hist, None, s.device)
-        g = torch.full((len(block), REPEAT_BUCKETS + 1), float("-inf"), dtype=torch.float64)
-        unseen = s.index_put((r, c), torch.tensor(float("-inf"), device=s.device))
-        g[:, 0] = torch.logsumexp(unseen, 1).double().cpu()
-        vals, group = s[r, c].double().cpu(), (r * (REPEAT_BUCKETS + 1) + bk + 1).cpu()
-        top = torch.full((g.numel(),), float("-inf"), dtype=torch.float64).scatter_reduce(0, group, vals, "amax")
-        tot = torch.zeros(g.numel(), dtype=torch.float64).index_add_(0, group, (vals - top[group]).exp())
-        used = tot > 0
-        g.view(-1)[used] = tot[used].log() + top[used]
-        offsets.append(g)
-        labels.append(target_buckets(hist, targets[idx].cpu()) + 1)
-    scorer.model.repeat_log_prior.copy_(_fit_bucket_priors(torch.cat(offsets), torch.cat(labels)))
-    return scorer.repeat_priors
-
-
-def _fit_bucket_priors(g: torch.Tensor, y: torch.Tensor, ridge: float = 1.0, steps: int = 50) -> torch.Tensor:
-    """Biases b (K,) maximising sum_n log softmax(g_n + [0, b])[y_n] - ridge/2 |b|^2 (``g`` (N, K+1) log
-    offsets, -inf where a class is empty; ``y`` (N,) classes, 0 = the free reference): damped Newton, convex."""
-    k = g.shape[1] - 1
-    onehot = torch.nn.functional.one_hot(y, k + 1).double()[:, 1:]
-
-    def loss(b: torch.Tensor) -> torch.Tensor:
-        z = g + torch.cat([torch.zeros(1, dtype=b.dtype), b])
-        return -(z.gather(1, y[:, None]).squeeze(1) - torch.logsumexp(z, 1)).sum() + ridge / 2 * b.dot(b)
-
-    b = torch.zeros(k, dtype=torch.float64)
-    for _ in range(steps):
-        p = torch.softmax(g + torch.cat([torch.zeros(1, dtype=b.dtype), b]), 1)[:, 1:]  # (N, K)
-        grad = (p - onehot).sum(0) + ridge * b
-        hess = torch.diag(p.sum(0)) - p.T @ p + ridge * torch.eye(k, dtype=b.dtype)
-        step = torch.linalg.solve(hess, grad)
-        f0, t = loss(b), 1.0
-        while t > 1e-4 and loss(b - t * step) > f0:
-            t /= 2
-        b = b - t * step
-        if float(step.abs().max()) * t < 1e-6:
-            break
-    return b.float()
+        mask = torch.zeros(s.shape, dtype=torch.bool, device=s.device)
+        r, c = _seen_cells([seen[i] for i in block], None, s.device)
+        mask[r, c] = True
+        gaps.append(torch.logsumexp(s.masked_fill(~mask, float("-inf")), 1)
+                    - torch.logsumexp(s.masked_fill(mask, float("-inf")), 1))
+    gap = torch.cat(gaps).double().cpu()
+    scorer.model.repeat_log_prior.fill_(_solve_log_prior(gap, rate))
+    return scorer.repeat_prior
 
 
 def _pad(log_q: torch.Tensor, width: int) -> torch.Tensor:

@@ -168,6 +168,15 @@ def repeat_share(data: TrainData) -> float:
     return repeat_share_of(owner, data.events.target.numpy()[idx])
 
 
+def repeat_rate(data: TrainData) -> float:
+    """Share of the training events with an earlier event of their owner whose item that owner already had,
+    add-one smoothed: the repeat term's calibration target (``hrnn_core.model.scoring.calibrate_repeat_prior``)."""
+    seg = data.train_segments
+    n = int((seg[:, 1] - seg[:, 0]).sum())
+    with_history = n - int((seg[:, 1] > seg[:, 0]).sum())
+    return (repeat_share(data) * n + 1.0) / (with_history + 2.0)
+
+
 def seen_pairs(seen: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The items each row's owner had before each real position (``resolve_exclude_seen``), as pairs.

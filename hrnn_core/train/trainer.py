@@ -45,7 +45,7 @@ from hrnn_core.train import warm
 from hrnn_core.train.validation import (  # noqa: F401 - evaluate, validate: re-exported for callers
     TrainTrend, _autocast, evaluate, request_states, training_new_item_rate, training_trend, validate)
 from hrnn_core.train.batches import (NonFiniteLossError, TrainData, TrainError, Window, gather_inputs, owner_windows,
-                                     prepare_data, repeat_share, seen_pairs, tie_order)
+                                     prepare_data, repeat_rate, repeat_share, seen_pairs, tie_order)
 
 RANK_SEED_STRIDE = 1_000_003  # hrnn_core.train.distributed: rank r's random streams are seeded + r * this
 
@@ -146,6 +146,7 @@ class _Run:
     has_ties: bool  # some events share their owner's timestamp (tie_order has something to shuffle)
     trend: TrainTrend | None  # the eq. (5) term in every dense training score (training_trend)
     cold_rate: float  # the cold prior's calibration target (training_new_item_rate)
+    repeat_rate: float | None  # the repeat term's (batches.repeat_rate); None with exclude_seen (no term)
     type_w: torch.Tensor  # reward weight per event type index (section 3.3)
     model: HRNNMeta
     opts: list[torch.optim.Optimizer]
@@ -214,7 +215,7 @@ def _prepare(snapshot_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, devic
                 warm_start=grown,
                 has_ties=bool((ev.time_delta == 0).any()), trend=trend,
                 cold_rate=training_new_item_rate(snapshot_dir, data, trend.times if trend else None),
-                type_w=type_w, model=model, opts=opts,
+                repeat_rate=None if exclude_seen else repeat_rate(data), type_w=type_w, model=model, opts=opts,
                 sampler=sampler, steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.epochs)
 
 
@@ -400,7 +401,7 @@ def _validate_epoch(run: _Run, epoch: int, metrics: dict) -> tuple[dict, bool]:
     cfg = run.cfg
     if run.is_main:
         metrics.update(validate(run.model, run.model_cfg, run.data, run.device, run.exclude_seen, run.trend,
-                                run.cold_rate, repeats=not run.exclude_seen))
+                                run.cold_rate, run.repeat_rate))
     if run.dist_ctx is not None:
         metrics = run.dist_ctx.broadcast(metrics)  # every rank takes rank 0's early-stopping decision
     run.model.train()

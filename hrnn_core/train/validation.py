@@ -51,22 +51,22 @@ def request_states(model: HRNNMeta, data: TrainData, segments: np.ndarray, devic
 def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: torch.device,
              scorer: CatalogueScorer | None = None, times: np.ndarray | None = None, k: int = 10,
              batch_size: int = 64, item_chunk: int = 65_536, exclude_seen: bool = False,
-             cold_rate: float | None = None, repeats: bool = False) -> dict[str, float]:
+             cold_rate: float | None = None, repeat_rate: float | None = None) -> dict[str, float]:
     """Validation on each segment's last event given the rest: loss (mean CE), PPL, NDCG@k, Hit@k.
 
     Scores come from ``scorer`` (``hrnn_core.model.scoring``: the evaluation's and the service's scoring
     function; default: the model's own settings without a trend term), at each target's time
     (``times``: each event's timestamp), over the full catalogue in chunks (never a rows x all-items
     matrix larger than a chunk). ``exclude_seen``: the owner's earlier items (never the target) leave
-    the ranking and the softmax, as in training (``resolve_exclude_seen``). ``cold_rate``: first calibrate
-    the model's cold prior on these requests to this rate (``calibrate_cold_prior``); ``repeats``: first fit the
-    repeat term on them (``calibrate_repeat_prior``), which scores the owner's earlier items.
+    the ranking and the softmax, as in training (``resolve_exclude_seen``). ``cold_rate``, ``repeat_rate``:
+    first calibrate the model's cold prior and repeat term on these requests to these rates
+    (``calibrate_cold_prior``, ``calibrate_repeat_prior``); the repeat term scores the owner's earlier items.
     """
     if len(segments) == 0:
         return {}
     scorer = scorer or CatalogueScorer(model, data.events.item_freq)
     blocks = list(request_states(model, data, segments, device, times, batch_size))
-    histories = _calibrate(scorer, data, blocks, times, cold_rate, repeats)
+    histories = _calibrate(scorer, data, blocks, times, cold_rate, repeat_rate)
     ce_sum = ndcg = hits = 0.0
     for (seg, h, target, at, _), hist_items in zip(blocks, histories, strict=True):
         seen = None
@@ -95,13 +95,13 @@ def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: tor
     n = len(segments)
     loss = ce_sum / n
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), f"ndcg@{k}": ndcg / n, f"hit@{k}": hits / n,
-            "cold_log_prior": scorer.prior, "repeat_log_prior": scorer.repeat_priors.tolist()}
+            "cold_log_prior": scorer.prior, "repeat_log_prior": scorer.repeat_prior}
 
 
 def _calibrate(scorer: CatalogueScorer, data: TrainData, blocks: list, times: np.ndarray | None,
-               cold_rate: float | None, repeats: bool) -> list[list[list[int]]]:
-    """Calibrate the cold prior (``cold_rate`` None: left as it is) and fit the repeat term (``repeats``) on
-    ``request_states`` blocks; returns each block's per-row histories (the owner's items before the request)."""
+               cold_rate: float | None, repeat_rate: float | None) -> list[list[list[int]]]:
+    """Calibrate the cold prior and the repeat term on ``request_states`` blocks (either rate None: left as it
+    is); returns each block's per-row histories (the owner's items before the request)."""
     histories = [_histories(data, b[0], b[4]) for b in blocks]
     if not blocks:
         return histories
@@ -109,8 +109,8 @@ def _calibrate(scorer: CatalogueScorer, data: TrainData, blocks: list, times: np
     all_t = None if times is None else np.concatenate([b[3] for b in blocks])
     if cold_rate is not None:
         calibrate_cold_prior(scorer, all_h, all_t, cold_rate)
-    if repeats:
-        calibrate_repeat_prior(scorer, all_h, all_t, [s for hs in histories for s in hs], torch.cat([b[2] for b in blocks]))
+    if repeat_rate is not None:
+        calibrate_repeat_prior(scorer, all_h, all_t, [s for hs in histories for s in hs], repeat_rate)
     return histories
 
 
@@ -126,7 +126,7 @@ CALIBRATION_OWNERS = 1_000  # without validation owners, the cold prior is calib
 
 def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: torch.device,
              exclude_seen: bool, trend: TrainTrend | None = None, cold_rate: float | None = None,
-             repeats: bool = False) -> dict:
+             repeat_rate: float | None = None) -> dict:
     """One epoch's validation metrics, scored as inference scores (eq. 2 at ``model.inference_item_meta_mix``);
     ``trend``: the eq. (5) term a model trained with it is scored with. ``cold_rate``: the cold prior is
     calibrated first (on the validation requests, else on the last events of some training owners)."""
@@ -135,10 +135,10 @@ def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: t
     times = trend.times if trend else None
     if len(data.val_segments) == 0 and cold_rate is not None:
         blocks = list(request_states(model, data, data.train_segments[:CALIBRATION_OWNERS], device, times))
-        _calibrate(scorer, data, blocks, times, cold_rate, repeats)
-        return {"cold_log_prior": scorer.prior, "repeat_log_prior": scorer.repeat_priors.tolist()}
+        _calibrate(scorer, data, blocks, times, cold_rate, repeat_rate)
+        return {"cold_log_prior": scorer.prior, "repeat_log_prior": scorer.repeat_prior}
     return evaluate(model, data, data.val_segments, device, scorer, times, exclude_seen=exclude_seen,
-                    cold_rate=cold_rate, repeats=repeats)
+                    cold_rate=cold_rate, repeat_rate=repeat_rate)
 
 
 def training_new_item_rate(snapshot_dir: Path, data: TrainData, times: np.ndarray | None = None) -> float:

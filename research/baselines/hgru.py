@@ -26,14 +26,13 @@ from torch import nn
 from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.evaluation.baselines.base import ScoreBatch, Scorer, TrainData
 from hrnn_core.evaluation.baselines.features import BaselineError, FlatEvents, flat_events
-from hrnn_core.evaluation.metrics import Accumulator
+from hrnn_core.evaluation.metrics import Accumulator, exclude_mask
 from hrnn_core.evaluation.splits import SESSION_GAP_SECONDS, repeat_share
 from hrnn_core.model.checkpoint import resolve_device
 from hrnn_core.model.features import HOLDOUT_FILE
 from hrnn_core.model.losses import dense_softmax_loss, sampled_softmax_loss
-from hrnn_core.model.network import REPEAT_BUCKETS
 from hrnn_core.model.sampler import AliasSampler
-from hrnn_core.model.scoring import NO_SCORE, add_repeat_term, calibrate_repeat_prior
+from hrnn_core.model.scoring import NO_SCORE, calibrate_repeat_prior
 
 ROW_BLOCK = 256  # owners replayed at once when computing request states
 
@@ -55,7 +54,7 @@ class HGRUNet(nn.Module):
         self.item_b = nn.Embedding(n_items, 1)
         nn.init.normal_(self.item_w.weight, std=hidden ** -0.5)
         nn.init.zeros_(self.item_b.weight)
-        self.register_buffer("repeat_log_prior", torch.zeros(REPEAT_BUCKETS))  # scoring's b_rep; 0 = no repeat term
+        self.register_buffer("repeat_log_prior", torch.zeros(()))  # scoring's b_rep; 0 = no repeat term
 
     def step(self, prev_item: torch.Tensor, new_session: torch.Tensor, new_owner: torch.Tensor,
              state: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,17 +89,13 @@ class _Decoder:
         self.model, self.cold = model, ~trained
 
     @property
-    def repeat_priors(self) -> torch.Tensor:
-        return self.model.repeat_log_prior
-
-    @property
-    def has_repeat_term(self) -> bool:
-        return bool(self.model.repeat_log_prior.any())
+    def repeat_prior(self) -> float:
+        return float(self.model.repeat_log_prior)
 
     def scores(self, h: torch.Tensor, times=None, seen: list | None = None) -> torch.Tensor:
         out = (h.float() @ self.model.item_w.weight.T + self.model.item_b.weight.T).masked_fill(self.cold, NO_SCORE)
-        if seen is not None and self.has_repeat_term:
-            add_repeat_term(out, seen, self.repeat_priors)
+        if seen is not None and self.repeat_prior:
+            out = out + self.repeat_prior * exclude_mask(seen, len(out), out.shape[1], out.device).float()
         return out
 
 
@@ -168,13 +163,16 @@ class HGRUScorer(Scorer):
                            self.model_cfg.dropout).to(self.device)
         self.decoder = _Decoder(self.net, torch.as_tensor(freq > 0, device=self.device))
         self._events = (table, ev)
-        # the plain GRU's rule (trainer.resolve_exclude_seen): the repeat term fitted on validation where owners
-        # repeat items; else seen items leave validation's ranking
-        self._exclude_seen = repeat_share(table) <= 0.01 and cfg.output == "dense"
-        self._train(cfg, ev, segments, val_rows, freq)
+        # the plain GRU's rule (trainer.resolve_exclude_seen): the repeat term calibrated to the training repeat
+        # rate (batches.repeat_rate's smoothing) where owners repeat items; else seen items leave validation's ranking
+        share = repeat_share(table)
+        self._exclude_seen = share <= 0.01 and cfg.output == "dense"
+        with_history = len(ev.flat.item) - int((lengths > 0).sum())
+        repeat_rate = None if self._exclude_seen else (share * len(ev.flat.item) + 1.0) / (with_history + 2.0)
+        self._train(cfg, ev, segments, val_rows, freq, repeat_rate)
 
     def _train(self, cfg: TrainConfig, ev: _Events, segments: np.ndarray, val_rows: np.ndarray,
-               freq: np.ndarray) -> None:
+               freq: np.ndarray, repeat_rate: float | None) -> None:
         """The plain GRU's loop (user-parallel windows, truncated BPTT, LR schedule, early stopping)."""
         from hrnn_core.train.batches import owner_windows  # noqa: PLC0415
         from hrnn_core.train.trainer import _lr  # noqa: PLC0415 - warm-up + cosine, a function of the step
@@ -226,7 +224,7 @@ class HGRUScorer(Scorer):
             seconds = time.perf_counter() - t0
             metrics = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1), "events": seen,
                        "seconds": seconds, "events_per_s": seen / max(seconds, 1e-9),
-                       **self._validate(ev, val_rows)}
+                       **self._validate(ev, val_rows, repeat_rate)}
             metrics["elapsed_s"] = time.perf_counter() - t_start  # fit time so far, validation included
             self.history.append(metrics)
             value = metrics.get(cfg.early_stopping_metric)
@@ -252,8 +250,8 @@ class HGRUScorer(Scorer):
         return data.sequences, val, val
 
     @torch.no_grad()
-    def _validate(self, ev: _Events, rows: np.ndarray) -> dict:
-        """Loss and NDCG@10 of the held-out last events (the repeat term fitted on them first)."""
+    def _validate(self, ev: _Events, rows: np.ndarray, repeat_rate: float | None) -> dict:
+        """Loss and NDCG@10 of the held-out last events (the repeat term calibrated on them first)."""
         if len(rows) == 0:
             return {}
         self.net.eval()
@@ -261,10 +259,10 @@ class HGRUScorer(Scorer):
         target_ev = ev.flat.offsets[rows] + pos
         h = self._request_states(ev, rows, pos, ev.flat.timestamp[target_ev], ev.flat.event_id[target_ev])
         seen = ev.seen(rows, pos, self.net.n_items)
+        if repeat_rate is not None:
+            calibrate_repeat_prior(self.decoder, h, None, [s.tolist() for s in seen], repeat_rate)
+        scores = self.decoder.scores(h, seen=seen if repeat_rate is not None else None).cpu()
         targets = torch.as_tensor(np.minimum(ev.flat.item[target_ev], self.net.n_items - 1))
-        if not self._exclude_seen:
-            calibrate_repeat_prior(self.decoder, h, None, [s.tolist() for s in seen], targets)
-        scores = self.decoder.scores(h, seen=None if self._exclude_seen else seen).cpu()
         acc = Accumulator(self.net.n_items, ks=(10,))
         acc.add(scores, targets, exclude=seen if self._exclude_seen else None)
         val_loss = float(dense_softmax_loss(scores.clamp(min=-1e4), targets).loss)
@@ -323,5 +321,5 @@ class HGRUScorer(Scorer):
             rows, pos = np.asarray(batch.rows[sl]), np.asarray(batch.pos[sl])
             ids = None if batch.target_event_id is None else np.asarray(batch.target_event_id[sl])
             h = self._request_states(ev, rows, pos, np.asarray(batch.target_timestamp[sl], dtype=np.float64), ids)
-            out.append(self.decoder.scores(h, seen=ev.seen(rows, pos, self.net.n_items) if self.decoder.has_repeat_term else None).cpu())
+            out.append(self.decoder.scores(h, seen=ev.seen(rows, pos, self.net.n_items) if self.decoder.repeat_prior else None).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.net.n_items)
