@@ -7,6 +7,7 @@ cold items. Besides uniform random (analytic MRR = H(N)/N), three rankings that 
   (add-5 smoothed toward the mean);
 - ``genres + year``: least squares of log(1 + training count) on genre indicators and the release year, fitted
   on the warm items, applied to the cold ones (the same information as HRNN-meta's metadata bias b_meta);
+- ``genres + year buckets``: the same with the year as buckets (``YEAR_EDGES``) instead of a linear term;
 - ``oracle``: the cold items ordered by their true number of target events (the best any non-personalised
   ranking can do; it reads the targets, so it is a ceiling, not a model).
 
@@ -49,6 +50,9 @@ def _metadata(snapshot: Path, n_items: int) -> tuple[np.ndarray, list[str]]:
     return year, genres
 
 
+YEAR_EDGES = (1930, 1950, 1970, 1980, 1990, 1993, 1995, 1996, 1997, 1998)  # "genres + year buckets"
+
+
 def rankings(counts: np.ndarray, warm: np.ndarray, year: np.ndarray, genres: list[str]) -> dict[str, np.ndarray]:
     """Non-personalised scores of every item from the warm items' training ``counts``."""
     n = len(counts)
@@ -66,7 +70,11 @@ def rankings(counts: np.ndarray, warm: np.ndarray, year: np.ndarray, genres: lis
                 x[j, names.index(g)] = 1.0
     x[:, -2], x[:, -1] = np.nan_to_num(year - np.nanmean(year)), 1.0
     coef, *_ = np.linalg.lstsq(x[warm], np.log1p(counts[warm]), rcond=None)
-    return {"genre set": by_set, "genres + year": x @ coef}
+    # the year as buckets: new releases draw most ratings, a shape a linear year term cannot follow
+    years = np.digitize(np.nan_to_num(year, nan=np.nanmedian(year)), YEAR_EDGES)
+    xb = np.concatenate([x[:, :-2], np.eye(len(YEAR_EDGES) + 1)[years]], axis=1)
+    coef_b, *_ = np.linalg.lstsq(xb[warm], np.log1p(counts[warm]), rcond=None)
+    return {"genre set": by_set, "genres + year": x @ coef, "genres + year buckets": xb @ coef_b}
 
 
 def block(cases, candidates: np.ndarray, counts: np.ndarray, warm: np.ndarray, year, genres, n_items: int) -> dict:
