@@ -20,6 +20,8 @@ from hrnn_core.data.warehouse import connect
 TINY_MODEL = ModelConfig(hidden_size=16, field_dim=8, input_size=16, trend_weight=0.0)
 ONE_EPOCH = TrainConfig(epochs=1, batch_size=8, bptt=8, progress=False, val_owners=5, threads=1)
 
+LATEST_ON_TOP = 1.5  # the latest item's prior set with a hand-set repeat term (scoring.choose_latest_prior)
+
 
 @dataclass
 class Champion:
@@ -27,7 +29,7 @@ class Champion:
     tag: str  # the promoted BentoML tag (callers delete it when done: the test store is shared)
     snap: Path  # the synthetic snapshot it was trained on
     artifact: Path  # folder holding model.pt
-    repeat_log_prior: float | None = None  # the repeat term set by hand (None: as trained)
+    repeat_log_prior: float | None = None  # the repeat term set by hand (None: as trained), the latest item +LATEST_ON_TOP
 
 
 def promote_tiny_champion(root: Path, *, n_users: int, n_items: int, n_events: int, seed: int,
@@ -44,6 +46,7 @@ def promote_tiny_champion(root: Path, *, n_users: int, n_items: int, n_events: i
     if repeat_log_prior is not None:  # the repeat term set by hand (a tiny fit's calibrated one may be ~0)
         raw = torch.load(art / "model.pt", map_location="cpu", weights_only=True)
         raw["model_state"]["repeat_log_prior"] = torch.tensor(float(repeat_log_prior))
+        raw["model_state"]["latest_log_prior"] = torch.tensor(LATEST_ON_TOP)
         torch.save(raw, art / "model.pt")
     cfg = load_config(overrides={"paths": {"data_dir": str(root / "data")}}, environ={})
     as_of = json.loads((snap / "manifest.json").read_text())["as_of"]

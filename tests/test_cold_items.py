@@ -15,7 +15,8 @@ from hrnn_core.evaluation.harness import make_scorer, train_data
 from hrnn_core.evaluation.protocols import build_split
 from hrnn_core.evaluation.splits import SnapshotData
 from hrnn_core.model.checkpoint import load_checkpoint
-from hrnn_core.model.scoring import CatalogueScorer, calibrate_cold_prior, calibrate_repeat_prior, new_item_rate
+from hrnn_core.model.scoring import (LATEST_PRIORS, CatalogueScorer, calibrate_cold_prior, calibrate_repeat_prior,
+                                     choose_latest_prior, new_item_rate)
 from tests.champions import ONE_EPOCH, TINY_MODEL
 
 
@@ -100,3 +101,40 @@ def test_repeat_term_puts_the_repeat_rate_on_the_owners_items(mostly_cold) -> No
         torch.testing.assert_close(cs.target_scores(h, target, None, seen), cs.scores(h, seen=seen)[torch.arange(30), target])
         chunk = torch.arange(5, 400)  # a sorted subset of the catalogue scores the same as the whole
         torch.testing.assert_close(cs.scores(h, items=chunk, seen=seen), cs.scores(h, seen=seen)[:, chunk])
+
+
+def test_the_latest_items_prior_is_chosen_for_ndcg(mostly_cold) -> None:
+    """b_last: the candidate whose NDCG@10 over the requests is highest, computed as the one scoring function ranks
+    (checked against scoring every candidate); 0 when the next item is never the latest one."""
+    _, scorer = mostly_cold
+    cs: CatalogueScorer = scorer.scorer
+    saved = (float(cs.model.repeat_log_prior), float(cs.model.latest_log_prior))
+    rng = np.random.default_rng(1)
+    h = torch.randn(60, scorer.model.cfg.hidden_size)
+    seen = [rng.choice(cs.n_items, size=int(rng.integers(1, 6)), replace=False).tolist() for _ in range(60)]
+    try:
+        cs.model.repeat_log_prior.fill_(0.5)
+
+        def ndcg(b: float, target: torch.Tensor) -> float:
+            cs.model.latest_log_prior.fill_(b)
+            s = cs.scores(h, seen=seen)
+            rank = (s > s[torch.arange(60), target][:, None]).sum(1)
+            return float(torch.where(rank < 10, 1 / torch.log2(rank + 2.0), 0.0).mean())
+
+        for share in (0.0, 0.5, 1.0):  # the next item is the latest one for that share of requests
+            target = torch.tensor([s[-1] if rng.random() < share else int(rng.integers(cs.n_items)) for s in seen])
+            chosen = choose_latest_prior(cs, h, None, seen, target)
+            assert chosen == float(cs.model.latest_log_prior) and chosen in LATEST_PRIORS
+            by_b = {b: ndcg(b, target) for b in LATEST_PRIORS}
+            assert by_b[chosen] == pytest.approx(max(by_b.values()), abs=1e-9)
+            assert chosen == min(b for b, v in by_b.items() if v >= max(by_b.values()) - 1e-9)  # ties: the smaller
+            if share == 0.0:
+                assert chosen == 0.0
+            if share == 1.0:
+                assert chosen > 0.0
+            cs.model.latest_log_prior.fill_(chosen)
+            torch.testing.assert_close(cs.target_scores(h, target, None, seen), cs.scores(h, seen=seen)[torch.arange(60), target])
+    finally:
+        cs.model.repeat_log_prior.fill_(saved[0])
+        cs.model.latest_log_prior.fill_(saved[1])
+

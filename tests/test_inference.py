@@ -64,13 +64,14 @@ def test_update_event_by_event_equals_the_batched_training_forward(trained) -> N
             engine.update(state, e)
         batched = engine.replay([(events, users[row["owner_id"]])])[0]
         torch.testing.assert_close(state.hidden, batched.hidden, atol=1e-5, rtol=0)
-        assert state.seen == batched.seen and state.n_events == batched.n_events == len(events)
+        assert list(state.seen) == list(batched.seen) and state.n_events  # the same items, the same recency order
+        assert state.n_events == batched.n_events == len(events)
 
         s, e = int(data.events.owner_start[o]), int(data.events.owner_start[o + 1])
         x = gather_steps(data.events, torch.arange(s, e)[None], data.event_user[[s]])
         with torch.no_grad():
             out, hidden = engine.model(x)
-            seen = [{engine.item_index[e.item_id] for e in events[:k]} for k in range(len(events))]  # before each
+            seen = [[engine.item_index[e.item_id] for e in events[:k]] for k in range(len(events))]  # before each
             ref = engine.scorer.scores(out[0], seen=seen)  # the one scoring function over the batched states
         torch.testing.assert_close(state.hidden, hidden, atol=1e-5, rtol=0)
         torch.testing.assert_close(torch.stack(request_scores), ref, atol=1e-4, rtol=0)
@@ -200,7 +201,7 @@ def test_unknown_items_and_bad_events(trained) -> None:
     state = engine.update(engine.init_state(), Event("brand-new-item", 1e9, "view"))
     assert state.n_events == 1 and not state.seen and state.last_item == -1
     engine.update(state, Event(engine.item_ids[4], 1e9 + 60, "never-seen-type", None))
-    assert state.seen == {4} and math.isfinite(float(engine.score(state, at_time=1e9 + 120).sum()))
+    assert list(state.seen) == [4] and math.isfinite(float(engine.score(state, at_time=1e9 + 120).sum()))
     with pytest.raises(InferenceError, match="finite"):
         engine.update(state, Event(engine.item_ids[4], float("nan")))
 
@@ -226,4 +227,4 @@ def test_new_items_are_added_and_scored_from_metadata_only(trained) -> None:
     ids = [i for i, _ in engine.top_k(state, n + 2, exclude_seen=False, at_time=1e9)]
     assert "brand-new" in ids and ids[-1] == "no-metadata"
     engine.update(state, Event("brand-new", 1e9, "view"))  # no input embedding: fed as "no item"
-    assert state.seen == {n} and "brand-new" not in [i for i, _ in engine.top_k(state, n + 2, at_time=1e9 + 5)]
+    assert list(state.seen) == [n] and "brand-new" not in [i for i, _ in engine.top_k(state, n + 2, at_time=1e9 + 5)]

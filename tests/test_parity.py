@@ -35,7 +35,8 @@ SESSION = "s-parity"
                 ids=["no-trend", "trend", "mostly-cold", "repeats"])
 def champion(request, tmp_path_factory: pytest.TempPathFactory):
     """mostly-cold: 900 items, most without a training event (cold: metadata + the cold prior, issue 21);
-    repeats: a repeat term of +2 on the owner's own items, compared with seen items left in the ranking."""
+    repeats: a repeat term of +2 on the owner's own items and +1.5 more on the latest one, compared with seen
+    items left in the ranking: every path must know which item is the owner's latest."""
     torch.set_num_threads(1)
     trend, n_items, repeat = request.param
     model = dataclasses.replace(TINY_MODEL, trend_weight=trend)

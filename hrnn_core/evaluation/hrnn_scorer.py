@@ -193,7 +193,7 @@ class HRNNScorer(Scorer):
         out = []
         for lo, h in zip(range(0, len(batch.rows), self.batch_size), self._request_state_blocks(batch)):
             sl = slice(lo, lo + self.batch_size)
-            seen = self._seen(batch.sequences, batch.rows[sl], batch.pos[sl]) if self.scorer.repeat_prior else None
+            seen = self._seen(batch.sequences, batch.rows[sl], batch.pos[sl]) if self.scorer.uses_seen else None
             out.append(self._scores(h, batch.target_timestamp[sl], seen))
         return torch.cat(out) if out else torch.zeros(0, self.catalog_size or self.n_items)
 
@@ -287,8 +287,8 @@ class HRNNScorer(Scorer):
         return h[torch.arange(b), torch.from_numpy(hist_len).to(self.device)]  # (B, H)
 
     def _seen(self, sequences: pa.Table, rows: np.ndarray, pos: np.ndarray) -> list[list[int]]:
-        """Per case: the model's items among the owner's events before the request (the repeat term's
-        ``seen``, as the service's ``UserState.seen`` holds every event of the user)."""
+        """Per case: the model's items among the owner's events before the request, oldest first (the repeat
+        term's ``seen``, as the service's ``UserState.seen`` holds every event of the user)."""
         enc, _, _ = self._encode(sequences)
         items, starts = enc.target.numpy(), enc.owner_start[rows]
         return [[j for j in items[s:s + p].tolist() if j < self.n_items] for s, p in zip(starts, pos, strict=True)]

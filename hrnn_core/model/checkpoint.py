@@ -99,7 +99,8 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoin
         raise CheckpointError(f"{path} reads the user id as an input field (model.user_id_output = false), which "
                               "this version no longer has (the id is an output vector); retrain")
     # older checkpoints: no cold prior and no repeat term (0)
-    state = {"cold_log_prior": torch.zeros(()), "repeat_log_prior": torch.zeros(()), **raw["model_state"]}
+    state = {"cold_log_prior": torch.zeros(()), "repeat_log_prior": torch.zeros(()), "latest_log_prior": torch.zeros(()),
+             **raw["model_state"]}
     model = HRNNMeta(model_cfg, fs, state["item_cat"][:-1], state["item_num"][:-1])
     model.load_state_dict(drop_user_id_inputs(rename_gru_cells(state), model))
     model.to(resolve_device(device)).eval()

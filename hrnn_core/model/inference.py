@@ -61,15 +61,22 @@ class UserState:
     last_type: int = 0
     last_value: tuple[float, float] = (0.0, 0.0)  # standardized value, present flag
     last_time: float | None = None
-    seen: set[int] = field(default_factory=set)  # item_idx of every event
+    # item_idx of every event, ordered by each item's last event, oldest first (the repeat term's recency)
+    seen: dict[int, None] = field(default_factory=dict)
     n_events: int = 0
+
+    def saw(self, item: int) -> None:
+        """Record an event on ``item`` (-1, an unknown item: nothing) as the owner's latest."""
+        if item >= 0:
+            self.seen.pop(item, None)
+            self.seen[item] = None
 
     def to_dict(self) -> dict:
         """Plain JSON-able values (e.g. to keep states in a cache between requests)."""
         return {"user_cat": self.user_cat.cpu().tolist(), "user_num": self.user_num.cpu().tolist(),
                 "context": dict(self.context), "hidden": None if self.hidden is None else self.hidden.cpu().tolist(),
                 "last_item": self.last_item, "last_type": self.last_type, "last_value": list(self.last_value),
-                "last_time": self.last_time, "seen": sorted(self.seen), "n_events": self.n_events}
+                "last_time": self.last_time, "seen": list(self.seen), "n_events": self.n_events}
 
     @classmethod
     def from_dict(cls, d: Mapping, device: str | torch.device = "cpu") -> UserState:
@@ -78,7 +85,7 @@ class UserState:
                    user_num=torch.tensor(d["user_num"], dtype=torch.float32, device=device),
                    context=dict(d["context"]), hidden=hidden, last_item=int(d["last_item"]),
                    last_type=int(d["last_type"]), last_value=(float(d["last_value"][0]), float(d["last_value"][1])),
-                   last_time=d["last_time"], seen=set(d["seen"]), n_events=int(d["n_events"]))
+                   last_time=d["last_time"], seen=dict.fromkeys(d["seen"]), n_events=int(d["n_events"]))
 
 
 class InferenceEngine:
@@ -185,8 +192,7 @@ class InferenceEngine:
         state.last_time = float(event.timestamp)
         state.context = ctx
         state.n_events += 1
-        if item >= 0:
-            state.seen.add(item)
+        state.saw(item)
         return state
 
     @torch.no_grad()
@@ -239,7 +245,9 @@ class InferenceEngine:
             s.hidden = hidden[:, r:r + 1].clone()
             s.last_item, s.last_time, s.context = items[-1], float(e.timestamp), c
             s.last_type, s.last_value = fs.event_type_index(e.event_type), fs.event_value(e.event_value)
-            s.seen = {i for i in items if i >= 0}
+            s.seen = {}
+            for i in items:
+                s.saw(i)
             s.n_events = len(events)
         return states
 

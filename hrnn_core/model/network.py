@@ -241,6 +241,9 @@ class HRNNMeta(nn.Module):
         # log prior added to the items of the owner's own history (hrnn_core.model.scoring's repeat term),
         # calibrated like the cold prior; 0 = no term (models trained with exclude_seen: seen items never rank)
         self.register_buffer("repeat_log_prior", torch.zeros(()))
+        # added on top of it to the owner's latest item: chosen after each validation for NDCG@10
+        # (hrnn_core.model.scoring.choose_latest_prior); 0 = none
+        self.register_buffer("latest_log_prior", torch.zeros(()))
 
     # ------------------------------------------------------------------ inputs and recurrence
 

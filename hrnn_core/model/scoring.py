@@ -24,6 +24,12 @@ request step) at time ``t``::
   "the next item is one the owner already had" equals the training data's repeat rate
   (``calibrate_repeat_prior``; the trainer leaves it 0 where seen items never rank, ``exclude_seen``).
   Users of a shop view, cart and buy the same product: BPR's fold-in captured that, the GRU alone did not.
+* **The latest item** (the last of the owner's items, ``seen`` being oldest first): ``+ b_last`` on top,
+  ``b_last = HRNNMeta.latest_log_prior`` chosen after each validation among ``LATEST_PRIORS`` for the
+  validation requests' NDCG@10 (``choose_latest_prior``). A session's next click is on the item it just
+  clicked about one time in five (yoochoose); the softmax's calibrated probability of that item is right on
+  average but often second to another item, so ranking for NDCG@10 wants it higher than the likelihood does
+  (docs/evaluation/sasrec.md).
 * ``log q_j(t)``: eq. (5)'s trend term, ``q(t)`` = the add-k smoothed item shares of the events in
   ``[t_b - model.trend_window_seconds, t_b)``, ``t_b`` = ``t`` floored to ``model.trend_bucket_seconds``
   (``hrnn_core.model.trend.WindowedPopularity``); no popularity given or a weight of 0: no term.
@@ -141,6 +147,16 @@ class CatalogueScorer:
     # ------------------------------------------------------------------ the scoring function
 
     @property
+    def uses_seen(self) -> bool:
+        """Whether the request owner's own items change their scores (the repeat term or the latest item's)."""
+        return bool(self.model.repeat_log_prior) or bool(self.model.latest_log_prior)
+
+    @property
+    def latest_prior(self) -> float:
+        """``b_last``: added to the request owner's latest item, on top of the repeat term."""
+        return float(self.model.latest_log_prior)
+
+    @property
     def repeat_prior(self) -> float:
         """``b_rep``: the log prior added to the items of the request owner's own history."""
         return float(self.model.repeat_log_prior)
@@ -150,12 +166,12 @@ class CatalogueScorer:
                trend_weight: float | None = None, seen: Sequence[Iterable[int]] | None = None) -> torch.Tensor:
         """(B, C) float32 scores of ``items`` (default: the whole catalogue; an ``items`` subset must be
         sorted) for request states ``h`` (B, H) at request ``times`` (B,) epoch seconds: eq. (2), eq. (5)'s
-        term, and the repeat term on ``seen`` (per row: the owner's items, catalogue indices)."""
+        term, and the repeat term on ``seen`` (per row: the owner's items, oldest first, catalogue indices)."""
         w, b = self.vectors(items)
         out = h.float() @ w.T + b
-        if seen is not None and self.repeat_prior:
-            rows, cols = _seen_cells(seen, items, out.device)
-            out[rows, cols] += self.repeat_prior
+        if seen is not None and self.uses_seen:
+            rows, cols, latest = _seen_cells(seen, items, out.device)
+            out[rows, cols] += self.repeat_prior + self.latest_prior * latest
         weight = self.trend_weight if trend_weight is None else trend_weight
         if weight and self.trend is not None:
             if times is None:
@@ -175,9 +191,12 @@ class CatalogueScorer:
         """(B,) the score of one item per row (``target`` (B,), model items), as ``scores`` gives it."""
         w, b = self.vectors(target)
         out = (h.float() * w).sum(-1) + b
-        if seen is not None and self.repeat_prior:
-            had = torch.tensor([int(t) in set(s) for t, s in zip(target.tolist(), seen, strict=True)], device=out.device)
-            out = out + self.repeat_prior * had.float()
+        if seen is not None and self.uses_seen:
+            rows = [list(s) for s in seen]
+            had = torch.tensor([int(t) in set(s) for t, s in zip(target.tolist(), rows, strict=True)], device=out.device)
+            last = torch.tensor([bool(s) and int(s[-1]) == int(t) for t, s in zip(target.tolist(), rows, strict=True)],
+                                device=out.device)
+            out = out + self.repeat_prior * had.float() + self.latest_prior * last.float()
         if self.trend_weight and self.trend is not None:
             log_q = self.trend.log_q_at(np.asarray(times, dtype=np.float64)).to(out.device)
             out = out + self.trend_weight * log_q.gather(1, target[:, None].to(out.device)).squeeze(1)
@@ -246,19 +265,24 @@ def _solve_log_prior(gap: torch.Tensor, rate: float) -> float:
     return (lo_b + hi_b) / 2
 
 
-def _seen_cells(seen: Sequence[Iterable[int]], items: torch.Tensor | None, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, columns) of the score matrix holding each row's seen items (columns of ``items`` when given)."""
-    rows, cols = [], []
+def _seen_cells(seen: Sequence[Iterable[int]], items: torch.Tensor | None, device
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, columns, is-the-latest) of the score matrix cells holding each row's seen items (oldest first;
+    columns of ``items`` when given)."""
+    rows, cols, latest = [], [], []
     for i, s in enumerate(seen):
-        idx = sorted(set(int(j) for j in s))
+        s = [int(j) for j in s]
+        idx = sorted(set(s))
         rows += [i] * len(idx)
         cols += idx
+        latest += [j == s[-1] for j in idx]
     rows_t, cols_t = torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(cols, dtype=torch.long, device=device)
+    latest_t = torch.tensor(latest, dtype=torch.bool, device=device)
     if items is None:
-        return rows_t, cols_t
+        return rows_t, cols_t, latest_t
     pos = torch.searchsorted(items.to(device), cols_t).clamp(max=max(len(items) - 1, 0))
     hit = items.to(device)[pos] == cols_t if len(items) else torch.zeros_like(cols_t, dtype=torch.bool)
-    return rows_t[hit], pos[hit]
+    return rows_t[hit], pos[hit], latest_t[hit]
 
 
 @torch.no_grad()
@@ -276,7 +300,7 @@ def calibrate_repeat_prior(scorer: CatalogueScorer, h: torch.Tensor, times: np.n
         idx = torch.tensor(block)
         s = scorer.scores(h[idx], None if times is None else np.asarray(times)[block])  # (r, C), without the term
         mask = torch.zeros(s.shape, dtype=torch.bool, device=s.device)
-        r, c = _seen_cells([seen[i] for i in block], None, s.device)
+        r, c, _ = _seen_cells([seen[i] for i in block], None, s.device)
         mask[r, c] = True
         gaps.append(torch.logsumexp(s.masked_fill(~mask, float("-inf")), 1)
                     - torch.logsumexp(s.masked_fill(mask, float("-inf")), 1))
@@ -291,3 +315,41 @@ def _pad(log_q: torch.Tensor, width: int) -> torch.Tensor:
         return log_q[:, :width]
     floor = log_q.min(dim=1, keepdim=True).values if log_q.shape[1] else torch.zeros(len(log_q), 1)
     return torch.cat([log_q, floor.expand(-1, width - log_q.shape[1])], dim=1)
+
+
+LATEST_PRIORS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # b_last's candidates (log odds)
+
+
+@torch.no_grad()
+def choose_latest_prior(scorer: CatalogueScorer, h: torch.Tensor, times: np.ndarray | None,
+                        seen: Sequence[Sequence[int]], targets: torch.Tensor, k: int = 10, rows: int = 64) -> float:
+    """Set (and return) ``b_last``: the candidate of ``LATEST_PRIORS`` with the highest NDCG@``k`` of the requests
+    (states ``h`` at ``times``, histories ``seen`` oldest first, next items ``targets``), the repeat term as it
+    is; ties go to the smaller. Requests without a history do not depend on it; none with one: unchanged."""
+    keep = [i for i, s in enumerate(seen) if len(s)]
+    if not keep:
+        return scorer.latest_prior
+    scorer.model.latest_log_prior.fill_(0.0)
+    grid = torch.tensor(LATEST_PRIORS, dtype=torch.float64)
+    gain = torch.zeros(len(grid), dtype=torch.float64)
+    for lo in range(0, len(keep), rows):
+        block = keep[lo:lo + rows]
+        hist = [list(seen[i]) for i in block]
+        s = scorer.scores(h[torch.tensor(block)], None if times is None else np.asarray(times)[block], seen=hist).double()
+        idx = torch.arange(len(block))
+        last = torch.tensor([int(x[-1]) for x in hist], device=s.device)
+        t = targets[torch.tensor(block)].to(s.device)
+        s_last, s_t = s[idx, last], s[idx, t]
+        above_t = (s > s_t[:, None]).sum(1)  # (r,) items above the target at b_last = 0
+        others = s.clone()
+        others[idx, last] = float("-inf")  # the rest of the row, for a target that is the latest item
+        top = torch.topk(others, min(k, others.shape[1]), dim=1).values  # (r, k)
+        is_last = t == last
+        for g, b in enumerate(grid.tolist()):
+            rank = torch.where(is_last, (top > (s_last + b)[:, None]).sum(1),
+                               above_t - (s_last > s_t).long() + (s_last + b > s_t).long())
+            gain[g] += torch.where(rank < k, 1.0 / torch.log2(rank.double() + 2), torch.zeros_like(s_t)).sum().cpu()
+    best = int(torch.nonzero(gain >= gain.max() - 1e-12)[0])
+    scorer.model.latest_log_prior.fill_(float(grid[best]))
+    return scorer.latest_prior
+

@@ -499,4 +499,4 @@ def load_serving_model(cfg, tag: str, model_store=None, device: str = "cpu") -> 
 
 def copy_state(state: UserState) -> UserState:
     """A copy safe to score while the original is updated (tensors are replaced, never mutated)."""
-    return dataclasses.replace(state, seen=set(state.seen), context=dict(state.context))
+    return dataclasses.replace(state, seen=dict(state.seen), context=dict(state.context))

@@ -13,7 +13,8 @@ import torch
 
 from hrnn_core.config import ModelConfig
 from hrnn_core.model.network import HRNNMeta
-from hrnn_core.model.scoring import CatalogueScorer, calibrate_cold_prior, calibrate_repeat_prior, new_item_rate
+from hrnn_core.model.scoring import (CatalogueScorer, calibrate_cold_prior, calibrate_repeat_prior, choose_latest_prior,
+                                     new_item_rate)
 from hrnn_core.model.trend import WindowedPopularity
 from hrnn_core.model.steps import gather_steps
 from hrnn_core.train.batches import TrainData, snapshot_times
@@ -95,7 +96,8 @@ def evaluate(model: HRNNMeta, data: TrainData, segments: np.ndarray, device: tor
     n = len(segments)
     loss = ce_sum / n
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), f"ndcg@{k}": ndcg / n, f"hit@{k}": hits / n,
-            "cold_log_prior": scorer.prior, "repeat_log_prior": scorer.repeat_prior}
+            "cold_log_prior": scorer.prior, "repeat_log_prior": scorer.repeat_prior,
+            "latest_log_prior": scorer.latest_prior}
 
 
 def _calibrate(scorer: CatalogueScorer, data: TrainData, blocks: list, times: np.ndarray | None,
@@ -110,7 +112,9 @@ def _calibrate(scorer: CatalogueScorer, data: TrainData, blocks: list, times: np
     if cold_rate is not None:
         calibrate_cold_prior(scorer, all_h, all_t, cold_rate)
     if repeat_rate is not None:
-        calibrate_repeat_prior(scorer, all_h, all_t, [s for hs in histories for s in hs], repeat_rate)
+        seen = [s for hs in histories for s in hs]
+        calibrate_repeat_prior(scorer, all_h, all_t, seen, repeat_rate)
+        choose_latest_prior(scorer, all_h, all_t, seen, torch.cat([b[2] for b in blocks]))
     return histories
 
 
@@ -136,7 +140,8 @@ def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: t
     if len(data.val_segments) == 0 and cold_rate is not None:
         blocks = list(request_states(model, data, data.train_segments[:CALIBRATION_OWNERS], device, times))
         _calibrate(scorer, data, blocks, times, cold_rate, repeat_rate)
-        return {"cold_log_prior": scorer.prior, "repeat_log_prior": scorer.repeat_prior}
+        return {"cold_log_prior": scorer.prior, "repeat_log_prior": scorer.repeat_prior,
+            "latest_log_prior": scorer.latest_prior}
     return evaluate(model, data, data.val_segments, device, scorer, times, exclude_seen=exclude_seen,
                     cold_rate=cold_rate, repeat_rate=repeat_rate)
 

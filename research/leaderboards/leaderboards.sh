@@ -93,6 +93,8 @@ case "$only" in
   rerun-hrnn-ml-100k-temporal) rerun_hrnn ml-100k temporal "" "${SEEDS:-0 1 2 3 4}" ;;
   rerun-hrnn-ml-latest-small) rerun_hrnn ml-latest-small temporal "" "${SEEDS:-0 1 2}" ;;
   rerun-hrnn-yoochoose) rerun_hrnn yoochoose temporal '{"exclude_seen": false}' "${SEEDS:-0 1 2}" ;;
+  # the plain GRU shares HRNN-meta's trainer and scoring (repeat term, latest item's prior): re-run with them
+  rerun-gru-yoochoose) rerun_model gru yoochoose temporal '{"exclude_seen": false}' "${SEEDS:-0 1 2}" ;;
   # SASRec (issue 20) added to the existing reports, seed by seed (SEEDS="0 1 2" as time allows)
   sasrec-ml-100k-loo) rerun_model sasrec ml-100k leave_one_out "" "${SEEDS:-0 1 2 3 4}" ;;
   sasrec-ml-100k-temporal) rerun_model sasrec ml-100k temporal "" "${SEEDS:-0 1 2 3 4}" ;;
