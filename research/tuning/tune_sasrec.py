@@ -48,6 +48,9 @@ GRID: dict[str, dict] = {
     "lr3e-3_h128": {"lr": 3e-3, "hidden": 128},
     "lr3e-3_b1": {"lr": 3e-3, "blocks": 1},
     "lr3e-3_drop0.5": {"lr": 3e-3, "dropout": 0.5},
+    # stage 3 (uncapped fits): a larger step, and larger batches at lr 3e-3
+    "lr1e-2": {"lr": 1e-2},
+    "lr3e-3_bs256": {"lr": 3e-3, "batch_size": 256},
 }
 CHOSEN = "lr3e-3"  # the candidate whose settings are SASRecConfig's defaults (docs/evaluation/sasrec.md)
 
