@@ -52,7 +52,7 @@ GRID: dict[str, dict] = {
     "lr1e-2": {"lr": 1e-2},
     "lr3e-3_bs256": {"lr": 3e-3, "batch_size": 256},
 }
-CHOSEN = "lr3e-3"  # the candidate whose settings are SASRecConfig's defaults (docs/evaluation/sasrec.md)
+CHOSEN = "lr3e-3_n50"  # the candidate whose settings are SASRecConfig's defaults (docs/evaluation/sasrec.md)
 
 
 def config(name: str, max_seconds: float = 0.0) -> SASRecConfig:
