@@ -46,9 +46,13 @@ rerun_model() {  # model dataset protocol params-json "seeds": one model alone (
   local mean_out="$base.seed_mean.json"
   if [ "$model" = hrnn ]; then
     files=("$base.json"); for f in "$base".seed[0-9]*.json; do files+=("$f"); done  # every seed's report, re-run or not
-  else  # an added model: the seed-mean tests over the seeds it ran (seed_mean_test keeps models in every report)
+  else  # an added model: the seed-mean tests over every seed's report that holds it, run now or before
+    # (seed_mean_test keeps the models in every report)
     mean_out="$base.seed_mean_$model.json"
-    for seed in $4; do if [ "$seed" = 0 ]; then files+=("$base.json"); else files+=("$base.seed$seed.json"); fi; done
+    for f in "$base.json" "$base".seed[0-9]*.json; do
+      .venv/bin/python -c 'import json, sys; sys.exit(sys.argv[2] not in json.load(open(sys.argv[1]))["models"])' \
+        "$f" "$model" && files+=("$f")
+    done
   fi
   .venv/bin/python research/leaderboards/seed_mean_test.py "${files[@]}" --output "$mean_out" --by-owner --params "${3:-"{}"}"
 }
