@@ -14,8 +14,13 @@ over and over, and a rare one has no learned output vector to say so).
 Per seed: HRNN-meta (shipped defaults) is fitted on the temporal split's training part; for every validation and test
 case it keeps the model's scores without the repeat term (the unseen items' top 30 and log-sum-exp, every seen item's
 score, recency and count). Each feature family is fitted by maximum likelihood of the validation targets (unit ridge,
-L-BFGS) and scored on the test cases (NDCG@10; the test set is read once, to report); paired tests against the
-product's term (the constant prior the trained model carries) per event with whole owners resampled.
+L-BFGS) and scored on the test cases (NDCG@10); paired tests against the product's term (the constant prior the
+trained model carries) per event with whole owners resampled. ``latest_prior_sweep``: the product's term plus
+each candidate of ``scoring.LATEST_PRIORS`` on the latest item, validation and test.
+
+Caveat found with it: the model is fitted on the split's ``train`` part, which CONTAINS the validation period
+(``split.valid`` is meant for models fitted on ``valid_train``), so its validation targets are training events
+and choices made on them here are not choices on held-out data (docs/evaluation/sasrec.md).
 
     HRNN_DATA_DIR=D HRNN__TRAIN__THREADS=1 .venv/bin/python -m research.experiments.repeat_features \\
         D/snapshots/58789b8dd0934a20 --seed 0 --output bench/results/repeat_features_yoochoose.json
@@ -36,6 +41,7 @@ from hrnn_core.evaluation.harness import ScoreBatch, make_scorer, train_data
 from hrnn_core.evaluation.metrics import paired_test
 from hrnn_core.evaluation.protocols import build_split
 from hrnn_core.evaluation.splits import SnapshotData
+from hrnn_core.model.scoring import LATEST_PRIORS
 
 RANKS = (1, 2, 3, 5, 10, 20)  # recency-bucket edges: 0 | 1 | 2 | 3-4 | 5-9 | 10-19 | 20+
 FAMILIES = ("product", "one", "recency", "recency+count", "recency+scale", "recency+count+scale", "recency+last_state",
@@ -190,7 +196,14 @@ def main() -> None:
     for family in FAMILIES[1:]:
         test_ = paired_test(per_event[family], per_event["product"], clusters=test["owner"])
         rows[family]["test_vs_product"] = {k: float(v) for k, v in test_.items() if isinstance(v, (int, float))}
-    report = {"snapshot": args.snapshot.name, "protocol": "temporal", "exclude_seen": False, "seed": args.seed,
+    # the latest item's prior on top of the product's term (scoring.choose_latest_prior's candidates), both parts
+    sweep = {}
+    for b in LATEST_PRIORS:
+        theta = torch.tensor([product_prior + b] + [product_prior] * len(RANKS), dtype=torch.float64)
+        sweep[str(b)] = {"valid_ndcg@10": float(ndcg10(valid, "recency", theta).mean()),
+                         "test_ndcg@10": float(ndcg10(test, "recency", theta).mean())}
+        print(f"latest +{b}: valid {sweep[str(b)]['valid_ndcg@10']:.4f} test {sweep[str(b)]['test_ndcg@10']:.4f}")
+    report = {"snapshot": args.snapshot.name, "latest_prior_sweep": sweep, "protocol": "temporal", "exclude_seen": False, "seed": args.seed,
               "valid_cases": len(valid["y"]), "test_cases": len(repeats), "test_repeats": int(repeats.sum()),
               "families": rows}
     args.output.parent.mkdir(parents=True, exist_ok=True)
