@@ -150,13 +150,10 @@ def replay(cfg, snapshot: Path, work: Path, *, n_days: int, test_fraction: float
     return state
 
 
-def summarize(state: dict, work: Path, config: dict) -> dict:
-    """Per-day lines, time ratio and the pooled paired tests over the days after day 0 (where the lines differ)."""
+def _pooled(days: list[dict], work: Path) -> dict:
+    """Time sums and ratio, per-event means and the paired tests of warm vs full, pooled over ``days``."""
     from hrnn_core.evaluation.metrics import paired_test  # noqa: PLC0415
 
-    days = [d for d in state["days"] if d["day"] > 0]
-    if not days:
-        raise WarmStartExperimentError("no replay day after day 0 is done yet; run the replay first")
     arrays = [np.load(work / f"day-{d['day']}.npz") for d in days]
     owners = np.concatenate([a["owners"] for a in arrays])
     tests = {m: paired_test(np.concatenate([a[f"warm_{m}"] for a in arrays]),
@@ -165,11 +162,24 @@ def summarize(state: dict, work: Path, config: dict) -> dict:
              for line in ("full", "warm")}
     full_s = sum(d["full"]["fit_seconds"] for d in days)
     warm_s = sum(d["warm"]["fit_seconds"] for d in days)
+    return {"days": [d["day"] for d in days], "n_days": len(days), "n_events": int(len(owners)),
+            "n_owners": int(len(np.unique(owners))), "full_fit_seconds": full_s, "warm_fit_seconds": warm_s,
+            "time_ratio_full_over_warm": full_s / max(warm_s, 1e-9), "mean_per_event": means,
+            "paired_test_warm_minus_full": tests}
+
+
+def summarize(state: dict, work: Path, config: dict) -> dict:
+    """Per-day lines; over the days after day 0 (where the lines may differ): the summed training times and
+    their ratio, the pooled paired tests; the same over the nights the warm line trained warm only (the
+    scheduled full retrains, where both lines are the same model, left out)."""
+    days = [d for d in state["days"] if d["day"] > 0]
+    if not days:
+        raise WarmStartExperimentError("no replay day after day 0 is done yet; run the replay first")
+    warm_days = [d for d in days if d["warm"]["mode"] == "warm"]
     return {**{k: v for k, v in state.items() if k != "days"}, "config": config, "days": state["days"],
-            "over_days_after_day_0": {"n_days": len(days), "n_events": int(len(owners)),
-                                      "full_fit_seconds": full_s, "warm_fit_seconds": warm_s,
-                                      "time_ratio_full_over_warm": full_s / max(warm_s, 1e-9),
-                                      "mean_per_event": means, "paired_test_warm_minus_full": tests}}
+            "scheduled_full_days": [d["day"] for d in days if d["warm"]["mode"] == "full"],
+            "over_days_after_day_0": _pooled(days, work),
+            "over_warm_nights": _pooled(warm_days, work) if warm_days else None}
 
 
 def _validation_frames(data, test_cut: float, n_days: int, test_fraction: float):
@@ -268,7 +278,8 @@ def summarize_tuning(state: dict, work: Path, variants: list[tuple[int, float]],
 
 
 def chart(report: dict, path: Path, title: str) -> None:
-    """Two panels, one line per retraining mode: training seconds and NDCG@10 per replay day."""
+    """Two panels, one line per retraining mode: training seconds and NDCG@10 per replay day (dotted: the
+    warm line's scheduled full retrains)."""
     from matplotlib.figure import Figure  # noqa: PLC0415
 
     days = report["days"]
@@ -278,6 +289,11 @@ def chart(report: dict, path: Path, title: str) -> None:
     for line, style in (("full", "o-"), ("warm", "s-")):
         top.plot(xs, [d[line]["fit_seconds"] for d in days], style, label=line)
         bottom.plot(xs, [d[line]["metrics"]["ndcg@10"] for d in days], style, label=line)
+    for k in report.get("scheduled_full_days", []):  # the weekly full retrain: both lines the same model
+        for ax in (top, bottom):
+            ax.axvline(k, color="grey", linestyle=":", linewidth=1)
+        top.annotate("scheduled full", (k, 0), xycoords=("data", "axes fraction"), fontsize=8,
+                     xytext=(3, 3), textcoords="offset points")
     top.set_ylabel("training wall time (s)")
     bottom.set_ylabel("NDCG@10 of the day")
     bottom.set_xticks(xs)

@@ -33,6 +33,9 @@ def test_replay_trains_both_lines_follows_the_full_schedule_and_resumes(tmp_path
     over = report["over_days_after_day_0"]
     assert over["n_days"] == 3 and over["n_events"] == sum(d["n_events"] for d in days[1:])
     assert set(over["paired_test_warm_minus_full"]) == {"ndcg@10", "recall@10"}
+    assert report["scheduled_full_days"] == [2] and over["days"] == [1, 2, 3]
+    assert report["over_warm_nights"]["days"] == [1, 3]
+    assert report["over_warm_nights"]["n_events"] == days[1]["n_events"] + days[3]["n_events"]
     chart(report, tmp_path / "chart.png", "test")
     assert (tmp_path / "chart.png").stat().st_size > 0
     assert json.loads((work / "state.json").read_text())["days"] == json.loads(json.dumps(days, default=float))
