@@ -456,7 +456,9 @@ class Server:
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)
-        raise AssertionError("service not ready in 60 s:\n" + log.read_text()[-3000:])
+        tail = log.read_text()[-3000:]
+        self.kill(signal.SIGKILL)  # a server that never got ready leaves no worker behind either
+        raise AssertionError("service not ready in 60 s:\n" + tail)
 
     def kill(self, sig: int) -> None:
         """Signal the server; SIGKILL takes its workers too (they run in sessions of their own)."""
