@@ -139,6 +139,26 @@ def test_warm_start_reproduces_the_champions_scores_before_fine_tuning(two) -> N
     assert float(model.cold_log_prior) == float(ck.model.cold_log_prior)
 
 
+def test_a_warm_start_validates_on_owners_newer_than_its_champion(two, monkeypatch) -> None:
+    """Early stopping of a warm fit reads owners whose last event came at or after the champion's cut: the
+    starting weights never trained on it (the champion's checkpoint carries its snapshot's cut)."""
+    from hrnn_core.train import batches  # noqa: PLC0415
+
+    a, b, champion_path = two
+    assert load_checkpoint(champion_path).raw["as_of"] == float(CUT)
+    monkeypatch.setattr(batches, "MIN_FRESH_OWNERS", 3)  # this toy stream has 40 users
+    last = batches._last_event_times(b)
+    run = _prepare(b, MODEL, TRAIN, torch.device("cpu"), None, init_from=champion_path)
+    ev = run.data.events
+    owners = np.searchsorted(ev.owner_start, run.data.val_segments[:, 1] - 1, side="right") - 1
+    assert len(owners) == TRAIN.val_owners and (last[owners] >= CUT).all()
+    assert (last[np.diff(ev.owner_start) >= 2] < CUT).any()  # older owners exist: the rule chose
+    monkeypatch.setattr(batches, "MIN_FRESH_OWNERS", 10_000)  # too few new owners: as a full retrain
+    wide = _prepare(b, MODEL, TRAIN, torch.device("cpu"), None, init_from=champion_path)
+    full = _prepare(b, MODEL, TRAIN, torch.device("cpu"), None)
+    np.testing.assert_array_equal(wide.data.val_segments, full.data.val_segments)
+
+
 def test_a_warm_start_refuses_another_network(two) -> None:
     _, b, champion_path = two
     with pytest.raises(warm.WarmStartError, match="another model config"):

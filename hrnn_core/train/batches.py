@@ -52,10 +52,15 @@ class TrainData:
     event_user: torch.Tensor  # (E,) user_idx of each event's owner
 
 
+MIN_FRESH_OWNERS = 50  # a warm start validates on owners newer than its champion only if it has this many
+
+
 def prepare_data(snapshot_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                 features: FeatureSpace | None = None) -> TrainData:
+                 features: FeatureSpace | None = None, fresh_after: float | None = None) -> TrainData:
     """Phase 1: features fit on this snapshot (or ``features``: a warm start's, ``hrnn_core.train.warm``),
-    encoded events, capped histories, validation split."""
+    encoded events, capped histories, validation split. ``fresh_after`` (a warm start: the champion's snapshot
+    cut): validation owners are drawn among those whose last event is at or after it, events the starting
+    weights never trained on (with fewer than ``MIN_FRESH_OWNERS`` of them, among all, as a full retrain)."""
     fs = features if features is not None else FeatureSpace.fit(snapshot_dir, model_cfg)
     ev = encode_events(snapshot_dir, fs, train_cfg.max_impressions)
     item_cat, item_num = fs.item_table(snapshot_dir)
@@ -76,6 +81,9 @@ def prepare_data(snapshot_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCon
         val = np.sort(rng.permutation(rows)[: train_cfg.val_owners])
     else:
         eligible = np.flatnonzero(end - start >= 2)
+        if fresh_after is not None:  # else the warm fit is chosen on the champion's own training events
+            fresh = eligible[_last_event_times(snapshot_dir)[eligible] >= fresh_after]
+            eligible = fresh if len(fresh) >= MIN_FRESH_OWNERS else eligible
         val = np.sort(rng.permutation(eligible)[: train_cfg.val_owners])
         train_end[val] -= 1  # the held-out last event is never trained on
     keep = train_end > start
@@ -87,6 +95,14 @@ def prepare_data(snapshot_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCon
         event_user=torch.from_numpy(ev.owner_user[owner_of]),
     )
 
+
+
+def _last_event_times(snapshot_dir: Path) -> np.ndarray:
+    """(owners,) the timestamp of each owner's last event, in the snapshot's row order."""
+    ts = pq.read_table(Path(snapshot_dir) / "sequences.parquet", columns=["timestamps"])["timestamps"].combine_chunks()
+    offsets = ts.offsets.to_numpy()
+    flat = ts.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+    return np.where(np.diff(offsets) > 0, flat[np.maximum(offsets[1:] - 1, 0)], -np.inf)
 
 @dataclass
 class Window:

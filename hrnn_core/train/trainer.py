@@ -162,6 +162,7 @@ class _Run:
     best: float | None = None
     bad_epochs: int = 0
     warm_start: dict | None = None  # a warm start's growth counts (hrnn_core.train.warm.warm_start); None: from scratch
+    as_of: float | None = None  # the snapshot's cut (saved in checkpoints: a warm start from them validates after it)
 
     @property
     def stopped(self) -> bool:
@@ -187,7 +188,7 @@ def _prepare(snapshot_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, devic
     ``init_from``: a warm start from that checkpoint (``hrnn_core.train.warm``: its features extended, its weights)."""
     champion = warm.load_champion(init_from, model_cfg) if init_from is not None else None
     features = warm.extend_features(champion.features, snapshot_dir, model_cfg) if champion is not None else None
-    data = prepare_data(snapshot_dir, model_cfg, cfg, features)
+    data = prepare_data(snapshot_dir, model_cfg, cfg, features, champion.raw.get("as_of") if champion else None)
     n_items, ev = data.features.n_items, data.events
     cfg = resolve_output(cfg, n_items)
     n_events = int((data.train_segments[:, 1] - data.train_segments[:, 0]).sum())
@@ -212,7 +213,7 @@ def _prepare(snapshot_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, devic
     rank, is_main = (dist_ctx.rank, dist_ctx.is_main) if dist_ctx is not None else (0, True)
     rank_of = dist_ctx.local_rows if dist_ctx is not None else None
     return _Run(model_cfg, cfg, device, dist_ctx, rank, is_main, rank_of, data, exclude_seen, repeats,
-                warm_start=grown,
+                warm_start=grown, as_of=json.loads((Path(snapshot_dir) / "manifest.json").read_text()).get("as_of"),
                 has_ties=bool((ev.time_delta == 0).any()), trend=trend,
                 cold_rate=training_new_item_rate(snapshot_dir, data, trend.times if trend else None),
                 repeat_rate=None if exclude_seen else repeat_rate(data), type_w=type_w, model=model, opts=opts,
@@ -422,7 +423,7 @@ def _checkpoint(run: _Run, epoch: int, improved: bool, last_path: Path, best_pat
     if not run.is_main:
         return
     common = dict(epoch=epoch, step=run.step, best=run.best, bad_epochs=run.bad_epochs, history=run.history,
-                  curve=[list(c) for c in run.curve])
+                  curve=[list(c) for c in run.curve], as_of=run.as_of)
     features, cfg, freq = run.data.features, run.cfg, run.data.events.item_freq
     if improved:
         save_checkpoint(best_path, run.model, features, cfg, freq, **common)
