@@ -186,8 +186,10 @@ def test_retrain_gate_idempotency_and_failures(airflow_home, synth, tmp_path):
     assert after_failure["champion"] == first["champion"] and after_failure["store_agrees"]
     assert not any(e[1] == "promote" and e[0] != first["champion"] for e in after_failure["events"])
 
-    # Day 2 with a crippled candidate (no learning): registered, not promoted.
-    cfg_path.write_text(BASE_TOML.format(models='["hrnn", "pop"]').replace("epochs = 30", "epochs = 1\nlr = 1e-9"))
+    # Day 2 with a crippled candidate (no learning, from scratch: a warm start at lr 1e-9 would be the champion
+    # itself with its priors refitted on day 2, which can fairly win): registered, not promoted.
+    cfg_path.write_text(BASE_TOML.format(models='["hrnn", "pop"]').replace("epochs = 30", "epochs = 1\nlr = 1e-9")
+                        .replace("[retrain]\n", '[retrain]\nmode = "full"\n'))
     proc = retrain(airflow_home, env, DAY2)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     final = registry_state(env)
