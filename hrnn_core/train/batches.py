@@ -96,13 +96,13 @@ def prepare_data(snapshot_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCon
     )
 
 
-
 def _last_event_times(snapshot_dir: Path) -> np.ndarray:
     """(owners,) the timestamp of each owner's last event, in the snapshot's row order."""
     ts = pq.read_table(Path(snapshot_dir) / "sequences.parquet", columns=["timestamps"])["timestamps"].combine_chunks()
     offsets = ts.offsets.to_numpy()
     flat = ts.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
     return np.where(np.diff(offsets) > 0, flat[np.maximum(offsets[1:] - 1, 0)], -np.inf)
+
 
 @dataclass
 class Window:

@@ -212,8 +212,9 @@ def _prepare(snapshot_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, devic
     steps_per_epoch = sum(1 for _ in owner_windows(data.train_segments, cfg.batch_size, cfg.bptt)) + 1
     rank, is_main = (dist_ctx.rank, dist_ctx.is_main) if dist_ctx is not None else (0, True)
     rank_of = dist_ctx.local_rows if dist_ctx is not None else None
+    as_of = json.loads((Path(snapshot_dir) / "manifest.json").read_text()).get("as_of")  # the cut, for warm starts
     return _Run(model_cfg, cfg, device, dist_ctx, rank, is_main, rank_of, data, exclude_seen, repeats,
-                warm_start=grown, as_of=json.loads((Path(snapshot_dir) / "manifest.json").read_text()).get("as_of"),
+                warm_start=grown, as_of=as_of,
                 has_ties=bool((ev.time_delta == 0).any()), trend=trend,
                 cold_rate=training_new_item_rate(snapshot_dir, data, trend.times if trend else None),
                 repeat_rate=None if exclude_seen else repeat_rate(data), type_w=type_w, model=model, opts=opts,
