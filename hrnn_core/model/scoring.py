@@ -170,8 +170,7 @@ class CatalogueScorer:
         w, b = self.vectors(items)
         out = h.float() @ w.T + b
         if seen is not None and self.uses_seen:
-            rows, cols, latest = _seen_cells(seen, items, out.device)
-            out[rows, cols] += self.repeat_prior + self.latest_prior * latest
+            add_seen_terms(out, seen, self.repeat_prior, self.latest_prior, items)
         weight = self.trend_weight if trend_weight is None else trend_weight
         if weight and self.trend is not None:
             if times is None:
@@ -283,6 +282,15 @@ def _seen_cells(seen: Sequence[Iterable[int]], items: torch.Tensor | None, devic
     pos = torch.searchsorted(items.to(device), cols_t).clamp(max=max(len(items) - 1, 0))
     hit = items.to(device)[pos] == cols_t if len(items) else torch.zeros_like(cols_t, dtype=torch.bool)
     return rows_t[hit], pos[hit], latest_t[hit]
+
+
+def add_seen_terms(out: torch.Tensor, seen: Sequence[Iterable[int]], repeat_prior: float, latest_prior: float,
+                   items: torch.Tensor | None = None) -> torch.Tensor:
+    """``out`` (B, C) with ``b_rep`` added in place to each row's seen items and ``b_last`` to its latest one
+    (``seen``: per row, oldest first; columns of ``items`` when given): the one rule for every decoder."""
+    rows, cols, latest = _seen_cells(seen, items, out.device)
+    out[rows, cols] += repeat_prior + latest_prior * latest
+    return out
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ finished session with its final state; a session starts from ``s_0 = tanh(W c + 
 learned ``c_0``. Sessions are the warehouse's (``session_starts``: ``sql/sessions.sql``); a request
 starts one by the target's own flag (it is the history's next event) or by the gap to the last read event.
 It shares the plain GRU's input stack, sizes, ``TrainConfig`` recipe, output layer and scoring rules
-(items without training events last, the calibrated repeat term): docs/evaluation/hgru.md.
+(items without training events last, the calibrated repeat term, the latest item's prior): docs/evaluation/hgru.md.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from torch import nn
 from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.evaluation.baselines.base import ScoreBatch, Scorer, TrainData
 from hrnn_core.evaluation.baselines.features import BaselineError, FlatEvents, flat_events
-from hrnn_core.evaluation.metrics import Accumulator, exclude_mask
+from hrnn_core.evaluation.metrics import Accumulator
 from hrnn_core.evaluation.splits import SESSION_GAP_SECONDS, repeat_share
 from hrnn_core.model.checkpoint import resolve_device
 from hrnn_core.model.features import HOLDOUT_FILE
 from hrnn_core.model.losses import dense_softmax_loss, sampled_softmax_loss
 from hrnn_core.model.sampler import AliasSampler
-from hrnn_core.model.scoring import NO_SCORE, calibrate_repeat_prior
+from hrnn_core.model.scoring import NO_SCORE, add_seen_terms, calibrate_repeat_prior, choose_latest_prior
 
 ROW_BLOCK = 256  # owners replayed at once when computing request states
 
@@ -55,6 +55,7 @@ class HGRUNet(nn.Module):
         nn.init.normal_(self.item_w.weight, std=hidden ** -0.5)
         nn.init.zeros_(self.item_b.weight)
         self.register_buffer("repeat_log_prior", torch.zeros(()))  # scoring's b_rep; 0 = no repeat term
+        self.register_buffer("latest_log_prior", torch.zeros(()))  # scoring's b_last: on the latest seen item
 
     def step(self, prev_item: torch.Tensor, new_session: torch.Tensor, new_owner: torch.Tensor,
              state: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,10 +93,18 @@ class _Decoder:
     def repeat_prior(self) -> float:
         return float(self.model.repeat_log_prior)
 
+    @property
+    def latest_prior(self) -> float:
+        return float(self.model.latest_log_prior)
+
+    @property
+    def uses_seen(self) -> bool:
+        return bool(self.repeat_prior or self.latest_prior)
+
     def scores(self, h: torch.Tensor, times=None, seen: list | None = None) -> torch.Tensor:
         out = (h.float() @ self.model.item_w.weight.T + self.model.item_b.weight.T).masked_fill(self.cold, NO_SCORE)
-        if seen is not None and self.repeat_prior:
-            out = out + self.repeat_prior * exclude_mask(seen, len(out), out.shape[1], out.device).float()
+        if seen is not None and self.uses_seen:
+            add_seen_terms(out, seen, self.repeat_prior, self.latest_prior)
         return out
 
 
@@ -259,10 +268,11 @@ class HGRUScorer(Scorer):
         target_ev = ev.flat.offsets[rows] + pos
         h = self._request_states(ev, rows, pos, ev.flat.timestamp[target_ev], ev.flat.event_id[target_ev])
         seen = ev.seen(rows, pos, self.net.n_items)
-        if repeat_rate is not None:
-            calibrate_repeat_prior(self.decoder, h, None, [s.tolist() for s in seen], repeat_rate)
-        scores = self.decoder.scores(h, seen=seen if repeat_rate is not None else None).cpu()
         targets = torch.as_tensor(np.minimum(ev.flat.item[target_ev], self.net.n_items - 1))
+        if repeat_rate is not None:  # HRNN-meta's validation: b_rep calibrated, then b_last chosen
+            calibrate_repeat_prior(self.decoder, h, None, [s.tolist() for s in seen], repeat_rate)
+            choose_latest_prior(self.decoder, h, None, [s.tolist() for s in seen], targets)
+        scores = self.decoder.scores(h, seen=seen if repeat_rate is not None else None).cpu()
         acc = Accumulator(self.net.n_items, ks=(10,))
         acc.add(scores, targets, exclude=seen if self._exclude_seen else None)
         val_loss = float(dense_softmax_loss(scores.clamp(min=-1e4), targets).loss)
@@ -321,5 +331,5 @@ class HGRUScorer(Scorer):
             rows, pos = np.asarray(batch.rows[sl]), np.asarray(batch.pos[sl])
             ids = None if batch.target_event_id is None else np.asarray(batch.target_event_id[sl])
             h = self._request_states(ev, rows, pos, np.asarray(batch.target_timestamp[sl], dtype=np.float64), ids)
-            out.append(self.decoder.scores(h, seen=ev.seen(rows, pos, self.net.n_items) if self.decoder.repeat_prior else None).cpu())
+            out.append(self.decoder.scores(h, seen=ev.seen(rows, pos, self.net.n_items) if self.decoder.uses_seen else None).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.net.n_items)

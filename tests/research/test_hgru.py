@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 
 from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.evaluation.baselines.base import ScoreBatch, TrainData
-from research.baselines.hgru import HGRUNet, HGRUScorer
+from research.baselines.hgru import HGRUNet, HGRUScorer, _Decoder
 from hrnn_core.evaluation.baselines.popularity import PopularityScorer
 from hrnn_core.evaluation.metrics import Accumulator
 from hrnn_core.evaluation.splits import SnapshotData
+from hrnn_core.model.scoring import NO_SCORE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -85,6 +86,25 @@ def sessions_data(n_users: int = 30, n_sessions: int = 8, seed: int = 0) -> tupl
             it += [user % HOME, int(rng.integers(10, 20)), int(rng.integers(20, 30))]
             ts += [t0, t0 + 60, t0 + 120]
     return SnapshotData.from_events(u, it, ts, 30), np.arange(n_users) % HOME
+
+
+@torch.no_grad()
+def test_the_decoder_adds_the_repeat_term_and_the_latest_items_prior_as_hrnn_meta_does():
+    """b_rep on each row's seen items, b_last on top for its latest one (scoring.add_seen_terms, the rule
+    HRNN-meta's CatalogueScorer applies); none while both are 0; an untrained item stays at NO_SCORE."""
+    model = net()
+    decoder = _Decoder(model, torch.tensor([True] * 5 + [False]))
+    h, seen = torch.randn(2, 7), [[1, 3, 1, 3], [2]]
+    base = decoder.scores(h, seen=seen)
+    torch.testing.assert_close(base, decoder.scores(h))
+    model.repeat_log_prior.fill_(0.5)
+    model.latest_log_prior.fill_(2.0)
+    expected = base.clone()
+    expected[0, 1] += 0.5
+    expected[0, 3] += 2.5
+    expected[1, 2] += 2.5
+    torch.testing.assert_close(decoder.scores(h, seen=seen), expected)
+    assert float(base[0, 5]) == NO_SCORE
 
 
 def test_hgru_learns_the_users_session_opener_from_its_past_sessions():
