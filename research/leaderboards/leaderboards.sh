@@ -73,10 +73,29 @@ hgru_runs() {  # dataset params-json "seeds": HRNN-meta, the plain GRU and HGRU 
     files+=("$base$sfx.json")
   done
   rm -rf "$tmp"
+  hgru_tests "$base" "$2" "${files[@]}"
+}
+hgru_tests() {  # base params-json reports...: the paired tests of hrnn and of hgru vs the rest over the seeds' reports
+  local base="$1" params="$2"; shift 2
   for ref in hrnn hgru; do
-    .venv/bin/python research/leaderboards/seed_mean_test.py "${files[@]}" --reference "$ref" --by-owner --params "$2" \
+    .venv/bin/python research/leaderboards/seed_mean_test.py "$@" --reference "$ref" --by-owner --params "$params" \
       --metrics ndcg@10,recall@10,mrr@20 --output "$base.tests_$ref.json"
   done
+}
+hgru_rerun() {  # dataset params-json "seeds": HGRU alone re-run after a change to it, HRNN-meta and the GRU taken
+  # from the leaderboard's reports of the same split and seed (re-run there with the same code), then the tests
+  local base="bench/results/hgru_$1_temporal" board="bench/results/leaderboard_$1_temporal" files=() tmp sfx
+  tmp=$(mktemp -d)
+  for seed in $3; do
+    sfx=""; [ "$seed" = 0 ] || sfx=".seed$seed"
+    echo "== $1 / temporal, hgru, seed $seed"
+    $HRNN evaluate --dataset "$1" --protocol temporal --models hgru --seed "$seed" --params "$2" --output "$tmp/hgru$sfx.json"
+    .venv/bin/python research/leaderboards/merge_leaderboard.py "$base$sfx.json" "$board$sfx.json" --models hrnn,gru
+    .venv/bin/python research/leaderboards/merge_leaderboard.py "$base$sfx.json" "$tmp/hgru$sfx.json" --models hgru
+    files+=("$base$sfx.json")
+  done
+  rm -rf "$tmp"
+  hgru_tests "$base" "$2" "${files[@]}"
 }
 only="${1:-all}"
 case "$only" in
@@ -107,4 +126,6 @@ case "$only" in
   # issue 20 (not part of "all"): HRNN-meta vs GRU vs HGRU on the session datasets (taobao: user histories)
   hgru-yoochoose) hgru_runs yoochoose '{"exclude_seen": false}' "${SEEDS:-0 1 2}" ;;
   hgru-taobao) hgru_runs taobao '{"exclude_seen": false}' "${SEEDS:-0}" ;;
+  # HGRU re-run with the latest item's prior (as HRNN-meta and the GRU have it), the two others from the leaderboard
+  hgru-yoochoose-rerun) hgru_rerun yoochoose '{"exclude_seen": false}' "${SEEDS:-0 1 2}" ;;
 esac
