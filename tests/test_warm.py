@@ -147,7 +147,8 @@ def test_a_warm_start_validates_on_owners_newer_than_its_champion(two, monkeypat
     a, b, champion_path = two
     assert load_checkpoint(champion_path).raw["as_of"] == float(CUT)
     monkeypatch.setattr(batches, "MIN_FRESH_OWNERS", 3)  # this toy stream has 40 users
-    last = batches._last_event_times(b)
+    stamps = pq.read_table(Path(b) / "sequences.parquet", columns=["timestamps"])["timestamps"].to_pylist()
+    last = np.array([max(t) if t else -np.inf for t in stamps])  # each owner's last event, snapshot row order
     run = _prepare(b, MODEL, TRAIN, torch.device("cpu"), None, init_from=champion_path)
     ev = run.data.events
     owners = np.searchsorted(ev.owner_start, run.data.val_segments[:, 1] - 1, side="right") - 1

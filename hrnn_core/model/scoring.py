@@ -360,4 +360,3 @@ def choose_latest_prior(scorer: CatalogueScorer, h: torch.Tensor, times: np.ndar
     best = int(torch.nonzero(gain >= gain.max() - 1e-12)[0])
     scorer.model.latest_log_prior.fill_(float(grid[best]))
     return scorer.latest_prior
-

@@ -82,7 +82,8 @@ def prepare_data(snapshot_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCon
     else:
         eligible = np.flatnonzero(end - start >= 2)
         if fresh_after is not None:  # else the warm fit is chosen on the champion's own training events
-            fresh = eligible[_last_event_times(snapshot_dir)[eligible] >= fresh_after]
+            last_time = snapshot_times(snapshot_dir, len(ev.target))[end[eligible] - 1]
+            fresh = eligible[last_time >= fresh_after]
             eligible = fresh if len(fresh) >= MIN_FRESH_OWNERS else eligible
         val = np.sort(rng.permutation(eligible)[: train_cfg.val_owners])
         train_end[val] -= 1  # the held-out last event is never trained on
@@ -94,14 +95,6 @@ def prepare_data(snapshot_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCon
         val_segments=np.stack([start[val], end[val]], axis=1), max_len=max_len,
         event_user=torch.from_numpy(ev.owner_user[owner_of]),
     )
-
-
-def _last_event_times(snapshot_dir: Path) -> np.ndarray:
-    """(owners,) the timestamp of each owner's last event, in the snapshot's row order."""
-    ts = pq.read_table(Path(snapshot_dir) / "sequences.parquet", columns=["timestamps"])["timestamps"].combine_chunks()
-    offsets = ts.offsets.to_numpy()
-    flat = ts.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
-    return np.where(np.diff(offsets) > 0, flat[np.maximum(offsets[1:] - 1, 0)], -np.inf)
 
 
 @dataclass

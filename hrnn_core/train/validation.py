@@ -141,7 +141,7 @@ def validate(model: HRNNMeta, model_cfg: ModelConfig, data: TrainData, device: t
         blocks = list(request_states(model, data, data.train_segments[:CALIBRATION_OWNERS], device, times))
         _calibrate(scorer, data, blocks, times, cold_rate, repeat_rate)
         return {"cold_log_prior": scorer.prior, "repeat_log_prior": scorer.repeat_prior,
-            "latest_log_prior": scorer.latest_prior}
+                "latest_log_prior": scorer.latest_prior}
     return evaluate(model, data, data.val_segments, device, scorer, times, exclude_seen=exclude_seen,
                     cold_rate=cold_rate, repeat_rate=repeat_rate)
 
