@@ -150,6 +150,9 @@ class ModelConfig:
     max_categories: int = 10_000  # most frequent values kept per categorical field
     max_values_per_field: int = 8  # values kept per multi-valued field ("a|b|c") per row
     numeric_clip: float = 5.0  # standardized numeric features are clipped to [-clip, clip]
+    item_numeric_bins: int = 10  # quantile buckets per numeric item field, one-hot beside its standardized value:
+    # the decoder's metadata side (eq. 2) is linear in the fields, so a bucket is what lets a non-monotone
+    # effect (a release year) reach cold items' scores; 0 = off (docs/evaluation/cold_items.md)
     inference_item_meta_mix: float = 0.15  # lambda of eq. (2) when scoring (0 = ids, 1 = metadata); beat 0, 0.3, 0.5
     trend_weight: float = 0.5  # eq. (5): + this * log q_j(t) in all scores, dense training too (0: off; 1: lower)
     trend_window_seconds: float = 30 * 86_400.0  # q_j(t): j's share of the events in [t_b - this, t_b); 7 d: lower
@@ -168,6 +171,7 @@ class ModelConfig:
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
             (self.field_dim >= 1 and self.input_size >= 1, "field_dim and input_size must be >= 1"),
             (self.time_delta_buckets >= 2, "time_delta_buckets must be >= 2"),
+            (self.item_numeric_bins >= 0, "item_numeric_bins must be >= 0"),
             (self.time_delta_log_base > 1.0, "time_delta_log_base must be > 1"),
             (0.0 <= self.inference_item_meta_mix <= 1.0, "inference_item_meta_mix must be in [0, 1]"),
             (self.trend_weight >= 0.0 and self.trend_smoothing > 0.0 and self.trend_window_seconds > 0.0,

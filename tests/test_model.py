@@ -223,3 +223,36 @@ def test_overfits_one_batch(output: str) -> None:
     assert float(loss.detach()) < 0.1, float(loss.detach())
     out, _ = model(x)
     assert (model.scores(out.reshape(-1, 32)).argmax(1) == target).float().mean() == 1.0
+
+
+def test_numeric_item_fields_get_quantile_buckets() -> None:
+    """Item numeric fields: [value, present] then a one-hot quantile bucket (the metadata side of eq. 2 is
+    linear, so the bucket is what carries a non-monotone effect); missing values have no bucket; a feature
+    space saved before the buckets loads with none."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    years = [1950.0, 1990.0, 1995.0, 1996.0, 1997.0, 1998.0, None]
+    num = pa.array([[("year", y)] if y is not None else [] for y in years], pa.map_(pa.string(), pa.float64()))
+    group = FieldGroup.fit(None, num, ModelConfig(), multi_valued=True, bins=4)
+    assert group.num_edges == [[1991.25, 1995.5, 1996.75]] and group.num_width == 2 + 4  # quartiles
+    enc = group.encode_num(num, len(years)).numpy()
+    np.testing.assert_array_equal(enc[:, 1], [1, 1, 1, 1, 1, 1, 0])
+    np.testing.assert_array_equal(enc[:, 2:].argmax(1)[:6], [0, 0, 1, 2, 3, 3])
+    np.testing.assert_array_equal(enc[:, 2:].sum(1), [1, 1, 1, 1, 1, 1, 0])
+    assert FieldGroup.from_dict(group.to_dict()) == group
+    old = {k: v for k, v in group.to_dict().items() if k != "num_edges"}  # a checkpoint from before the buckets
+    assert FieldGroup.from_dict(old).num_width == 2 and FieldGroup.from_dict(old).encode_num(num, 7).shape == (7, 2)
+    assert FieldGroup.fit(None, num, ModelConfig(), multi_valued=True).num_width == 2  # users, context: no buckets
+
+
+def test_has_metadata_reads_only_the_present_flags_with_buckets() -> None:
+    """With bucket columns after the [value, present] pairs, an item is 'with metadata' by its present flags."""
+    fs = _space()
+    fs.items.num_edges = [[15.0, 25.0]]
+    item_cat = torch.zeros(N_ITEMS, 2, dtype=torch.int32)
+    item_num = torch.zeros(N_ITEMS, fs.items.num_width)
+    item_num[:5, 1] = 1.0  # items 0-4 have a price
+    item_num[:5, 2] = 1.0
+    model = HRNNMeta(CFG, fs, item_cat, item_num)
+    assert model.meta_out.numeric.in_features == 5
+    np.testing.assert_array_equal(model.has_metadata().numpy(), np.arange(N_ITEMS) < 5)

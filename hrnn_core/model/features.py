@@ -10,7 +10,8 @@ Encodings (paper section 2.2-2.3):
   ``max_values_per_field`` values per row; the model averages their embeddings (EmbeddingBag mean).
   All fields of a group share one flat id space (field offsets), so one table serves a group.
 * **numeric fields**: standardized with the training mean/std, clipped, plus a "present" flag
-  (missing -> 0 with flag 0). Two columns per field.
+  (missing -> 0 with flag 0). Two columns per field; item fields then one one-hot column per quantile
+  bucket (``model.item_numeric_bins``, edges fit on the catalogue; missing -> no bucket).
 * **time deltas**: ``bucket = 1 + floor(log_base(1 + seconds))`` capped at ``buckets - 1``;
   bucket 0 means "no previous event" (the owner's first event).
 * **event types**: vocabulary, 0 = none/unknown; **event values**: standardized + present flag.
@@ -79,6 +80,8 @@ class FieldGroup:
     widths: list[int]  # per field: slots per row (most values seen in training, <= max values)
     multi_valued: bool  # split "a|b" into values (items, users) or keep whole strings (context)
     clip: float
+    num_edges: list[list[float]] = dataclasses.field(default_factory=list)  # per numeric field: inner quantile
+    # edges of its one-hot buckets (empty: none; checkpoints from before the buckets have none at all)
 
     @property
     def offsets(self) -> list[int]:
@@ -104,11 +107,20 @@ class FieldGroup:
         return [(e - w, e) for e, w in zip(ends, self.widths, strict=True)]
 
     @property
+    def bucket_edges(self) -> list[list[float]]:
+        """Per numeric field: its bucket edges ([] = no bucket columns)."""
+        return list(self.num_edges) + [[]] * (len(self.num_fields) - len(self.num_edges))
+
+    @property
     def num_width(self) -> int:
-        return 2 * len(self.num_fields)
+        """[value, present] per numeric field, then each bucketed field's one-hot columns."""
+        return 2 * len(self.num_fields) + sum(len(e) + 1 for e in self.bucket_edges if e)
 
     @classmethod
-    def fit(cls, cat: pa.Array | None, num: pa.Array | None, cfg: ModelConfig, multi_valued: bool) -> FieldGroup:
+    def fit(cls, cat: pa.Array | None, num: pa.Array | None, cfg: ModelConfig, multi_valued: bool,
+            bins: int = 0) -> FieldGroup:
+        """Vocabularies and scalings of the rows' fields; ``bins`` > 1: numeric fields also get that many
+        quantile buckets (fewer where values repeat)."""
         max_values = cfg.max_values_per_field if multi_valued else 1
         cat_fields, vocabs, widths = [], [], []
         for key in _map_keys(cat) if cat is not None else []:
@@ -122,7 +134,7 @@ class FieldGroup:
                 cat_fields.append(key)
                 vocabs.append([v for _, v in kept[: cfg.max_categories]])
                 widths.append(max(1, int(pc.max(pc.list_value_length(lists)).as_py() or 1)))
-        num_fields, mean, std = [], [], []
+        num_fields, mean, std, edges = [], [], [], []
         for key in _map_keys(num) if num is not None else []:
             x = _lookup(num, key).to_numpy(zero_copy_only=False).astype(np.float64)
             x = x[np.isfinite(x)]
@@ -130,7 +142,8 @@ class FieldGroup:
                 num_fields.append(key)
                 mean.append(float(x.mean()))
                 std.append(float(x.std()) if x.std() > 1e-12 else 1.0)
-        return cls(cat_fields, vocabs, num_fields, mean, std, widths, multi_valued, cfg.numeric_clip)
+                edges.append(quantile_edges(x, bins))
+        return cls(cat_fields, vocabs, num_fields, mean, std, widths, multi_valued, cfg.numeric_clip, edges)
 
     def encode_cat(self, cat: pa.Array | None, n: int) -> torch.Tensor:
         """(n, cat_width) int32 global ids, 0 = padding/unknown."""
@@ -164,9 +177,11 @@ class FieldGroup:
         return self.slots[f][0], np.where(np.isnan(ids), 0, ids + self.offsets[f]).astype(np.int32)
 
     def encode_num(self, num: pa.Array | None, n: int) -> torch.Tensor:
-        """(n, 2 * F) float32: [standardized clipped value, present flag] per field."""
+        """(n, num_width) float32: [standardized clipped value, present flag] per field, then the one-hot
+        bucket of each bucketed field (all 0 where the value is missing)."""
         out = np.zeros((n, self.num_width), dtype=np.float32)
-        for f, key in enumerate(self.num_fields):
+        col = 2 * len(self.num_fields)
+        for f, (key, edges) in enumerate(zip(self.num_fields, self.bucket_edges, strict=True)):
             if num is None:
                 break
             x = _lookup(num, key).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -174,6 +189,10 @@ class FieldGroup:
             z = np.clip((np.where(ok, x, 0.0) - self.num_mean[f]) / self.num_std[f], -self.clip, self.clip)
             out[:, 2 * f] = np.where(ok, z, 0.0)
             out[:, 2 * f + 1] = ok
+            if edges:
+                rows = np.flatnonzero(ok)
+                out[rows, col + np.searchsorted(np.asarray(edges), x[rows], side="right")] = 1.0
+                col += len(edges) + 1
         return torch.from_numpy(out)
 
     def encode_rows(self, cat_rows: list[dict | None], num_rows: list[dict | None]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,11 +207,19 @@ class FieldGroup:
         return {"cat_fields": list(self.cat_fields), "vocabs": [list(v) for v in self.vocabs],
                 "num_fields": list(self.num_fields), "num_mean": list(self.num_mean),
                 "num_std": list(self.num_std), "widths": list(self.widths),
-                "multi_valued": self.multi_valued, "clip": self.clip}
+                "multi_valued": self.multi_valued, "clip": self.clip, "num_edges": [list(e) for e in self.num_edges]}
 
     @classmethod
     def from_dict(cls, d: dict) -> FieldGroup:
         return cls(**d)
+
+
+def quantile_edges(x: np.ndarray, bins: int) -> list[float]:
+    """Inner edges of ``bins`` quantile buckets of the finite values ``x`` (duplicates merged; [] for
+    ``bins`` < 2). A value's bucket is ``searchsorted(edges, value, side="right")``."""
+    if bins < 2 or len(x) == 0:
+        return []
+    return [float(e) for e in np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)[1:-1]))]
 
 
 def _split(values: pa.Array, max_values: int, multi: bool, flatten: bool = True) -> pa.Array:
@@ -248,7 +275,8 @@ class FeatureSpace:
         return cls(
             item_ids=items["item_id"].to_pylist(), event_types=event_types, value_mean=mean, value_std=std,
             users=user_group,
-            items=FieldGroup.fit(items["categorical"], items["numeric"], cfg, multi_valued=True),
+            items=FieldGroup.fit(items["categorical"], items["numeric"], cfg, multi_valued=True,
+                                 bins=cfg.item_numeric_bins),
             context=FieldGroup.fit(ctx, None, cfg, multi_valued=False),
             time_delta_buckets=cfg.time_delta_buckets, time_delta_log_base=cfg.time_delta_log_base,
             snapshot_id=snap["manifest"]["snapshot_id"],

@@ -107,10 +107,11 @@ class ItemMeta(nn.Module):
         super().__init__()
         self.bags = FieldBags(group, dim)
         self.numeric = nn.Linear(group.num_width, dim, bias=False) if group.num_width else None
+        self.n_numeric = len(group.num_fields)  # num's first 2 * n_numeric columns are [value, present] pairs
         self.enabled = bool(self.bags.n_fields or self.numeric is not None)
 
     def forward(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
-        """cat (N, Wi), num (N, 2 Fi) -> (N, dim)."""
+        """cat (N, Wi), num (N, num_width) -> (N, dim)."""
         out = torch.zeros(cat.shape[0], self.bags.dim, device=num.device, dtype=num.dtype)
         if self.bags.n_fields:
             out = out + self.bags(cat).sum(dim=1)
@@ -331,7 +332,7 @@ class HRNNMeta(nn.Module):
         if self.meta_out.bags.n_fields:
             present |= (cat != 0).any(dim=1)
         if self.meta_out.numeric is not None:
-            present |= (num[:, 1::2] != 0).any(dim=1)
+            present |= (num[:, 1:2 * self.meta_out.n_numeric:2] != 0).any(dim=1)
         return present
 
     def item_vectors(self, items: torch.Tensor | None = None, mix: float | torch.Tensor = 0.0

@@ -40,6 +40,7 @@ import torch
 
 from hrnn_core.data.contract import MULTI_VALUE_SEPARATOR
 from hrnn_core.errors import HrnnError
+from hrnn_core.model.features import quantile_edges
 
 
 class BaselineError(HrnnError):
@@ -197,8 +198,7 @@ class FieldEncoder:
                 num_fields.append(key)
                 mean.append(float(x.mean()))
                 std.append(float(x.std()) if x.std() > 1e-12 else 1.0)
-                q = np.unique(np.quantile(x, np.linspace(0, 1, n_bins + 1)[1:-1])) if n_bins > 1 else []
-                edges.append([float(e) for e in q])
+                edges.append(quantile_edges(x, n_bins))
         return cls(cat_fields, vocabs, num_fields, mean, std, edges, multi_valued, max_values, offset, clip)
 
     def encode(self, cat: pa.Array | None, num: pa.Array | None, n: int) -> tuple[np.ndarray, np.ndarray]:
