@@ -109,6 +109,9 @@ class IngestConfig:
     threads: int = 2  # DuckDB worker threads
     lock_wait_seconds: float = 60.0  # retry opening a warehouse another process writes this long, then fail clearly
     archive_retention_days: float = 14.0  # ingested landing files are archived, deleted after this (> champion's age)
+    # users/items columns that are categorical even when every value is a number: codes, not quantities
+    # (a CSV has no types; "category" of taobao-like logs is a number-looking id). Parquet text is categorical anyway
+    categorical_columns: tuple[str, ...] = ("category", "category_id", "categories", "brand", "brand_id")
 
     def __post_init__(self) -> None:
         if self.archive_retention_days <= 0:

@@ -272,6 +272,25 @@ def test_items_file(cfg, tmp_path: Path) -> None:
     assert quarantine == [(3, c.REASON_BAD_TS), (4, c.REASON_TS_RANGE)]
 
 
+def test_code_columns_stay_categorical(cfg, tmp_path: Path) -> None:
+    """A number-looking code is not a quantity: a Parquet text column stays text, and a column named in
+    ingest.categorical_columns ("category") is categorical in a CSV too; other all-number CSV text is numeric."""
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    parquet = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"item_id": ["i1", "i2"], "shelf": ["0042", "17"], "price": [1.5, 2.0]}), parquet)
+    ingest_file(cfg, parquet, "items")
+    ingest_file(cfg, _write(tmp_path, "items.csv", "item_id,category,weight\ni3,3738615,2\ni4,982926,0.5\n"), "items")
+    items = _fetch(cfg, "select item_id, categorical, numeric from items order by item_id")
+    assert items == [
+        ("i1", {"shelf": "0042"}, {"price": 1.5}),  # the leading zero survives: the value is the text
+        ("i2", {"shelf": "17"}, {"price": 2.0}),
+        ("i3", {"category": "3738615"}, {"weight": 2.0}),
+        ("i4", {"category": "982926"}, {"weight": 0.5}),
+    ]
+
+
 def test_entity_nonfinite_numeric_inf_is_quarantined(cfg, tmp_path: Path) -> None:
     path = _write(tmp_path, "users.csv", "user_id,score\nu1,1.5\nu2,inf\nu3,-inf\n")
     report = ingest_file(cfg, path, "users")

@@ -278,8 +278,15 @@ def _stage_interactions(con: duckdb.DuckDBPyConnection, cfg: Config, columns: li
     )
 
 
-def _stage_entities(con: duckdb.DuckDBPyConnection, cfg: Config, table: str, columns: list[str]) -> tuple[list[str], list[str]]:
-    """Phase 2: typed_rows for users/items; returns (numeric columns, categorical columns)."""
+def _stage_entities(con: duckdb.DuckDBPyConnection, cfg: Config, table: str, columns: list[str],
+                    typed: bool) -> tuple[list[str], list[str]]:
+    """Phase 2: typed_rows for users/items; returns (numeric columns, categorical columns).
+
+    A column is categorical when it is named in ``ingest.categorical_columns`` (codes such as a category
+    id are not quantities, whatever their type), or it is text in a file that declares its types
+    (``typed``: Parquet); it is numeric when its type is a number, or, in a CSV file (all text), when
+    every non-empty value parses as a number.
+    """
     # Composed here, not in sql/ingest/: each expression depends on the file's columns and types.
     types = _column_types(con)
     id_col = "user_id" if table == "users" else "item_id"
@@ -290,10 +297,16 @@ def _stage_entities(con: duckdb.DuckDBPyConnection, cfg: Config, table: str, col
     numeric, categorical = [], []
     for col in attrs:
         typ = types[col]
+        if col in cfg.ingest.categorical_columns:
+            categorical.append(col)
+            continue
         if typ.startswith(NUMERIC_TYPES) or typ.startswith("DECIMAL"):
             numeric.append(col)
             continue
-        # Text column: numeric when every non-empty value parses as a number.
+        if typed:  # a Parquet text column: the file says it is text
+            categorical.append(col)
+            continue
+        # CSV text column: numeric when every non-empty value parses as a number.
         t = _text(col)
         stats = con.execute(
             f"select count({t}), count(try_cast({t} as double)) from raw_rows where not __is_header"
@@ -427,12 +440,12 @@ def _ingest_interactions(con: duckdb.DuckDBPyConnection, cfg: Config, report: In
 
 
 def _ingest_entities(con: duckdb.DuckDBPyConnection, cfg: Config, report: IngestReport,
-                     columns: list[str], batch_id: int) -> None:
+                     columns: list[str], batch_id: int, typed: bool) -> None:
     """Phases 2-6 for a users or items file read into ``raw_rows``."""
     table = report.table
     min_ts, max_ts = _timestamp_bounds(cfg)
     with report.phase("parse"):
-        numeric, _ = _stage_entities(con, cfg, table, columns)
+        numeric, _ = _stage_entities(con, cfg, table, columns, typed)
     id_col = "user_id" if table == "users" else "item_id"
     ts_col = "cts" if table == "items" and c.ITEM_CREATION_COLUMN in columns else None
     rules = validation.entity_rules(
@@ -508,7 +521,7 @@ def ingest_file(cfg: Config, path: str | Path, table: str = "interactions",
         if table == "interactions":
             _ingest_interactions(con, cfg, report, columns, batch_id)
         else:
-            _ingest_entities(con, cfg, report, columns, batch_id)
+            _ingest_entities(con, cfg, report, columns, batch_id, typed=kind == "parquet")
         _account(con, cfg, report, batch_id)
         report.seconds = time.time() - started
         _record_batch(con, cfg, report, started)
