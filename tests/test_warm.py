@@ -76,12 +76,14 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 
 def test_extend_group_appends_values_and_keeps_fields_widths_and_scalers() -> None:
-    old = FieldGroup(["genre", "_user_id"], [["g1", "g2"], ["u1"]], ["price"], [10.0], [2.0], [2, 1], True, 5.0)
+    old = FieldGroup(["genre", "_user_id"], [["g1", "g2"], ["u1"]], ["price"], [10.0], [2.0], [2, 1], True, 5.0,
+                     [[5.0, 12.0]])
     fresh = FieldGroup(["colour", "genre", "_user_id"], [["red"], ["g3", "g1"], ["u2", "u1"]], ["price", "age"],
-                       [99.0, 1.0], [9.0, 1.0], [1, 4, 1], True, 5.0)
+                       [99.0, 1.0], [9.0, 1.0], [1, 4, 1], True, 5.0, [[50.0, 120.0], [0.5]])
     new = warm.extend_group(old, fresh, cap=100)
     assert new.cat_fields == ["genre", "_user_id"] and new.vocabs == [["g1", "g2", "g3"], ["u1", "u2"]]
     assert (new.widths, new.num_fields, new.num_mean, new.num_std) == ([2, 1], ["price"], [10.0], [2.0])
+    assert new.num_edges == [[5.0, 12.0]] and new.num_width == old.num_width  # old rows keep their buckets
     assert warm.extend_group(old, fresh, cap=2).vocabs == [["g1", "g2"], ["u1", "u2"]]  # capped, old kept whole
 
 

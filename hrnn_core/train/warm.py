@@ -59,7 +59,8 @@ def extend_group(old: FieldGroup, fresh: FieldGroup, cap: int) -> FieldGroup:
     """``old``'s fields with their vocabularies extended by ``fresh``'s values (fit on the new snapshot).
 
     Kept from ``old``: the fields (a field new in the data waits for a full retrain), the slots per row
-    (a wider row would add values to old rows), the numeric fields and their scalers.
+    (a wider row would add values to old rows), the numeric fields, their scalers and bucket edges (a champion
+    from before the buckets keeps having none until a full retrain).
     """
     new_vocabs = []
     for key, vocab in zip(old.cat_fields, old.vocabs, strict=True):
