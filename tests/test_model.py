@@ -240,6 +240,7 @@ def test_numeric_item_fields_get_quantile_buckets() -> None:
     np.testing.assert_array_equal(enc[:, 2:].argmax(1)[:6], [0, 0, 1, 2, 3, 3])
     np.testing.assert_array_equal(enc[:, 2:].sum(1), [1, 1, 1, 1, 1, 1, 0])
     assert FieldGroup.from_dict(group.to_dict()) == group
+    assert group.with_field("_user_id", ["u1"]).num_edges == group.num_edges  # an added field keeps the buckets
     old = {k: v for k, v in group.to_dict().items() if k != "num_edges"}  # a checkpoint from before the buckets
     assert FieldGroup.from_dict(old).num_width == 2 and FieldGroup.from_dict(old).encode_num(num, 7).shape == (7, 2)
     assert FieldGroup.fit(None, num, ModelConfig(), multi_valued=True).num_width == 2  # users, context: no buckets

@@ -164,8 +164,8 @@ class FieldGroup:
 
     def with_field(self, key: str, vocab: list[str]) -> FieldGroup:
         """This group plus one single-slot categorical field ``key`` with the given values."""
-        return FieldGroup(self.cat_fields + [key], self.vocabs + [list(vocab)], self.num_fields, self.num_mean,
-                          self.num_std, self.widths + [1], self.multi_valued, self.clip)
+        return dataclasses.replace(self, cat_fields=self.cat_fields + [key], vocabs=self.vocabs + [list(vocab)],
+                                   widths=self.widths + [1])
 
     def encode_field(self, key: str, values: pa.Array) -> tuple[int, np.ndarray] | None:
         """(column, global ids) of one single-slot field's ``values`` (0 = unknown); None if not a field."""
