@@ -51,6 +51,13 @@ GRID: dict[str, dict] = {
     # stage 3 (uncapped fits): a larger step, and larger batches at lr 3e-3
     "lr1e-2": {"lr": 1e-2},
     "lr3e-3_bs256": {"lr": 3e-3, "batch_size": 256},
+    # stage 4 (uncapped, 2026-12-07): around the chosen one, towards HRNN-meta's tuning budget (sasrec.md)
+    "lr3e-3_n50_h128": {"lr": 3e-3, "max_len": 50, "hidden": 128},
+    "lr3e-3_n50_drop0.5": {"lr": 3e-3, "max_len": 50, "dropout": 0.5},
+    "lr3e-3_n25": {"lr": 3e-3, "max_len": 25},
+    "lr3e-3_n100": {"lr": 3e-3, "max_len": 100},
+    "lr1e-2_n50": {"lr": 1e-2, "max_len": 50},
+    "lr3e-3_n50_b3": {"lr": 3e-3, "max_len": 50, "blocks": 3},
 }
 CHOSEN = "lr3e-3_n50"  # the candidate whose settings are SASRecConfig's defaults (docs/evaluation/sasrec.md)
 
