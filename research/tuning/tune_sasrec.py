@@ -58,6 +58,7 @@ GRID: dict[str, dict] = {
     "lr3e-3_n100": {"lr": 3e-3, "max_len": 100},
     "lr1e-2_n50": {"lr": 1e-2, "max_len": 50},
     "lr3e-3_n50_b3": {"lr": 3e-3, "max_len": 50, "blocks": 3},
+    "lr3e-3_n50_bs256": {"lr": 3e-3, "max_len": 50, "batch_size": 256},
 }
 CHOSEN = "lr3e-3_n50"  # the candidate whose settings are SASRecConfig's defaults (docs/evaluation/sasrec.md)
 
