@@ -81,7 +81,11 @@ class FieldGroup:
     multi_valued: bool  # split "a|b" into values (items, users) or keep whole strings (context)
     clip: float
     num_edges: list[list[float]] = dataclasses.field(default_factory=list)  # per numeric field: inner quantile
-    # edges of its one-hot buckets (empty: none; checkpoints from before the buckets have none at all)
+    # edges of its one-hot buckets ([] = none; groups saved before the buckets have no list: none anywhere)
+
+    def __post_init__(self) -> None:
+        if not self.num_edges:
+            self.num_edges = [[] for _ in self.num_fields]
 
     @property
     def offsets(self) -> list[int]:
@@ -107,14 +111,9 @@ class FieldGroup:
         return [(e - w, e) for e, w in zip(ends, self.widths, strict=True)]
 
     @property
-    def bucket_edges(self) -> list[list[float]]:
-        """Per numeric field: its bucket edges ([] = no bucket columns)."""
-        return list(self.num_edges) + [[]] * (len(self.num_fields) - len(self.num_edges))
-
-    @property
     def num_width(self) -> int:
         """[value, present] per numeric field, then each bucketed field's one-hot columns."""
-        return 2 * len(self.num_fields) + sum(len(e) + 1 for e in self.bucket_edges if e)
+        return 2 * len(self.num_fields) + sum(len(e) + 1 for e in self.num_edges if e)
 
     @classmethod
     def fit(cls, cat: pa.Array | None, num: pa.Array | None, cfg: ModelConfig, multi_valued: bool,
@@ -181,7 +180,7 @@ class FieldGroup:
         bucket of each bucketed field (all 0 where the value is missing)."""
         out = np.zeros((n, self.num_width), dtype=np.float32)
         col = 2 * len(self.num_fields)
-        for f, (key, edges) in enumerate(zip(self.num_fields, self.bucket_edges, strict=True)):
+        for f, (key, edges) in enumerate(zip(self.num_fields, self.num_edges, strict=True)):
             if num is None:
                 break
             x = _lookup(num, key).to_numpy(zero_copy_only=False).astype(np.float64)
