@@ -9,7 +9,7 @@ In one run, on one snapshot (default: ml-100k as ``hrnn evaluate --dataset ml-10
    CUDA checkpoint on the GPU and on the CPU over the leave_one_out validation cases: the rankings
    must agree (top-10 overlap, max |score difference|).
 
-With ``--large SNAPSHOT`` (a big synthetic catalogue, e.g. ``datasets.load.synthetic_snapshot(dir,
+With ``--large SNAPSHOT`` (a big synthetic catalogue, e.g. ``research.synth.synthetic_snapshot(dir,
 n_users=10000, n_items=1000000, n_events=200000, seed=0)``) it runs instead, one epoch each: the
 dense softmax over the whole catalogue on the GPU (``max_dense_logits`` raised to allow it), the
 importance-sampled softmax on the GPU, and the sampled softmax on the CPU (the dense one over 1M

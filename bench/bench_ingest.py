@@ -93,7 +93,7 @@ def main() -> None:
     data = work / f"synth-{args.events}-{args.items}-{args.users}-{args.seed}"
     if not (data / "interactions.parquet").exists():
         print(f"generating {args.events:,} events over {args.items:,} items ...", flush=True)
-        from hrnn_core.data.datasets import synth  # noqa: PLC0415
+        from research import synth  # noqa: PLC0415
 
         synth.generate(data, n_users=args.users, n_items=args.items, n_events=args.events, seed=args.seed)
 
@@ -109,7 +109,7 @@ def main() -> None:
         "benchmark": "ingest + validate + sessions",
         "command": "make bench  # = .venv/bin/python bench/bench_ingest.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "data": {"generator": "hrnn_core.data.datasets.synth", "events": args.events, "items": args.items,
+        "data": {"generator": "research.synth", "events": args.events, "items": args.items,
                  "users": args.users, "seed": args.seed},
         "baseline_plain_duckdb_load_s": round(base["total_s"], 2),
         "pass_s": round(res["total_s"], 2),

@@ -33,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 HRNN = str(Path(PY).with_name("hrnn"))
+HRNN_RESEARCH = str(Path(PY).with_name("hrnn-research"))  # `hrnn-research synth`: the generator is not the product
 
 
 def run_stage(name: str, cmd: list[str], env: dict, log: Path) -> dict:
@@ -85,7 +86,7 @@ def main() -> None:
            "HRNN__RETRAIN__TEST_HORIZON_HOURS": str(args.test_hours), "OMP_NUM_THREADS": str(args.threads)}
     stages: dict[str, dict] = {}
     print(f"{args.events:,} events, {args.items:,} items, {args.users:,} users -> {args.workdir}", flush=True)
-    stages["synth"] = run_stage("synth", [HRNN, "datasets", "synth", "--out", str(args.workdir / "raw"),
+    stages["synth"] = run_stage("synth", [HRNN_RESEARCH, "synth", "--out", str(args.workdir / "raw"),
                                           "--events", str(args.events), "--items", str(args.items),
                                           "--users", str(args.users)], env, logs / "synth.log")
     stages["ingest"] = run_stage("ingest", [HRNN, "ingest", "--path", str(args.workdir / "raw")], env, logs / "ingest.log")

@@ -85,7 +85,7 @@ def ml100k_checkpoint(work: Path) -> tuple[Path, Path] | None:
 def synthetic_100k(work: Path) -> tuple[Path, Path]:
     """A 100,000-item synthetic champion: one epoch of the sampled softmax (trained once, reused)."""
     from hrnn_core.config import ModelConfig, TrainConfig
-    from hrnn_core.data.datasets.load import synthetic_snapshot
+    from research.synth import synthetic_snapshot
     from hrnn_core.train.trainer import train
 
     snap = synthetic_snapshot(work / "synth100k", n_users=5_000, n_items=100_000, n_events=200_000, n_genres=20,

@@ -13,8 +13,8 @@ roofline of this machine: fp32 ``torch.matmul`` GFLOP/s for the dense output lay
 (forward (B*T, H) x (H, n_items) and the two backward products) and a 2048^3 square product.
 Achieved model FLOP/s counts only the output layer and the GRU (formula in ``model_flops``).
 
-Part 2 (bench/results/is_vs_dense.json): for each synthetic catalog (``datasets.load.synthetic_snapshot``,
-``hrnn_core.data.datasets.synth`` seed 0) one training run per output ("dense", and "sampled" with
+Part 2 (bench/results/is_vs_dense.json): for each synthetic catalog (``research.synth.synthetic_snapshot``,
+``research.synth`` seed 0) one training run per output ("dense", and "sampled" with
 n_negatives 1024), each in a fresh child process (peak RSS = that child's ``wait4`` ru_maxrss).
 Accuracy: the trainer's own held-out events (the last event of ``val_owners`` owners, never
 trained on), ranked against the full catalog; the child re-scores them one by one from
@@ -206,7 +206,7 @@ def throughput(args, work: Path) -> dict:
 def is_vs_dense(args, work: Path) -> tuple[dict, dict]:
     from hrnn_core.config import TrainConfig  # noqa: PLC0415
     from hrnn_core.evaluation.metrics import paired_test  # noqa: PLC0415
-    from hrnn_core.data.datasets.load import synthetic_snapshot  # noqa: PLC0415
+    from research.synth import synthetic_snapshot  # noqa: PLC0415
 
     tc = TrainConfig()
     bt = tc.batch_size * tc.bptt
@@ -221,7 +221,7 @@ def is_vs_dense(args, work: Path) -> tuple[dict, dict]:
         snap = synthetic_snapshot(work / f"synth-{n_items}-{n_events}-{users}", **snap_kw)
         snap_s = time.perf_counter() - t
         row: dict = {}
-        info: dict = {"data": {"generator": "hrnn_core.data.datasets.synth", **snap_kw, "snapshot": str(snap),
+        info: dict = {"data": {"generator": "research.synth", **snap_kw, "snapshot": str(snap),
                                "snapshot_build_s": round(snap_s, 1)}}
         per_event = {}
         for label, output in (("dense", "dense"), ("is", "sampled")):
@@ -242,7 +242,7 @@ def is_vs_dense(args, work: Path) -> tuple[dict, dict]:
                 snap_used = synthetic_snapshot(work / f"synth-{n_items}-probe-{args.dense_probe_events}", **probe_kw)
                 cfg["val_owners"] = min(args.val_owners, 100)
                 probe = True
-                info["dense_probe_data"] = {"generator": "hrnn_core.data.datasets.synth", **probe_kw}
+                info["dense_probe_data"] = {"generator": "research.synth", **probe_kw}
             run_dir = work / f"run-{n_items}-{label}"
             shutil.rmtree(run_dir, ignore_errors=True)
             print(f"{n_items:>9,} {label:<6} training{' (probe)' if probe else ''} ...", flush=True)

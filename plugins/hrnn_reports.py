@@ -4,8 +4,10 @@ The api-server serves every retrain run's page (``hrnn_core.retrain.find_report`
 ``/hrnn/reports/`` lists the runs, newest first; ``/hrnn/reports/<snapshot id or model tag>`` is one page. The
 ``report`` task of ``hrnn_retrain`` links its run's page ("HTML report" among the task's extra links, see
 ``dags/hrnn_retrain.py``), and the UI's navigation gets an "HRNN reports" entry. The pages are files the retrain
-wrote (aggregate metrics, no events); they are served by whoever can reach the api-server (bound to 127.0.0.1 by
-``hrnn airflow``). Loaded from ``AIRFLOW__CORE__PLUGINS_FOLDER`` (this folder: ``hrnn airflow``, ``hrnn demo``
+wrote (aggregate metrics, no events). Airflow does not authenticate a plugin's app (it is mounted apart from the
+core API's dependencies), so this one asks itself: every route needs a logged-in user (the UI's session cookie or a
+bearer token) allowed to read the ``hrnn_retrain`` DAG, through the auth manager the api-server runs; anonymous
+callers get 401, others 403. Loaded from ``AIRFLOW__CORE__PLUGINS_FOLDER`` (this folder: ``hrnn airflow``, ``hrnn demo``
 and ``docker/`` set it).
 """
 
@@ -13,12 +15,14 @@ from __future__ import annotations
 
 import html
 
+from airflow.api_fastapi.core_api.security import requires_access_dag
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 
 PREFIX = "/hrnn/reports"
-app = FastAPI(title="hrnn retrain reports")
+# the reports are the retrain DAG's output: whoever may read that DAG may read them
+app = FastAPI(title="hrnn retrain reports", dependencies=[Depends(requires_access_dag("GET", param_dag_id="hrnn_retrain"))])
 
 
 def _cfg():

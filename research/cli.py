@@ -12,7 +12,9 @@ import importlib
 import typer
 
 from hrnn_core.cli.main import evaluate_command
+from hrnn_core.cli.options import guard
 from research.experiments import EXPERIMENTS
+from research.synth import synth_command
 
 app = typer.Typer(
     help="hrnn-research: reproduce the paper's tables and figures (ablation, time deltas, cold start, "
@@ -28,6 +30,9 @@ for _name in EXPERIMENTS:
 # `hrnn-research evaluate`: the product's `hrnn evaluate` with the research baselines (sasrec, hgru, random) known
 # too (the research package registers them when imported)
 app.command("evaluate", help="`hrnn evaluate` with the research baselines too: --models ...,sasrec,hgru.")(evaluate_command)
+
+# `hrnn-research synth`: the seeded synthetic log with known ground truth (tests, benchmarks, experiments)
+app.command("synth")(guard(synth_command))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,7 @@ import torch
 from hrnn_core import registry
 from hrnn_core.config import Config, ModelConfig, TrainConfig, load_config
 from hrnn_core.train.trainer import train
-from hrnn_core.data.datasets.load import synthetic_snapshot
+from research.synth import synthetic_snapshot
 from hrnn_core.data.warehouse import connect
 
 # trend_weight 0: the tests compare the service and the export with the engine alone (eq. 2); the

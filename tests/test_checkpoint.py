@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hrnn_core.config import ModelConfig, TrainConfig
-from hrnn_core.data.datasets.load import synthetic_snapshot
+from research.synth import synthetic_snapshot
 from hrnn_core.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from hrnn_core.model.features import USER_ID_FIELD, FeatureSpace
 from hrnn_core.model.network import HRNNMeta

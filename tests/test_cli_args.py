@@ -185,27 +185,6 @@ def test_datasets_fetch_a_dataset_that_cannot_be_fetched(data_dir: Path, monkeyp
     assert_fails_first(data_dir, ["datasets", "fetch", "yoochoose"], "'yoochoose'", "--path")
 
 
-@pytest.mark.parametrize("args, names", [
-    (["--users", "0"], ["n_users", "0"]),
-    (["--items", "5", "--genres", "10"], ["n_items", "5"]),
-    (["--events", "10"], ["n_events", "10"]),
-    (["--days", "0"], ["days (0)"]),
-    (["--cold-items", "1.5"], ["cold_items_fraction", "1.5"]),
-    (["--seed", "-1"], ["seed", "-1"]),
-])
-def test_datasets_synth_checks_sizes_before_writing(data_dir: Path, tmp_path: Path, args: list[str],
-                                                    names: list[str]) -> None:
-    out = tmp_path / "synth"
-    assert_fails_first(data_dir, ["datasets", "synth", "--out", str(out), *args], *names)
-    assert not out.exists()
-
-
-def test_datasets_synth_out_is_a_file(data_dir: Path, tmp_path: Path) -> None:
-    f = tmp_path / "file.txt"
-    f.write_text("x")
-    assert_fails_first(data_dir, ["datasets", "synth", "--out", str(f)], str(f), "is a file")
-
-
 # --------------------------------------------------------------------------- ingest, transform, snapshot, checks
 
 
@@ -347,7 +326,7 @@ def test_every_command_is_covered() -> None:
     names = set()
     for name, cmd in group.commands.items():
         names.update({f"{name} {sub}" for sub in cmd.commands} if hasattr(cmd, "commands") else {name})
-    covered = {"evaluate", "demo", "airflow", "datasets fetch", "datasets synth", "ingest", "transform",
+    covered = {"evaluate", "demo", "airflow", "datasets fetch", "ingest", "transform",
                "snapshot", "checks", "train", "export", "models list", "models show", "models promote",
                "models rollback", "datasets list", "report"}  # datasets list: no arguments
     assert names == covered

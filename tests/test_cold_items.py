@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hrnn_core.data.datasets.load import synthetic_snapshot
+from research.synth import synthetic_snapshot
 from hrnn_core.evaluation.baselines.base import ScoreBatch
 from hrnn_core.evaluation.harness import make_scorer, train_data
 from hrnn_core.evaluation.protocols import build_split

@@ -22,7 +22,7 @@ import torch
 
 from hrnn_core.model.checkpoint import load_checkpoint
 from hrnn_core.config import ConfigError, ModelConfig, TrainConfig, load_config
-from hrnn_core.data.datasets import synth
+from research import synth
 from hrnn_core.train.distributed import DistributedError, init_from_env, train_distributed
 from hrnn_core.train.trainer import train
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hrnn_core.config import ModelConfig, TrainConfig
-from hrnn_core.data.datasets.load import synthetic_snapshot
+from research.synth import synthetic_snapshot
 from hrnn_core.model.features import FeatureSpace, encode_events, encode_tables
 from hrnn_core.model.network import StepInputs
 from hrnn_core.model.steps import gather_steps

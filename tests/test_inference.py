@@ -19,7 +19,7 @@ from hrnn_core.model.inference import Event, InferenceEngine, InferenceError, Us
 from hrnn_core.model.scoring import NO_SCORE, CatalogueScorer, popularity
 from hrnn_core.model.steps import gather_steps
 from hrnn_core.train.trainer import prepare_data, train
-from hrnn_core.data.datasets.load import synthetic_snapshot
+from research.synth import synthetic_snapshot
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from hrnn_core.config import load_config
-from hrnn_core.data.datasets.load import synthetic_snapshot
+from research.synth import synthetic_snapshot
 from hrnn_core.data.transforms import export_snapshot
 from hrnn_core.data.warehouse import connect
 from hrnn_core.evaluation import breakdowns, snapshot_stats

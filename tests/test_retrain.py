@@ -14,7 +14,7 @@ import pytest
 
 from hrnn_core import registry, retrain
 from hrnn_core.config import load_config
-from hrnn_core.data.datasets.load import synthetic_snapshot
+from research.synth import synthetic_snapshot
 from hrnn_core.data.warehouse import connect
 from hrnn_core.errors import HrnnError
 from hrnn_core.evaluation.harness import evaluate_split, train_data

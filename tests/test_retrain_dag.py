@@ -53,7 +53,7 @@ def synth(tmp_path_factory):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from hrnn_core.data.datasets import synth as gen
+    from research import synth as gen
 
     out = tmp_path_factory.mktemp("synth")
     files = gen.generate(out / "all", n_users=120, n_items=150, n_events=6000, days=6, start_time=START, seed=3)
@@ -139,14 +139,24 @@ def assert_report_reachable(home: Path, env: dict, page: Path) -> None:
         links = db.execute("select value from xcom where dag_id = 'hrnn_retrain' and task_id = 'report' "
                            "and key = '_link_ReportLink'").fetchall()
     assert f"/hrnn/reports/{page.parent.name}" in [json.loads(v) for (v,) in links]
+    # the plugin's pages need a user allowed to read the retrain DAG (Airflow leaves plugin apps open): anonymous
+    # callers get 401, a user without a role 403; a viewer's token (bearer header or the UI's cookie) reads them
     code = ("import json, sys; sys.path.insert(0, 'plugins')\n"
             "from fastapi.testclient import TestClient\n"
+            "from airflow.api_fastapi.app import init_auth_manager\n"
+            "from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser as U\n"
             "from hrnn_reports import app\n"
-            "c = TestClient(app)\n"
-            f"print(json.dumps([c.get('/').text, c.get('/{page.parent.name}').text, c.get('/nope').status_code]))\n")
+            "am, c = init_auth_manager(), TestClient(app)\n"
+            "viewer, nobody = (am.generate_jwt(U(username=n, role=r)) for n, r in (('v', 'VIEWER'), ('n', None)))\n"
+            "h = {'Authorization': f'Bearer {viewer}'}\n"
+            f"print(json.dumps([c.get('/').status_code, c.get('/{page.parent.name}').status_code,\n"
+            "    c.get('/', headers={'Authorization': f'Bearer {nobody}'}).status_code,\n"
+            f"    c.get('/', headers=h).text, c.get('/{page.parent.name}', cookies={{'_token': viewer}}).text,\n"
+            "    c.get('/nope', headers=h).status_code]))\n")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    index, served, missing = json.loads(proc.stdout.strip().splitlines()[-1])
+    anonymous, anonymous_page, no_role, index, served, missing = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (anonymous, anonymous_page, no_role) == (401, 401, 403)
     assert f'href="/hrnn/reports/{page.parent.name}"' in index
     assert served == page.read_text(encoding="utf-8") and missing == 404
     hrnn = str(Path(sys.executable).parent / "hrnn")

@@ -15,6 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from research import synth
+
 REPO = Path(__file__).resolve().parents[1]
 HRNN = str(Path(sys.executable).parent / "hrnn")
 
@@ -78,8 +80,8 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A small synthetic warehouse (ingested and transformed) for `hrnn train`."""
     root = tmp_path_factory.mktemp("stops")
     env = {**os.environ, "HRNN_DATA_DIR": str(root / "data"), "HRNN__TRAIN__THREADS": "1"}
-    for args in (["datasets", "synth", "--out", str(root / "synth"), "--users", "200", "--items", "300",
-                  "--events", "20000"], ["ingest", "--path", str(root / "synth")], ["transform"]):
+    synth.generate(root / "synth", n_users=200, n_items=300, n_events=20_000)
+    for args in (["ingest", "--path", str(root / "synth")], ["transform"]):
         subprocess.run([HRNN, *args], env=env, check=True, capture_output=True, timeout=300)
     return env
 
@@ -124,7 +126,7 @@ def test_a_retrain_task_stops_on_sigterm_within_seconds_and_leaves_the_champion(
 
     from hrnn_core import registry, retrain
     from hrnn_core.config import load_config
-    from hrnn_core.data.datasets.load import synthetic_snapshot
+    from research.synth import synthetic_snapshot
     from tests.champions import promote_tiny_champion
 
     champ = promote_tiny_champion(tmp_path / "champion", n_users=30, n_items=60, n_events=800, seed=3)

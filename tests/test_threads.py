@@ -61,7 +61,7 @@ def test_the_automatic_choice_is_made_once_per_process(machine, monkeypatch: pyt
 
 
 def test_training_applies_the_policy(machine, tmp_path: Path) -> None:
-    from hrnn_core.data.datasets.load import synthetic_snapshot
+    from research.synth import synthetic_snapshot
     from hrnn_core.train.trainer import train
 
     snap = synthetic_snapshot(tmp_path / "data", n_users=20, n_items=30, n_events=400, seed=0)

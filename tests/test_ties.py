@@ -13,7 +13,7 @@ import torch
 
 from hrnn_core.train import trainer as train_mod
 from hrnn_core.config import ModelConfig, TrainConfig
-from hrnn_core.data.datasets import synth
+from research import synth
 from hrnn_core.train.trainer import prepare_data, tie_order, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -18,10 +18,10 @@ from hrnn_core.train import trainer as train_mod
 from hrnn_core.train import validation as validation_mod
 from hrnn_core.model.checkpoint import load_checkpoint
 from hrnn_core.config import ModelConfig, TrainConfig, load_config
-from hrnn_core.data.datasets import synth
+from research import synth
 from hrnn_core.model.features import FeatureSpace
 from hrnn_core.model.losses import LossOut
-from hrnn_core.data.datasets.load import synthetic_snapshot
+from research.synth import synthetic_snapshot
 from hrnn_core.train.trainer import NonFiniteLossError, TrainError, owner_windows, prepare_data, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -20,7 +20,7 @@ from hrnn_core.evaluation.protocols import build_split
 from hrnn_core.evaluation.splits import SnapshotData
 from hrnn_core.serving.recommend import SnapshotHistory
 from hrnn_core.train.trainer import train
-from hrnn_core.data.datasets.load import synthetic_snapshot
+from research.synth import synthetic_snapshot
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -38,7 +38,7 @@ CUT = START + 14 * 86_400
 def _two_snapshots(root: Path) -> tuple[Path, Path]:
     """One warehouse, two snapshots: A as of day 14 (items created before it), B after the rest arrived
     (new items, new users' first events, a new device value); the warehouse's stable ids in both."""
-    from hrnn_core.data.datasets import synth  # noqa: PLC0415
+    from research import synth  # noqa: PLC0415
     from hrnn_core.data.ingest import ingest_path  # noqa: PLC0415
     from hrnn_core.data.transforms import export_snapshot  # noqa: PLC0415
 

@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-datasets_app = typer.Typer(help="Fetch, convert and generate datasets.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Fetch and convert datasets.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")  # `hrnn models ...`: the registry (hrnn_core.cli.models)
 
@@ -55,31 +55,6 @@ def datasets_fetch(
     cfg = cli_config(config, data_dir=data_dir)
     argcheck.check_dataset(name)
     paths = fetch_dataset(cfg, name)
-    for table, path in paths.items():
-        typer.echo(f"{table}: {path}")
-
-
-@datasets_app.command("synth")
-@guard
-def datasets_synth(
-    out: Annotated[Path, typer.Option(help="Output folder for the contract files.")],
-    users: Annotated[int, typer.Option(help="Number of users.")] = 1000,
-    items: Annotated[int, typer.Option(help="Number of items.")] = 2000,
-    events: Annotated[int, typer.Option(help="Number of events (exact).")] = 50_000,
-    genres: Annotated[int, typer.Option(help="Number of genres.")] = 20,
-    days: Annotated[int, typer.Option(help="Days the log spans.")] = 30,
-    cold_items: Annotated[float, typer.Option(help="Fraction of items created during the log.")] = 0.0,
-    seed: Annotated[int, typer.Option(help="Random seed (>= 0).")] = 0,
-    truth: Annotated[bool, typer.Option(help="Also write per-event true log-probabilities.")] = False,
-) -> None:
-    """Generate a seeded synthetic log with known ground truth (streamed to Parquet)."""
-    from hrnn_core.data.datasets import synth  # noqa: PLC0415
-
-    argcheck.check_not_file(out, "--out")  # the sizes are checked by synth.SynthConfig before it writes
-    paths = synth.generate(
-        out, n_users=users, n_items=items, n_events=events, n_genres=genres, days=days,
-        cold_items_fraction=cold_items, seed=seed, write_truth=truth,
-    )
     for table, path in paths.items():
         typer.echo(f"{table}: {path}")
 

@@ -15,7 +15,7 @@ Rows, each a model fitted on the same ``user_holdout`` split:
 Protocol: ``user_holdout`` with the paper's Table 1 setting, 20 % of users held out, and the
 last event of each as the target (PROTOCOLS.md's Table 8 variant), so every test case is one
 next-item prediction and PPL is the paper's exp(mean NLL). On the synthetic data
-(``hrnn_core.data.datasets.synth`` with ``write_truth``) the generator's own probability of each test
+(``research.synth`` with ``write_truth``) the generator's own probability of each test
 event is known: ``oracle`` = exp(-mean true log p(item | latent session intent, time bucket)), a
 floor no model can beat, and ``oracle without intent`` (intent marginalised over the user's
 taste), which a model that reads the session's items can approach but that hides the intent.
@@ -180,7 +180,7 @@ def run_synthetic(cfg, work: Path, *, test_fraction: float = 0.2, seed: int = 0,
                   rows: tuple = ROWS, say: Callable[[str], None] = lambda _m: None) -> tuple[dict, Path]:
     """Generate the synthetic log with its truth, run the ablation, add the oracle PPL."""
     from hrnn_core.config import replace  # noqa: PLC0415
-    from hrnn_core.data.datasets import synth  # noqa: PLC0415
+    from research import synth  # noqa: PLC0415
     from hrnn_core.data.ingest import ingest_path  # noqa: PLC0415
     from hrnn_core.data.transforms import export_snapshot  # noqa: PLC0415
     from hrnn_core.data.warehouse import connect  # noqa: PLC0415

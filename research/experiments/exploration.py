@@ -2,7 +2,7 @@
 
 Two measurements per exploration weight (0 and a few others):
 
-1. **Closed-loop simulation** (``simulate``) on the synthetic generator (``hrnn_core.data.datasets.synth``),
+1. **Closed-loop simulation** (``simulate``) on the synthetic generator (``research.synth``),
    where every user's true taste and every item's true popularity are known. The generator's log over
    ``history_days + sim_days`` days gives the catalogue (a ``cold_items_fraction`` of items is created during
    the span: those created after the history are the *new items* of the simulation), the users and the
@@ -94,7 +94,7 @@ def _world(work: Path, s: SimSettings, seed: int, say) -> dict:
     import pyarrow.compute as pc  # noqa: PLC0415
     import pyarrow.parquet as pq  # noqa: PLC0415
 
-    from hrnn_core.data.datasets import synth  # noqa: PLC0415
+    from research import synth  # noqa: PLC0415
     from hrnn_core.data.ingest import ingest_path  # noqa: PLC0415
     from hrnn_core.data.transforms import export_snapshot  # noqa: PLC0415
     from hrnn_core.data.warehouse import connect  # noqa: PLC0415

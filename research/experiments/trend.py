@@ -286,7 +286,7 @@ def trend_snapshot(cfg, dataset: str, path: Path | None, synth_overrides: dict) 
     with connect(cfg) as con:
         ingest_path(cfg, contract, None, con)
         snap = export_snapshot(con, cfg)
-    return snap.path, {"generator": "hrnn_core.data.datasets.synth", "params": params}
+    return snap.path, {"generator": "research.synth", "params": params}
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:

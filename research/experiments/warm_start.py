@@ -46,7 +46,7 @@ class WarmStartExperimentError(HrnnError):
 
 def _snapshot(cfg, dataset: str, path: Path | None) -> Path:
     if dataset == "synth-drift":
-        from hrnn_core.data.datasets.load import synthetic_snapshot  # noqa: PLC0415
+        from research.synth import synthetic_snapshot  # noqa: PLC0415
 
         return synthetic_snapshot(Path(cfg.paths.data_dir) / "warm-start-synth-drift", **SYNTH_DRIFT)
     return dataset_snapshot(cfg, dataset, path)

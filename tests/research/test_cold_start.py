@@ -17,7 +17,7 @@ from hrnn_core.model.checkpoint import load_checkpoint
 from hrnn_core.config import ModelConfig, TrainConfig
 from hrnn_core.evaluation.harness import make_scorer, train_data
 from research.experiments.cold_start import KS, cold_lambda, per_user_cases, score_cold_start
-from hrnn_core.data.datasets.load import synthetic_snapshot
+from research.synth import synthetic_snapshot
 from hrnn_core.evaluation.protocols import build_split
 from hrnn_core.evaluation.splits import SnapshotData
 from hrnn_core.model.scoring import CatalogueScorer

@@ -123,7 +123,7 @@ def test_save_load_round_trip_and_bad_config(tmp_path: Path):
 
 def test_hrnn_evaluate_runs_sasrec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from research.cli import app  # noqa: PLC0415 - hrnn-research evaluate: the product's with sasrec/hgru
-    from hrnn_core.data.datasets.load import synthetic_snapshot  # noqa: PLC0415
+    from research.synth import synthetic_snapshot  # noqa: PLC0415
 
     synthetic_snapshot(tmp_path, n_users=30, n_items=40, n_events=900, n_genres=4, seed=3)
     monkeypatch.setenv("HRNN_DATA_DIR", str(tmp_path))

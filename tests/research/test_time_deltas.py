@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from research.cli import app
-from hrnn_core.data.datasets.load import synthetic_snapshot
+from research.synth import synthetic_snapshot
 
 torch.set_num_threads(1)
 

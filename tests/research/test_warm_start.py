@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hrnn_core.config import load_config
-from hrnn_core.data.datasets.load import synthetic_snapshot
+from research.synth import synthetic_snapshot
 from research.experiments.warm_start import chart, replay, summarize, summarize_tuning, tune
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,4 +1,4 @@
-"""Datasets: fetch MovieLens-100k, adapt the shared research datasets, generate synthetic logs.
+"""Datasets: fetch MovieLens-100k, adapt the shared research datasets (synthetic logs: ``research.synth``).
 
 Every adapter converts a raw dataset folder into *contract files* (see ``hrnn_core.data.contract``):
 ``interactions.parquet`` and, when the dataset has them, ``users.parquet`` and ``items.parquet``.

@@ -66,24 +66,3 @@ def ingest_dataset(cfg: Config, dataset: str, path: Path | None = None, own_ware
         ingest_path(dataset_time_range(cfg, src), src, None, con)
     return cfg
 
-
-def synthetic_snapshot(data_dir: Path, **synth_options) -> Path:
-    """Generate a synthetic log (``hrnn_core.data.datasets.synth``), ingest it into a warehouse under
-    ``data_dir`` and export a snapshot; returns the snapshot folder (reused when it exists)."""
-    from hrnn_core.config import load_config  # noqa: PLC0415 - heavy imports only when used
-    from hrnn_core.data.datasets import synth  # noqa: PLC0415
-    from hrnn_core.data.ingest import ingest_path  # noqa: PLC0415
-    from hrnn_core.data.transforms import export_snapshot  # noqa: PLC0415
-    from hrnn_core.data.warehouse import connect  # noqa: PLC0415
-
-    data_dir = Path(data_dir)
-    done = data_dir / "snapshot_path.txt"
-    if done.exists():
-        return Path(done.read_text().strip())
-    cfg = load_config(overrides={"paths": {"data_dir": str(data_dir)}}, environ={})
-    synth.generate(data_dir / "raw", **synth_options)
-    with connect(cfg) as con:
-        ingest_path(cfg, data_dir / "raw", None, con)
-        snap = export_snapshot(con, cfg)
-    done.write_text(str(snap.path))
-    return snap.path

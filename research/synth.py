@@ -49,12 +49,13 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import typer
 
 from hrnn_core.data.contract import MULTI_VALUE_SEPARATOR
 from hrnn_core.errors import ConfigError
@@ -459,7 +460,7 @@ def generate(out_dir: Path, cfg: SynthConfig | None = None, /, **overrides: Any)
             if wr is not None:
                 wr.close()
     info: dict[str, Any] = {
-        "generator": "hrnn_core.data.datasets.synth", "version": VERSION,
+        "generator": "research.synth", "version": VERSION,
         "config": dataclasses.asdict(cfg),
         "genres": [f"g{x}" for x in range(g)], "event_types": list(EVENT_TYPES),
         "devices": list(DEVICES), "device_base": DEVICE_BASE.tolist(),
@@ -467,7 +468,7 @@ def generate(out_dir: Path, cfg: SynthConfig | None = None, /, **overrides: Any)
                                     for s, fav in enumerate(w.segment_favs.tolist())},
         "age_slope": dict(zip([f"g{x}" for x in range(g)], w.age_slope.round(6).tolist(),
                               strict=True)),
-        "recompute": "hrnn_core.data.datasets.synth.build_world(SynthConfig(**config))",
+        "recompute": "research.synth.build_world(SynthConfig(**config))",
         "files": {k: p.name for k, p in paths.items()},
     }
     info["n_sessions"] = n_sessions
@@ -476,3 +477,45 @@ def generate(out_dir: Path, cfg: SynthConfig | None = None, /, **overrides: Any)
         info["oracle_ppl_user"] = math.exp(-sum_lpu / cfg.n_events)
     paths["truth"].write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
     return paths
+
+
+def synthetic_snapshot(data_dir: Path, **synth_options) -> Path:
+    """Generate a synthetic log (``generate``), ingest it into a warehouse under ``data_dir`` and export a
+    snapshot; returns the snapshot folder (reused when it exists). Tests, benchmarks and experiments use it."""
+    from hrnn_core.config import load_config  # noqa: PLC0415 - heavy imports only when used
+    from hrnn_core.data.ingest import ingest_path  # noqa: PLC0415
+    from hrnn_core.data.transforms import export_snapshot  # noqa: PLC0415
+    from hrnn_core.data.warehouse import connect  # noqa: PLC0415
+
+    data_dir = Path(data_dir)
+    done = data_dir / "snapshot_path.txt"
+    if done.exists():
+        return Path(done.read_text().strip())
+    cfg = load_config(overrides={"paths": {"data_dir": str(data_dir)}}, environ={})
+    generate(data_dir / "raw", **synth_options)
+    with connect(cfg) as con:
+        ingest_path(cfg, data_dir / "raw", None, con)
+        snap = export_snapshot(con, cfg)
+    done.write_text(str(snap.path))
+    return snap.path
+
+
+def synth_command(
+    out: Annotated[Path, typer.Option(help="Output folder for the contract files.")],
+    users: Annotated[int, typer.Option(help="Number of users.")] = 1000,
+    items: Annotated[int, typer.Option(help="Number of items.")] = 2000,
+    events: Annotated[int, typer.Option(help="Number of events (exact).")] = 50_000,
+    genres: Annotated[int, typer.Option(help="Number of genres.")] = 20,
+    days: Annotated[int, typer.Option(help="Days the log spans.")] = 30,
+    cold_items: Annotated[float, typer.Option(help="Fraction of items created during the log.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Random seed (>= 0).")] = 0,
+    truth: Annotated[bool, typer.Option(help="Also write per-event true log-probabilities.")] = False,
+) -> None:
+    """Generate a seeded synthetic log with known ground truth (streamed to Parquet contract files)."""
+    from hrnn_core.cli import checks as argcheck  # noqa: PLC0415
+
+    argcheck.check_not_file(out, "--out")  # the sizes are checked by SynthConfig before it writes
+    paths = generate(out, n_users=users, n_items=items, n_events=events, n_genres=genres, days=days,
+                     cold_items_fraction=cold_items, seed=seed, write_truth=truth)
+    for table, path in paths.items():
+        typer.echo(f"{table}: {path}")

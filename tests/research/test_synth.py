@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from hrnn_core.data.datasets import synth
+from research import synth
 from hrnn_core.errors import ConfigError
 
 START = 1_700_000_000
@@ -189,3 +189,28 @@ def test_invalid_config_is_refused() -> None:
         synth.SynthConfig(n_users=100, n_events=150)
     with pytest.raises(ConfigError, match="cold_items_fraction"):
         synth.SynthConfig(cold_items_fraction=1.0)
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--users", "0"], ["n_users", "0"]),
+    (["--items", "5", "--genres", "10"], ["n_items", "5"]),
+    (["--events", "10"], ["n_events", "10"]),
+    (["--days", "0"], ["days (0)"]),
+    (["--cold-items", "1.5"], ["cold_items_fraction", "1.5"]),
+    (["--seed", "-1"], ["seed", "-1"]),
+    (["file"], ["is a file"]),
+])
+def test_synth_command_checks_arguments_before_writing(tmp_path: Path, args: list[str], names: list[str]) -> None:
+    """`hrnn-research synth`: a bad size or an --out that is a file is one line on stderr, exit 2, nothing written."""
+    from typer.testing import CliRunner
+
+    from research.cli import app
+
+    out = tmp_path / "synth"
+    if args == ["file"]:
+        out, args = tmp_path / "file.txt", []
+        out.write_text("x")
+    res = CliRunner().invoke(app, ["synth", "--out", str(out), *args])
+    assert res.exit_code == 2 and res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1
+    assert all(n in res.output for n in names), res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["file.txt"] if out.name == "file.txt" else [])
