@@ -59,6 +59,13 @@ GRID: dict[str, dict] = {
     "lr1e-2_n50": {"lr": 1e-2, "max_len": 50},
     "lr3e-3_n50_b3": {"lr": 3e-3, "max_len": 50, "blocks": 3},
     "lr3e-3_n50_bs256": {"lr": 3e-3, "max_len": 50, "batch_size": 256},
+    # stage 5 (uncapped, 2026-12-07): the knobs stage 4 left, one at a time around the default, on both ml-100k protocols
+    "lr3e-3_n50_wd0.1": {"lr": 3e-3, "max_len": 50, "weight_decay": 0.1},
+    "lr3e-3_n50_heads2": {"lr": 3e-3, "max_len": 50, "heads": 2},
+    "lr3e-3_n50_drop0.1": {"lr": 3e-3, "max_len": 50, "dropout": 0.1},
+    "lr3e-3_n50_drop0.3": {"lr": 3e-3, "max_len": 50, "dropout": 0.3},
+    "lr2e-3_n50": {"lr": 2e-3, "max_len": 50},
+    "lr5e-3_n50": {"lr": 5e-3, "max_len": 50},
 }
 CHOSEN = "lr3e-3_n50"  # the candidate whose settings are SASRecConfig's defaults (docs/evaluation/sasrec.md)
 
