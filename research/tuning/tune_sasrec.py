@@ -67,7 +67,7 @@ GRID: dict[str, dict] = {
     "lr2e-3_n50": {"lr": 2e-3, "max_len": 50},
     "lr5e-3_n50": {"lr": 5e-3, "max_len": 50},
 }
-CHOSEN = "lr3e-3_n50"  # the candidate whose settings are SASRecConfig's defaults (docs/evaluation/sasrec.md)
+CHOSEN = "lr3e-3_n50_drop0.3"  # the candidate whose settings are SASRecConfig's defaults (docs/evaluation/sasrec.md)
 
 
 def config(name: str, max_seconds: float = 0.0) -> SASRecConfig:
