@@ -264,7 +264,8 @@ def trend_snapshot(cfg, dataset: str, path: Path | None, synth_overrides: dict) 
     """Generate (synth-drift) or convert, ingest (one warehouse per dataset) and export a snapshot:
     (snapshot dir, info)."""
     from hrnn_core.config import replace  # noqa: PLC0415
-    from hrnn_core.data.datasets import shared_raw_dir, synth  # noqa: PLC0415
+    from hrnn_core.data.datasets import shared_raw_dir  # noqa: PLC0415
+    from research import synth  # noqa: PLC0415
     from hrnn_core.data.ingest import ingest_path  # noqa: PLC0415
     from hrnn_core.data.transforms import export_snapshot  # noqa: PLC0415
     from hrnn_core.data.warehouse import connect  # noqa: PLC0415
