@@ -88,6 +88,27 @@ def _fit(cfg, data, frame_start: float, run_dir: Path, init_from: Path | None, s
     return scorer, time.perf_counter() - started
 
 
+def shrink_perturb(checkpoint: Path, out: Path, shrink: float, noise: float, seed: int) -> Path:
+    """A copy of ``checkpoint`` whose network parameters are ``shrink * w + noise * std(w) * N(0, 1)`` (Ash &
+    Adams 2020, "On warm-starting neural network training": a warm start shrunk and perturbed generalizes
+    like a fresh one); buffers (item metadata, the scoring priors) untouched. A research override for the
+    warm-start tuning (not the product's warm start)."""
+    import torch  # noqa: PLC0415
+
+    from hrnn_core.model.checkpoint import load_checkpoint  # noqa: PLC0415
+
+    params = {name for name, _ in load_checkpoint(checkpoint).model.named_parameters()}
+    raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    gen = torch.Generator().manual_seed(seed)
+    for key, value in raw["model_state"].items():
+        if key in params and value.is_floating_point():
+            std = value.std() if value.numel() > 1 else value.new_zeros(())
+            raw["model_state"][key] = shrink * value + noise * std * torch.randn(value.shape, generator=gen)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(raw, out)
+    return out
+
+
 def _score(scorer, frame, n_items: int) -> tuple[dict, dict]:
     from hrnn_core.evaluation.harness import score_cases  # noqa: PLC0415
 
@@ -199,7 +220,7 @@ def _validation_frames(data, test_cut: float, n_days: int, test_fraction: float)
     return split
 
 
-def tune(cfg, snapshot: Path, work: Path, *, variants: list[tuple[int, float]], n_days: int, test_fraction: float,
+def tune(cfg, snapshot: Path, work: Path, *, variants: list[tuple[int, float, float, float]], n_days: int, test_fraction: float,
          seed: int = 0, say=print) -> dict:
     """Warm-start settings on validation frames only: one full model trained before the first of the
     ``n_days + 1`` days before the test cut, then per variant (``retrain.warm_epochs``, a factor on the warm
@@ -230,15 +251,18 @@ def tune(cfg, snapshot: Path, work: Path, *, variants: list[tuple[int, float]], 
             per_day.append({"day": k, "start": frame.start, "n_events": len(frame.cases), "metrics": metrics})
         state["runs"]["base"] = {"fit_seconds": secs, "epochs": len(full.history), "days": per_day}
         save()
-    for epochs, scale in variants:
-        name = f"warm_e{epochs}_lr{scale:g}"
-        run = state["runs"].setdefault(name, {"warm_epochs": epochs, "warm_lr_scale": scale, "days": []})
+    for epochs, scale, shrink, noise in variants:
+        name = variant_name(epochs, scale, shrink, noise)
+        run = state["runs"].setdefault(name, {"warm_epochs": epochs, "warm_lr_scale": scale, "shrink": shrink,
+                                              "noise": noise, "days": []})
         vcfg = dataclasses.replace(cfg, retrain=dataclasses.replace(cfg.retrain, warm_epochs=epochs),
                                    train=dataclasses.replace(cfg.train, lr=cfg.train.lr * scale))  # warm fits only
         for k in range(len(run["days"]) + 1, len(frames)):
-            start = work / "base" if k == 1 else work / f"{name}-{k - 1}"
+            start = _best(work / "base" if k == 1 else work / f"{name}-{k - 1}")
+            if shrink != 1.0 or noise:
+                start = shrink_perturb(start, work / f"{name}-{k}.init.pt", shrink, noise, seed + k)
             say(f"{name}: validation day {k} ...")
-            warm, secs = _fit(vcfg, data, frames[k].start, work / f"{name}-{k}", _best(start), seed)
+            warm, secs = _fit(vcfg, data, frames[k].start, work / f"{name}-{k}", start, seed)
             metrics, per = _score(warm, frames[k], split.n_items)
             np.savez_compressed(work / f"{name}-day-{k}.npz", **per)
             run["days"].append({"day": k, "fit_seconds": secs, "epochs": len(warm.history), "metrics": metrics})
@@ -247,7 +271,7 @@ def tune(cfg, snapshot: Path, work: Path, *, variants: list[tuple[int, float]], 
     return state
 
 
-def summarize_tuning(state: dict, work: Path, variants: list[tuple[int, float]], config: dict) -> dict:
+def summarize_tuning(state: dict, work: Path, variants: list[tuple[int, float, float, float]], config: dict) -> dict:
     """Per variant: pooled NDCG@10 / Recall@10 over validation days 1..n, paired tests against the current
     setting (the first variant) and the unretrained base; the choice: the highest pooled NDCG@10."""
     from hrnn_core.evaluation.metrics import paired_test  # noqa: PLC0415
@@ -255,7 +279,7 @@ def summarize_tuning(state: dict, work: Path, variants: list[tuple[int, float]],
     n = len(state["runs"]["base"]["days"])
     owners = np.concatenate([np.load(work / f"base-day-{k}.npz")["owners"] for k in range(1, n)])
     per = {"base": {m: np.concatenate([np.load(work / f"base-day-{k}.npz")[m] for k in range(1, n)]) for m in METRICS}}
-    names = [f"warm_e{e}_lr{s:g}" for e, s in variants]
+    names = [variant_name(*v) for v in variants]
     for name in names:
         per[name] = {m: np.concatenate([np.load(work / f"{name}-day-{k}.npz")[m] for k in range(1, n)]) for m in METRICS}
     table = {}
@@ -273,8 +297,7 @@ def summarize_tuning(state: dict, work: Path, variants: list[tuple[int, float]],
     return {**{k: v for k, v in state.items() if k != "runs"}, "config": config, "n_validation_days": n - 1,
             "n_validation_events": int(len(owners)), "current": names[0], "variants": table,
             "rule": "highest pooled validation NDCG@10 over validation days 1..n", "chosen": chosen,
-            "chosen_settings": {"warm_epochs": table[chosen]["warm_epochs"],
-                                "warm_lr_scale": table[chosen]["warm_lr_scale"]}}
+            "chosen_settings": {k: table[chosen].get(k) for k in ("warm_epochs", "warm_lr_scale", "shrink", "noise")}}
 
 
 def chart(report: dict, path: Path, title: str) -> None:
@@ -341,13 +364,22 @@ def warm_start_command(
                f"(p {over['paired_test_warm_minus_full']['ndcg@10']['p_value']:.3f})")
 
 
-def _parse_variants(text: str) -> list[tuple[int, float]]:
+def variant_name(epochs: int, scale: float, shrink: float = 1.0, noise: float = 0.0) -> str:
+    return (f"warm_e{epochs}_lr{scale:g}" + (f"_s{shrink:g}" if shrink != 1.0 else "")
+            + (f"_n{noise:g}" if noise else ""))
+
+
+def _parse_variants(text: str) -> list[tuple[int, float, float, float]]:
     try:
-        out = [(int(e), float(s)) for e, s in (v.split(":") for v in text.split(","))]
-    except ValueError as err:
-        raise WarmStartExperimentError(f"--variants: EPOCHS:LR_SCALE,... expected, got {text!r}") from err
-    if not out or any(e < 1 or not 0 < s <= 1 for e, s in out):
-        raise WarmStartExperimentError("--variants: epochs >= 1 and learning-rate scales in (0, 1]")
+        parts = [[float(x) for x in v.split(":")] for v in text.split(",")]
+        out = [(int(p[0]), p[1], p[2] if len(p) > 2 else 1.0, p[3] if len(p) > 3 else 0.0) for p in parts
+               if 2 <= len(p) <= 4]
+    except (ValueError, IndexError) as err:
+        raise WarmStartExperimentError(f"--variants: EPOCHS:LR_SCALE[:SHRINK[:NOISE]],... expected, got {text!r}") from err
+    if len(out) != len(parts) or not out or any(e < 1 or not 0 < s <= 1 or not 0 < k <= 1 or n < 0
+                                                 for e, s, k, n in out):
+        raise WarmStartExperimentError("--variants: EPOCHS:LR_SCALE[:SHRINK[:NOISE]] with epochs >= 1, learning-rate "
+                                       "scale and shrink in (0, 1], noise >= 0")
     return out
 
 
@@ -355,8 +387,9 @@ def warm_start_tune_command(
     dataset: Annotated[str, typer.Option(help="ml-100k | synth-drift | another adapter's dataset (with --path).")],
     work: Annotated[Path, typer.Option(help="Work folder: the tuning's state and trainings (resumable).")],
     output: Annotated[Path, typer.Option(help="Report JSON: every variant's validation metrics and the choice.")],
-    variants: Annotated[str, typer.Option(help="WARM_EPOCHS:LR_FACTOR pairs (the fine-tune's peak LR = train.lr x "
-                                                "LR_FACTOR); the first is the current setting.")]
+    variants: Annotated[str, typer.Option(help="WARM_EPOCHS:LR_FACTOR[:SHRINK[:NOISE]] (the fine-tune's peak LR = "
+                                                "train.lr x LR_FACTOR; the start's weights shrunk and perturbed: "
+                                                "shrink_perturb); the first is the current setting.")]
     = "3:1,3:0.3,5:1,5:0.3,8:0.3",
     days: Annotated[int, typer.Option(help="Validation days of warm starts (after the base model's day).")] = 3,
     test_fraction: Annotated[float, typer.Option(help="Share of events in the rolling test period (not read).")] = 0.1,

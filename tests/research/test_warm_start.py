@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from hrnn_core.config import load_config
 from research.synth import synthetic_snapshot
-from research.experiments.warm_start import chart, replay, summarize, summarize_tuning, tune
+from research.experiments.warm_start import (WarmStartExperimentError, _parse_variants, chart, replay, shrink_perturb,
+                                             summarize, summarize_tuning, tune)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -47,14 +49,24 @@ def test_tuning_reads_only_the_days_before_the_test_period_and_chooses_the_best_
         "paths": {"data_dir": str(tmp_path / "data")}, "model": {"hidden_size": 16, "field_dim": 8, "input_size": 16},
         "train": {"epochs": 2, "batch_size": 8, "bptt": 8, "progress": False, "val_owners": 5, "threads": 1}},
         environ={})
-    work, variants = tmp_path / "tune", [(1, 1.0), (2, 0.3)]
+    work, variants = tmp_path / "tune", _parse_variants("1:1,2:0.3:0.5:0.01")
     state = tune(cfg, snap, work, variants=variants, n_days=2, test_fraction=0.3)
     base_days = state["runs"]["base"]["days"]
     assert len(base_days) == 3 and base_days[-1]["start"] + 86_400 <= state["test_cut"]  # validation frames only
     assert [d["epochs"] for d in state["runs"]["warm_e1_lr1"]["days"]] == [1, 1]
-    assert [d["day"] for d in state["runs"]["warm_e2_lr0.3"]["days"]] == [1, 2]
+    assert [d["day"] for d in state["runs"]["warm_e2_lr0.3_s0.5_n0.01"]["days"]] == [1, 2]
+    assert (work / "warm_e2_lr0.3_s0.5_n0.01-1.init.pt").exists()  # each warm start from the shrunk copy
     report = summarize_tuning(tune(cfg, snap, work, variants=variants, n_days=2, test_fraction=0.3), work, variants, {})
     means = {k: v["mean_per_event"]["ndcg@10"] for k, v in report["variants"].items() if k != "base"}
     assert report["chosen"] == max(means, key=means.get) and report["current"] == "warm_e1_lr1"
     assert report["chosen_settings"] == {k: report["variants"][report["chosen"]][k]
-                                         for k in ("warm_epochs", "warm_lr_scale")}
+                                         for k in ("warm_epochs", "warm_lr_scale", "shrink", "noise")}
+    base = work / "base" / "train" / "best.pt"
+    if not base.exists():
+        base = base.with_name("last.pt")
+    shrink_perturb(base, tmp_path / "half.pt", 0.5, 0.0, seed=0)
+    old, new = torch.load(base, weights_only=True)["model_state"], torch.load(tmp_path / "half.pt", weights_only=True)["model_state"]
+    assert torch.equal(new["item_in.weight"], 0.5 * old["item_in.weight"])  # a parameter: shrunk
+    assert torch.equal(new["item_cat"], old["item_cat"]) and torch.equal(new["latest_log_prior"], old["latest_log_prior"])
+    with pytest.raises(WarmStartExperimentError):
+        _parse_variants("5:1:0")  # a shrink of 0 would erase the champion
