@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -46,6 +47,20 @@ def test_the_folder_reader_encodes_what_the_tables_encode(snap) -> None:
     assert_same(from_folder, encode_tables(seq, users, fs, 5, counts))
     assert from_folder.item_freq.sum() == len(from_folder.target)
     assert not encode_tables(seq, users, fs, 5).item_freq.any()  # no counts given: zeros
+
+
+def test_owners_without_events_encode_as_empty_rows(snap) -> None:
+    """A histories table cut at a horizon keeps every owner's row, some with no events (the last one too)."""
+    fs = FeatureSpace.fit(snap, MODEL)
+    seq, users = pq.read_table(snap / "sequences.parquet"), pq.read_table(snap / "users.parquet")
+    whole = encode_tables(seq, users, fs, 5)
+    empty = seq.slice(0, 1).to_pylist()[0]
+    empty = {k: ([] if isinstance(v, list) else (0 if k == "n_events" else v)) for k, v in empty.items()}
+    cut = pa.concat_tables([seq.slice(0, 2), pa.Table.from_pylist([empty], schema=seq.schema), seq.slice(2),
+                            pa.Table.from_pylist([empty], schema=seq.schema)])
+    enc = encode_tables(cut, users, fs, 5)
+    assert len(enc.target) == len(whole.target) and torch.equal(enc.prev_item, whole.prev_item)
+    assert np.diff(enc.owner_start)[[2, -1]].tolist() == [0, 0]
 
 
 def test_gather_steps_is_the_trainers_gather(snap) -> None:

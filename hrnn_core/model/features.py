@@ -413,7 +413,7 @@ def encode_tables(seq: pa.Table, users: pa.Table, fs: FeatureSpace, max_impressi
     lengths = seq["n_events"].to_numpy().astype(np.int64)
     start = np.concatenate([[0], np.cumsum(lengths)])
     first = np.zeros(start[-1], dtype=bool)
-    first[start[:-1]] = True
+    first[start[:-1][lengths > 0]] = True  # an owner with no events (a horizon-cut histories table) has no first
     n_items = fs.n_items
     item = pc.list_flatten(seq["item_idx"]).to_numpy().astype(np.int64)
     if len(item) and item.max() >= n_items:
