@@ -221,12 +221,14 @@ def _validation_frames(data, test_cut: float, n_days: int, test_fraction: float)
 
 
 def tune(cfg, snapshot: Path, work: Path, *, variants: list[tuple[int, float, float, float]], n_days: int, test_fraction: float,
-         seed: int = 0, say=print) -> dict:
+         seed: int = 0, with_full: bool = False, say=print) -> dict:
     """Warm-start settings on validation frames only: one full model trained before the first of the
     ``n_days + 1`` days before the test cut, then per variant (``retrain.warm_epochs``, a factor on the warm
     fine-tune's peak learning rate ``train.lr``) a chain of warm
     starts over the next ``n_days`` days (each from the previous day's warm model, as the replay does),
-    NDCG@10 / Recall@10 per day. Resumable (``work/tune.json``)."""
+    NDCG@10 / Recall@10 per day. ``with_full``: also a full retrain from scratch each day (``full``, the replay's
+    full line on validation days: the reference a warm setting should come within noise of). Resumable
+    (``work/tune.json``)."""
     data, test_split = _rolling(snapshot, test_fraction)
     split = _validation_frames(data, test_split.cut_time, n_days, test_fraction)
     frames = split.frames
@@ -251,6 +253,16 @@ def tune(cfg, snapshot: Path, work: Path, *, variants: list[tuple[int, float, fl
             per_day.append({"day": k, "start": frame.start, "n_events": len(frame.cases), "metrics": metrics})
         state["runs"]["base"] = {"fit_seconds": secs, "epochs": len(full.history), "days": per_day}
         save()
+    if with_full:
+        run = state["runs"].setdefault("full", {"days": []})
+        for k in range(len(run["days"]) + 1, len(frames)):
+            say(f"full: validation day {k} ...")
+            full, secs = _fit(cfg, data, frames[k].start, work / f"full-{k}", None, seed)
+            metrics, per = _score(full, frames[k], split.n_items)
+            np.savez_compressed(work / f"full-day-{k}.npz", **per)
+            run["days"].append({"day": k, "fit_seconds": secs, "epochs": len(full.history), "metrics": metrics})
+            save()
+            say(f"full: day {k} ndcg@10 {metrics['ndcg@10']:.4f}")
     for epochs, scale, shrink, noise in variants:
         name = variant_name(epochs, scale, shrink, noise)
         run = state["runs"].setdefault(name, {"warm_epochs": epochs, "warm_lr_scale": scale, "shrink": shrink,
@@ -293,6 +305,16 @@ def summarize_tuning(state: dict, work: Path, variants: list[tuple[int, float, f
                                                      for m in METRICS}
             table[name]["paired_test_vs_no_retrain"] = {m: paired_test(per[name][m], per["base"][m], clusters=owners)
                                                         for m in METRICS}
+    if "full" in state["runs"] and len(state["runs"]["full"]["days"]) == n - 1:  # the reference, never chosen
+        per["full"] = {m: np.concatenate([np.load(work / f"full-day-{k}.npz")[m] for k in range(1, n)]) for m in METRICS}
+        run = state["runs"]["full"]
+        table["full"] = {"days": run["days"], "full_fit_seconds": sum(d["fit_seconds"] for d in run["days"]),
+                         "mean_per_event": {m: float(per["full"][m].mean()) for m in METRICS}}
+        for name in names:
+            table[name]["paired_test_vs_full"] = {m: paired_test(per[name][m], per["full"][m], clusters=owners)
+                                                  for m in METRICS}
+            table[name]["time_ratio_full_over_warm"] = table["full"]["full_fit_seconds"] / max(
+                table[name]["warm_fit_seconds"], 1e-9)
     chosen = max(names, key=lambda k: table[k]["mean_per_event"]["ndcg@10"])
     return {**{k: v for k, v in state.items() if k != "runs"}, "config": config, "n_validation_days": n - 1,
             "n_validation_events": int(len(owners)), "current": names[0], "variants": table,
@@ -392,6 +414,8 @@ def warm_start_tune_command(
                                                 "shrink_perturb); the first is the current setting.")]
     = "3:1,3:0.3,5:1,5:0.3,8:0.3",
     days: Annotated[int, typer.Option(help="Validation days of warm starts (after the base model's day).")] = 3,
+    with_full: Annotated[bool, typer.Option(help="Also retrain from scratch each validation day (the reference).")]
+    = False,
     test_fraction: Annotated[float, typer.Option(help="Share of events in the rolling test period (not read).")] = 0.1,
     path: Annotated[Optional[Path], typer.Option(help="Raw dataset folder (datasets other than ml-100k).")] = None,
     snapshot: Annotated[Optional[Path], typer.Option(help="An existing snapshot folder (skips the ingest).")] = None,
@@ -406,6 +430,7 @@ def warm_start_tune_command(
     cfg = cli_config(config, None, data_dir)
     snap = Path(snapshot) if snapshot is not None else _snapshot(cfg, dataset, path)
     state = tune(cfg, snap, work, variants=chosen_variants, n_days=days, test_fraction=test_fraction, seed=seed,
+                 with_full=with_full,
                  say=lambda m: typer.echo(m, err=True))
     config_used = {"model": dataclasses.asdict(cfg.model), "retrain": dataclasses.asdict(cfg.retrain),
                    "train": {k: v for k, v in dataclasses.asdict(cfg.train).items() if k != "event_type_weights"},

@@ -56,8 +56,11 @@ def test_tuning_reads_only_the_days_before_the_test_period_and_chooses_the_best_
     assert [d["epochs"] for d in state["runs"]["warm_e1_lr1"]["days"]] == [1, 1]
     assert [d["day"] for d in state["runs"]["warm_e2_lr0.3_s0.5_n0.01"]["days"]] == [1, 2]
     assert (work / "warm_e2_lr0.3_s0.5_n0.01-1.init.pt").exists()  # each warm start from the shrunk copy
-    report = summarize_tuning(tune(cfg, snap, work, variants=variants, n_days=2, test_fraction=0.3), work, variants, {})
-    means = {k: v["mean_per_event"]["ndcg@10"] for k, v in report["variants"].items() if k != "base"}
+    state = tune(cfg, snap, work, variants=variants, n_days=2, test_fraction=0.3, with_full=True)  # resumed
+    assert [d["epochs"] for d in state["runs"]["full"]["days"]] == [2, 2]  # the reference: from scratch each day
+    report = summarize_tuning(state, work, variants, {})
+    assert "paired_test_vs_full" in report["variants"]["warm_e1_lr1"] and report["variants"]["full"]["full_fit_seconds"] > 0
+    means = {k: v["mean_per_event"]["ndcg@10"] for k, v in report["variants"].items() if k not in ("base", "full")}
     assert report["chosen"] == max(means, key=means.get) and report["current"] == "warm_e1_lr1"
     assert report["chosen_settings"] == {k: report["variants"][report["chosen"]][k]
                                          for k in ("warm_epochs", "warm_lr_scale", "shrink", "noise")}
