@@ -254,9 +254,25 @@ def test_a_warm_retrain_records_its_lineage_and_the_gate_sees_it(two, tmp_path, 
 
 
 def test_the_warm_fine_tune_settings_come_from_the_retrain_config() -> None:
-    cfg = load_config(overrides={"retrain": {"warm_epochs": 4}}, environ={})
+    cfg = load_config(overrides={"retrain": {"warm_epochs": 4, "warm_new_event_weight": 2.5}}, environ={})
     train = retrain.warm_train_config(cfg.train, cfg.retrain)
-    assert (train.epochs, train.min_epochs) == (4, 0)
-    assert dataclasses.replace(train, epochs=cfg.train.epochs, min_epochs=cfg.train.min_epochs) == cfg.train
+    assert (train.epochs, train.min_epochs, train.new_event_weight) == (4, 0, 2.5)
+    assert dataclasses.replace(train, epochs=cfg.train.epochs, min_epochs=cfg.train.min_epochs,
+                               new_event_weight=cfg.train.new_event_weight) == cfg.train
     with pytest.raises(ConfigError):
         load_config(overrides={"retrain": {"warm_epochs": 0}}, environ={})
+    with pytest.raises(ConfigError):
+        load_config(overrides={"retrain": {"warm_new_event_weight": 0}}, environ={})
+
+
+def test_a_warm_start_weighs_the_events_newer_than_its_champion(two) -> None:
+    _, b, champion_path = two
+    stamps = pq.read_table(Path(b) / "sequences.parquet", columns=["timestamps"])["timestamps"].to_pylist()
+    newer = np.concatenate([np.asarray(t, dtype=np.float64) for t in stamps]) >= CUT  # the encoder's flat order
+    assert newer.any() and not newer.all()
+    run = _prepare(b, MODEL, dataclasses.replace(TRAIN, new_event_weight=3.0), torch.device("cpu"), None,
+                   init_from=champion_path)
+    np.testing.assert_array_equal(run.event_w.numpy(), np.where(newer, 3.0, 1.0))
+    assert _prepare(b, MODEL, TRAIN, torch.device("cpu"), None, init_from=champion_path).event_w is None  # weight 1
+    assert _prepare(b, MODEL, dataclasses.replace(TRAIN, new_event_weight=3.0), torch.device("cpu"), None).event_w \
+        is None  # from scratch: no champion, no newer events

@@ -45,7 +45,7 @@ from hrnn_core.train import warm
 from hrnn_core.train.validation import (  # noqa: F401 - evaluate, validate: re-exported for callers
     TrainTrend, _autocast, evaluate, request_states, training_new_item_rate, training_trend, validate)
 from hrnn_core.train.batches import (NonFiniteLossError, TrainData, TrainError, Window, gather_inputs, owner_windows,
-                                     prepare_data, repeat_rate, repeat_share, seen_pairs, tie_order)
+                                     prepare_data, repeat_rate, repeat_share, seen_pairs, snapshot_times, tie_order)
 
 RANK_SEED_STRIDE = 1_000_003  # hrnn_core.train.distributed: rank r's random streams are seeded + r * this
 
@@ -163,6 +163,7 @@ class _Run:
     bad_epochs: int = 0
     warm_start: dict | None = None  # a warm start's growth counts (hrnn_core.train.warm.warm_start); None: from scratch
     as_of: float | None = None  # the snapshot's cut (saved in checkpoints: a warm start from them validates after it)
+    event_w: torch.Tensor | None = None  # (E,) a warm start's loss weight per event (train.new_event_weight); None: 1
 
     @property
     def stopped(self) -> bool:
@@ -213,8 +214,12 @@ def _prepare(snapshot_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, devic
     rank, is_main = (dist_ctx.rank, dist_ctx.is_main) if dist_ctx is not None else (0, True)
     rank_of = dist_ctx.local_rows if dist_ctx is not None else None
     as_of = json.loads((Path(snapshot_dir) / "manifest.json").read_text()).get("as_of")  # the cut, for warm starts
+    event_w = None
+    if champion is not None and cfg.new_event_weight != 1.0 and champion.raw.get("as_of") is not None:
+        newer = snapshot_times(snapshot_dir, len(ev.target)) >= float(champion.raw["as_of"])
+        event_w = torch.where(torch.from_numpy(newer), cfg.new_event_weight, 1.0).float()
     return _Run(model_cfg, cfg, device, dist_ctx, rank, is_main, rank_of, data, exclude_seen, repeats,
-                warm_start=grown, as_of=as_of,
+                warm_start=grown, as_of=as_of, event_w=event_w,
                 has_ties=bool((ev.time_delta == 0).any()), trend=trend,
                 cold_rate=training_new_item_rate(snapshot_dir, data, trend.times if trend else None),
                 repeat_rate=None if exclude_seen else repeat_rate(data), type_w=type_w, model=model, opts=opts,
@@ -270,6 +275,8 @@ def _step_loss(run: _Run, data: TrainData, idx: torch.Tensor, x: StepInputs, mix
     target = ev.target[flat].to(device)  # (N,)
     weight = reward_weights(ev.event_type[flat].to(device), ev.event_value[flat].to(device),
                             run.type_w, cfg.event_value_weight)  # (N,)
+    if run.event_w is not None:  # a warm start: the events its starting model never trained on weigh more
+        weight = weight * run.event_w[flat].to(device)
     with _autocast(device):
         out, hidden = model(x, hidden)  # (B, T, H), (L, B, H)
         h = out[valid]  # (N, H)

@@ -220,7 +220,7 @@ def _validation_frames(data, test_cut: float, n_days: int, test_fraction: float)
     return split
 
 
-def tune(cfg, snapshot: Path, work: Path, *, variants: list[tuple[int, float, float, float]], n_days: int, test_fraction: float,
+def tune(cfg, snapshot: Path, work: Path, *, variants: list[tuple[int, float, float, float, float]], n_days: int, test_fraction: float,
          seed: int = 0, with_full: bool = False, say=print) -> dict:
     """Warm-start settings on validation frames only: one full model trained before the first of the
     ``n_days + 1`` days before the test cut, then per variant (``retrain.warm_epochs``, a factor on the warm
@@ -263,11 +263,12 @@ def tune(cfg, snapshot: Path, work: Path, *, variants: list[tuple[int, float, fl
             run["days"].append({"day": k, "fit_seconds": secs, "epochs": len(full.history), "metrics": metrics})
             save()
             say(f"full: day {k} ndcg@10 {metrics['ndcg@10']:.4f}")
-    for epochs, scale, shrink, noise in variants:
-        name = variant_name(epochs, scale, shrink, noise)
+    for epochs, scale, shrink, noise, new_w in variants:
+        name = variant_name(epochs, scale, shrink, noise, new_w)
         run = state["runs"].setdefault(name, {"warm_epochs": epochs, "warm_lr_scale": scale, "shrink": shrink,
-                                              "noise": noise, "days": []})
-        vcfg = dataclasses.replace(cfg, retrain=dataclasses.replace(cfg.retrain, warm_epochs=epochs),
+                                              "noise": noise, "new_event_weight": new_w, "days": []})
+        vcfg = dataclasses.replace(cfg, retrain=dataclasses.replace(cfg.retrain, warm_epochs=epochs,
+                                                                    warm_new_event_weight=new_w),
                                    train=dataclasses.replace(cfg.train, lr=cfg.train.lr * scale))  # warm fits only
         for k in range(len(run["days"]) + 1, len(frames)):
             start = _best(work / "base" if k == 1 else work / f"{name}-{k - 1}")
@@ -283,7 +284,7 @@ def tune(cfg, snapshot: Path, work: Path, *, variants: list[tuple[int, float, fl
     return state
 
 
-def summarize_tuning(state: dict, work: Path, variants: list[tuple[int, float, float, float]], config: dict) -> dict:
+def summarize_tuning(state: dict, work: Path, variants: list[tuple[int, float, float, float, float]], config: dict) -> dict:
     """Per variant: pooled NDCG@10 / Recall@10 over validation days 1..n, paired tests against the current
     setting (the first variant) and the unretrained base; the choice: the highest pooled NDCG@10."""
     from hrnn_core.evaluation.metrics import paired_test  # noqa: PLC0415
@@ -319,7 +320,8 @@ def summarize_tuning(state: dict, work: Path, variants: list[tuple[int, float, f
     return {**{k: v for k, v in state.items() if k != "runs"}, "config": config, "n_validation_days": n - 1,
             "n_validation_events": int(len(owners)), "current": names[0], "variants": table,
             "rule": "highest pooled validation NDCG@10 over validation days 1..n", "chosen": chosen,
-            "chosen_settings": {k: table[chosen].get(k) for k in ("warm_epochs", "warm_lr_scale", "shrink", "noise")}}
+            "chosen_settings": {k: table[chosen].get(k) for k in ("warm_epochs", "warm_lr_scale", "shrink", "noise",
+                                                                  "new_event_weight")}}
 
 
 def chart(report: dict, path: Path, title: str) -> None:
@@ -386,22 +388,24 @@ def warm_start_command(
                f"(p {over['paired_test_warm_minus_full']['ndcg@10']['p_value']:.3f})")
 
 
-def variant_name(epochs: int, scale: float, shrink: float = 1.0, noise: float = 0.0) -> str:
+def variant_name(epochs: int, scale: float, shrink: float = 1.0, noise: float = 0.0, new_w: float = 1.0) -> str:
     return (f"warm_e{epochs}_lr{scale:g}" + (f"_s{shrink:g}" if shrink != 1.0 else "")
-            + (f"_n{noise:g}" if noise else ""))
+            + (f"_n{noise:g}" if noise else "") + (f"_w{new_w:g}" if new_w != 1.0 else ""))
 
 
-def _parse_variants(text: str) -> list[tuple[int, float, float, float]]:
+VARIANT_FORMAT = "EPOCHS:LR_SCALE[:SHRINK[:NOISE[:NEW_EVENT_WEIGHT]]]"
+
+
+def _parse_variants(text: str) -> list[tuple[int, float, float, float, float]]:
     try:
         parts = [[float(x) for x in v.split(":")] for v in text.split(",")]
-        out = [(int(p[0]), p[1], p[2] if len(p) > 2 else 1.0, p[3] if len(p) > 3 else 0.0) for p in parts
-               if 2 <= len(p) <= 4]
-    except (ValueError, IndexError) as err:
-        raise WarmStartExperimentError(f"--variants: EPOCHS:LR_SCALE[:SHRINK[:NOISE]],... expected, got {text!r}") from err
-    if len(out) != len(parts) or not out or any(e < 1 or not 0 < s <= 1 or not 0 < k <= 1 or n < 0
-                                                 for e, s, k, n in out):
-        raise WarmStartExperimentError("--variants: EPOCHS:LR_SCALE[:SHRINK[:NOISE]] with epochs >= 1, learning-rate "
-                                       "scale and shrink in (0, 1], noise >= 0")
+        out = [(int(p[0]), *(p[1:] + [1.0, 0.0, 1.0][len(p) - 2:])) for p in parts if 2 <= len(p) <= 5]
+    except ValueError as err:
+        raise WarmStartExperimentError(f"--variants: {VARIANT_FORMAT},... expected, got {text!r}") from err
+    if len(out) != len(parts) or not out or any(e < 1 or not 0 < s <= 1 or not 0 < k <= 1 or n < 0 or w <= 0
+                                                 for e, s, k, n, w in out):
+        raise WarmStartExperimentError(f"--variants: {VARIANT_FORMAT} with epochs >= 1, learning-rate scale and "
+                                       "shrink in (0, 1], noise >= 0, new-event weight > 0")
     return out
 
 
@@ -409,9 +413,9 @@ def warm_start_tune_command(
     dataset: Annotated[str, typer.Option(help="ml-100k | synth-drift | another adapter's dataset (with --path).")],
     work: Annotated[Path, typer.Option(help="Work folder: the tuning's state and trainings (resumable).")],
     output: Annotated[Path, typer.Option(help="Report JSON: every variant's validation metrics and the choice.")],
-    variants: Annotated[str, typer.Option(help="WARM_EPOCHS:LR_FACTOR[:SHRINK[:NOISE]] (the fine-tune's peak LR = "
-                                                "train.lr x LR_FACTOR; the start's weights shrunk and perturbed: "
-                                                "shrink_perturb); the first is the current setting.")]
+    variants: Annotated[str, typer.Option(help=f"{VARIANT_FORMAT} (the fine-tune's peak LR = train.lr x LR_SCALE; "
+                                                "the start's weights shrunk and perturbed: shrink_perturb; "
+                                                "retrain.warm_new_event_weight); the first is the current setting.")]
     = "3:1,3:0.3,5:1,5:0.3,8:0.3",
     days: Annotated[int, typer.Option(help="Validation days of warm starts (after the base model's day).")] = 3,
     with_full: Annotated[bool, typer.Option(help="Also retrain from scratch each validation day (the reference).")]
