@@ -220,7 +220,7 @@ def _validation_frames(data, test_cut: float, n_days: int, test_fraction: float)
     return split
 
 
-def tune(cfg, snapshot: Path, work: Path, *, variants: list[tuple[int, float, float, float, float]], n_days: int, test_fraction: float,
+def tune(cfg, snapshot: Path, work: Path, *, variants: list[tuple], n_days: int, test_fraction: float,
          seed: int = 0, with_full: bool = False, say=print) -> dict:
     """Warm-start settings on validation frames only: one full model trained before the first of the
     ``n_days + 1`` days before the test cut, then per variant (``retrain.warm_epochs``, a factor on the warm
@@ -263,13 +263,16 @@ def tune(cfg, snapshot: Path, work: Path, *, variants: list[tuple[int, float, fl
             run["days"].append({"day": k, "fit_seconds": secs, "epochs": len(full.history), "metrics": metrics})
             save()
             say(f"full: day {k} ndcg@10 {metrics['ndcg@10']:.4f}")
-    for epochs, scale, shrink, noise, new_w in variants:
-        name = variant_name(epochs, scale, shrink, noise, new_w)
+    for epochs, scale, shrink, noise, new_w, min_lr in variants:
+        name = variant_name(epochs, scale, shrink, noise, new_w, min_lr)
         run = state["runs"].setdefault(name, {"warm_epochs": epochs, "warm_lr_scale": scale, "shrink": shrink,
-                                              "noise": noise, "new_event_weight": new_w, "days": []})
+                                              "noise": noise, "new_event_weight": new_w, "min_lr_ratio": min_lr,
+                                              "days": []})
         vcfg = dataclasses.replace(cfg, retrain=dataclasses.replace(cfg.retrain, warm_epochs=epochs,
                                                                     warm_new_event_weight=new_w),
-                                   train=dataclasses.replace(cfg.train, lr=cfg.train.lr * scale))  # warm fits only
+                                   train=dataclasses.replace(cfg.train, lr=cfg.train.lr * scale,  # warm fits only
+                                                             min_lr_ratio=cfg.train.min_lr_ratio if min_lr is None
+                                                             else min_lr))
         for k in range(len(run["days"]) + 1, len(frames)):
             start = _best(work / "base" if k == 1 else work / f"{name}-{k - 1}")
             if shrink != 1.0 or noise:
@@ -284,7 +287,7 @@ def tune(cfg, snapshot: Path, work: Path, *, variants: list[tuple[int, float, fl
     return state
 
 
-def summarize_tuning(state: dict, work: Path, variants: list[tuple[int, float, float, float, float]], config: dict) -> dict:
+def summarize_tuning(state: dict, work: Path, variants: list[tuple], config: dict) -> dict:
     """Per variant: pooled NDCG@10 / Recall@10 over validation days 1..n, paired tests against the current
     setting (the first variant) and the unretrained base; the choice: the highest pooled NDCG@10."""
     from hrnn_core.evaluation.metrics import paired_test  # noqa: PLC0415
@@ -321,7 +324,7 @@ def summarize_tuning(state: dict, work: Path, variants: list[tuple[int, float, f
             "n_validation_events": int(len(owners)), "current": names[0], "variants": table,
             "rule": "highest pooled validation NDCG@10 over validation days 1..n", "chosen": chosen,
             "chosen_settings": {k: table[chosen].get(k) for k in ("warm_epochs", "warm_lr_scale", "shrink", "noise",
-                                                                  "new_event_weight")}}
+                                                                  "new_event_weight", "min_lr_ratio")}}
 
 
 def chart(report: dict, path: Path, title: str) -> None:
@@ -388,24 +391,26 @@ def warm_start_command(
                f"(p {over['paired_test_warm_minus_full']['ndcg@10']['p_value']:.3f})")
 
 
-def variant_name(epochs: int, scale: float, shrink: float = 1.0, noise: float = 0.0, new_w: float = 1.0) -> str:
+def variant_name(epochs: int, scale: float, shrink: float = 1.0, noise: float = 0.0, new_w: float = 1.0,
+                 min_lr: float | None = None) -> str:
     return (f"warm_e{epochs}_lr{scale:g}" + (f"_s{shrink:g}" if shrink != 1.0 else "")
-            + (f"_n{noise:g}" if noise else "") + (f"_w{new_w:g}" if new_w != 1.0 else ""))
+            + (f"_n{noise:g}" if noise else "") + (f"_w{new_w:g}" if new_w != 1.0 else "")
+            + (f"_m{min_lr:g}" if min_lr is not None else ""))
 
 
-VARIANT_FORMAT = "EPOCHS:LR_SCALE[:SHRINK[:NOISE[:NEW_EVENT_WEIGHT]]]"
+VARIANT_FORMAT = "EPOCHS:LR_SCALE[:SHRINK[:NOISE[:NEW_EVENT_WEIGHT[:MIN_LR_RATIO]]]]"
 
 
-def _parse_variants(text: str) -> list[tuple[int, float, float, float, float]]:
+def _parse_variants(text: str) -> list[tuple]:
     try:
         parts = [[float(x) for x in v.split(":")] for v in text.split(",")]
-        out = [(int(p[0]), *(p[1:] + [1.0, 0.0, 1.0][len(p) - 2:])) for p in parts if 2 <= len(p) <= 5]
+        out = [(int(p[0]), *(p[1:] + [1.0, 0.0, 1.0, None][len(p) - 2:])) for p in parts if 2 <= len(p) <= 6]
     except ValueError as err:
         raise WarmStartExperimentError(f"--variants: {VARIANT_FORMAT},... expected, got {text!r}") from err
-    if len(out) != len(parts) or not out or any(e < 1 or not 0 < s <= 1 or not 0 < k <= 1 or n < 0 or w <= 0
-                                                 for e, s, k, n, w in out):
-        raise WarmStartExperimentError(f"--variants: {VARIANT_FORMAT} with epochs >= 1, learning-rate scale and "
-                                       "shrink in (0, 1], noise >= 0, new-event weight > 0")
+    if len(out) != len(parts) or not out or any(e < 1 or not 0 < s <= 4 or not 0 < k <= 1 or n < 0 or w <= 0
+                                                 or (m is not None and not 0 < m <= 1) for e, s, k, n, w, m in out):
+        raise WarmStartExperimentError(f"--variants: {VARIANT_FORMAT} with epochs >= 1, learning-rate scale in "
+                                       "(0, 4], shrink and min-LR ratio in (0, 1], noise >= 0, new-event weight > 0")
     return out
 
 

@@ -49,13 +49,13 @@ def test_tuning_reads_only_the_days_before_the_test_period_and_chooses_the_best_
         "paths": {"data_dir": str(tmp_path / "data")}, "model": {"hidden_size": 16, "field_dim": 8, "input_size": 16},
         "train": {"epochs": 2, "batch_size": 8, "bptt": 8, "progress": False, "val_owners": 5, "threads": 1}},
         environ={})
-    work, variants = tmp_path / "tune", _parse_variants("1:1,2:0.3:0.5:0.01:2")
+    work, variants = tmp_path / "tune", _parse_variants("1:1,2:0.3:0.5:0.01:2:1")
     state = tune(cfg, snap, work, variants=variants, n_days=2, test_fraction=0.3)
     base_days = state["runs"]["base"]["days"]
     assert len(base_days) == 3 and base_days[-1]["start"] + 86_400 <= state["test_cut"]  # validation frames only
     assert [d["epochs"] for d in state["runs"]["warm_e1_lr1"]["days"]] == [1, 1]
-    assert [d["day"] for d in state["runs"]["warm_e2_lr0.3_s0.5_n0.01_w2"]["days"]] == [1, 2]
-    assert (work / "warm_e2_lr0.3_s0.5_n0.01_w2-1.init.pt").exists()  # each warm start from the shrunk copy
+    assert [d["day"] for d in state["runs"]["warm_e2_lr0.3_s0.5_n0.01_w2_m1"]["days"]] == [1, 2]
+    assert (work / "warm_e2_lr0.3_s0.5_n0.01_w2_m1-1.init.pt").exists()  # each warm start from the shrunk copy
     state = tune(cfg, snap, work, variants=variants, n_days=2, test_fraction=0.3, with_full=True)  # resumed
     assert [d["epochs"] for d in state["runs"]["full"]["days"]] == [2, 2]  # the reference: from scratch each day
     report = summarize_tuning(state, work, variants, {})
@@ -64,7 +64,7 @@ def test_tuning_reads_only_the_days_before_the_test_period_and_chooses_the_best_
     assert report["chosen"] == max(means, key=means.get) and report["current"] == "warm_e1_lr1"
     assert report["chosen_settings"] == {k: report["variants"][report["chosen"]][k]
                                          for k in ("warm_epochs", "warm_lr_scale", "shrink", "noise",
-                                                   "new_event_weight")}
+                                                   "new_event_weight", "min_lr_ratio")}
     base = work / "base" / "train" / "best.pt"
     if not base.exists():
         base = base.with_name("last.pt")
