@@ -213,9 +213,11 @@ class TrainConfig:
     early_stopping_metric: str = "ndcg@10"  # "val_loss" (lower is better) or "ndcg@10" (higher; the metric we ship on)
     patience: int = 6  # epochs without improvement before stopping (per-epoch val NDCG is noisy: 4 stopped on dips)
     min_epochs: int = 10  # early stopping never stops before this (a noisy early peak under-trained ml-latest-small)
-    # a warm start (init_from) only: the loss weight of the events at/after the starting model's cut (those it
-    # never trained on; the rest weigh 1); the retrain sets it from retrain.warm_new_event_weight
+    # a warm start (init_from) only, both set by the retrain from retrain.warm_*: the loss weight of the events
+    # at/after the starting model's cut (those it never trained on; the rest weigh 1), and a factor on every
+    # starting weight before the first epoch (shrink: a warm start shrunk toward zero generalizes like a fresh one)
     new_event_weight: float = 1.0
+    init_shrink: float = 1.0
     seed: int = 0  # seeds shuffling, lambda draws, negatives, dropout and initialisation
     device: str = "auto"  # "auto" (cuda if present, bf16 autocast), "cpu" or "cuda[:n]"
     # torch CPU threads of every batch job (train, evaluate, export, retrain tasks; per process under torchrun);
@@ -240,7 +242,8 @@ class TrainConfig:
             (self.lr > 0 and self.patience >= 1 and self.min_epochs >= 0,
              "lr must be > 0, patience >= 1 and min_epochs >= 0"),
             (self.processes >= 1, "processes must be >= 1 (a window's rows are dealt to them by slot id)"),
-            (0.0 < self.new_event_weight < float("inf"), "new_event_weight must be a finite number > 0"),
+            (0.0 < self.new_event_weight < float("inf") and 0.0 < self.init_shrink <= 1.0,
+             "new_event_weight must be a finite number > 0 and init_shrink in (0, 1]"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -268,16 +271,21 @@ class RetrainConfig:
     # train.early_stopping_metric; 5 had the best NDCG@10 of 3/5/8 epochs x peak LR 1/0.3/0.1 x train.lr on
     # ml-100k's validation days (3: -0.0037, p 0.04; lower LRs no better: docs/evaluation/warm_start.md)
     warm_epochs: int = 5
-    # warm: the loss weight of the snapshot's events newer than the champion's cut (train.new_event_weight)
+    # warm: the fine-tune's peak learning rate is train.lr times this; the champion's weights times warm_shrink
+    # before it (train.init_shrink); the snapshot's events newer than the champion's cut weigh
+    # warm_new_event_weight in its loss (train.new_event_weight)
+    warm_lr_scale: float = 1.0
+    warm_shrink: float = 1.0
     warm_new_event_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("warm", "full"):
             raise ConfigError(f"retrain config: mode must be 'warm' or 'full', got {self.mode!r}")
         if not 0 < self.full_every_days < float("inf") or self.warm_epochs < 1 \
-                or not 0 < self.warm_new_event_weight < float("inf"):
-            raise ConfigError("retrain config: full_every_days and warm_new_event_weight must be finite numbers > 0 "
-                              "and warm_epochs >= 1")
+                or not 0 < self.warm_new_event_weight < float("inf") or not 0 < self.warm_lr_scale < float("inf") \
+                or not 0 < self.warm_shrink <= 1:
+            raise ConfigError("retrain config: full_every_days, warm_lr_scale and warm_new_event_weight must be finite "
+                              "numbers > 0, warm_shrink in (0, 1] and warm_epochs >= 1")
         if not 0.0 < self.test_fraction < 1.0 or not 0.0 <= self.valid_fraction < 1.0:
             raise ConfigError("retrain config: test_fraction must be in (0, 1) and valid_fraction in [0, 1)")
         if self.test_horizon_hours is not None and self.test_horizon_hours <= 0:

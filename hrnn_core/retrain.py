@@ -85,8 +85,8 @@ def warm_train_config(train: TrainConfig, retrain: RetrainConfig) -> TrainConfig
     """The training settings of a warm start (the fine-tune of the champion): ``train``'s, with at most
     ``retrain.warm_epochs`` epochs (also the cosine decay's length), the best kept by the same early-stopping
     metric (``min_epochs`` 0: a fine-tune needs no minimum); docs/warm_start.md."""
-    return dataclasses.replace(train, epochs=retrain.warm_epochs, min_epochs=0,
-                               new_event_weight=retrain.warm_new_event_weight)
+    return dataclasses.replace(train, epochs=retrain.warm_epochs, min_epochs=0, lr=train.lr * retrain.warm_lr_scale,
+                               init_shrink=retrain.warm_shrink, new_event_weight=retrain.warm_new_event_weight)
 
 
 def _model_options(cfg: Config, kind: str, run_dir: Path, plan: dict | None = None) -> dict:

@@ -254,15 +254,32 @@ def test_a_warm_retrain_records_its_lineage_and_the_gate_sees_it(two, tmp_path, 
 
 
 def test_the_warm_fine_tune_settings_come_from_the_retrain_config() -> None:
-    cfg = load_config(overrides={"retrain": {"warm_epochs": 4, "warm_new_event_weight": 2.5}}, environ={})
+    cfg = load_config(overrides={"retrain": {"warm_epochs": 4, "warm_new_event_weight": 2.5, "warm_lr_scale": 2.0,
+                                             "warm_shrink": 0.7}}, environ={})
     train = retrain.warm_train_config(cfg.train, cfg.retrain)
-    assert (train.epochs, train.min_epochs, train.new_event_weight) == (4, 0, 2.5)
-    assert dataclasses.replace(train, epochs=cfg.train.epochs, min_epochs=cfg.train.min_epochs,
-                               new_event_weight=cfg.train.new_event_weight) == cfg.train
-    with pytest.raises(ConfigError):
-        load_config(overrides={"retrain": {"warm_epochs": 0}}, environ={})
-    with pytest.raises(ConfigError):
-        load_config(overrides={"retrain": {"warm_new_event_weight": 0}}, environ={})
+    assert (train.epochs, train.min_epochs, train.new_event_weight, train.init_shrink) == (4, 0, 2.5, 0.7)
+    assert train.lr == 2.0 * cfg.train.lr
+    assert dataclasses.replace(train, epochs=cfg.train.epochs, min_epochs=cfg.train.min_epochs, lr=cfg.train.lr,
+                               new_event_weight=cfg.train.new_event_weight, init_shrink=cfg.train.init_shrink) == cfg.train
+    for bad in ({"warm_epochs": 0}, {"warm_new_event_weight": 0}, {"warm_lr_scale": 0}, {"warm_shrink": 1.5}):
+        with pytest.raises(ConfigError):
+            load_config(overrides={"retrain": bad}, environ={})
+
+
+def test_a_shrunk_warm_start_begins_from_the_champions_weights_times_the_factor(two) -> None:
+    _, b, champion_path = two
+    plain = _prepare(b, MODEL, TRAIN, torch.device("cpu"), None, init_from=champion_path)
+    shrunk = _prepare(b, MODEL, dataclasses.replace(TRAIN, init_shrink=0.5), torch.device("cpu"), None,
+                      init_from=champion_path)
+    old = load_checkpoint(champion_path).model.state_dict()
+    for name, p in shrunk.model.named_parameters():
+        if name == "item_in.weight":  # the champion's rows, halved (the new items' rows are zero either way)
+            n = len(old[name])
+            torch.testing.assert_close(p[:n - 1], 0.5 * old[name][:n - 1])
+        elif p.shape == old[name].shape and name not in ("item_w.weight", "item_b.weight"):
+            torch.testing.assert_close(p, 0.5 * dict(plain.model.named_parameters())[name])
+    for name, buf in shrunk.model.named_buffers():  # item metadata and the calibrated priors are not weights
+        torch.testing.assert_close(buf, dict(plain.model.named_buffers())[name])
 
 
 def test_a_warm_start_weighs_the_events_newer_than_its_champion(two) -> None:

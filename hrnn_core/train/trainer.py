@@ -206,6 +206,8 @@ def _prepare(snapshot_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, devic
     model = HRNNMeta(model_cfg, data.features, data.item_cat, data.item_num).to(device)
     with torch.no_grad():  # an item with no training event is never an input here: no random row for later
         model.item_in.weight[:n_items][torch.as_tensor(ev.item_freq == 0).to(device)] = 0.0
+    if champion is not None and cfg.init_shrink != 1.0:
+        warm.shrink(champion.model, cfg.init_shrink)
     grown = warm.warm_start(model, champion, data.features) if champion is not None else None
     opts = _optimizers(model, cfg)
     sampler = AliasSampler(ev.item_freq, cfg.sampler_alpha, seed=cfg.seed, device=device)

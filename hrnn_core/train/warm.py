@@ -130,6 +130,15 @@ def _bag_maps(model: HRNNMeta, old: FeatureSpace, new: FeatureSpace) -> dict[str
     return maps
 
 
+def shrink(model: HRNNMeta, factor: float) -> None:
+    """Every parameter of ``model`` (the champion's, before ``warm_start`` copies them) times ``factor``; buffers
+    (item metadata, the calibrated priors) untouched. Ash & Adams (2020): a warm start shrunk toward zero
+    fine-tunes to a model that generalizes like one trained from scratch; docs/evaluation/warm_start.md."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(factor)
+
+
 def warm_start(model: HRNNMeta, champion: Checkpoint, features: FeatureSpace) -> dict:
     """Load ``champion``'s weights into ``model`` (built on ``features``, ``extend_features`` of the champion's
     space) as the module docstring says; returns counts of what grew (for the run's report)."""

@@ -88,27 +88,6 @@ def _fit(cfg, data, frame_start: float, run_dir: Path, init_from: Path | None, s
     return scorer, time.perf_counter() - started
 
 
-def shrink_perturb(checkpoint: Path, out: Path, shrink: float, noise: float, seed: int) -> Path:
-    """A copy of ``checkpoint`` whose network parameters are ``shrink * w + noise * std(w) * N(0, 1)`` (Ash &
-    Adams 2020, "On warm-starting neural network training": a warm start shrunk and perturbed generalizes
-    like a fresh one); buffers (item metadata, the scoring priors) untouched. A research override for the
-    warm-start tuning (not the product's warm start)."""
-    import torch  # noqa: PLC0415
-
-    from hrnn_core.model.checkpoint import load_checkpoint  # noqa: PLC0415
-
-    params = {name for name, _ in load_checkpoint(checkpoint).model.named_parameters()}
-    raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    gen = torch.Generator().manual_seed(seed)
-    for key, value in raw["model_state"].items():
-        if key in params and value.is_floating_point():
-            std = value.std() if value.numel() > 1 else value.new_zeros(())
-            raw["model_state"][key] = shrink * value + noise * std * torch.randn(value.shape, generator=gen)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(raw, out)
-    return out
-
-
 def _score(scorer, frame, n_items: int) -> tuple[dict, dict]:
     from hrnn_core.evaluation.harness import score_cases  # noqa: PLC0415
 
@@ -263,22 +242,19 @@ def tune(cfg, snapshot: Path, work: Path, *, variants: list[tuple], n_days: int,
             run["days"].append({"day": k, "fit_seconds": secs, "epochs": len(full.history), "metrics": metrics})
             save()
             say(f"full: day {k} ndcg@10 {metrics['ndcg@10']:.4f}")
-    for epochs, scale, shrink, noise, new_w, min_lr in variants:
-        name = variant_name(epochs, scale, shrink, noise, new_w, min_lr)
+    for epochs, scale, shrink, new_w, min_lr in variants:
+        name = variant_name(epochs, scale, shrink, new_w, min_lr)
         run = state["runs"].setdefault(name, {"warm_epochs": epochs, "warm_lr_scale": scale, "shrink": shrink,
-                                              "noise": noise, "new_event_weight": new_w, "min_lr_ratio": min_lr,
-                                              "days": []})
-        vcfg = dataclasses.replace(cfg, retrain=dataclasses.replace(cfg.retrain, warm_epochs=epochs,
-                                                                    warm_new_event_weight=new_w),
-                                   train=dataclasses.replace(cfg.train, lr=cfg.train.lr * scale,  # warm fits only
-                                                             min_lr_ratio=cfg.train.min_lr_ratio if min_lr is None
-                                                             else min_lr))
+                                              "new_event_weight": new_w, "min_lr_ratio": min_lr, "days": []})
+        # the product's warm settings (hrnn_core.retrain.warm_train_config), and the cosine floor of the warm fits
+        vcfg = dataclasses.replace(
+            cfg, retrain=dataclasses.replace(cfg.retrain, warm_epochs=epochs, warm_lr_scale=scale, warm_shrink=shrink,
+                                             warm_new_event_weight=new_w),
+            train=dataclasses.replace(cfg.train, min_lr_ratio=cfg.train.min_lr_ratio if min_lr is None else min_lr))
         for k in range(len(run["days"]) + 1, len(frames)):
-            start = _best(work / "base" if k == 1 else work / f"{name}-{k - 1}")
-            if shrink != 1.0 or noise:
-                start = shrink_perturb(start, work / f"{name}-{k}.init.pt", shrink, noise, seed + k)
+            start = work / "base" if k == 1 else work / f"{name}-{k - 1}"
             say(f"{name}: validation day {k} ...")
-            warm, secs = _fit(vcfg, data, frames[k].start, work / f"{name}-{k}", start, seed)
+            warm, secs = _fit(vcfg, data, frames[k].start, work / f"{name}-{k}", _best(start), seed)
             metrics, per = _score(warm, frames[k], split.n_items)
             np.savez_compressed(work / f"{name}-day-{k}.npz", **per)
             run["days"].append({"day": k, "fit_seconds": secs, "epochs": len(warm.history), "metrics": metrics})
@@ -323,7 +299,7 @@ def summarize_tuning(state: dict, work: Path, variants: list[tuple], config: dic
     return {**{k: v for k, v in state.items() if k != "runs"}, "config": config, "n_validation_days": n - 1,
             "n_validation_events": int(len(owners)), "current": names[0], "variants": table,
             "rule": "highest pooled validation NDCG@10 over validation days 1..n", "chosen": chosen,
-            "chosen_settings": {k: table[chosen].get(k) for k in ("warm_epochs", "warm_lr_scale", "shrink", "noise",
+            "chosen_settings": {k: table[chosen].get(k) for k in ("warm_epochs", "warm_lr_scale", "shrink",
                                                                   "new_event_weight", "min_lr_ratio")}}
 
 
@@ -391,26 +367,25 @@ def warm_start_command(
                f"(p {over['paired_test_warm_minus_full']['ndcg@10']['p_value']:.3f})")
 
 
-def variant_name(epochs: int, scale: float, shrink: float = 1.0, noise: float = 0.0, new_w: float = 1.0,
-                 min_lr: float | None = None) -> str:
+def variant_name(epochs: int, scale: float, shrink: float = 1.0, new_w: float = 1.0, min_lr: float | None = None) -> str:
     return (f"warm_e{epochs}_lr{scale:g}" + (f"_s{shrink:g}" if shrink != 1.0 else "")
-            + (f"_n{noise:g}" if noise else "") + (f"_w{new_w:g}" if new_w != 1.0 else "")
-            + (f"_m{min_lr:g}" if min_lr is not None else ""))
+            + (f"_w{new_w:g}" if new_w != 1.0 else "") + (f"_m{min_lr:g}" if min_lr is not None else ""))
 
 
-VARIANT_FORMAT = "EPOCHS:LR_SCALE[:SHRINK[:NOISE[:NEW_EVENT_WEIGHT[:MIN_LR_RATIO]]]]"
+# retrain.warm_epochs, warm_lr_scale, warm_shrink, warm_new_event_weight; train.min_lr_ratio of the warm fits
+VARIANT_FORMAT = "EPOCHS:LR_SCALE[:SHRINK[:NEW_EVENT_WEIGHT[:MIN_LR_RATIO]]]"
 
 
 def _parse_variants(text: str) -> list[tuple]:
     try:
         parts = [[float(x) for x in v.split(":")] for v in text.split(",")]
-        out = [(int(p[0]), *(p[1:] + [1.0, 0.0, 1.0, None][len(p) - 2:])) for p in parts if 2 <= len(p) <= 6]
+        out = [(int(p[0]), *(p[1:] + [1.0, 1.0, None][len(p) - 2:])) for p in parts if 2 <= len(p) <= 5]
     except ValueError as err:
         raise WarmStartExperimentError(f"--variants: {VARIANT_FORMAT},... expected, got {text!r}") from err
-    if len(out) != len(parts) or not out or any(e < 1 or not 0 < s <= 4 or not 0 < k <= 1 or n < 0 or w <= 0
-                                                 or (m is not None and not 0 < m <= 1) for e, s, k, n, w, m in out):
+    if len(out) != len(parts) or not out or any(e < 1 or not 0 < s <= 4 or not 0 < k <= 1 or w <= 0
+                                                 or (m is not None and not 0 < m <= 1) for e, s, k, w, m in out):
         raise WarmStartExperimentError(f"--variants: {VARIANT_FORMAT} with epochs >= 1, learning-rate scale in "
-                                       "(0, 4], shrink and min-LR ratio in (0, 1], noise >= 0, new-event weight > 0")
+                                       "(0, 4], shrink and min-LR ratio in (0, 1], new-event weight > 0")
     return out
 
 
@@ -419,8 +394,8 @@ def warm_start_tune_command(
     work: Annotated[Path, typer.Option(help="Work folder: the tuning's state and trainings (resumable).")],
     output: Annotated[Path, typer.Option(help="Report JSON: every variant's validation metrics and the choice.")],
     variants: Annotated[str, typer.Option(help=f"{VARIANT_FORMAT} (the fine-tune's peak LR = train.lr x LR_SCALE; "
-                                                "the start's weights shrunk and perturbed: shrink_perturb; "
-                                                "retrain.warm_new_event_weight); the first is the current setting.")]
+                                                "the retrain's warm_shrink and warm_new_event_weight; the warm fits' "
+                                                "train.min_lr_ratio); the first is the current setting.")]
     = "3:1,3:0.3,5:1,5:0.3,8:0.3",
     days: Annotated[int, typer.Option(help="Validation days of warm starts (after the base model's day).")] = 3,
     with_full: Annotated[bool, typer.Option(help="Also retrain from scratch each validation day (the reference).")]
