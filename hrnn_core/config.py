@@ -271,12 +271,14 @@ class RetrainConfig:
     # train.early_stopping_metric; 5 had the best NDCG@10 of 3/5/8 epochs x peak LR 1/0.3/0.1 x train.lr on
     # ml-100k's validation days (3: -0.0037, p 0.04; lower LRs no better: docs/evaluation/warm_start.md)
     warm_epochs: int = 5
-    # warm: the fine-tune's peak learning rate is train.lr times this; the champion's weights times warm_shrink
-    # before it (train.init_shrink); the snapshot's events newer than the champion's cut weigh
-    # warm_new_event_weight in its loss (train.new_event_weight)
-    warm_lr_scale: float = 1.0
-    warm_shrink: float = 1.0
-    warm_new_event_weight: float = 1.0
+    # warm: the fine-tune's peak learning rate is train.lr times warm_lr_scale; the champion's weights are
+    # multiplied by warm_shrink before it (train.init_shrink); the snapshot's events newer than the champion's cut
+    # weigh warm_new_event_weight in its loss (train.new_event_weight). 3 / 0.6 / 3: the only setting within noise
+    # of (or above) a full retrain on the validation days of ml-100k, yoochoose and synth-drift, the best mean
+    # NDCG@10 of 9 (the previous 1 / 1 / 1 was 0.006-0.009 under full on two of them; docs/evaluation/warm_start.md)
+    warm_lr_scale: float = 3.0
+    warm_shrink: float = 0.6
+    warm_new_event_weight: float = 3.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("warm", "full"):
