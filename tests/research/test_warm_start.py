@@ -65,3 +65,18 @@ def test_tuning_reads_only_the_days_before_the_test_period_and_chooses_the_best_
                                                    "new_event_weight", "min_lr_ratio")}
     with pytest.raises(WarmStartExperimentError):
         _parse_variants("5:1:0")  # a shrink of 0 would erase the champion
+
+
+def test_the_choice_over_streams_takes_the_best_mean_among_variants_run_on_every_stream() -> None:
+    from research.tuning.warm_start_choice import choose  # noqa: PLC0415
+
+    def report(ndcg: dict[str, float]) -> dict:
+        test = {"mean_diff": 0.0, "ci_low": -0.01, "ci_high": 0.01, "p_value": 1.0}
+        return {"variants": {name: {"mean_per_event": {"ndcg@10": v, "recall@10": v}, "warm_epochs": 5,
+                                    "warm_lr_scale": 1.0, "days": [], "paired_test_vs_full": {"ndcg@10": test}}
+                             for name, v in ndcg.items()}}
+    out = choose({"a": report({"full": 0.3, "x": 0.20, "y": 0.30, "only_a": 0.9}),
+                  "b": report({"full": 0.3, "x": 0.30, "y": 0.21})})
+    assert set(out["variants"]) == {"x", "y"}  # only_a ran on one stream; full is the reference
+    assert out["chosen"] == "y" and out["variants"]["y"]["mean_ndcg@10"] == pytest.approx(0.255)
+    assert out["chosen_settings"] == {"warm_epochs": 5, "warm_lr_scale": 1.0}
