@@ -202,8 +202,8 @@ def _validation_frames(data, test_cut: float, n_days: int, test_fraction: float)
 def tune(cfg, snapshot: Path, work: Path, *, variants: list[tuple], n_days: int, test_fraction: float,
          seed: int = 0, with_full: bool = False, say=print) -> dict:
     """Warm-start settings on validation frames only: one full model trained before the first of the
-    ``n_days + 1`` days before the test cut, then per variant (``retrain.warm_epochs``, a factor on the warm
-    fine-tune's peak learning rate ``train.lr``) a chain of warm
+    ``n_days + 1`` days before the test cut, then per variant (the retrain's ``warm_epochs``, ``warm_lr_scale``,
+    ``warm_shrink``, ``warm_new_event_weight`` and the warm fits' ``train.min_lr_ratio``) a chain of warm
     starts over the next ``n_days`` days (each from the previous day's warm model, as the replay does),
     NDCG@10 / Recall@10 per day. ``with_full``: also a full retrain from scratch each day (``full``, the replay's
     full line on validation days: the reference a warm setting should come within noise of). Resumable
