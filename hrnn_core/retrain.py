@@ -84,7 +84,9 @@ def _apply_threads(cfg: Config) -> None:
 def warm_train_config(train: TrainConfig, retrain: RetrainConfig) -> TrainConfig:
     """The training settings of a warm start (the fine-tune of the champion): ``train``'s, with at most
     ``retrain.warm_epochs`` epochs (also the cosine decay's length), the best kept by the same early-stopping
-    metric (``min_epochs`` 0: a fine-tune needs no minimum); docs/warm_start.md."""
+    metric (``min_epochs`` 0: a fine-tune needs no minimum), the peak learning rate times ``warm_lr_scale``, the
+    champion's weights times ``warm_shrink`` and the new events' loss weight ``warm_new_event_weight``;
+    docs/warm_start.md."""
     return dataclasses.replace(train, epochs=retrain.warm_epochs, min_epochs=0, lr=train.lr * retrain.warm_lr_scale,
                                init_shrink=retrain.warm_shrink, new_event_weight=retrain.warm_new_event_weight)
 

@@ -16,7 +16,9 @@ Two steps, both before the first epoch (``hrnn_core.train.trainer._prepare`` cal
    value a zero row.
 
 Before any fine-tuning, the warm model gives every old owner the champion's scores on the old items
-(``tests/test_warm.py``).
+(``tests/test_warm.py``). With ``train.init_shrink`` < 1 (the retrain's ``warm_shrink``) the trainer first
+multiplies the champion's weights by it (``shrink``), so the fine-tune starts from the champion's directions at
+a smaller scale.
 """
 
 from __future__ import annotations
