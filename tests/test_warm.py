@@ -25,7 +25,7 @@ from hrnn_core.model.checkpoint import load_checkpoint
 from hrnn_core.model.features import FieldGroup, encode_events
 from hrnn_core.model.steps import gather_steps
 from hrnn_core.train import warm
-from hrnn_core.train.trainer import _prepare, train
+from hrnn_core.train.trainer import _prepare, _step_loss, gather_inputs, owner_windows, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -291,5 +291,16 @@ def test_a_warm_start_weighs_the_events_newer_than_its_champion(two) -> None:
                    init_from=champion_path)
     np.testing.assert_array_equal(run.event_w.numpy(), np.where(newer, 3.0, 1.0))
     assert _prepare(b, MODEL, TRAIN, torch.device("cpu"), None, init_from=champion_path).event_w is None  # weight 1
+    # the training loss weighs each event's cross-entropy by it: a window holding newer events
+    run.model.eval()  # no dropout: the same forward pass twice
+    window = next(w for w in owner_windows(run.data.train_segments, TRAIN.batch_size, TRAIN.bptt)
+                  if (run.event_w[w.idx[w.idx >= 0]] == 3.0).any())
+    idx, x = torch.from_numpy(window.idx), gather_inputs(run.data, window)
+    weighted, _, _ = _step_loss(run, run.data, idx, x, 0.5, None, None)
+    run.event_w = None
+    plain, _, _ = _step_loss(run, run.data, idx, x, 0.5, None, None)
+    torch.testing.assert_close(weighted.ce, plain.ce)
+    w = torch.where(torch.from_numpy(newer[window.idx[window.idx >= 0]]), 3.0, 1.0)
+    torch.testing.assert_close(weighted.loss, (w * plain.ce).mean())
     assert _prepare(b, MODEL, dataclasses.replace(TRAIN, new_event_weight=3.0), torch.device("cpu"), None).event_w \
         is None  # from scratch: no champion, no newer events

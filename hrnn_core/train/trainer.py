@@ -189,7 +189,8 @@ def _prepare(snapshot_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, devic
     ``init_from``: a warm start from that checkpoint (``hrnn_core.train.warm``: its features extended, its weights)."""
     champion = warm.load_champion(init_from, model_cfg) if init_from is not None else None
     features = warm.extend_features(champion.features, snapshot_dir, model_cfg) if champion is not None else None
-    data = prepare_data(snapshot_dir, model_cfg, cfg, features, champion.raw.get("as_of") if champion else None)
+    champion_cut = champion.raw.get("as_of") if champion is not None else None  # the champion's snapshot cut
+    data = prepare_data(snapshot_dir, model_cfg, cfg, features, champion_cut)
     n_items, ev = data.features.n_items, data.events
     cfg = resolve_output(cfg, n_items)
     n_events = int((data.train_segments[:, 1] - data.train_segments[:, 0]).sum())
@@ -217,8 +218,8 @@ def _prepare(snapshot_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, devic
     rank_of = dist_ctx.local_rows if dist_ctx is not None else None
     as_of = json.loads((Path(snapshot_dir) / "manifest.json").read_text()).get("as_of")  # the cut, for warm starts
     event_w = None
-    if champion is not None and cfg.new_event_weight != 1.0 and champion.raw.get("as_of") is not None:
-        newer = snapshot_times(snapshot_dir, len(ev.target)) >= float(champion.raw["as_of"])
+    if champion_cut is not None and cfg.new_event_weight != 1.0:
+        newer = snapshot_times(snapshot_dir, len(ev.target)) >= float(champion_cut)
         event_w = torch.where(torch.from_numpy(newer), cfg.new_event_weight, 1.0).float()
     return _Run(model_cfg, cfg, device, dist_ctx, rank, is_main, rank_of, data, exclude_seen, repeats,
                 warm_start=grown, as_of=as_of, event_w=event_w,

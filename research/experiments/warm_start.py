@@ -380,10 +380,12 @@ def _parse_variants(text: str) -> list[tuple]:
     try:
         parts = [[float(x) for x in v.split(":")] for v in text.split(",")]
         out = [(int(p[0]), *(p[1:] + [1.0, 1.0, None][len(p) - 2:])) for p in parts if 2 <= len(p) <= 5]
-    except ValueError as err:
+    except (ValueError, OverflowError) as err:  # not numbers, nan or inf epochs
         raise WarmStartExperimentError(f"--variants: {VARIANT_FORMAT},... expected, got {text!r}") from err
-    if len(out) != len(parts) or not out or any(e < 1 or not 0 < s <= 4 or not 0 < k <= 1 or w <= 0
-                                                 or (m is not None and not 0 < m <= 1) for e, s, k, w, m in out):
+    whole = all(p[0] == int(p[0]) for p in parts)
+    if len(out) != len(parts) or not out or not whole or any(
+            e < 1 or not 0 < s <= 4 or not 0 < k <= 1 or w <= 0 or (m is not None and not 0 < m <= 1)
+            for e, s, k, w, m in out):
         raise WarmStartExperimentError(f"--variants: {VARIANT_FORMAT} with epochs >= 1, learning-rate scale in "
                                        "(0, 4], shrink and min-LR ratio in (0, 1], new-event weight > 0")
     return out

@@ -65,6 +65,8 @@ def test_tuning_reads_only_the_days_before_the_test_period_and_chooses_the_best_
                                                    "new_event_weight", "min_lr_ratio")}
     with pytest.raises(WarmStartExperimentError):
         _parse_variants("5:1:0")  # a shrink of 0 would erase the champion
+    with pytest.raises(WarmStartExperimentError):
+        _parse_variants("5.5:1")  # epochs are whole
 
 
 def test_the_choice_over_streams_takes_the_best_mean_among_variants_run_on_every_stream() -> None:
