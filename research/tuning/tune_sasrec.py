@@ -66,6 +66,13 @@ GRID: dict[str, dict] = {
     "lr3e-3_n50_drop0.3": {"lr": 3e-3, "max_len": 50, "dropout": 0.3},
     "lr2e-3_n50": {"lr": 2e-3, "max_len": 50},
     "lr5e-3_n50": {"lr": 5e-3, "max_len": 50},
+    # stage 6 (uncapped, 2026-12-07): one change at a time around the stage-5 default (dropout 0.3), on every
+    # cell including ml-latest-small, towards HRNN-meta's tuning budget
+    "d0.3_heads2": {"lr": 3e-3, "max_len": 50, "dropout": 0.3, "heads": 2},
+    "d0.3_n100": {"lr": 3e-3, "max_len": 100, "dropout": 0.3},
+    "d0.3_lr1e-2": {"lr": 1e-2, "max_len": 50, "dropout": 0.3},
+    "d0.3_bs256": {"lr": 3e-3, "max_len": 50, "dropout": 0.3, "batch_size": 256},
+    "d0.3_b1": {"lr": 3e-3, "max_len": 50, "dropout": 0.3, "blocks": 1},
 }
 CHOSEN = "lr3e-3_n50_drop0.3"  # the candidate whose settings are SASRecConfig's defaults (docs/evaluation/sasrec.md)
 
