@@ -62,8 +62,9 @@ class TrendExperimentError(HrnnError):
 
 def valid_frames(split, frame_seconds: float):
     """The validation cases cut into frames from the start of the validation period."""
-    from hrnn_core.evaluation.splits import Frame  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
+
+    from hrnn_core.evaluation.splits import Frame  # noqa: PLC0415
 
     cases = split.valid
     if len(cases) == 0:
@@ -265,10 +266,10 @@ def trend_snapshot(cfg, dataset: str, path: Path | None, synth_overrides: dict) 
     (snapshot dir, info)."""
     from hrnn_core.config import replace  # noqa: PLC0415
     from hrnn_core.data.datasets import shared_raw_dir  # noqa: PLC0415
-    from research import synth  # noqa: PLC0415
     from hrnn_core.data.ingest import ingest_path  # noqa: PLC0415
     from hrnn_core.data.transforms import export_snapshot  # noqa: PLC0415
     from hrnn_core.data.warehouse import connect  # noqa: PLC0415
+    from research import synth  # noqa: PLC0415
 
     if dataset not in DATASETS:
         raise TrendExperimentError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
