@@ -6,6 +6,14 @@ NDCG@10 / Recall@10 / MRR@10 on all, cold-target and warm-target cases, HRNN-met
 
     .venv/bin/python -m research.experiments.cold_items R.json --data-dir DIR [--params JSON] [--json OUT]
 
+``--mix SNAPSHOT``: ``model.inference_item_meta_mix`` (eq. 2's lambda at scoring) on validation only, split by
+cold and warm validation targets: HRNN-meta (the config's defaults) fit on the split's ``valid_train``, the
+validation cases scored at each lambda (a scoring-time setting, so one fit serves all); the test set is not
+read. Asks whether the metadata side costs the warm targets where an informative category helps the cold ones
+(taobao: HGRU ahead on warm test targets, docs/evaluation/hgru.md)::
+
+    .venv/bin/python -m research.experiments.cold_items --mix SNAPSHOT [--params JSON] [--json OUT]
+
 (Its ``--blend`` sweep of ``model.cold_blend_events`` went with that setting, retired after it gained nothing on
 ml-100k and taobao validation; the last version: ``git show 9089f26:research/experiments/cold_items.py``.)
 """
@@ -14,14 +22,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from hrnn_core.config import load_config
 from hrnn_core.evaluation.breakdowns import cold_targets, group_means
+from hrnn_core.evaluation.harness import make_scorer, score_cases, train_data
 from hrnn_core.evaluation.metrics import paired_test
 from hrnn_core.evaluation.protocols import build_split
 from hrnn_core.evaluation.splits import SnapshotData
+from hrnn_core.model.checkpoint import load_checkpoint
+from hrnn_core.model.scoring import CatalogueScorer
 
 METRICS = ("ndcg@10", "recall@10", "mrr@10")
 
@@ -50,13 +63,54 @@ def breakdown(report: dict, per_event: dict[str, np.ndarray], snapshot: Path, pa
     return out
 
 
+def mix_sweep(snapshot: Path, params: dict, mixes=(0.0, 0.05, 0.15, 0.3, 0.5), seed: int = 0,
+              protocol: str = "temporal") -> dict:
+    """One HRNN-meta fit on ``valid_train``; validation NDCG@10 / Recall@10 / MRR@10 at each scoring lambda, on all,
+    cold-target and warm-target cases, and each lambda's paired difference from the configured one."""
+    cfg = load_config()
+    split = build_split(protocol, SnapshotData.load(snapshot), **params)
+    scorer = make_scorer("hrnn", model=cfg.model, train=cfg.train)
+    with tempfile.TemporaryDirectory(prefix="hrnn-mix-") as work:
+        scorer.fit(train_data(split, "valid_train", seed, Path(work)))
+        freq = load_checkpoint(scorer.checkpoint_path).item_freq
+        cold = np.asarray(freq)[split.valid.target] == 0  # no event in valid_train
+        groups = {"all": np.ones(len(cold), dtype=bool), "cold targets": cold, "warm targets": ~cold}
+        out = {"snapshot": snapshot.name, "protocol": protocol, "params": params, "seed": seed,
+               "configured": cfg.model.inference_item_meta_mix, "valid_cases": len(cold),
+               "cold_share": float(cold.mean()), "mix": {}, "paired": {}}
+        per_event = {}
+        for mix in mixes:
+            scorer.scorer = CatalogueScorer(scorer.model, freq, mix=mix)  # the serving path's scorer at this lambda
+            scorer._trend_key = None
+            acc, _ = score_cases(scorer, split.valid, split.n_items)
+            per_event[mix] = {k: acc.per_event(k) for k in METRICS}
+            out["mix"][str(mix)] = group_means(per_event[mix], groups)
+            print(mix, json.dumps(out["mix"][str(mix)], default=float), flush=True)
+    ref = per_event.get(cfg.model.inference_item_meta_mix)
+    for mix in mixes if ref is not None else ():
+        for label, mask in groups.items():
+            for k in ("ndcg@10", "recall@10"):
+                out["paired"][f"{mix} - configured {label} {k}"] = paired_test(
+                    per_event[mix][k][mask], ref[k][mask], clusters=split.valid.owner[mask])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("report", type=Path)
+    parser.add_argument("report", type=Path, nargs="?")
+    parser.add_argument("--mix", type=Path, default=None, help="snapshot folder: the inference_item_meta_mix sweep")
     parser.add_argument("--data-dir", type=Path, help="the data dir the evaluation ran in")
     parser.add_argument("--params", default="{}", help="the protocol parameters the evaluation was given (JSON)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.mix is not None:
+        result = mix_sweep(args.mix, json.loads(args.params))
+        print(json.dumps(result, indent=1, default=float))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1, default=float) + "\n")
+        return
+    if args.report is None:
+        parser.error("give a report, or --mix SNAPSHOT")
     report = json.loads(args.report.read_text())
     npz = np.load(args.report.with_suffix(".per_event.npz"))
     snapshot = args.data_dir / "snapshots" / report["snapshot_id"]
