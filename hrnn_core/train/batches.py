@@ -50,6 +50,7 @@ class TrainData:
     val_segments: np.ndarray  # (m, 2) [start, end); the last event of each is the validation target
     max_len: int  # history cap from the length percentile
     event_user: torch.Tensor  # (E,) user_idx of each event's owner
+    newer: np.ndarray | None = None  # (E,) a warm start's events at or after the champion's cut (fresh_after)
 
 
 MIN_FRESH_OWNERS = 50  # a warm start validates on owners newer than its champion only if it has this many
@@ -69,6 +70,7 @@ def prepare_data(snapshot_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCon
     max_len = max(2, int(math.ceil(np.quantile(lengths, train_cfg.max_len_percentile))))
     start = np.maximum(start, end - max_len)  # keep the most recent events
     rng = np.random.default_rng(np.random.SeedSequence(train_cfg.seed, spawn_key=(1,)))
+    newer = snapshot_times(snapshot_dir, len(ev.target)) >= fresh_after if fresh_after is not None else None
     train_end = end.copy()
     holdout_file = Path(snapshot_dir) / HOLDOUT_FILE
     if holdout_file.exists():
@@ -81,9 +83,8 @@ def prepare_data(snapshot_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCon
         val = np.sort(rng.permutation(rows)[: train_cfg.val_owners])
     else:
         eligible = np.flatnonzero(end - start >= 2)
-        if fresh_after is not None:  # else the warm fit is chosen on the champion's own training events
-            last_time = snapshot_times(snapshot_dir, len(ev.target))[end[eligible] - 1]
-            fresh = eligible[last_time >= fresh_after]
+        if newer is not None:  # else the warm fit is chosen on the champion's own training events
+            fresh = eligible[newer[end[eligible] - 1]]
             eligible = fresh if len(fresh) >= MIN_FRESH_OWNERS else eligible
         val = np.sort(rng.permutation(eligible)[: train_cfg.val_owners])
         train_end[val] -= 1  # the held-out last event is never trained on
@@ -93,7 +94,7 @@ def prepare_data(snapshot_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCon
         features=fs, events=ev, item_cat=item_cat, item_num=item_num,
         train_segments=np.stack([start[keep], train_end[keep]], axis=1),
         val_segments=np.stack([start[val], end[val]], axis=1), max_len=max_len,
-        event_user=torch.from_numpy(ev.owner_user[owner_of]),
+        event_user=torch.from_numpy(ev.owner_user[owner_of]), newer=newer,
     )
 
 

@@ -45,7 +45,7 @@ from hrnn_core.train import warm
 from hrnn_core.train.validation import (  # noqa: F401 - evaluate, validate: re-exported for callers
     TrainTrend, _autocast, evaluate, request_states, training_new_item_rate, training_trend, validate)
 from hrnn_core.train.batches import (NonFiniteLossError, TrainData, TrainError, Window, gather_inputs, owner_windows,
-                                     prepare_data, repeat_rate, repeat_share, seen_pairs, snapshot_times, tie_order)
+                                     prepare_data, repeat_rate, repeat_share, seen_pairs, tie_order)
 
 RANK_SEED_STRIDE = 1_000_003  # hrnn_core.train.distributed: rank r's random streams are seeded + r * this
 
@@ -218,9 +218,8 @@ def _prepare(snapshot_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, devic
     rank_of = dist_ctx.local_rows if dist_ctx is not None else None
     as_of = json.loads((Path(snapshot_dir) / "manifest.json").read_text()).get("as_of")  # the cut, for warm starts
     event_w = None
-    if champion_cut is not None and cfg.new_event_weight != 1.0:
-        newer = snapshot_times(snapshot_dir, len(ev.target)) >= float(champion_cut)
-        event_w = torch.where(torch.from_numpy(newer), cfg.new_event_weight, 1.0).float()
+    if data.newer is not None and cfg.new_event_weight != 1.0:  # a warm start: events after the champion's cut
+        event_w = torch.where(torch.from_numpy(data.newer), cfg.new_event_weight, 1.0).float()
     return _Run(model_cfg, cfg, device, dist_ctx, rank, is_main, rank_of, data, exclude_seen, repeats,
                 warm_start=grown, as_of=as_of, event_w=event_w,
                 has_ties=bool((ev.time_delta == 0).any()), trend=trend,
