@@ -6,13 +6,15 @@ NDCG@10 / Recall@10 / MRR@10 on all, cold-target and warm-target cases, HRNN-met
 
     .venv/bin/python -m research.experiments.cold_items R.json --data-dir DIR [--params JSON] [--json OUT]
 
-``--mix SNAPSHOT``: ``model.inference_item_meta_mix`` (eq. 2's lambda at scoring) on validation only, split by
+``--mix SNAPSHOT``: ``model.inference_item_meta_mix`` (eq. 2's lambda at scoring; ``--mixes``) and, with
+``--trend-weights``, ``model.trend_weight`` (eq. 5 at scoring) on validation only, split by
 cold and warm validation targets: HRNN-meta (the config's defaults) fit on the split's ``valid_train``, the
 validation cases scored at each lambda (a scoring-time setting, so one fit serves all); the test set is not
 read. Asks whether the metadata side costs the warm targets where an informative category helps the cold ones
 (taobao: HGRU ahead on warm test targets, docs/evaluation/hgru.md)::
 
-    .venv/bin/python -m research.experiments.cold_items --mix SNAPSHOT [--params JSON] [--json OUT]
+    .venv/bin/python -m research.experiments.cold_items --mix SNAPSHOT [--mixes 0,0.15] [--trend-weights 0,0.25]
+        [--params JSON] [--json OUT]
 
 (Its ``--blend`` sweep of ``model.cold_blend_events`` went with that setting, retired after it gained nothing on
 ml-100k and taobao validation; the last version: ``git show 9089f26:research/experiments/cold_items.py``.)
@@ -63,48 +65,61 @@ def breakdown(report: dict, per_event: dict[str, np.ndarray], snapshot: Path, pa
     return out
 
 
-def mix_sweep(snapshot: Path, params: dict, mixes=(0.0, 0.05, 0.15, 0.3, 0.5), seed: int = 0,
+def mix_sweep(snapshot: Path, params: dict, mixes=(0.0, 0.05, 0.15, 0.3, 0.5), trend_weights=(), seed: int = 0,
               protocol: str = "temporal") -> dict:
-    """One HRNN-meta fit on ``valid_train``; validation NDCG@10 / Recall@10 / MRR@10 at each scoring lambda, on all,
-    cold-target and warm-target cases, and each lambda's paired difference from the configured one."""
+    """One HRNN-meta fit on ``valid_train``; validation NDCG@10 / Recall@10 / MRR@10 at each scoring lambda (at the
+    configured trend weight) and at each eq. (5) trend weight (at the configured lambda), on all, cold-target and
+    warm-target cases, and each setting's paired difference from the configured one."""
     cfg = load_config()
     split = build_split(protocol, SnapshotData.load(snapshot), **params)
     scorer = make_scorer("hrnn", model=cfg.model, train=cfg.train)
+    mix0, trend0 = cfg.model.inference_item_meta_mix, cfg.model.trend_weight
+    settings = [("mix", m, m, trend0) for m in mixes] + [("trend_weight", w, mix0, w) for w in trend_weights]
+    if (mix0, trend0) not in {(m, t) for _, _, m, t in settings}:
+        settings.append(("configured", None, mix0, trend0))  # the reference of the paired tests
     with tempfile.TemporaryDirectory(prefix="hrnn-mix-") as work:
         scorer.fit(train_data(split, "valid_train", seed, Path(work)))
         freq = load_checkpoint(scorer.checkpoint_path).item_freq
         cold = np.asarray(freq)[split.valid.target] == 0  # no event in valid_train
         groups = {"all": np.ones(len(cold), dtype=bool), "cold targets": cold, "warm targets": ~cold}
         out = {"snapshot": snapshot.name, "protocol": protocol, "params": params, "seed": seed,
-               "configured": cfg.model.inference_item_meta_mix, "valid_cases": len(cold),
-               "cold_share": float(cold.mean()), "mix": {}, "paired": {}}
+               "configured": {"mix": mix0, "trend_weight": trend0}, "valid_cases": len(cold),
+               "cold_share": float(cold.mean()), "mix": {}, "trend_weight": {}, "paired": {}}
         per_event = {}
-        for mix in mixes:
-            scorer.scorer = CatalogueScorer(scorer.model, freq, mix=mix)  # the serving path's scorer at this lambda
+        for kind, value, mix, trend in settings:
+            # the serving path's scorer at this setting
+            scorer.scorer = CatalogueScorer(scorer.model, freq, mix=mix, trend_weight=trend)
             scorer._trend_key = None
             acc, _ = score_cases(scorer, split.valid, split.n_items)
-            per_event[mix] = {k: acc.per_event(k) for k in METRICS}
-            out["mix"][str(mix)] = group_means(per_event[mix], groups)
-            print(mix, json.dumps(out["mix"][str(mix)], default=float), flush=True)
-    ref = per_event.get(cfg.model.inference_item_meta_mix)
-    for mix in mixes if ref is not None else ():
+            per_event[(mix, trend)] = {k: acc.per_event(k) for k in METRICS}
+            if kind != "configured":
+                out[kind][str(value)] = group_means(per_event[(mix, trend)], groups)
+                print(kind, value, json.dumps(out[kind][str(value)], default=float), flush=True)
+    ref = per_event[(mix0, trend0)]
+    for kind, value, mix, trend in (s for s in settings if s[0] != "configured"):
         for label, mask in groups.items():
             for k in ("ndcg@10", "recall@10"):
-                out["paired"][f"{mix} - configured {label} {k}"] = paired_test(
-                    per_event[mix][k][mask], ref[k][mask], clusters=split.valid.owner[mask])
+                out["paired"][f"{kind} {value} - configured {label} {k}"] = paired_test(
+                    per_event[(mix, trend)][k][mask], ref[k][mask], clusters=split.valid.owner[mask])
     return out
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("report", type=Path, nargs="?")
-    parser.add_argument("--mix", type=Path, default=None, help="snapshot folder: the inference_item_meta_mix sweep")
+    parser.add_argument("--mix", type=Path, default=None, help="snapshot folder: the scoring-time sweep")
+    parser.add_argument("--mixes", default="0,0.05,0.15,0.3,0.5", help="--mix: lambdas to score at")
+    parser.add_argument("--trend-weights", default="", help="--mix: eq. (5) trend weights to score at (default: none)")
     parser.add_argument("--data-dir", type=Path, help="the data dir the evaluation ran in")
     parser.add_argument("--params", default="{}", help="the protocol parameters the evaluation was given (JSON)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.mix is not None:
-        result = mix_sweep(args.mix, json.loads(args.params))
+        result = mix_sweep(args.mix, json.loads(args.params), _floats(args.mixes), _floats(args.trend_weights))
         print(json.dumps(result, indent=1, default=float))
         if args.json:
             args.json.write_text(json.dumps(result, indent=1, default=float) + "\n")
