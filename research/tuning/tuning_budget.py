@@ -16,7 +16,7 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 REPORTS = {
     "HRNN-meta": ["tune_hrnn.json", "tune_hrnn_trend.json", "tune_hrnn_ml-latest-small.json", "tune_hrnn_yoochoose.json",
                   "tune_hrnn_yoochoose_trend.json"],
-    "SASRec": ["tune_sasrec.json", "tune_sasrec_yoochoose.json"],
+    "SASRec": ["tune_sasrec.json", "tune_sasrec_yoochoose.json", "tune_sasrec_ml-latest-small.json"],
 }
 
 
