@@ -146,3 +146,24 @@ def test_cold_start_command_writes_both_views(cold_snapshot, tmp_path) -> None:
         assert set(block["significance"]["hrnn_vs_random"]) == {"mrr", "ndcg@25", "precision@5"}
     assert report["per_event"]["n_cases"] == report["n_events"]
     assert "per user" in res.output and "expected" in res.output
+
+
+def test_the_scoring_sweep_splits_by_target_and_pairs_against_the_configured_setting(tmp_path, monkeypatch) -> None:
+    """research.experiments.cold_items --mix: one fit, each scoring setting through the serving scorer; the cold and
+    warm groups partition the validation cases, the configured setting is the zero of the paired tests."""
+    from research.experiments.cold_items import mix_sweep  # noqa: PLC0415
+
+    snap = synthetic_snapshot(tmp_path, n_users=40, n_items=60, n_events=1_500, n_genres=4, seed=5)
+    for key, value in {"MODEL__HIDDEN_SIZE": 16, "MODEL__FIELD_DIM": 8, "MODEL__INPUT_SIZE": 16, "TRAIN__EPOCHS": 1,
+                       "TRAIN__BATCH_SIZE": 16, "TRAIN__BPTT": 16, "TRAIN__THREADS": 1, "TRAIN__PROGRESS": "false"}.items():
+        monkeypatch.setenv(f"HRNN__{key}", str(value))
+    out = mix_sweep(snap, {}, mixes=(0.0, 0.15, 1.0), trend_weights=(0.0,))
+    assert out["configured"] == {"mix": 0.15, "trend_weight": 0.5} and set(out["mix"]) == {"0.0", "0.15", "1.0"}
+    for rows in (*out["mix"].values(), *out["trend_weight"].values()):
+        n_all, n_cold, n_warm = (rows[g]["n"] for g in ("all", "cold targets", "warm targets"))
+        assert n_all == out["valid_cases"] > 0 and n_cold + n_warm == n_all
+        parts = sum(rows[g]["ndcg@10"] * rows[g]["n"] for g in ("cold targets", "warm targets") if rows[g]["n"])
+        assert parts / n_all == pytest.approx(rows["all"]["ndcg@10"])
+    same = out["paired"]["mix 0.15 - configured all ndcg@10"]
+    assert same["mean_diff"] == 0.0 and same["p_value"] == 1.0
+    assert out["mix"]["0.0"]["all"] != out["mix"]["1.0"]["all"]  # lambda changes the scores it ranks by
