@@ -31,12 +31,12 @@ import numpy as np
 
 from hrnn_core.config import load_config
 from hrnn_core.evaluation.breakdowns import cold_targets, group_means
-from hrnn_core.evaluation.harness import make_scorer, score_cases, train_data
+from hrnn_core.evaluation.harness import score_cases, train_data
 from hrnn_core.evaluation.metrics import paired_test
 from hrnn_core.evaluation.protocols import build_split
 from hrnn_core.evaluation.splits import SnapshotData
 from hrnn_core.model.checkpoint import load_checkpoint
-from hrnn_core.model.scoring import CatalogueScorer
+from research.scorers import StudyScorer
 
 METRICS = ("ndcg@10", "recall@10", "mrr@10")
 
@@ -72,7 +72,7 @@ def mix_sweep(snapshot: Path, params: dict, mixes=(0.0, 0.05, 0.15, 0.3, 0.5), t
     warm-target cases, and each setting's paired difference from the configured one."""
     cfg = load_config()
     split = build_split(protocol, SnapshotData.load(snapshot), **params)
-    scorer = make_scorer("hrnn", model=cfg.model, train=cfg.train)
+    scorer = StudyScorer(model=cfg.model, train=cfg.train)  # one fit, rescored at each setting
     mix0, trend0 = cfg.model.inference_item_meta_mix, cfg.model.trend_weight
     settings = [("mix", m, m, trend0) for m in mixes] + [("trend_weight", w, mix0, w) for w in trend_weights]
     if (mix0, trend0) not in {(m, t) for _, _, m, t in settings}:
@@ -86,10 +86,9 @@ def mix_sweep(snapshot: Path, params: dict, mixes=(0.0, 0.05, 0.15, 0.3, 0.5), t
                "configured": {"mix": mix0, "trend_weight": trend0}, "valid_cases": len(cold),
                "cold_share": float(cold.mean()), "mix": {}, "trend_weight": {}, "paired": {}}
         per_event = {}
-        for kind, value, mix, trend in settings:
-            # the serving path's scorer at this setting
-            scorer.scorer = CatalogueScorer(scorer.model, freq, mix=mix, trend_weight=trend)
-            scorer._trend_key = None
+        for kind, value, mix, trend in settings:  # the serving path's scoring function at this setting
+            scorer.set_inference_mix(mix)
+            scorer.trend_weight = trend
             acc, _ = score_cases(scorer, split.valid, split.n_items)
             per_event[(mix, trend)] = {k: acc.per_event(k) for k in METRICS}
             if kind != "configured":
