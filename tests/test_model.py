@@ -158,13 +158,46 @@ def test_sampled_loss_equals_dense_with_uniform_q_and_all_items_drawn() -> None:
     h = torch.randn(12, CFG.hidden_size)
     target = torch.tensor([0, 5, 5, 7, 29, 0, 3, 3, 3, 11, 12, 5])  # repeated positives on purpose
     weight = torch.rand(12)
-    dense = dense_softmax_loss(model.scores(h, None, 0.3), target, weight)
+    dense = dense_softmax_loss(h, *model.item_vectors(None, 0.3), target, weight)
     neg = torch.randperm(N_ITEMS)  # every item once, in a random order
     cand = torch.cat([target, neg])
     log_q = torch.full((len(cand),), -float(np.log(N_ITEMS)))  # uniform q
     sampled = sampled_softmax_loss(model.scores(h, cand, 0.3), cand, log_q, weight)
     torch.testing.assert_close(sampled.ce, dense.ce, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sampled.loss, dense.loss, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("autocast,with_base", [(False, True), (False, False), (True, True)])
+def test_dense_loss_equals_the_composed_softmax_with_base_and_mask(autocast: bool, with_base: bool) -> None:
+    """The fused dense loss gives the per-row cross-entropy and the gradients of h, w and b that autograd
+    gives for ``log_softmax(h w^T + b + beta * base, masked)``; under bf16 autocast the product runs in
+    bf16 (looser tolerance) and the softmax in float32."""
+    g = torch.Generator().manual_seed(0)
+    n, c, hs = 40, 23, 8
+    h = torch.randn(n, hs, generator=g, requires_grad=True)
+    w = torch.randn(c, hs, generator=g, requires_grad=True)
+    b = torch.randn(c, generator=g, requires_grad=True)
+    target, weight = torch.randint(0, c, (n,), generator=g), torch.rand(n, generator=g)
+    base = torch.randn(n, c, generator=g) if with_base else torch.zeros(n, c)
+    rows, items = torch.randint(0, n, (60,), generator=g), torch.randint(0, c, (60,), generator=g)
+    keep = items != target[rows]  # as the trainer: never a row's own target
+    rows, items = rows[keep], items[keep]
+
+    logits = (h @ w.T + b + 0.5 * base).index_put((rows, items), torch.tensor(float("-inf")))
+    ref_ce = -torch.log_softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
+    ((weight * ref_ce).sum() / n).backward()
+    ref_grads = [t.grad.clone() for t in (h, w, b)]
+    for t in (h, w, b):
+        t.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = dense_softmax_loss(h, w, b, target, weight, base.clone() if with_base else None, 0.5, (rows, items))
+    out.loss.backward()
+    tol = {"atol": 0.1, "rtol": 0.05} if autocast else {"atol": 1e-5, "rtol": 1e-5}
+    assert out.ce.dtype == torch.float32
+    torch.testing.assert_close(out.ce, ref_ce.detach(), **tol)
+    for got, want in zip((h.grad, w.grad, b.grad), ref_grads):
+        torch.testing.assert_close(got, want, **tol)
+    assert not autocast or not torch.equal(out.ce, ref_ce.detach())  # the bf16 branch ran
 
 
 def test_sampled_loss_masks_duplicates_and_applies_log_q() -> None:
@@ -194,10 +227,11 @@ def test_reward_weights() -> None:
     torch.testing.assert_close(reward_weights(types, values, type_w, 0.0), torch.tensor([1.0, 3.0, 0.5, 0.5]))
     torch.testing.assert_close(reward_weights(types, values, type_w, 0.5), torch.tensor([1.0, 4.5, 0.25, 0.0]))
     ce = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    assert float(dense_softmax_loss(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), None).loss) == pytest.approx(np.log(3))
+    zero_h = torch.zeros(4, 1)
+    assert float(dense_softmax_loss(zero_h, torch.zeros(3, 1), torch.zeros(3), torch.zeros(4, dtype=torch.long)).loss) \
+        == pytest.approx(np.log(3))
     w = torch.tensor([1.0, 0.0, 2.0, 0.0])
-    logits = torch.log(torch.tensor([[0.5, 0.5]] * 4))
-    res = dense_softmax_loss(logits, torch.zeros(4, dtype=torch.long), w)
+    res = dense_softmax_loss(zero_h, torch.zeros(2, 1), torch.log(torch.tensor([0.5, 0.5])), torch.zeros(4, dtype=torch.long), w)
     assert float(res.loss) == pytest.approx(float((w * np.log(2)).sum() / 4))
     assert ce.shape == res.ce.shape
 
@@ -213,7 +247,7 @@ def test_overfits_one_batch(output: str) -> None:
         out, _ = model(x)
         h = out.reshape(-1, 32)
         if output == "dense":
-            loss = dense_softmax_loss(model.scores(h, None, 0.0), target).loss
+            loss = dense_softmax_loss(h, *model.item_vectors(None, 0.0), target).loss
         else:
             cand = torch.cat([target, torch.arange(N_ITEMS)])
             loss = sampled_softmax_loss(model.scores(h, cand, 0.0), cand, log_q).loss

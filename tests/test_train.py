@@ -208,9 +208,10 @@ def test_exclude_seen_training_and_validation(snap, tmp_path, monkeypatch) -> No
     steps = []
     real_loss = train_mod.dense_softmax_loss
 
-    def spy(scores, target, weight=None):
-        steps.append((torch.isinf(scores).sum().item(), torch.isfinite(scores.gather(1, target[:, None])).all().item()))
-        return real_loss(scores, target, weight)
+    def spy(h, w, b, target, weight=None, base=None, base_weight=1.0, mask=None):
+        rows, items = mask if mask is not None else (torch.zeros(0, dtype=torch.long),) * 2
+        steps.append((len(rows), bool((items != target[rows]).all())))  # pairs set to -inf, never a target
+        return real_loss(h, w, b, target, weight, base, base_weight, mask)
 
     monkeypatch.setattr(train_mod, "dense_softmax_loss", spy)
     monkeypatch.setattr(train_mod, "EXCLUDE_SEEN_MAX_REPEATS", 1.0)  # the synthetic owners repeat items
@@ -301,7 +302,7 @@ def test_sampled_output_uses_impressions_as_negatives(snap, tmp_path, monkeypatc
 def test_nan_loss_raises(snap, tmp_path, monkeypatch) -> None:
     _, path = snap
     nan = torch.tensor(float("nan"), requires_grad=True)
-    monkeypatch.setattr(train_mod, "dense_softmax_loss", lambda s, t, w: LossOut(nan * s.sum(), t.float()))
+    monkeypatch.setattr(train_mod, "dense_softmax_loss", lambda h, w, b, t, *a: LossOut(nan * h.sum(), t.float()))
     with pytest.raises(NonFiniteLossError, match="lower train.lr"):
         train(path, tmp_path / "run", SMALL, FAST)
 
@@ -494,9 +495,10 @@ def test_training_adds_the_trend_term_to_every_dense_score_and_to_validation(sna
     calls: dict[str, list] = {"logits": [], "times": []}
     real_loss, real_trend = train_mod.dense_softmax_loss, train_mod.training_trend
 
-    def spy_loss(scores, target, weight=None):
-        calls["logits"].append(scores.detach().clone())
-        return real_loss(scores, target, weight)
+    def spy_loss(h, w, b, target, weight=None, base=None, base_weight=1.0, mask=None):
+        logits = h.detach() @ w.detach().T + b.detach()  # the scores the loss forms (base is consumed)
+        calls["logits"].append(logits if base is None else logits + base_weight * base)
+        return real_loss(h, w, b, target, weight, base, base_weight, mask)
 
     class SpyPop:  # records the target times each step asks q(t) for
         def __init__(self, pop):

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass
@@ -36,9 +35,56 @@ def _weighted(ce: torch.Tensor, weight: torch.Tensor | None) -> LossOut:
     return LossOut(loss=loss, ce=ce)
 
 
-def dense_softmax_loss(scores: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> LossOut:
-    """Full softmax over the catalog (eq. 1): scores (N, n_items), target (N,) item ids."""
-    ce = F.cross_entropy(scores.float(), target, reduction="none")  # (N,)
+class _DenseSoftmaxCE(torch.autograd.Function):
+    """Per-row cross-entropy of the full softmax, fused: the scores are one product written onto the base
+    term, masked in place, and only their log-softmax is kept; the backward forms ``softmax - onehot`` in
+    place of it and folds each row's incoming gradient into the two small operands of the products. Against
+    composing the same ops with autograd, this skips a copy of the (N, C) scores per term (bias, base, mask)
+    and the autograd buffers of each, which dominate a step's memory traffic on a CPU."""
+
+    @staticmethod
+    def forward(ctx, h, w, b, target, base, base_weight, mask_rows, mask_items):
+        h1 = torch.cat([h, torch.ones_like(h[:, :1])], dim=1)  # (N, H + 1): the bias as one more column
+        w1 = torch.cat([w, b[:, None].to(w.dtype)], dim=1)  # (C, H + 1)
+        dev = h.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.float32
+        if base is not None and dtype == torch.float32:  # one gemm onto the base: C = beta * base + h1 w1^T
+            logits = base.addmm_(h1.float(), w1.float().t(), beta=base_weight)
+        else:  # under autocast the product runs in its lower precision, the softmax in float32
+            logits = torch.mm(h1, w1.t()).float()
+            if base is not None:
+                logits.add_(base, alpha=base_weight)
+        if mask_rows is not None:
+            logits.index_put_((mask_rows, mask_items), torch.tensor(float("-inf"), device=logits.device))
+        logp = torch.log_softmax(logits, dim=1)  # (N, C)
+        del logits
+        ctx.product_dtype = dtype
+        ctx.save_for_backward(logp, h1, w1, target)
+        return -logp.gather(1, target[:, None]).squeeze(1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_ce):
+        logp, h1, w1, target = ctx.saved_tensors
+        g = logp.exp_()  # softmax, in place of the saved log-probabilities (a backward runs once)
+        g[torch.arange(len(g), device=g.device), target] -= 1.0  # d ce / d score = softmax - onehot(target)
+        g = g.to(ctx.product_dtype)
+        s = grad_ce[:, None].to(g.dtype)  # (N, 1): scales rows of g, applied to the small side of each product
+        grad_h1 = (g @ w1.to(g.dtype)) * s  # (N, H + 1)
+        grad_w1 = g.t() @ (h1.to(g.dtype) * s)  # (C, H + 1)
+        k = h1.shape[1] - 1
+        return grad_h1[:, :k], grad_w1[:, :k], grad_w1[:, k], None, None, None, None, None
+
+
+def dense_softmax_loss(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, target: torch.Tensor,
+                       weight: torch.Tensor | None = None, base: torch.Tensor | None = None,
+                       base_weight: float = 1.0, mask: tuple[torch.Tensor, torch.Tensor] | None = None) -> LossOut:
+    """Full softmax over the catalog (eq. 1) from the decoder's inputs: states h (N, H), item vectors w (C, H)
+    and biases b (C,) (eq. 2's mixed ones), target (N,) item ids. The scores are ``h w^T + b``, plus
+    ``base_weight * base`` when ``base`` (N, C) is given (a term with no gradient, e.g. eq. 5's trend; it is
+    written over, the caller passes a fresh tensor), with -inf at the (rows, items) pairs of ``mask``."""
+    rows, items = mask if mask is not None else (None, None)
+    ce = _DenseSoftmaxCE.apply(h, w, b, target, base, float(base_weight), rows, items)  # (N,)
     return _weighted(ce, weight)
 
 

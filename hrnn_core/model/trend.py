@@ -155,4 +155,4 @@ class WindowedPopularity:
         uniq, inverse = np.unique(self.window_end(times), return_inverse=True)
         table = np.stack([per_window(e) for e in uniq]) if len(uniq) else np.zeros((0, self.n_items))
         # one float32 row per distinct window, then one gather (never a float64 (B, n_items) copy)
-        return torch.from_numpy(table.astype(np.float32))[torch.from_numpy(inverse.reshape(-1))]
+        return torch.from_numpy(table.astype(np.float32)).index_select(0, torch.from_numpy(inverse.reshape(-1)))

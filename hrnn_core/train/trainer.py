@@ -283,17 +283,19 @@ def _step_loss(run: _Run, data: TrainData, idx: torch.Tensor, x: StepInputs, mix
         out, hidden = model(x, hidden)  # (B, T, H), (L, B, H)
         h = out[valid]  # (N, H)
         if cfg.output == "dense":
-            logits = model.scores(h, None, mix)  # (N, n_items)
+            w, b = model.item_vectors(None, mix)  # (n_items, H), (n_items,)
+            base = base_weight = mask = None
             if run.trend is not None:  # eq. (5) at each target's time: the network learns the residual
-                trend = run.trend
-                logits = logits + trend.weight * trend.popularity.log_q_at(trend.times[flat.numpy()]).to(device)
+                base = run.trend.popularity.log_q_at(run.trend.times[flat.numpy()]).to(device)  # (N, n_items)
+                base_weight = run.trend.weight
             if run.exclude_seen:
                 if seen_items is None:
                     seen_items = torch.zeros(len(idx), model.n_items, dtype=torch.bool, device=device)
                 pos, items, seen_items = seen_pairs(seen_items, ev.target[idx.clamp(min=0)].to(device), valid)
                 keep = items != target[pos]  # the event's own item is never left out
-                logits = logits.index_put((pos[keep], items[keep]), torch.tensor(float("-inf"), device=device))
-            return dense_softmax_loss(logits, target, weight), hidden, seen_items
+                mask = pos[keep], items[keep]
+            res = dense_softmax_loss(h, w, b, target, weight, base, base_weight or 1.0, mask)
+            return res, hidden, seen_items
         neg, _ = run.sampler.draw(cfg.n_negatives)  # (S,) shared negatives, drawn from q
         cand = torch.cat([target, neg])  # (N + S,) positives first: the diagonal
         # eq. (4) correction: the log-probability that j's column is present among the

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hrnn_core.config import ModelConfig, TrainConfig
@@ -216,7 +217,7 @@ class HGRUScorer(Scorer):
                 out, state = net(prev[safe].to(dev), starts[safe].to(dev), reset.to(dev), state)
                 h, y = out[(idx >= 0).to(dev)], target[idx[idx >= 0]].to(dev)  # (N, H), (N,)
                 if sampler is None:
-                    res = dense_softmax_loss(h @ net.item_w.weight.T + net.item_b.weight.T, y)
+                    res = dense_softmax_loss(h, net.item_w.weight, net.item_b.weight.squeeze(1), y)
                 else:  # positives first, then negatives shared by the batch; log-q corrected
                     cand = torch.cat([y, sampler.draw(cfg.n_negatives)[0]])
                     if len(cand) not in log_incl:
@@ -275,7 +276,7 @@ class HGRUScorer(Scorer):
         scores = self.decoder.scores(h, seen=seen if repeat_rate is not None else None).cpu()
         acc = Accumulator(self.net.n_items, ks=(10,))
         acc.add(scores, targets, exclude=seen if self._exclude_seen else None)
-        val_loss = float(dense_softmax_loss(scores.clamp(min=-1e4), targets).loss)
+        val_loss = float(F.cross_entropy(scores.clamp(min=-1e4).float(), targets))
         return {"val_loss": val_loss, "ndcg@10": float(acc.summary()["ndcg@10"])}
 
     def _request_states(self, ev: _Events, rows: np.ndarray, pos: np.ndarray, t: np.ndarray,
