@@ -8,7 +8,7 @@ import torch
 
 from hrnn_core.config import ModelConfig
 from hrnn_core.model.features import FeatureSpace, FieldGroup, time_delta_bucket
-from hrnn_core.model.losses import dense_softmax_loss, first_occurrence, reward_weights, sampled_softmax_loss
+from hrnn_core.model.losses import dense_softmax_loss, first_column, reward_weights, sampled_softmax_loss
 from hrnn_core.model.network import HRNNMeta, StepInputs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -162,7 +162,7 @@ def test_sampled_loss_equals_dense_with_uniform_q_and_all_items_drawn() -> None:
     neg = torch.randperm(N_ITEMS)  # every item once, in a random order
     cand = torch.cat([target, neg])
     log_q = torch.full((len(cand),), -float(np.log(N_ITEMS)))  # uniform q
-    sampled = sampled_softmax_loss(model.scores(h, cand, 0.3), cand, log_q, weight)
+    sampled = sampled_softmax_loss(h, *model.item_vectors(cand, 0.3), cand, log_q, weight)
     torch.testing.assert_close(sampled.ce, dense.ce, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sampled.loss, dense.loss, atol=1e-5, rtol=1e-5)
 
@@ -202,22 +202,61 @@ def test_dense_loss_equals_the_composed_softmax_with_base_and_mask(autocast: boo
 
 def test_sampled_loss_masks_duplicates_and_applies_log_q() -> None:
     scores = torch.tensor([[2.0, 0.5, 1.0, 1.0], [0.1, 3.0, 0.2, 0.3]])
+    eye, zero = torch.eye(4), torch.zeros(4)  # h = the scores, w = identity: h w^T + b = the scores
     cand = torch.tensor([4, 6, 6, 9])  # row 0 positive 4, row 1 positive 6; column 2 repeats item 6
     log_q = torch.log(torch.tensor([0.1, 0.2, 0.2, 0.3]))
-    out = sampled_softmax_loss(scores, cand, log_q)
+    out = sampled_softmax_loss(scores, eye, zero, cand, log_q)
     z = scores - log_q
     # row 0: items 4 (diag), 6 (first copy, col 1), 9; row 1: item 6 (diag) and 4, 9 (col 2: a hit)
     ref0 = torch.logsumexp(z[0, [0, 1, 3]], 0) - z[0, 0]
     ref1 = torch.logsumexp(z[1, [1, 0, 3]], 0) - z[1, 1]
     torch.testing.assert_close(out.ce, torch.stack([ref0, ref1]))
-    assert first_occurrence(cand).tolist() == [True, True, False, True]
+    assert first_column(cand).tolist() == [0, 1, 1, 3]
     # impressions: extra per-row negatives, padding (-1) and the positive itself ignored
     extra = torch.tensor([[0.7, 5.0, 9.0], [1.5, 0.0, 0.0]])
     extra_items = torch.tensor([[12, -1, 4], [13, -1, -1]])
-    out_i = sampled_softmax_loss(scores, cand, log_q, extra_scores=extra, extra_items=extra_items)
+    out_i = sampled_softmax_loss(scores, eye, zero, cand, log_q, extra_scores=extra, extra_items=extra_items)
     ref0 = torch.logsumexp(torch.cat([z[0, [0, 1, 3]], torch.tensor([0.7])]), 0) - z[0, 0]
     ref1 = torch.logsumexp(torch.cat([z[1, [1, 0, 3]], torch.tensor([1.5])]), 0) - z[1, 1]
     torch.testing.assert_close(out_i.ce, torch.stack([ref0, ref1]))
+
+
+@pytest.mark.parametrize("with_extra", [False, True])
+def test_sampled_loss_gradients_equal_the_composed_masked_softmax(with_extra: bool) -> None:
+    """Values and gradients (h, w, b and the explicit negatives' scores) equal autograd's through the masked,
+    log-q corrected softmax written out, with repeated positives, negatives that repeat a positive and
+    accidental hits in the batch."""
+    g = torch.Generator().manual_seed(1)
+    n, s, hs, k = 12, 20, 6, 3
+    pos = torch.tensor([0, 1, 1, 2, 3, 3, 3, 4, 5, 6, 7, 8])  # repeated positives: accidental hits
+    cand = torch.cat([pos, torch.randint(0, 15, (s,), generator=g)])  # negatives repeat positives too
+    h = torch.randn(n, hs, generator=g, requires_grad=True)
+    w = torch.randn(len(cand), hs, generator=g, requires_grad=True)
+    b = torch.randn(len(cand), generator=g, requires_grad=True)
+    ex = torch.randn(n, k, generator=g, requires_grad=True)
+    ex_items = torch.randint(-1, 15, (n, k), generator=g)
+    log_q, weight = -torch.rand(len(cand), generator=g) * 5, torch.rand(n, generator=g)
+
+    z = h @ w.T + b - log_q
+    first = torch.tensor([int((cand == c).nonzero()[0]) for c in cand])
+    keep = (first == torch.arange(len(cand)))[None, :] & (cand[None, :] != pos[:, None])
+    keep[torch.arange(n), torch.arange(n)] = True
+    z = z.masked_fill(~keep, float("-inf"))
+    if with_extra:
+        z = torch.cat([z, ex.masked_fill((ex_items < 0) | (ex_items == pos[:, None]), float("-inf"))], dim=1)
+    ref = torch.logsumexp(z, dim=1) - z[torch.arange(n), torch.arange(n)]
+    ((weight * ref).sum() / n).backward()
+    want = [None if t.grad is None else t.grad.clone() for t in (h, w, b, ex)]
+    for t in (h, w, b, ex):
+        t.grad = None
+    out = sampled_softmax_loss(h, w, b, cand, log_q, weight, ex if with_extra else None, ex_items if with_extra else None)
+    out.loss.backward()
+    torch.testing.assert_close(out.ce, ref.detach())
+    for got, exp in zip((h.grad, w.grad, b.grad), want[:3]):
+        torch.testing.assert_close(got, exp)
+    if with_extra:
+        torch.testing.assert_close(ex.grad, want[3])
+        assert bool((ex.grad != 0).any())
 
 
 def test_reward_weights() -> None:
@@ -250,7 +289,7 @@ def test_overfits_one_batch(output: str) -> None:
             loss = dense_softmax_loss(h, *model.item_vectors(None, 0.0), target).loss
         else:
             cand = torch.cat([target, torch.arange(N_ITEMS)])
-            loss = sampled_softmax_loss(model.scores(h, cand, 0.0), cand, log_q).loss
+            loss = sampled_softmax_loss(h, *model.item_vectors(cand, 0.0), cand, log_q).loss
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -285,9 +285,9 @@ def test_sampled_output_uses_impressions_as_negatives(snap, tmp_path, monkeypatc
     seen = []
     real = train_mod.sampled_softmax_loss
 
-    def spy(scores, cand, log_q, weight=None, extra_scores=None, extra_items=None):
-        seen.append((scores.shape, None if extra_items is None else int((extra_items >= 0).sum())))
-        return real(scores, cand, log_q, weight, extra_scores, extra_items)
+    def spy(h, w, b, cand, log_q, weight=None, extra_scores=None, extra_items=None):
+        seen.append(((len(h), len(w)), None if extra_items is None else int((extra_items >= 0).sum())))
+        return real(h, w, b, cand, log_q, weight, extra_scores, extra_items)
 
     monkeypatch.setattr(train_mod, "sampled_softmax_loss", spy)
     cfg = TrainConfig(epochs=1, batch_size=8, bptt=8, progress=False, output="sampled", n_negatives=16,
@@ -448,7 +448,7 @@ def test_sampled_step_on_a_million_items_never_builds_a_batch_by_catalog_matrix(
         h = out.reshape(-1, cfg.hidden_size)
         neg, neg_log_q = sampler.draw(n_neg)
         cand = torch.cat([target, neg])
-        loss = sampled_softmax_loss(model.scores(h, cand, 0.5), cand, torch.cat([sampler.log_q[target], neg_log_q])).loss
+        loss = sampled_softmax_loss(h, *model.item_vectors(cand, 0.5), cand, torch.cat([sampler.log_q[target], neg_log_q])).loss
         loss.backward()
         train_mod._clip_grad_norm(list(model.parameters()), 1.0)
         for opt in opts:

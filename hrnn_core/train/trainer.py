@@ -308,7 +308,7 @@ def _step_loss(run: _Run, data: TrainData, idx: torch.Tensor, x: StepInputs, mix
             extra_i = ev.impressions[flat].to(device)  # (N, K)
             w_i, b_i = model.item_vectors(extra_i.clamp(min=0).reshape(-1), mix)
             extra_s = torch.einsum("nh,nkh->nk", h, w_i.view(*extra_i.shape, -1)) + b_i.view(extra_i.shape)
-        res = sampled_softmax_loss(model.scores(h, cand, mix), cand, run.log_incl[n_draws][cand], weight,
+        res = sampled_softmax_loss(h, *model.item_vectors(cand, mix), cand, run.log_incl[n_draws][cand], weight,
                                    extra_s, extra_i)
         return res, hidden, seen_items
 

@@ -222,7 +222,7 @@ class HGRUScorer(Scorer):
                     cand = torch.cat([y, sampler.draw(cfg.n_negatives)[0]])
                     if len(cand) not in log_incl:
                         log_incl[len(cand)] = sampler.log_inclusion(len(cand))
-                    res = sampled_softmax_loss(h @ net.item_w(cand).T + net.item_b(cand).T, cand, log_incl[len(cand)][cand])
+                    res = sampled_softmax_loss(h, net.item_w(cand), net.item_b(cand).squeeze(1), cand, log_incl[len(cand)][cand])
                 if not torch.isfinite(res.loss):
                     raise BaselineError(f"HGRU loss is {float(res.loss)} at epoch {epoch + 1}; lower train.lr")
                 opt.zero_grad(set_to_none=True)

@@ -395,8 +395,9 @@ class SASRecScorer(Scorer):
             neg, _ = sampler.draw(self.config.n_negatives)
             cand = torch.cat([pos, neg])  # (c + S,) positives first: the diagonal
             log_incl = sampler.log_inclusion(len(cand))  # log P(item among the draws): log q_j + const for rare j
-            scores = h[lo:lo + SAMPLED_CHUNK] @ table[cand].T  # (c, c + S)
-            total = total + sampled_softmax_loss(scores, cand, log_incl[cand]).ce.sum()
+            w = table[cand]  # (c + S, d): no bias
+            total = total + sampled_softmax_loss(h[lo:lo + SAMPLED_CHUNK], w, w.new_zeros(len(cand)), cand,
+                                                 log_incl[cand]).ce.sum()
         return total
 
     @torch.no_grad()
