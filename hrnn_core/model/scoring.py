@@ -168,21 +168,28 @@ class CatalogueScorer:
         sorted) for request states ``h`` (B, H) at request ``times`` (B,) epoch seconds: eq. (2), eq. (5)'s
         term, and the repeat term on ``seen`` (per row: the owner's items, oldest first, catalogue indices)."""
         w, b = self.vectors(items)
-        out = h.float() @ w.T + b
+        out = torch.addmm(b, h.float(), w.T)  # (B, C): one product onto the biases, no copy per term
         if seen is not None and self.uses_seen:
             add_seen_terms(out, seen, self.repeat_prior, self.latest_prior, items)
+        return self.add_trend(out, times, items, trend_weight)
+
+    @torch.no_grad()
+    def add_trend(self, out: torch.Tensor, times: np.ndarray | None, items: torch.Tensor | None = None,
+                  trend_weight: float | None = None) -> torch.Tensor:
+        """``out`` (B, C) scores of ``items`` (default: all) plus eq. (5)'s ``weight * log q_j(t)`` at each
+        row's request time, added in place (``out`` is the caller's fresh tensor); ``out`` when no term."""
         weight = self.trend_weight if trend_weight is None else trend_weight
-        if weight and self.trend is not None:
-            if times is None:
-                raise ValueError("the trend term needs the request times")
-            log_q = self.trend.log_q_at(np.asarray(times, dtype=np.float64)).to(out.device)  # (B, n_trend)
-            width = log_q.shape[1]
-            if items is None:
-                shift = log_q if width == out.shape[1] else _pad(log_q, out.shape[1])
-            else:
-                shift = _pad(log_q, self.n_items)[:, items]
-            out = out + weight * shift
-        return out
+        if not weight or self.trend is None:
+            return out
+        if times is None:
+            raise ValueError("the trend term needs the request times")
+        log_q = self.trend.log_q_at(np.asarray(times, dtype=np.float64)).to(out.device)  # (B, n_trend)
+        width = log_q.shape[1]
+        if items is None:
+            shift = log_q if width == out.shape[1] else _pad(log_q, out.shape[1])
+        else:
+            shift = _pad(log_q, self.n_items)[:, items]
+        return out.add_(shift, alpha=weight)
 
     @torch.no_grad()
     def target_scores(self, h: torch.Tensor, target: torch.Tensor, times: np.ndarray | None = None,

@@ -338,8 +338,10 @@ class Recommender:
                                               [r.at_time for r in requests])
         scorer = self.engine.scorer
         seen = [r.state.seen for r in requests]  # the repeat term's items: each user's own
-        scores = scorer.scores(h, times, seen=seen)  # (B, n): eq. (2) + eq. (5) + repeat, the evaluation's function
-        base = scorer.scores(h, times, trend_weight=0.0, seen=seen) if scorer.uses_trend() else None  # no eq. (5)
+        scores = scorer.scores(h, times, trend_weight=0.0, seen=seen)  # (B, n): eq. (2) + repeat
+        base = None
+        if scorer.uses_trend():  # + eq. (5): the evaluation's function; base keeps the scores without it
+            base, scores = scores, scorer.add_trend(scores.clone(), times)
         bonus = self.exploration.bonus(scores, times, [r.explore for r in requests]) \
             if self.exploration is not None and self.exploration.active else None  # (young items (C,), (B, C))
         return [self._rank(scores[i], None if base is None else base[i], r, float(times[i]),
