@@ -168,3 +168,15 @@ def test_a_large_catalogue_scores_fewer_users_at_once(champion, tmp_path: Path, 
     assert max(sizes) == 3 and sum(sizes) == pq.read_table(full).num_rows // K
     a, b = pq.read_table(full).to_pydict(), pq.read_table(capped).to_pydict()
     assert a["item_id"] == b["item_id"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+def test_history_counts_events_without_building_them(champion) -> None:
+    """The export orders owners by ``n_events`` and builds one batch's events at a time: the count is each
+    owner's number of events as ``events_of`` builds them."""
+    from hrnn_core.serving.recommend import load_serving_model
+
+    cfg, tag, _ = champion
+    history = load_serving_model(cfg, tag).history
+    owners = [o for _, o in history.owners()]
+    assert owners and all(history.n_events(o) == len(history.events_of(o)) for o in owners)
+    assert len({history.n_events(o) for o in owners}) > 1 and history.n_events("no-such-owner") == 0

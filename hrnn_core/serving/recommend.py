@@ -106,6 +106,7 @@ class SnapshotHistory:
         self._item_map = np.zeros(0, dtype=np.int64)
         self._id_of = []
         self.times, self.items = np.zeros(0), np.zeros(0, dtype=np.int64)  # all events, for the trend
+        self._lengths = np.zeros(0, dtype=np.int64)  # events per row of seq
         if snapshot_dir is None:
             return
         manifest = json.loads((snapshot_dir / "manifest.json").read_text())
@@ -113,6 +114,7 @@ class SnapshotHistory:
         self.seq = pq.read_table(snapshot_dir / "sequences.parquet", columns=[
             "user_idx", "owner_id", "timestamps", "item_idx", "event_types", "event_values", "contexts"])
         self._row = {o: i for i, o in enumerate(self.seq["owner_id"].to_pylist())}
+        self._lengths = pc.list_value_length(self.seq["timestamps"]).to_numpy(zero_copy_only=False).astype(np.int64)
         items = pq.read_table(snapshot_dir / "items.parquet", columns=["item_idx", "item_id"]).to_pydict()
         size = max(items["item_idx"], default=-1) + 1
         self._item_map = np.full(size, -1, dtype=np.int64)  # snapshot item_idx -> engine index
@@ -139,6 +141,11 @@ class SnapshotHistory:
             return None
         f = self._users.get(user_id) or {"categorical": {}, "numeric": {}}
         return {"categorical": {**f["categorical"], USER_ID_FIELD: user_id}, "numeric": f["numeric"]}
+
+    def n_events(self, owner: str) -> int:
+        """The owner's number of snapshot events (0 if it has none), without building them."""
+        i = self._row.get(owner)
+        return 0 if i is None else int(self._lengths[i])
 
     def events_of(self, owner: str) -> list[Event]:
         i = self._row.get(owner)
