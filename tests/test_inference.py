@@ -228,3 +228,21 @@ def test_new_items_are_added_and_scored_from_metadata_only(trained) -> None:
     assert "brand-new" in ids and ids[-1] == "no-metadata"
     engine.update(state, Event("brand-new", 1e9, "view"))  # no input embedding: fed as "no item"
     assert list(state.seen) == [n] and "brand-new" not in [i for i, _ in engine.top_k(state, n + 2, at_time=1e9 + 5)]
+
+
+def test_the_trend_term_is_each_rows_window_whether_rows_share_one_or_not(trained) -> None:
+    """``CatalogueScorer.scores`` adds eq. (5)'s ``w log q_j(t)`` of each row's own window: broadcast when every
+    row falls in one window (an export's instant), gathered per row otherwise; with an ``items`` subset too."""
+    _, ckpt = trained
+    ck = load_checkpoint(ckpt)
+    rng = np.random.default_rng(0)
+    hours = np.sort(rng.uniform(0, 72, 400)) * 3600.0
+    pop = popularity(ck.model, hours, rng.integers(0, ck.model.n_items, 400))
+    scorer = CatalogueScorer(ck.model, ck.item_freq, trend=pop, trend_weight=0.7)
+    h = torch.randn(5, ck.model.cfg.hidden_size, generator=torch.Generator().manual_seed(0))
+    items = torch.tensor([1, 4, 9, 20])
+    for times in (np.full(5, 50 * 3600.0 + 10), np.array([5, 20, 20, 40, 70]) * 3600.0 + 10):
+        plain = scorer.scores(h, times, trend_weight=0.0)
+        torch.testing.assert_close(scorer.scores(h, times), plain + 0.7 * pop.log_q_at(times))
+        torch.testing.assert_close(scorer.scores(h, times, items), plain[:, items] + 0.7 * pop.log_q_at(times)[:, items])
+    assert not torch.allclose(pop.log_q_at(np.array([5 * 3600.0]))[0], pop.log_q_at(np.array([70 * 3600.0]))[0])

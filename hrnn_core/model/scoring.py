@@ -183,13 +183,15 @@ class CatalogueScorer:
             return out
         if times is None:
             raise ValueError("the trend term needs the request times")
-        log_q = self.trend.log_q_at(np.asarray(times, dtype=np.float64)).to(out.device)  # (B, n_trend)
-        width = log_q.shape[1]
+        table, row = self.trend.log_q_rows(np.asarray(times, dtype=np.float64))  # (W, n_trend), (B,)
+        table = table.to(out.device)
         if items is None:
-            shift = log_q if width == out.shape[1] else _pad(log_q, out.shape[1])
+            shift = table if table.shape[1] == out.shape[1] else _pad(table, out.shape[1])
         else:
-            shift = _pad(log_q, self.n_items)[:, items]
-        return out.add_(shift, alpha=weight)
+            shift = _pad(table, self.n_items)[:, items]
+        if len(shift) == 1:  # one window for every row (an export's instant, an hour's requests): broadcast it
+            return out.add_(shift, alpha=weight)
+        return out.add_(shift.index_select(0, row.to(out.device)), alpha=weight)
 
     @torch.no_grad()
     def target_scores(self, h: torch.Tensor, target: torch.Tensor, times: np.ndarray | None = None,

@@ -151,8 +151,16 @@ class WindowedPopularity:
         """(B, n_items) float32 raw recent share c_j / sum c for each request time."""
         return self._at(times, self.share)
 
-    def _at(self, times: np.ndarray, per_window) -> torch.Tensor:
+    def log_q_rows(self, times: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``log_q_at`` before its gather: (W, n_items) float32 log q_j of each distinct window among ``times``
+        and (B,) each time's row (a caller adding it to scores broadcasts when W is 1)."""
+        return self._rows(times, self.log_q)
+
+    def _rows(self, times: np.ndarray, per_window) -> tuple[torch.Tensor, torch.Tensor]:
         uniq, inverse = np.unique(self.window_end(times), return_inverse=True)
         table = np.stack([per_window(e) for e in uniq]) if len(uniq) else np.zeros((0, self.n_items))
-        # one float32 row per distinct window, then one gather (never a float64 (B, n_items) copy)
-        return torch.from_numpy(table.astype(np.float32)).index_select(0, torch.from_numpy(inverse.reshape(-1)))
+        return torch.from_numpy(table.astype(np.float32)), torch.from_numpy(inverse.reshape(-1))
+
+    def _at(self, times: np.ndarray, per_window) -> torch.Tensor:
+        table, inverse = self._rows(times, per_window)
+        return table.index_select(0, inverse)  # one float32 row per window, one gather (no float64 (B, n) copy)
