@@ -508,6 +508,9 @@ def test_training_adds_the_trend_term_to_every_dense_score_and_to_validation(sna
             calls["times"].append(np.array(times))
             return self.pop.log_q_at(times)
 
+        def log_q_rows(self, times):  # the scorer's form (validation): not a training step's
+            return self.pop.log_q_rows(times)
+
     def spy_trend(snapshot_dir, data, model_cfg, output="dense"):
         out = real_trend(snapshot_dir, data, model_cfg, output)
         return None if out is None else train_mod.TrainTrend(out.weight, SpyPop(out.popularity), out.times)
