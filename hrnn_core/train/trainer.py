@@ -284,7 +284,7 @@ def _step_loss(run: _Run, data: TrainData, idx: torch.Tensor, x: StepInputs, mix
         h = out[valid]  # (N, H)
         if cfg.output == "dense":
             w, b = model.item_vectors(None, mix)  # (n_items, H), (n_items,)
-            base = base_weight = mask = None
+            base, base_weight, mask = None, 1.0, None
             if run.trend is not None:  # eq. (5) at each target's time: the network learns the residual
                 base = run.trend.popularity.log_q_at(run.trend.times[flat.numpy()]).to(device)  # (N, n_items)
                 base_weight = run.trend.weight
@@ -294,7 +294,7 @@ def _step_loss(run: _Run, data: TrainData, idx: torch.Tensor, x: StepInputs, mix
                 pos, items, seen_items = seen_pairs(seen_items, ev.target[idx.clamp(min=0)].to(device), valid)
                 keep = items != target[pos]  # the event's own item is never left out
                 mask = pos[keep], items[keep]
-            res = dense_softmax_loss(h, w, b, target, weight, base, base_weight or 1.0, mask)
+            res = dense_softmax_loss(h, w, b, target, weight, base, base_weight, mask)
             return res, hidden, seen_items
         neg, _ = run.sampler.draw(cfg.n_negatives)  # (S,) shared negatives, drawn from q
         cand = torch.cat([target, neg])  # (N + S,) positives first: the diagonal
